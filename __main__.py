@@ -1,0 +1,23 @@
+"""secure-webhooks: signed (JWT) Supabase database webhooks, one Pulumi stack per environment."""
+
+import pulumi
+
+from components.secure_webhooks import SecureWebhooks, SecureWebhooksArgs
+from components.stack_config import read_stack_config
+
+settings, jwt_secret = read_stack_config()
+
+webhooks = SecureWebhooks(
+    "secure-webhooks",
+    SecureWebhooksArgs(
+        settings=settings,
+        owner=f"{pulumi.get_project()}/{pulumi.get_stack()}",
+        jwt_secret=jwt_secret,
+    ),
+)
+
+pulumi.export("function", webhooks.function_name)
+pulumi.export("signer", settings.signer)
+pulumi.export("claims", dict(settings.claims))
+pulumi.export("tokenTtlSeconds", settings.token_ttl_seconds)
+pulumi.export("webhooks", webhooks.webhooks)

@@ -1,0 +1,1 @@
+"""Pulumi components that put signed Supabase database webhooks under management."""

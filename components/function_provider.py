@@ -1,0 +1,256 @@
+"""Dynamic provider for the secure trigger function.
+
+pulumi-postgresql's Function resource cannot set `search_path`, so the
+function is managed here: created and replaced atomically with
+CREATE OR REPLACE, read back from the catalog so `pulumi refresh` sees an
+edited body or loosened security, adopted if it already exists (the seed's
+manual migration) and given back on destroy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pulumi
+from psycopg import sql
+from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
+
+from components.database import DatabaseProvider
+from components.ownership import claim, marker, owner_of
+from components.preflight import preflight_failures
+from components.trigger_function import FunctionSpec, body_sha256, create_statement, render_body
+
+#: Roles that must never be able to call a SECURITY DEFINER function directly
+#: (Supabase linter rules anon_/authenticated_security_definer_function_executable).
+CLIENT_ROLES = ("anon", "authenticated")
+SEARCH_PATH_SETTING = 'search_path=""'
+
+INPUTS = ("schema", "name", "secret_name", "signer", "claims", "token_ttl_seconds", "timeout_ms", "owner")
+IDENTITY = ("schema", "name")
+
+
+def spec_from(props: dict[str, Any]) -> FunctionSpec:
+    return FunctionSpec(
+        schema=props["schema"],
+        name=props["name"],
+        secret_name=props["secret_name"],
+        signer=props["signer"],
+        claims=props["claims"],
+        token_ttl_seconds=int(props["token_ttl_seconds"]),
+        timeout_ms=int(props["timeout_ms"]),
+    )
+
+
+def desired_state(spec: FunctionSpec, owner: str) -> dict[str, Any]:
+    """What `read` must observe when the function is exactly as configured."""
+    return {
+        "body_sha256": body_sha256(render_body(spec)),
+        "security_definer": True,
+        "settings": [SEARCH_PATH_SETTING],
+        "executable_by": [],
+        "managed_by": owner,
+    }
+
+
+@dataclass(frozen=True)
+class InstalledFunction:
+    oid: int
+    definition: str
+    comment: str | None
+    state: dict[str, Any]
+
+
+def _signature(spec: FunctionSpec) -> sql.Composed:
+    return sql.SQL("{}.{}()").format(sql.Identifier(spec.schema), sql.Identifier(spec.name))
+
+
+def find_function(cur: psycopg.Cursor, spec: FunctionSpec) -> InstalledFunction | None:
+    cur.execute(
+        """
+        SELECT p.oid, pg_catalog.pg_get_functiondef(p.oid), pg_catalog.obj_description(p.oid, 'pg_proc'),
+               p.prosrc, p.prosecdef, coalesce(p.proconfig, '{}'),
+               (SELECT coalesce(array_agg(r ORDER BY r), '{}') FROM unnest(%(client_roles)s::text[]) AS r
+                 WHERE EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = r)
+                   AND pg_catalog.has_function_privilege(r, p.oid, 'EXECUTE')),
+               EXISTS (SELECT FROM pg_catalog.aclexplode(coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner))) a
+                        WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE')
+          FROM pg_catalog.pg_proc p
+          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname = %(schema)s AND p.proname = %(name)s AND p.pronargs = 0
+        """,
+        {"schema": spec.schema, "name": spec.name, "client_roles": list(CLIENT_ROLES)},
+    )
+    row = cur.fetchone()
+    if row is None:
+        return None
+    oid, definition, comment, source, secdef, settings, client_executors, public_executes = row
+    return InstalledFunction(
+        oid=oid,
+        definition=definition,
+        comment=comment,
+        state={
+            "body_sha256": body_sha256(source),
+            "security_definer": secdef,
+            "settings": list(settings),
+            "executable_by": (["PUBLIC"] if public_executes else []) + list(client_executors),
+            "managed_by": owner_of(comment),
+        },
+    )
+
+
+def _grants(cur: psycopg.Cursor, oid: int) -> list[list[Any]]:
+    """Every EXECUTE grant as [grantee or PUBLIC, grantable], to give back an adopted function."""
+    cur.execute(
+        """
+        SELECT coalesce(r.rolname, 'PUBLIC'), a.is_grantable
+          FROM pg_catalog.pg_proc p,
+               pg_catalog.aclexplode(coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner))) a
+          LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+         WHERE p.oid = %s AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner
+         ORDER BY 1
+        """,
+        (oid,),
+    )
+    return [[grantee, grantable] for grantee, grantable in cur.fetchall()]
+
+
+def _grantee(name: str) -> sql.Composable:
+    return sql.SQL("PUBLIC") if name == "PUBLIC" else sql.Identifier(name)
+
+
+def _revoke_all(cur: psycopg.Cursor, spec: FunctionSpec, oid: int) -> None:
+    cur.execute("SELECT rolname FROM pg_catalog.pg_roles WHERE rolname = ANY(%s) ORDER BY 1", (list(CLIENT_ROLES),))
+    roles = ["PUBLIC"] + [row[0] for row in cur.fetchall()] + [grantee for grantee, _ in _grants(cur, oid)]
+    cur.execute(
+        sql.SQL("REVOKE ALL ON FUNCTION {} FROM {}").format(
+            _signature(spec), sql.SQL(", ").join(_grantee(role) for role in dict.fromkeys(roles))
+        )
+    )
+
+
+def _comment(cur: psycopg.Cursor, spec: FunctionSpec, comment: str | None) -> None:
+    cur.execute(sql.SQL("COMMENT ON FUNCTION {} IS {}").format(_signature(spec), sql.Literal(comment)))
+
+
+def install(cur: psycopg.Cursor, spec: FunctionSpec, owner: str) -> InstalledFunction:
+    cur.execute(create_statement(spec))
+    installed = find_function(cur, spec)
+    assert installed is not None
+    _revoke_all(cur, spec, installed.oid)
+    _comment(cur, spec, marker(owner))
+    installed = find_function(cur, spec)
+    assert installed is not None
+    return installed
+
+
+def restore(cur: psycopg.Cursor, spec: FunctionSpec, adopted: dict[str, Any]) -> None:
+    """Put an adopted function back exactly: body, settings, grants and comment."""
+    cur.execute(sql.SQL(adopted["definition"]))
+    installed = find_function(cur, spec)
+    assert installed is not None
+    _revoke_all(cur, spec, installed.oid)
+    for grantee, grantable in adopted["grants"]:
+        cur.execute(
+            sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}{}").format(
+                _signature(spec), _grantee(grantee), sql.SQL(" WITH GRANT OPTION" if grantable else "")
+            )
+        )
+    _comment(cur, spec, adopted["comment"])
+
+
+class SecureFunctionProvider(DatabaseProvider):
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        failures: list[CheckFailure] = []
+        with self.db.transaction() as cur:
+            failures += preflight_failures(cur, news)
+            installed = find_function(cur, spec_from(news))
+        if installed is not None and installed.state["managed_by"] not in (None, news["owner"]):
+            failures.append(
+                CheckFailure(
+                    "name",
+                    f"function {news['schema']}.{news['name']}() is managed by Pulumi stack "
+                    f"{installed.state['managed_by']}, not {news['owner']}; refusing to take it over",
+                )
+            )
+        return CheckResult(news, failures)
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        spec = spec_from(props)
+        adopted = None
+        with self.db.transaction() as cur:
+            existing = find_function(cur, spec)
+            if existing is not None and claim("function", f"{spec.qualified_name}()", existing.comment, props["owner"]):
+                adopted = {
+                    "definition": existing.definition,
+                    "grants": _grants(cur, existing.oid),
+                    "comment": existing.comment,
+                }
+                pulumi.log.info(f"adopting existing function {spec.qualified_name}(); destroy will restore it")
+            installed = install(cur, spec, props["owner"])
+        return CreateResult(f"{spec.qualified_name}()", {**props, **installed.state, "adopted": adopted})
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        with self.db.transaction() as cur:
+            installed = find_function(cur, spec_from(props))
+        if installed is None:
+            return ReadResult(None, {})
+        return ReadResult(id_, {**props, **installed.state})
+
+    def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        desired = desired_state(spec_from(news), news["owner"])
+        changed = [key for key in INPUTS if olds.get(key) != news.get(key)]
+        changed += [key for key, value in desired.items() if olds.get(key) != value]
+        replaces = [key for key in IDENTITY if olds.get(key) != news.get(key)]
+        return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=False)
+
+    def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        spec = spec_from(news)
+        with self.db.transaction() as cur:
+            existing = find_function(cur, spec)
+            if existing is not None:
+                claim("function", f"{spec.qualified_name}()", existing.comment, news["owner"])
+            installed = install(cur, spec, news["owner"])
+        return UpdateResult({**news, **installed.state, "adopted": olds.get("adopted")})
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        spec = spec_from(props)
+        with self.db.transaction() as cur:
+            existing = find_function(cur, spec)
+            if existing is None or owner_of(existing.comment) != props["owner"]:
+                return
+            if props.get("adopted"):
+                restore(cur, spec, props["adopted"])
+            else:
+                cur.execute(sql.SQL("DROP FUNCTION {}").format(_signature(spec)))
+
+
+class SecureFunction(pulumi.dynamic.Resource, module="secure-webhooks", name="SecureFunction"):
+    """The SECURITY DEFINER trigger function that signs a JWT and posts each row."""
+
+    body_sha256: pulumi.Output[str]
+    security_definer: pulumi.Output[bool]
+
+    def __init__(
+        self,
+        name: str,
+        spec: FunctionSpec,
+        owner: str,
+        secret_managed: bool,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        props = {
+            "schema": spec.schema,
+            "name": spec.name,
+            "secret_name": spec.secret_name,
+            "signer": spec.signer,
+            "claims": dict(spec.claims),
+            "token_ttl_seconds": spec.token_ttl_seconds,
+            "timeout_ms": spec.timeout_ms,
+            "owner": owner,
+            "secret_managed": secret_managed,
+            "body_sha256": None,
+            "security_definer": None,
+        }
+        super().__init__(SecureFunctionProvider(), name, props, opts)

@@ -1,0 +1,72 @@
+"""Checks that make `pulumi preview` fail clearly instead of `up` failing halfway.
+
+They run in the function provider's `check`, which the engine calls during
+preview and before every create or update, and they only read the catalog.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from pulumi.dynamic import CheckFailure
+
+#: The schema Supabase installs extensions into; the function calls
+#: extensions.sign / extensions.hmac by their qualified names.
+EXTENSION_SCHEMA = "extensions"
+
+#: Extensions each signer calls into (pg_net is needed by every signer).
+SIGNER_EXTENSIONS = {"pgjwt": ("pgcrypto", "pgjwt"), "pgcrypto": ("pgcrypto",)}
+
+
+def required_extensions(signer: str) -> tuple[str, ...]:
+    return (*SIGNER_EXTENSIONS[signer], "pg_net")
+
+
+def _extension_failure(cur: psycopg.Cursor, extension: str, signer: str) -> str | None:
+    cur.execute(
+        """
+        SELECT a.name IS NOT NULL, n.nspname
+          FROM (SELECT %(ext)s AS ext) q
+          LEFT JOIN pg_catalog.pg_available_extensions a ON a.name = q.ext
+          LEFT JOIN pg_catalog.pg_extension e ON e.extname = q.ext
+          LEFT JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+        """,
+        {"ext": extension},
+    )
+    available, schema = cur.fetchone()
+    if schema is None and not available:
+        if extension == "pgjwt":
+            return (
+                "secure-webhooks:signer is 'pgjwt' but this server cannot install the pgjwt extension "
+                "(Supabase does not offer it on Postgres 17); set secure-webhooks:signer to 'pgcrypto'"
+            )
+        return f"extension {extension} is not available on this server (needed by signer {signer!r} and pg_net)"
+    if schema is not None and schema != EXTENSION_SCHEMA and extension != "pg_net":
+        return (
+            f"extension {extension} is installed in schema {schema!r}, but the function calls it as "
+            f"{EXTENSION_SCHEMA}.*; move it with ALTER EXTENSION {extension} SET SCHEMA {EXTENSION_SCHEMA}"
+        )
+    return None
+
+
+def preflight_failures(cur: psycopg.Cursor, props: dict[str, Any]) -> list[CheckFailure]:
+    failures = [
+        CheckFailure("signer", reason)
+        for extension in required_extensions(props["signer"])
+        if (reason := _extension_failure(cur, extension, props["signer"])) is not None
+    ]
+    cur.execute("SELECT pg_catalog.to_regclass('vault.secrets') IS NOT NULL")
+    if not cur.fetchone()[0]:
+        failures.append(CheckFailure("secret_name", "Supabase Vault is not installed (no table vault.secrets)"))
+    elif not props.get("secret_managed"):
+        cur.execute("SELECT EXISTS (SELECT FROM vault.secrets WHERE name = %s)", (props["secret_name"],))
+        if not cur.fetchone()[0]:
+            failures.append(
+                CheckFailure(
+                    "secret_name",
+                    f"Vault secret {props['secret_name']!r} (secure-webhooks:secretName) does not exist; "
+                    "create it in the Vault, or set it with `pulumi config set --secret jwtSecret ...`",
+                )
+            )
+    return failures

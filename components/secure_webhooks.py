@@ -1,0 +1,103 @@
+"""The SecureWebhooks component: everything one stack installs, as one unit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_postgresql as postgresql
+
+from components.function_provider import SecureFunction
+from components.preflight import EXTENSION_SCHEMA, required_extensions
+from components.settings import Settings
+from components.trigger_function import FunctionSpec
+from components.trigger_provider import WebhookTrigger
+from components.vault_secret_provider import VaultSecret
+
+
+@dataclass(frozen=True)
+class SecureWebhooksArgs:
+    settings: Settings
+    #: Written into each object's COMMENT, e.g. "secure-webhooks/dev".
+    owner: str
+    #: The HS256 key to keep in the Vault; None when the secret is managed elsewhere.
+    jwt_secret: pulumi.Input[str] | None = None
+
+
+def function_spec(settings: Settings) -> FunctionSpec:
+    return FunctionSpec(
+        secret_name=settings.secret_name,
+        signer=settings.signer,
+        claims=dict(settings.claims),
+        token_ttl_seconds=settings.token_ttl_seconds,
+        timeout_ms=settings.timeout_ms,
+    )
+
+
+class SecureWebhooks(pulumi.ComponentResource):
+    """Extensions, the Vault secret (optional), the signing function and one trigger per webhook event."""
+
+    function_name: pulumi.Output[str]
+    webhooks: pulumi.Output[list[dict[str, str]]]
+
+    def __init__(self, name: str, args: SecureWebhooksArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("secure-webhooks:index:SecureWebhooks", name, None, opts)
+        settings = args.settings
+        spec = function_spec(settings)
+
+        # Extensions are shared with the rest of the database (Supabase itself
+        # relies on pgcrypto and pg_net), so destroy leaves them installed.
+        extensions: dict[str, postgresql.Extension] = {}
+        for extension in required_extensions(settings.signer):
+            # pgjwt's control file requires pgcrypto.
+            depends = [extensions["pgcrypto"]] if extension == "pgjwt" else []
+            extensions[extension] = postgresql.Extension(
+                f"{name}-{extension}",
+                name=extension,
+                schema=EXTENSION_SCHEMA,
+                opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True, depends_on=depends),
+            )
+
+        function_depends: list[pulumi.Resource] = list(extensions.values())
+        if args.jwt_secret is not None:
+            function_depends.append(
+                VaultSecret(
+                    f"{name}-secret",
+                    secret_name=settings.secret_name,
+                    value=args.jwt_secret,
+                    owner=args.owner,
+                    opts=pulumi.ResourceOptions(parent=self),
+                )
+            )
+
+        function = SecureFunction(
+            f"{name}-function",
+            spec=spec,
+            owner=args.owner,
+            secret_managed=args.jwt_secret is not None,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=function_depends),
+        )
+
+        outputs = []
+        for webhook in settings.webhooks:
+            for event, trigger_name in webhook.triggers:
+                WebhookTrigger(
+                    f"{name}-{webhook.qualified_table}-{trigger_name}",
+                    schema=webhook.schema,
+                    table=webhook.table,
+                    trigger_name=trigger_name,
+                    event=event,
+                    url=webhook.url,
+                    function=spec,
+                    owner=args.owner,
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=[function]),
+                )
+                outputs.append(
+                    {"trigger": trigger_name, "event": event, "table": webhook.qualified_table, "url": webhook.url}
+                )
+
+        self.function_name = pulumi.Output.from_input(f"{spec.qualified_name}()")
+        self.webhooks = pulumi.Output.from_input(outputs)
+        self.register_outputs(
+            {"function_name": self.function_name, "signer": settings.signer, "webhooks": self.webhooks}
+        )

@@ -1,0 +1,274 @@
+"""The stack's configuration contract, parsed and checked in one place.
+
+Every rule here runs in the Pulumi program, before any resource is
+registered, so bad input fails `pulumi preview` with a message that names the
+config key and touches nothing in the database.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from components.urls import UrlPolicyError, check_base_url, check_path, join_url
+
+NAMESPACE = "secure-webhooks"
+
+#: PostgreSQL truncates identifiers longer than NAMEDATALEN - 1 bytes; a
+#: silently truncated trigger name would make drift detection lie.
+MAX_IDENTIFIER_BYTES = 63
+
+#: RFC 7518 section 3.2: an HS256 key must be at least as long as the hash.
+MIN_SECRET_BYTES = 32
+
+MAX_TOKEN_TTL_SECONDS = 24 * 3600
+MAX_TIMEOUT_MS = 300_000
+
+SIGNERS = ("pgjwt", "pgcrypto")
+EVENTS = ("INSERT", "UPDATE", "DELETE")
+
+#: Claims the function computes itself for every token.
+RESERVED_CLAIMS = ("exp", "iat")
+
+DEFAULT_CLAIMS: dict[str, Any] = {"role": "service_role", "iss": "supabase", "sub": "orchestrator"}
+DEFAULT_WEBHOOKS: tuple[dict[str, Any], ...] = (
+    {
+        "name": "orchestrator-ingest-interns-individual",
+        "schema": "public",
+        "table": "resumes",
+        "path": "/ingest/interns/individual",
+        "events": ["INSERT"],
+    },
+    {
+        # The misspelling is the name of the live trigger; keeping it lets the
+        # stack adopt (and on destroy restore) the existing webhook.
+        "name": "orchestrator-injest-resumes-batch",
+        "schema": "public",
+        "table": "zip_archives",
+        "path": "/ingest/resumes/batch",
+        "events": ["INSERT"],
+    },
+)
+WEBHOOK_KEYS = ("name", "schema", "table", "path", "events")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; `key` is the full config key, e.g. secure-webhooks:timeoutMs."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """One configured webhook: rows of `schema.table` are POSTed to `url`."""
+
+    name: str
+    schema: str
+    table: str
+    path: str
+    url: str
+    events: tuple[str, ...] = ("INSERT",)
+
+    @property
+    def qualified_table(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+    @property
+    def triggers(self) -> tuple[tuple[str, str], ...]:
+        """(event, trigger name) pairs: one trigger per event.
+
+        The first event keeps the configured name, so an existing trigger of
+        that name is adopted; further events get a suffix such as `-update`.
+        """
+        return tuple(
+            (event, self.name if index == 0 else f"{self.name}-{event.lower()}")
+            for index, event in enumerate(self.events)
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    orchestrator_url: str
+    webhooks: tuple[Webhook, ...]
+    secret_name: str = "app_jwt_secret"
+    token_ttl_seconds: int = 3600
+    timeout_ms: int = 5000
+    claims: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_CLAIMS))
+    signer: str = "pgjwt"
+    production: bool = False
+    manages_secret: bool = False
+
+
+def _key(name: str) -> str:
+    return f"{NAMESPACE}:{name}"
+
+
+def check_identifier(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, "must be a non-empty string")
+    if "\x00" in value:
+        raise ConfigError(key, "must not contain NUL characters")
+    if len(value.encode()) > MAX_IDENTIFIER_BYTES:
+        raise ConfigError(key, f"is longer than PostgreSQL's {MAX_IDENTIFIER_BYTES}-byte identifier limit")
+    return value
+
+
+def _check_int(key: str, value: Any, default: int, low: int, high: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise ConfigError(key, f"must be an integer, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, f"must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(key, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _check_bool(key: str, value: Any) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ConfigError(key, f"must be true or false, got {value!r}")
+
+
+def _load_json(key: str, value: Any) -> Any:
+    """Config objects arrive as JSON text from `pulumi config`, or already parsed in tests."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(key, f"is not valid JSON ({exc.msg})") from None
+    return value
+
+
+def check_claims(value: Any) -> dict[str, Any]:
+    key = _key("claims")
+    claims = _load_json(key, value)
+    if claims is None:
+        return dict(DEFAULT_CLAIMS)
+    if not isinstance(claims, dict) or not claims:
+        raise ConfigError(key, "must be a non-empty object of JWT claims, e.g. {role: service_role}")
+    for name in claims:
+        if name in RESERVED_CLAIMS:
+            raise ConfigError(f"{key}.{name}", "is set by the trigger for every token; remove it")
+    return dict(claims)
+
+
+def check_jwt_secret(secret: str) -> str:
+    """Raise ConfigError when the Vault secret is too weak for HS256; never echoes it."""
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            _key("jwtSecret"),
+            f"is {len(secret.encode())} bytes; HS256 needs at least {MIN_SECRET_BYTES} (RFC 7518 section 3.2)",
+        )
+    return secret
+
+
+def _check_events(key: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ("INSERT",)
+    if not isinstance(value, list) or not value:
+        raise ConfigError(key, f"must be a non-empty list drawn from {list(EVENTS)}")
+    events: list[str] = []
+    for item in value:
+        event = item.upper() if isinstance(item, str) else item
+        if event not in EVENTS:
+            raise ConfigError(key, f"has {item!r}; allowed events are {list(EVENTS)} (webhooks send rows)")
+        if event in events:
+            raise ConfigError(key, f"lists {event} twice")
+        events.append(event)
+    return tuple(events)
+
+
+def _check_webhook(index: int, raw: Any, base_url: str) -> Webhook:
+    key = f"{_key('webhooks')}[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(key, "must be an object with keys " + ", ".join(WEBHOOK_KEYS))
+    unknown = sorted(set(raw) - set(WEBHOOK_KEYS))
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}", f"is not a webhook setting; expected one of {list(WEBHOOK_KEYS)}")
+    for required in ("name", "table", "path"):
+        if required not in raw:
+            raise ConfigError(f"{key}.{required}", "is required")
+    try:
+        path = check_path(raw["path"])
+    except UrlPolicyError as exc:
+        raise ConfigError(f"{key}.path", str(exc)) from None
+    webhook = Webhook(
+        name=check_identifier(f"{key}.name", raw["name"]),
+        schema=check_identifier(f"{key}.schema", raw.get("schema", "public")),
+        table=check_identifier(f"{key}.table", raw["table"]),
+        path=path,
+        url=join_url(base_url, path),
+        events=_check_events(f"{key}.events", raw.get("events")),
+    )
+    for _, trigger_name in webhook.triggers:
+        check_identifier(f"{key}.name", trigger_name)
+    return webhook
+
+
+def check_webhooks(value: Any, base_url: str) -> tuple[Webhook, ...]:
+    key = _key("webhooks")
+    raw = _load_json(key, value)
+    if raw is None:
+        raw = [dict(webhook) for webhook in DEFAULT_WEBHOOKS]
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(key, "must be a non-empty list of {name, schema, table, path, events} objects")
+    webhooks = tuple(_check_webhook(index, item, base_url) for index, item in enumerate(raw))
+    seen: dict[tuple[str, str, str], int] = {}
+    for index, webhook in enumerate(webhooks):
+        for _, trigger_name in webhook.triggers:
+            ident = (webhook.schema, webhook.table, trigger_name)
+            if ident in seen:
+                raise ConfigError(
+                    f"{key}[{index}].name",
+                    f"trigger {trigger_name!r} on {webhook.qualified_table} is already defined by {key}[{seen[ident]}]",
+                )
+            seen[ident] = index
+    return webhooks
+
+
+def parse_settings(raw: Mapping[str, Any], *, jwt_secret_set: bool = False) -> Settings:
+    """Build Settings from raw config values keyed by their short names (orchestratorUrl, ...)."""
+    production = _check_bool(_key("production"), raw.get("production"))
+    url_key = _key("orchestratorUrl")
+    if raw.get("orchestratorUrl") is None:
+        raise ConfigError(url_key, "is required: `pulumi config set orchestratorUrl https://...`")
+    try:
+        base_url = check_base_url(raw["orchestratorUrl"], production=production)
+    except UrlPolicyError as exc:
+        raise ConfigError(url_key, str(exc)) from None
+
+    signer = raw.get("signer") or "pgjwt"
+    if signer not in SIGNERS:
+        raise ConfigError(_key("signer"), f"must be one of {list(SIGNERS)}, got {signer!r}")
+
+    secret_name = raw.get("secretName") or "app_jwt_secret"
+    if not isinstance(secret_name, str) or not secret_name.strip() or len(secret_name) > 200:
+        raise ConfigError(_key("secretName"), "must be a non-empty Vault secret name of at most 200 characters")
+
+    return Settings(
+        orchestrator_url=base_url,
+        webhooks=check_webhooks(raw.get("webhooks"), base_url),
+        secret_name=secret_name,
+        token_ttl_seconds=_check_int(
+            _key("tokenTtlSeconds"), raw.get("tokenTtlSeconds"), 3600, 1, MAX_TOKEN_TTL_SECONDS
+        ),
+        timeout_ms=_check_int(_key("timeoutMs"), raw.get("timeoutMs"), 5000, 1, MAX_TIMEOUT_MS),
+        claims=check_claims(raw.get("claims")),
+        signer=signer,
+        production=production,
+        manages_secret=jwt_secret_set,
+    )

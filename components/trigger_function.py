@@ -1,0 +1,150 @@
+"""The SQL of the secure trigger function: one renderer, two signers.
+
+The seed's function was almost right; this one fixes what broke in practice:
+- SECURITY DEFINER, so the inserting role (e.g. `authenticated`) needs no
+  access to the Vault and never sees the secret or the token;
+- `SET search_path = ''` and schema-qualified names, so `sign()` resolves no
+  matter the inserting role's search_path (and nobody can shadow it);
+- the token is assigned to a variable before `net.http_post(...)`: PL/pgSQL
+  re-prepares a non-simple expression that calls an SQL function on every
+  call, which made the seed's shape 4x slower in bulk;
+- one Vault read and one signature per *statement* when the trigger hands us
+  a transition table: every row still gets its own request and the same
+  payload; the token is byte-identical to a per-row one within a second.
+
+The body is rendered from config only (secret name, claims, TTL, timeout),
+never from the secret itself, and it is deterministic so that `read` can
+detect an out-of-band edit by comparing it with the catalog.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import sql
+
+#: The transition tables our statement-level triggers pass to the function.
+NEW_ROWS = "new_rows"
+OLD_ROWS = "old_rows"
+
+#: pgjwt writes exactly this header; the pgcrypto signer reuses it so both
+#: signers produce byte-identical tokens for the same claims.
+JWT_HEADER = '{"alg":"HS256","typ":"JWT"}'
+
+
+def base64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """Everything the function body depends on (none of it secret)."""
+
+    secret_name: str = "app_jwt_secret"
+    signer: str = "pgjwt"
+    claims: Mapping[str, Any] = field(
+        default_factory=lambda: {"role": "service_role", "iss": "supabase", "sub": "orchestrator"}
+    )
+    token_ttl_seconds: int = 3600
+    timeout_ms: int = 5000
+    schema: str = "public"
+    name: str = "notify_orchestrator_secure"
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+def _literal(value: Any) -> str:
+    return sql.Literal(value).as_string(None)
+
+
+def _urlsafe_base64(expr: str) -> str:
+    """SQL for base64url without padding, as pgjwt's url_encode computes it."""
+    return f"pg_catalog.translate(pg_catalog.encode({expr}, 'base64'), E'+/=\\n', '-_')"
+
+
+def _sign_statement(signer: str) -> str:
+    if signer == "pgjwt":
+        return "token := extensions.sign(claims::json, secret, 'HS256');"
+    if signer == "pgcrypto":
+        header = _literal(base64url(JWT_HEADER.encode()) + ".")
+        payload = _urlsafe_base64("pg_catalog.convert_to(claims::text, 'UTF8')")
+        signature = _urlsafe_base64("extensions.hmac(signing_input, secret, 'sha256')")
+        return f"signing_input := {header} || {payload};\n  token := signing_input || '.' || {signature};"
+    raise ValueError(f"unknown signer {signer!r}")
+
+
+def _post(record_expr: str, old_expr: str, source: str = "") -> str:
+    return (
+        "PERFORM net.http_post(\n"
+        "      TG_ARGV[0],\n"
+        f"      pg_catalog.jsonb_build_object('old_record', {old_expr}, 'record', {record_expr},\n"
+        "        'type', TG_OP, 'table', TG_TABLE_NAME, 'schema', TG_TABLE_SCHEMA),\n"
+        "      '{}'::jsonb,\n"
+        "      headers,\n"
+        "      timeout_ms\n"
+        f"    ){source};"
+    )
+
+
+def render_body(spec: FunctionSpec) -> str:
+    """The PL/pgSQL source, exactly as PostgreSQL stores it in pg_proc.prosrc."""
+    missing = _literal(f"{spec.secret_name} not found in vault")
+    return f"""
+DECLARE
+  secret text;
+  signing_input text;
+  token text;
+  claims jsonb;
+  headers jsonb;
+  issued_at bigint;
+  timeout_ms integer := {int(spec.timeout_ms)};
+BEGIN
+  SELECT s.decrypted_secret INTO secret
+    FROM vault.decrypted_secrets AS s
+   WHERE s.name = {_literal(spec.secret_name)};
+  IF secret IS NULL THEN
+    RAISE EXCEPTION USING MESSAGE = {missing},
+      HINT = 'Create it with vault.create_secret() or set secure-webhooks:jwtSecret and run pulumi up.';
+  END IF;
+
+  issued_at := pg_catalog.floor(EXTRACT(EPOCH FROM pg_catalog.clock_timestamp()))::bigint;
+  claims := {_literal(json.dumps(dict(spec.claims), sort_keys=True))}::jsonb
+    || pg_catalog.jsonb_build_object('iat', issued_at, 'exp', issued_at + {int(spec.token_ttl_seconds)});
+  {_sign_statement(spec.signer)}
+  headers := pg_catalog.jsonb_build_object(
+    'Content-Type', 'application/json',
+    'Authorization', 'Bearer ' || token);
+
+  IF TG_LEVEL = 'ROW' THEN
+    {_post("NEW", "OLD")}
+  ELSIF TG_OP = 'DELETE' THEN
+    {_post("NULL", "pg_catalog.to_jsonb(r)", f" FROM {OLD_ROWS} AS r")}
+  ELSE
+    {_post("pg_catalog.to_jsonb(r)", "NULL", f" FROM {NEW_ROWS} AS r")}
+  END IF;
+  RETURN NULL;
+END
+"""
+
+
+def body_sha256(body: str) -> str:
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def create_statement(spec: FunctionSpec) -> sql.Composed:
+    """CREATE OR REPLACE keeps the function's oid, so triggers never point at nothing.
+
+    The body is passed as a literal, not dollar-quoted, so no configured value
+    can end the quoting early.
+    """
+    return sql.SQL(
+        "CREATE OR REPLACE FUNCTION {}.{}() RETURNS trigger LANGUAGE plpgsql "
+        "SECURITY DEFINER SET search_path = '' AS {}"
+    ).format(sql.Identifier(spec.schema), sql.Identifier(spec.name), sql.Literal(render_body(spec)))

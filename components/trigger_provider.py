@@ -1,0 +1,275 @@
+"""Dynamic provider for one webhook trigger (pulumi-postgresql has none).
+
+Each trigger is replaced in a single transaction with CREATE OR REPLACE
+TRIGGER, so no insert ever runs while the table has no webhook: concurrent
+inserts wait for the swap and fire the new trigger. A trigger of the same
+name that is not ours (the legacy static-header webhook) is recorded
+verbatim, swapped out in that same transaction, and put back on destroy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pulumi
+from psycopg import sql
+from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
+
+from components.database import DatabaseProvider
+from components.ownership import claim, marker, owner_of
+from components.trigger_function import NEW_ROWS, OLD_ROWS, FunctionSpec
+
+INPUTS = ("schema", "table", "name", "event", "url", "function_schema", "function_name", "owner")
+IDENTITY = ("schema", "table", "name")
+
+#: INSERT and DELETE fire once per statement over a transition table (one Vault
+#: read and one signature per statement); UPDATE needs OLD and NEW paired, which
+#: transition tables cannot do, so it fires per row. PostgreSQL allows
+#: transition tables on single-event triggers only: one trigger per event.
+FIRING = {
+    "INSERT": ("STATEMENT", sql.SQL("REFERENCING NEW TABLE AS {} ").format(sql.Identifier(NEW_ROWS))),
+    "DELETE": ("STATEMENT", sql.SQL("REFERENCING OLD TABLE AS {} ").format(sql.Identifier(OLD_ROWS))),
+    "UPDATE": ("ROW", sql.SQL("")),
+}
+
+# pg_trigger.tgtype bits (src/include/catalog/pg_trigger.h)
+_ROW, _BEFORE, _INSTEAD = 1, 2, 64
+_EVENT_BITS = {"INSERT": 4, "DELETE": 8, "UPDATE": 16, "TRUNCATE": 32}
+
+#: tgenabled: O fires normally, A always, R only on replicas, D never.
+_ENABLE = {"D": "DISABLE TRIGGER", "R": "ENABLE REPLICA TRIGGER", "A": "ENABLE ALWAYS TRIGGER", "O": "ENABLE TRIGGER"}
+
+
+def desired_state(props: dict[str, Any]) -> dict[str, Any]:
+    """What `read` must observe when the trigger is exactly as configured."""
+    return {
+        "url": props["url"],
+        "events": [props["event"]],
+        "level": FIRING[props["event"]][0],
+        "timing": "AFTER",
+        "enabled": True,
+        "function": f"{props['function_schema']}.{props['function_name']}",
+        "managed_by": props["owner"],
+    }
+
+
+@dataclass(frozen=True)
+class InstalledTrigger:
+    definition: str
+    enabled_flag: str
+    comment: str | None
+    state: dict[str, Any]
+
+
+def _target(props: dict[str, Any]) -> tuple[sql.Identifier, sql.Composed]:
+    return sql.Identifier(props["name"]), sql.SQL("{}.{}").format(
+        sql.Identifier(props["schema"]), sql.Identifier(props["table"])
+    )
+
+
+def table_exists(cur: psycopg.Cursor, props: dict[str, Any]) -> bool:
+    cur.execute(
+        """
+        SELECT EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                        WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p'))
+        """,
+        (props["schema"], props["table"]),
+    )
+    return cur.fetchone()[0]
+
+
+def find_trigger(cur: psycopg.Cursor, props: dict[str, Any]) -> InstalledTrigger | None:
+    cur.execute(
+        """
+        SELECT pg_catalog.pg_get_triggerdef(t.oid), t.tgenabled, t.tgtype, t.tgnargs, t.tgargs,
+               fn.nspname || '.' || f.proname, pg_catalog.obj_description(t.oid, 'pg_trigger')
+          FROM pg_catalog.pg_trigger t
+          JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid
+          JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace
+         WHERE n.nspname = %s AND c.relname = %s AND t.tgname = %s AND NOT t.tgisinternal
+        """,
+        (props["schema"], props["table"], props["name"]),
+    )
+    row = cur.fetchone()
+    if row is None:
+        return None
+    definition, enabled_flag, tgtype, nargs, args, function, comment = row
+    arguments = [arg.decode() for arg in bytes(args).split(b"\x00")[:nargs]]
+    return InstalledTrigger(
+        definition=definition,
+        enabled_flag=enabled_flag,
+        comment=comment,
+        state={
+            "url": arguments[0] if len(arguments) == 1 else arguments,
+            "events": [event for event, bit in _EVENT_BITS.items() if tgtype & bit],
+            "level": "ROW" if tgtype & _ROW else "STATEMENT",
+            "timing": "INSTEAD OF" if tgtype & _INSTEAD else "BEFORE" if tgtype & _BEFORE else "AFTER",
+            "enabled": enabled_flag in ("O", "A"),
+            "function": function,
+            "managed_by": owner_of(comment),
+        },
+    )
+
+
+def _set_enabled(cur: psycopg.Cursor, props: dict[str, Any], flag: str) -> None:
+    name, table = _target(props)
+    cur.execute(sql.SQL("ALTER TABLE {} {} {}").format(table, sql.SQL(_ENABLE[flag]), name))
+
+
+def _comment(cur: psycopg.Cursor, props: dict[str, Any], comment: str | None) -> None:
+    name, table = _target(props)
+    cur.execute(sql.SQL("COMMENT ON TRIGGER {} ON {} IS {}").format(name, table, sql.Literal(comment)))
+
+
+def install(cur: psycopg.Cursor, props: dict[str, Any]) -> InstalledTrigger:
+    name, table = _target(props)
+    level, referencing = FIRING[props["event"]]
+    cur.execute(
+        sql.SQL(
+            "CREATE OR REPLACE TRIGGER {name} AFTER {event} ON {table} {referencing}"
+            "FOR EACH {level} EXECUTE FUNCTION {function}({url})"
+        ).format(
+            name=name,
+            event=sql.SQL(props["event"]),
+            table=table,
+            referencing=referencing,
+            level=sql.SQL(level),
+            function=sql.SQL("{}.{}").format(
+                sql.Identifier(props["function_schema"]), sql.Identifier(props["function_name"])
+            ),
+            url=sql.Literal(props["url"]),
+        )
+    )
+    _set_enabled(cur, props, "O")
+    _comment(cur, props, marker(props["owner"]))
+    installed = find_trigger(cur, props)
+    assert installed is not None
+    return installed
+
+
+def restore(cur: psycopg.Cursor, props: dict[str, Any], adopted: dict[str, Any]) -> None:
+    """Recreate the adopted trigger from its recorded pg_get_triggerdef, firing state and comment."""
+    cur.execute(sql.SQL(adopted["definition"]))
+    if adopted["enabled_flag"] != "O":
+        _set_enabled(cur, props, adopted["enabled_flag"])
+    if adopted["comment"] is not None:
+        _comment(cur, props, adopted["comment"])
+
+
+def _describe(props: dict[str, Any]) -> str:
+    return f"trigger {props['name']} on {props['schema']}.{props['table']}"
+
+
+class WebhookTriggerProvider(DatabaseProvider):
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        failures: list[CheckFailure] = []
+        if news.get("event") not in FIRING:
+            failures.append(CheckFailure("event", f"must be one of {sorted(FIRING)}"))
+            return CheckResult(news, failures)
+        with self.db.transaction() as cur:
+            if not table_exists(cur, news):
+                failures.append(
+                    CheckFailure(
+                        "table",
+                        f"table {news['schema']}.{news['table']} does not exist "
+                        f"(secure-webhooks:webhooks entry {news['name']!r})",
+                    )
+                )
+                return CheckResult(news, failures)
+            installed = find_trigger(cur, news)
+        if installed is not None and installed.state["managed_by"] not in (None, news["owner"]):
+            failures.append(
+                CheckFailure(
+                    "name",
+                    f"{_describe(news)} is managed by Pulumi stack "
+                    f"{installed.state['managed_by']}, not {news['owner']}; refusing to take it over",
+                )
+            )
+        return CheckResult(news, failures)
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        adopted = None
+        with self.db.transaction() as cur:
+            existing = find_trigger(cur, props)
+            if existing is not None and claim("trigger", _describe(props), existing.comment, props["owner"]):
+                adopted = {
+                    "definition": existing.definition,
+                    "enabled_flag": existing.enabled_flag,
+                    "comment": existing.comment,
+                }
+                pulumi.log.info(f"adopting existing {_describe(props)}; destroy will restore it")
+            installed = install(cur, props)
+        trigger_id = f"{props['schema']}.{props['table']}/{props['name']}"
+        return CreateResult(trigger_id, {**props, **installed.state, "adopted": adopted})
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        with self.db.transaction() as cur:
+            installed = find_trigger(cur, props)
+        if installed is None:
+            return ReadResult(None, {})
+        return ReadResult(id_, {**props, **installed.state})
+
+    def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        changed = [key for key in INPUTS if olds.get(key) != news.get(key)]
+        changed += [key for key, value in desired_state(news).items() if olds.get(key) != value]
+        replaces = [key for key in IDENTITY if olds.get(key) != news.get(key)]
+        return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=False)
+
+    def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        with self.db.transaction() as cur:
+            existing = find_trigger(cur, news)
+            if existing is not None:
+                claim("trigger", _describe(news), existing.comment, news["owner"])
+            installed = install(cur, news)
+        return UpdateResult({**news, **installed.state, "adopted": olds.get("adopted")})
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        with self.db.transaction() as cur:
+            if not table_exists(cur, props):
+                return
+            existing = find_trigger(cur, props)
+            if existing is not None:
+                if owner_of(existing.comment) != props["owner"]:
+                    pulumi.log.warn(f"{_describe(props)} is no longer ours; leaving it in place")
+                    return
+                name, table = _target(props)
+                cur.execute(sql.SQL("DROP TRIGGER {} ON {}").format(name, table))
+            if props.get("adopted"):
+                restore(cur, props, props["adopted"])
+
+
+class WebhookTrigger(pulumi.dynamic.Resource, module="secure-webhooks", name="WebhookTrigger"):
+    """One AFTER trigger that sends each affected row of a table to a URL."""
+
+    url: pulumi.Output[str]
+    enabled: pulumi.Output[bool]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        schema: str,
+        table: str,
+        trigger_name: str,
+        event: str,
+        url: str,
+        function: FunctionSpec,
+        owner: str,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        props = {
+            "schema": schema,
+            "table": table,
+            "name": trigger_name,
+            "event": event,
+            "url": url,
+            "function_schema": function.schema,
+            "function_name": function.name,
+            "owner": owner,
+            "enabled": None,
+        }
+        super().__init__(WebhookTriggerProvider(), name, props, opts)

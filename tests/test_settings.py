@@ -1,0 +1,215 @@
+"""The configuration contract: defaults, every validation error, and the URL policy."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.settings import (
+    DEFAULT_CLAIMS,
+    DEFAULT_WEBHOOKS,
+    ConfigError,
+    check_jwt_secret,
+    parse_settings,
+)
+from components.urls import is_tunnel_host
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = {"orchestratorUrl": "https://orchestrator.example.com"}
+
+
+def settings(**raw):
+    return parse_settings({**BASE, **raw})
+
+
+def error_of(**raw) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        settings(**raw)
+    return info.value
+
+
+def test_defaults_are_the_seed_plan():
+    s = settings()
+    assert [(w.name, w.qualified_table, w.url, w.events) for w in s.webhooks] == [
+        (
+            "orchestrator-ingest-interns-individual",
+            "public.resumes",
+            "https://orchestrator.example.com/ingest/interns/individual",
+            ("INSERT",),
+        ),
+        (
+            "orchestrator-injest-resumes-batch",
+            "public.zip_archives",
+            "https://orchestrator.example.com/ingest/resumes/batch",
+            ("INSERT",),
+        ),
+    ]
+    assert (s.secret_name, s.token_ttl_seconds, s.timeout_ms, s.signer) == ("app_jwt_secret", 3600, 5000, "pgjwt")
+    assert dict(s.claims) == {"role": "service_role", "iss": "supabase", "sub": "orchestrator"}
+    assert s.production is False and s.manages_secret is False
+
+
+def test_pulumi_yaml_declares_the_same_defaults_as_the_code():
+    declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+    assert declared["webhooks"]["default"] == [dict(w) for w in DEFAULT_WEBHOOKS]
+    assert declared["claims"]["default"] == DEFAULT_CLAIMS
+    assert declared["secretName"]["default"] == "app_jwt_secret"
+    assert declared["tokenTtlSeconds"]["default"] == 3600
+    assert declared["timeoutMs"]["default"] == 5000
+    assert declared["signer"]["default"] == "pgjwt"
+    assert declared["production"]["default"] is False
+    assert "default" not in declared["orchestratorUrl"]
+
+
+def test_values_arrive_as_pulumi_config_strings():
+    s = settings(
+        webhooks='[{"name": "t", "table": "resumes", "path": "/x", "events": ["insert", "update"]}]',
+        claims='{"role": "worker"}',
+        tokenTtlSeconds="60",
+        timeoutMs="250",
+        production="false",
+        signer="pgcrypto",
+    )
+    assert s.webhooks[0].events == ("INSERT", "UPDATE")
+    assert s.webhooks[0].triggers == (("INSERT", "t"), ("UPDATE", "t-update"))
+    assert (dict(s.claims), s.token_ttl_seconds, s.timeout_ms, s.signer) == ({"role": "worker"}, 60, 250, "pgcrypto")
+
+
+def test_base_url_with_a_path_and_trailing_slash_joins_cleanly():
+    s = parse_settings({"orchestratorUrl": "https://api.example.com/orchestrator/"})
+    assert s.webhooks[0].url == "https://api.example.com/orchestrator/ingest/interns/individual"
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "fragment"),
+    [
+        ({"orchestratorUrl": None}, "secure-webhooks:orchestratorUrl", "is required"),
+        ({"orchestratorUrl": "orchestrator.example.com"}, "secure-webhooks:orchestratorUrl", "absolute http(s)"),
+        ({"orchestratorUrl": "ftp://example.com"}, "secure-webhooks:orchestratorUrl", "scheme 'ftp'"),
+        ({"orchestratorUrl": "http://example.com"}, "secure-webhooks:orchestratorUrl", "plain http"),
+        ({"orchestratorUrl": "https://u:p@example.com"}, "secure-webhooks:orchestratorUrl", "credentials"),
+        ({"orchestratorUrl": "https://example.com/?a=1"}, "secure-webhooks:orchestratorUrl", "query string"),
+        ({"orchestratorUrl": "https://example.com:99999"}, "secure-webhooks:orchestratorUrl", "invalid port"),
+        ({"orchestratorUrl": "https://ex ample.com"}, "secure-webhooks:orchestratorUrl", "whitespace"),
+        ({"signer": "rsa"}, "secure-webhooks:signer", "must be one of"),
+        ({"secretName": ""}, None, None),  # empty means default
+        ({"secretName": "x" * 201}, "secure-webhooks:secretName", "at most 200"),
+        ({"tokenTtlSeconds": 0}, "secure-webhooks:tokenTtlSeconds", "between 1 and 86400"),
+        ({"tokenTtlSeconds": "soon"}, "secure-webhooks:tokenTtlSeconds", "must be an integer"),
+        ({"tokenTtlSeconds": True}, "secure-webhooks:tokenTtlSeconds", "must be an integer"),
+        ({"timeoutMs": 300_001}, "secure-webhooks:timeoutMs", "between 1 and 300000"),
+        ({"production": "yes"}, "secure-webhooks:production", "true or false"),
+        ({"claims": "[1]"}, "secure-webhooks:claims", "non-empty object"),
+        ({"claims": "{bad"}, "secure-webhooks:claims", "not valid JSON"),
+        ({"claims": {"exp": 1}}, "secure-webhooks:claims.exp", "set by the trigger"),
+        ({"claims": {"iat": 1}}, "secure-webhooks:claims.iat", "set by the trigger"),
+        ({"webhooks": []}, "secure-webhooks:webhooks", "non-empty list"),
+        ({"webhooks": ["x"]}, "secure-webhooks:webhooks[0]", "must be an object"),
+        ({"webhooks": [{"table": "t", "path": "/x"}]}, "secure-webhooks:webhooks[0].name", "is required"),
+        ({"webhooks": [{"name": "n", "path": "/x"}]}, "secure-webhooks:webhooks[0].table", "is required"),
+        ({"webhooks": [{"name": "n", "table": "t"}]}, "secure-webhooks:webhooks[0].path", "is required"),
+        (
+            {"webhooks": [{"name": "n", "table": "t", "path": "/x", "url": "u"}]},
+            "secure-webhooks:webhooks[0].url",
+            "not a webhook setting",
+        ),
+        ({"webhooks": [{"name": "n", "table": "t", "path": "x"}]}, "secure-webhooks:webhooks[0].path", "absolute"),
+        ({"webhooks": [{"name": "n", "table": "t", "path": "//h/x"}]}, "secure-webhooks:webhooks[0].path", "single"),
+        ({"webhooks": [{"name": "", "table": "t", "path": "/x"}]}, "secure-webhooks:webhooks[0].name", "non-empty"),
+        (
+            {"webhooks": [{"name": "n" * 64, "table": "t", "path": "/x"}]},
+            "secure-webhooks:webhooks[0].name",
+            "63-byte",
+        ),
+        (
+            {"webhooks": [{"name": "n" * 60, "table": "t", "path": "/x", "events": ["INSERT", "DELETE"]}]},
+            "secure-webhooks:webhooks[0].name",
+            "63-byte",
+        ),
+        (
+            {"webhooks": [{"name": "n", "table": "t\x00", "path": "/x"}]},
+            "secure-webhooks:webhooks[0].table",
+            "NUL",
+        ),
+        (
+            {"webhooks": [{"name": "n", "table": "t", "path": "/x", "events": ["TRUNCATE"]}]},
+            "secure-webhooks:webhooks[0].events",
+            "allowed events",
+        ),
+        (
+            {"webhooks": [{"name": "n", "table": "t", "path": "/x", "events": ["INSERT", "insert"]}]},
+            "secure-webhooks:webhooks[0].events",
+            "twice",
+        ),
+        (
+            {"webhooks": [{"name": "n", "table": "t", "path": "/x", "events": []}]},
+            "secure-webhooks:webhooks[0].events",
+            "non-empty list",
+        ),
+        (
+            {"webhooks": [{"name": "n", "table": "t", "path": "/a"}, {"name": "n", "table": "t", "path": "/b"}]},
+            "secure-webhooks:webhooks[1].name",
+            "already defined by secure-webhooks:webhooks[0]",
+        ),
+        (
+            {
+                "webhooks": [
+                    {"name": "n", "table": "t", "path": "/a", "events": ["INSERT", "DELETE"]},
+                    {"name": "n-delete", "table": "t", "path": "/b"},
+                ]
+            },
+            "secure-webhooks:webhooks[1].name",
+            "'n-delete' on public.t is already defined",
+        ),
+    ],
+)
+def test_every_bad_value_names_its_key(raw, key, fragment):
+    if key is None:
+        assert settings(**raw).secret_name == "app_jwt_secret"
+        return
+    error = error_of(**raw)
+    assert error.key == key
+    assert fragment in error.problem
+    assert str(error).startswith(key + ": ")
+
+
+def test_same_trigger_name_on_different_tables_is_fine():
+    s = settings(webhooks=[{"name": "n", "table": "a", "path": "/a"}, {"name": "n", "table": "b", "path": "/b"}])
+    assert [w.qualified_table for w in s.webhooks] == ["public.a", "public.b"]
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("http://orchestrator.example.com", "plain http"),
+        ("http://127.0.0.1:8080", "production stacks require https"),
+        ("https://localhost", "loopback"),
+        ("https://heliochromic-isenthalpic-aidyn.ngrok-free.dev", "tunnel host"),
+        ("https://abc.trycloudflare.com", "tunnel host"),
+    ],
+)
+def test_production_refuses_dev_urls(url, fragment):
+    error = error_of(orchestratorUrl=url, production=True)
+    assert error.key == "secure-webhooks:orchestratorUrl"
+    assert fragment in error.problem
+
+
+def test_non_production_allows_ngrok_and_loopback_http():
+    assert settings(orchestratorUrl="https://heliochromic-isenthalpic-aidyn.ngrok-free.dev").production is False
+    for url in ("http://127.0.0.1:9000", "http://localhost:9000", "http://[::1]:9000"):
+        assert settings(orchestratorUrl=url).webhooks[0].url.startswith(url)
+
+
+def test_tunnel_detection_matches_whole_labels_only():
+    assert is_tunnel_host("x.ngrok-free.app")
+    assert not is_tunnel_host("notngrok.io.example.com")
+    assert not is_tunnel_host("myngrok.io")
+
+
+def test_jwt_secret_must_be_32_bytes_and_is_never_echoed():
+    with pytest.raises(ConfigError) as info:
+        check_jwt_secret("short-secret-value")
+    assert info.value.key == "secure-webhooks:jwtSecret"
+    assert "18 bytes" in str(info.value) and "32" in str(info.value)
+    assert "short-secret-value" not in str(info.value)
+    assert check_jwt_secret("x" * 32) == "x" * 32
