@@ -1,0 +1,164 @@
+"""The resource graph of the real program for the dev and prod stacks, with Pulumi's mocks.
+
+These run __main__.py exactly as `pulumi up` would, with the engine replaced
+by pulumi.runtime.Mocks (the way Pulumi's docs unit-test programs), and with
+each stack's committed Pulumi.<stack>.yaml as its config.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+
+import pulumi
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "s" * 40
+FUNCTION = "pulumi-python:dynamic/secure-webhooks:SecureFunction"
+TRIGGER = "pulumi-python:dynamic/secure-webhooks:WebhookTrigger"
+VAULT_SECRET = "pulumi-python:dynamic/secure-webhooks:VaultSecret"
+EXTENSION = "postgresql:index/extension:Extension"
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    def __init__(self) -> None:
+        self.resources: list[pulumi.runtime.MockResourceArgs] = []
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        self.resources.append(args)
+        return f"{args.name}-id", dict(args.inputs)
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        return {}
+
+    def of_type(self, typ: str) -> list[pulumi.runtime.MockResourceArgs]:
+        return [r for r in self.resources if r.typ == typ]
+
+
+def stack_config(stack: str) -> dict[str, str]:
+    return yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+
+
+def run_program(stack: str, config: dict[str, str], secret_keys: tuple[str, ...] = ()) -> RecordingMocks:
+    """Run __main__.py under mocks and wait until every resource is registered."""
+    mocks = RecordingMocks()
+    pulumi.runtime.set_all_config({k: str(v) for k, v in config.items()}, list(secret_keys))
+    pulumi.runtime.set_mocks(mocks, project="secure-webhooks", stack=stack, preview=False)
+
+    @pulumi.runtime.test
+    def program():
+        runpy.run_path(str(ROOT / "__main__.py"))
+        return pulumi.Output.from_input(None)
+
+    program()
+    return mocks
+
+
+def test_dev_stack_graph():
+    mocks = run_program("dev", stack_config("dev"))
+    extensions = mocks.of_type(EXTENSION)
+    assert sorted((e.inputs["name"], e.inputs["schema"]) for e in extensions) == [
+        ("pg_net", "extensions"),
+        ("pgcrypto", "extensions"),
+        ("pgjwt", "extensions"),
+    ]
+    (function,) = mocks.of_type(FUNCTION)
+    assert function.inputs["schema"] == "public" and function.inputs["name"] == "notify_orchestrator_secure"
+    assert function.inputs["signer"] == "pgjwt"
+    assert function.inputs["owner"] == "secure-webhooks/dev"
+    assert function.inputs["secret_managed"] is False
+    triggers = mocks.of_type(TRIGGER)
+    assert [
+        (t.inputs["schema"], t.inputs["table"], t.inputs["name"], t.inputs["event"], t.inputs["url"]) for t in triggers
+    ] == [
+        (
+            "public",
+            "resumes",
+            "orchestrator-ingest-interns-individual",
+            "INSERT",
+            "https://heliochromic-isenthalpic-aidyn.ngrok-free.dev/ingest/interns/individual",
+        ),
+        (
+            "public",
+            "zip_archives",
+            "orchestrator-injest-resumes-batch",
+            "INSERT",
+            "https://heliochromic-isenthalpic-aidyn.ngrok-free.dev/ingest/resumes/batch",
+        ),
+    ]
+    assert not mocks.of_type(VAULT_SECRET)
+
+
+def test_prod_stack_uses_its_own_url_and_pgcrypto():
+    mocks = run_program("prod", stack_config("prod"))
+    assert sorted(e.inputs["name"] for e in mocks.of_type(EXTENSION)) == ["pg_net", "pgcrypto"]
+    (function,) = mocks.of_type(FUNCTION)
+    assert function.inputs["signer"] == "pgcrypto"
+    assert function.inputs["owner"] == "secure-webhooks/prod"
+    assert {t.inputs["url"] for t in mocks.of_type(TRIGGER)} == {
+        "https://orchestrator.example.com/ingest/interns/individual",
+        "https://orchestrator.example.com/ingest/resumes/batch",
+    }
+
+
+def test_every_resource_is_a_child_of_the_component():
+    mocks = run_program("dev", stack_config("dev"))
+    (component,) = [r for r in mocks.resources if r.typ == "secure-webhooks:index:SecureWebhooks"]
+    children = [r for r in mocks.resources if r is not component]
+    assert children and all(r.name.startswith("secure-webhooks-") for r in children)
+
+
+def test_multi_event_webhook_gets_one_trigger_per_event():
+    config = {
+        **stack_config("dev"),
+        "secure-webhooks:webhooks": json.dumps(
+            [{"name": "audit", "table": "resumes", "path": "/audit", "events": ["INSERT", "UPDATE", "DELETE"]}]
+        ),
+    }
+    triggers = run_program("dev", config).of_type(TRIGGER)
+    assert [(t.inputs["name"], t.inputs["event"]) for t in triggers] == [
+        ("audit", "INSERT"),
+        ("audit-update", "UPDATE"),
+        ("audit-delete", "DELETE"),
+    ]
+
+
+def test_jwt_secret_adds_a_vault_secret_resource_as_a_secret():
+    config = {**stack_config("dev"), "secure-webhooks:jwtSecret": SECRET}
+    mocks = run_program("dev", config, secret_keys=("secure-webhooks:jwtSecret",))
+    (vault_secret,) = mocks.of_type(VAULT_SECRET)
+    assert vault_secret.inputs["name"] == "app_jwt_secret"
+    assert vault_secret.inputs["secret"] == {
+        pulumi.runtime.rpc._special_sig_key: pulumi.runtime.rpc._special_secret_sig,
+        "value": SECRET,
+    }
+    (function,) = mocks.of_type(FUNCTION)
+    assert function.inputs["secret_managed"] is True
+
+
+@pytest.mark.parametrize(
+    ("override", "secret_keys", "message"),
+    [
+        (
+            {"secure-webhooks:orchestratorUrl": "https://heliochromic-isenthalpic-aidyn.ngrok-free.dev"},
+            (),
+            "secure-webhooks:orchestratorUrl: production stacks must not point at tunnel host",
+        ),
+        ({"secure-webhooks:timeoutMs": "0"}, (), "secure-webhooks:timeoutMs: must be between 1 and 300000"),
+        ({"secure-webhooks:jwtSecret": SECRET}, (), "secure-webhooks:jwtSecret: must be set as a secret"),
+        ({"postgresql:password": "pw"}, (), "postgresql:password: must be set as a secret"),
+        (
+            {"secure-webhooks:jwtSecret": "too-short"},
+            ("secure-webhooks:jwtSecret",),
+            "secure-webhooks:jwtSecret: is 9 bytes; HS256 needs at least 32",
+        ),
+    ],
+)
+def test_bad_prod_config_fails_before_any_resource(override, secret_keys, message):
+    with pytest.raises(pulumi.RunError) as info:
+        run_program("prod", {**stack_config("prod"), **override}, secret_keys)
+    assert message in str(info.value)
+    assert "too-short" not in str(info.value)
