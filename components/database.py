@@ -65,7 +65,9 @@ class ConnectionSettings:
             return psycopg.connect(
                 **{k: v for k, v in params.items() if v is not None},
                 application_name=APPLICATION_NAME,
-                options=f"-c lock_timeout={LOCK_TIMEOUT}",
+                # search_path=pg_catalog makes pg_get_triggerdef/functiondef qualify every
+                # name, so a recorded legacy definition restores the same objects anywhere.
+                options=f"-c lock_timeout={LOCK_TIMEOUT} -c search_path=pg_catalog",
                 connect_timeout=10,
             )
         except psycopg.OperationalError as exc:
