@@ -36,9 +36,7 @@ def read_stack_config() -> tuple[Settings, pulumi.Output[str] | None]:
         jwt_secret = config.get("jwtSecret")
         if jwt_secret is not None:
             check_jwt_secret(jwt_secret)
-        settings = parse_settings(
-            {key: config.get(key) for key in SETTING_KEYS}, jwt_secret_set=jwt_secret is not None
-        )
+        settings = parse_settings({key: config.get(key) for key in SETTING_KEYS}, jwt_secret_set=jwt_secret is not None)
     except ConfigError as exc:
         raise pulumi.RunError(f"invalid configuration: {exc}") from None
     return settings, (pulumi.Output.secret(jwt_secret) if jwt_secret is not None else None)

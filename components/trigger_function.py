@@ -69,7 +69,8 @@ def _urlsafe_base64(expr: str) -> str:
     return f"pg_catalog.translate(pg_catalog.encode({expr}, 'base64'), E'+/=\\n', '-_')"
 
 
-def _sign_statement(signer: str) -> str:
+def sign_statement(signer: str) -> str:
+    """PL/pgSQL that sets `token` from the jsonb `claims` and text `secret` variables."""
     if signer == "pgjwt":
         return "token := extensions.sign(claims::json, secret, 'HS256');"
     if signer == "pgcrypto":
@@ -117,7 +118,7 @@ BEGIN
   issued_at := pg_catalog.floor(EXTRACT(EPOCH FROM pg_catalog.clock_timestamp()))::bigint;
   claims := {_literal(json.dumps(dict(spec.claims), sort_keys=True))}::jsonb
     || pg_catalog.jsonb_build_object('iat', issued_at, 'exp', issued_at + {int(spec.token_ttl_seconds)});
-  {_sign_statement(spec.signer)}
+  {sign_statement(spec.signer)}
   headers := pg_catalog.jsonb_build_object(
     'Content-Type', 'application/json',
     'Authorization', 'Bearer ' || token);

@@ -1,0 +1,187 @@
+"""Local HTTP receiver standing in for the Rust orchestrator.
+
+It accepts a POST on any path, demands ``Authorization: Bearer <HS256 JWT>`` and verifies it
+the way the orchestrator must: signature, required ``exp`` and ``iat``, optional expected claims
+and an optional exact lifetime (``exp - iat``). Every request is recorded, accepted or not, so
+tests can assert on what the database actually sent.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import jwt
+
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One request as received. ``claims`` is set when accepted, ``rejection`` when not."""
+
+    path: str
+    headers: dict[str, str]
+    raw_body: bytes
+    body: Any
+    status: int
+    claims: dict[str, Any] | None
+    rejection: str | None
+
+    def header(self, name: str) -> str | None:
+        """Case-insensitive header lookup (HTTP header names are case-insensitive)."""
+        wanted = name.lower()
+        return next((v for k, v in self.headers.items() if k.lower() == wanted), None)
+
+
+class _Server(ThreadingHTTPServer):
+    # pg_net (and our worker) send many requests at once; the default backlog of 5
+    # refuses connections under a burst, which would look like lost webhooks.
+    request_queue_size = 256
+    daemon_threads = True
+
+
+class WebhookReceiver:
+    """Threaded HTTP server on 127.0.0.1 that verifies and records webhook deliveries."""
+
+    def __init__(
+        self,
+        secret: str,
+        *,
+        expected_claims: Mapping[str, Any] | None = None,
+        expected_ttl: int | None = None,
+        port: int = 0,
+    ) -> None:
+        self._secret = secret
+        self._expected_claims = dict(expected_claims or {})
+        self._expected_ttl = expected_ttl
+        self._deliveries: list[Delivery] = []
+        self._arrived = threading.Condition()
+        self._server = _Server((HOST, port), self._handler_class())
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:41234`` (no trailing slash)."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        """Snapshot of all deliveries so far, in arrival order."""
+        with self._arrived:
+            return list(self._deliveries)
+
+    def start(self) -> WebhookReceiver:
+        """Serve in a background thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._server.serve_forever, name="webhook-receiver", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._server.server_close()
+
+    def __enter__(self) -> WebhookReceiver:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Delivery]:
+        """Block until at least ``count`` deliveries arrived; return them all.
+
+        Raises TimeoutError (with what did arrive) when they do not come in time.
+        """
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while len(self._deliveries) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"expected {count} deliveries within {timeout} s, "
+                        f"got {len(self._deliveries)}: {self._deliveries!r}"
+                    )
+                self._arrived.wait(remaining)
+            return list(self._deliveries)
+
+    def verify(self, authorization: str | None) -> dict[str, Any]:
+        """Return the token's claims, or raise ValueError saying why it is rejected."""
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ValueError("missing bearer token")
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=["HS256"],
+                audience=self._expected_claims.get("aud"),
+                options={"require": ["exp", "iat"]},
+            )
+        except jwt.PyJWTError as error:
+            raise ValueError(f"invalid token: {error}") from error
+        for name, expected in self._expected_claims.items():
+            if claims.get(name) != expected:
+                raise ValueError(f"claim {name!r} is {claims.get(name)!r}, expected {expected!r}")
+        if self._expected_ttl is not None and claims["exp"] - claims["iat"] != self._expected_ttl:
+            raise ValueError(f"token lifetime is {claims['exp'] - claims['iat']} s, expected {self._expected_ttl} s")
+        return claims
+
+    def _record(self, delivery: Delivery) -> None:
+        with self._arrived:
+            self._deliveries.append(delivery)
+            self._arrived.notify_all()
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw_body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                claims: dict[str, Any] | None = None
+                rejection: str | None = None
+                try:
+                    body = json.loads(raw_body)
+                except ValueError:
+                    body = None
+                try:
+                    claims = receiver.verify(self.headers.get("Authorization"))
+                    status = 200
+                except ValueError as error:
+                    rejection = str(error)
+                    status = 401
+                if status == 200 and body is None:
+                    rejection, status = "body is not JSON", 400
+                receiver._record(
+                    Delivery(
+                        path=self.path,
+                        headers=dict(self.headers.items()),
+                        raw_body=raw_body,
+                        body=body,
+                        status=status,
+                        claims=claims,
+                        rejection=rejection,
+                    )
+                )
+                reply = json.dumps({"ok": True} if status == 200 else {"error": rejection})
+                encoded = reply.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(encoded)))
+                self.end_headers()
+                self.wfile.write(encoded)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Keep test output clean; deliveries are recorded instead."""
+
+        return Handler

@@ -1,0 +1,66 @@
+"""Test helpers: our dynamic providers configured for the local cluster, and their props."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pulumi.dynamic import ConfigureRequest
+from pulumi.dynamic.config import Config
+
+from components.database import DatabaseProvider
+from components.trigger_function import FunctionSpec
+from local_supabase.cluster import LocalSupabase
+
+OWNER = "secure-webhooks/test"
+
+
+def stack_config(cluster: LocalSupabase) -> dict[str, str]:
+    """The postgresql:* config a stack pointed at the local cluster carries."""
+    return {
+        "postgresql:host": cluster.host,
+        "postgresql:port": str(cluster.port),
+        "postgresql:database": cluster.dbname,
+        "postgresql:username": "postgres",
+        "postgresql:password": cluster.password_for("postgres"),
+        "postgresql:sslmode": "disable",
+    }
+
+
+def configured(provider_class: type[DatabaseProvider], cluster: LocalSupabase) -> DatabaseProvider:
+    provider = provider_class()
+    provider.configure(ConfigureRequest(Config(stack_config(cluster), "secure-webhooks")))
+    return provider
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def function_props(spec: FunctionSpec, owner: str = OWNER, secret_managed: bool = False) -> dict[str, Any]:
+    return {
+        "schema": spec.schema,
+        "name": spec.name,
+        "secret_name": spec.secret_name,
+        "signer": spec.signer,
+        "claims": dict(spec.claims),
+        "token_ttl_seconds": spec.token_ttl_seconds,
+        "timeout_ms": spec.timeout_ms,
+        "owner": owner,
+        "secret_managed": secret_managed,
+    }
+
+
+def trigger_props(
+    table: str, name: str, url: str, spec: FunctionSpec, event: str = "INSERT", owner: str = OWNER
+) -> dict[str, Any]:
+    return {
+        "schema": "public",
+        "table": table,
+        "name": name,
+        "event": event,
+        "url": url,
+        "function_schema": spec.schema,
+        "function_name": spec.name,
+        "owner": owner,
+    }

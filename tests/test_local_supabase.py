@@ -1,0 +1,399 @@
+"""Faithfulness checks for the local Supabase stand-in (cluster, pgjwt, pg_net, Vault, webhooks)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pwd
+import time
+from pathlib import Path
+
+import jwt
+import psycopg
+import pytest
+from psycopg import errors, sql
+
+from local_supabase.bootstrap import create_demo_tables, install_legacy_webhooks
+from local_supabase.cluster import LocalSupabase
+from local_supabase.orchestrator import WebhookReceiver
+from local_supabase.pg_net_worker import PgNetWorker
+
+API_ROLES = ("anon", "authenticated")
+
+
+@pytest.fixture(scope="module")
+def pg_net(local_supabase: LocalSupabase) -> None:
+    """Install pg_net the way the product does: as `postgres`, into schema extensions."""
+    with psycopg.connect(local_supabase.dsn("postgres"), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_net WITH SCHEMA extensions")
+
+
+@pytest.fixture
+def legacy_webhooks(
+    postgres_conn: psycopg.Connection, webhook_receiver: WebhookReceiver, pg_net: None
+) -> WebhookReceiver:
+    create_demo_tables(postgres_conn)
+    install_legacy_webhooks(postgres_conn, webhook_receiver.url)
+    return webhook_receiver
+
+
+def _hooks_count(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT count(*) FROM supabase_functions.hooks").fetchone()
+    assert row is not None
+    return row[0]
+
+
+# Cluster ----------------------------------------------------------------------------------------
+
+
+def test_server_runs_as_postgres_os_user_on_loopback_only(
+    local_supabase: LocalSupabase, admin_conn: psycopg.Connection
+) -> None:
+    postgres_uid = pwd.getpwnam("postgres").pw_uid
+    postmaster_pid = int((local_supabase.data_dir / "postmaster.pid").read_text().split()[0])
+    status = Path(f"/proc/{postmaster_pid}/status").read_text()
+    real_uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
+    assert int(real_uid) == postgres_uid
+    assert os.stat(local_supabase.data_dir).st_uid == postgres_uid
+    settings = dict(
+        admin_conn.execute(
+            "SELECT name, setting FROM pg_settings WHERE name IN "
+            "('listen_addresses', 'server_version_num', 'unix_socket_directories')"
+        ).fetchall()
+    )
+    assert settings["listen_addresses"] == "127.0.0.1"
+    assert settings["server_version_num"].startswith("15")
+    assert settings["unix_socket_directories"] == str(local_supabase.socket_dir)
+
+
+def test_password_is_required(local_supabase: LocalSupabase) -> None:
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(
+            host=local_supabase.host,
+            port=local_supabase.port,
+            dbname="postgres",
+            user="postgres",
+            password="wrong",
+        )
+
+
+def test_roles_match_supabase(admin_conn: psycopg.Connection) -> None:
+    roles = {
+        name: flags
+        for name, *flags in admin_conn.execute(
+            "SELECT rolname, rolsuper, rolcreaterole, rolcreatedb, rolbypassrls, rolcanlogin "
+            "FROM pg_roles WHERE rolname IN "
+            "('supabase_admin', 'postgres', 'anon', 'authenticated', 'service_role')"
+        )
+    }
+    assert roles["supabase_admin"] == [True, True, True, True, True]
+    assert roles["postgres"] == [False, True, True, True, True]
+    assert roles["anon"] == [False, False, False, False, False]
+    assert roles["authenticated"] == [False, False, False, False, False]
+    assert roles["service_role"] == [False, False, False, True, False]
+    memberships = {
+        row[0]
+        for row in admin_conn.execute(
+            "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+            "WHERE m.member = 'postgres'::regrole"
+        )
+    }
+    assert {"anon", "authenticated", "service_role", "supabase_functions_admin"} <= memberships
+
+
+def test_postgres_can_create_the_extensions_without_superuser(
+    local_supabase: LocalSupabase, postgres_conn: psycopg.Connection
+) -> None:
+    """CREATE EXTENSION ... WITH SCHEMA extensions works for postgres, as on Supabase."""
+    postgres_conn.execute("DROP DATABASE IF EXISTS extension_check")
+    postgres_conn.execute("CREATE DATABASE extension_check")
+    try:
+        with psycopg.connect(local_supabase.dsn("postgres"), dbname="extension_check") as conn:
+            conn.execute("CREATE SCHEMA extensions")
+            for extension in ("pgcrypto", "pgjwt", "pg_net"):
+                conn.execute(sql.SQL("CREATE EXTENSION {} WITH SCHEMA extensions").format(sql.Identifier(extension)))
+            owners = dict(
+                conn.execute(
+                    "SELECT p.proname, p.proowner::regrole::text FROM pg_proc p "
+                    "WHERE p.oid IN ('extensions.sign'::regproc, 'net.http_post'::regproc)"
+                ).fetchall()
+            )
+        assert owners == {"sign": "supabase_admin", "http_post": "supabase_admin"}
+    finally:
+        postgres_conn.execute("DROP DATABASE extension_check")
+
+
+# Vault ------------------------------------------------------------------------------------------
+
+
+def test_vault_stores_ciphertext_and_decrypts_through_the_view(
+    postgres_conn: psycopg.Connection,
+) -> None:
+    plaintext = "webhook-signing-secret-" + os.urandom(8).hex()
+    row = postgres_conn.execute(
+        "SELECT vault.create_secret(%s, %s, 'test secret')", (plaintext, "vault-test-" + plaintext)
+    ).fetchone()
+    assert row is not None
+    secret_id = row[0]
+    stored, nonce = postgres_conn.execute(
+        "SELECT secret, nonce FROM vault.secrets WHERE id = %s", (secret_id,)
+    ).fetchone() or (None, None)
+    assert stored is not None and plaintext not in stored
+    assert plaintext.encode() not in base64.b64decode(stored)
+    assert len(nonce) == 16
+    decrypted = postgres_conn.execute(
+        "SELECT decrypted_secret FROM vault.decrypted_secrets WHERE id = %s", (secret_id,)
+    ).fetchone()
+    assert decrypted == (plaintext,)
+
+    postgres_conn.execute("SELECT vault.update_secret(%s, 'rotated')", (secret_id,))
+    with postgres_conn.transaction():
+        postgres_conn.execute("SET LOCAL ROLE service_role")
+        rotated = postgres_conn.execute(
+            "SELECT decrypted_secret FROM vault.decrypted_secrets WHERE id = %s", (secret_id,)
+        ).fetchone()
+    assert rotated == ("rotated",)
+
+
+def test_vault_detects_tampered_ciphertext(postgres_conn: psycopg.Connection, admin_conn: psycopg.Connection) -> None:
+    row = postgres_conn.execute("SELECT vault.create_secret('original')").fetchone()
+    assert row is not None
+    other = postgres_conn.execute("SELECT vault.create_secret('other')").fetchone()
+    assert other is not None
+    # Move the other secret's ciphertext onto this id: the id is authenticated data.
+    admin_conn.execute(
+        "UPDATE vault.secrets SET (secret, nonce) = "
+        "(SELECT secret, nonce FROM vault.secrets WHERE id = %s) WHERE id = %s",
+        (other[0], row[0]),
+    )
+    with pytest.raises(psycopg.errors.RaiseException, match="verification failed"):
+        postgres_conn.execute("SELECT decrypted_secret FROM vault.decrypted_secrets WHERE id = %s", (row[0],))
+
+
+def test_vault_root_key_is_out_of_reach_of_postgres(postgres_conn: psycopg.Connection) -> None:
+    for query in (
+        "SELECT vault._stand_in_root_key()",
+        "SELECT pg_read_file('vault_root.key')",
+        "SELECT vault._crypto_aead_det_encrypt('x', 'y', 0)",
+    ):
+        with pytest.raises(errors.InsufficientPrivilege):
+            postgres_conn.execute(query)
+
+
+@pytest.mark.parametrize("role", API_ROLES)
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT decrypted_secret FROM vault.decrypted_secrets",
+        "SELECT secret FROM vault.secrets",
+        "SELECT vault.create_secret('x')",
+    ],
+)
+def test_api_roles_cannot_use_vault(postgres_conn: psycopg.Connection, role: str, query: str) -> None:
+    with postgres_conn.transaction(force_rollback=True):
+        postgres_conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+        with pytest.raises(errors.InsufficientPrivilege):
+            postgres_conn.execute(query)
+
+
+# pg_net -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role", API_ROLES)
+def test_net_queue_is_readable_by_api_roles_exactly_as_on_supabase(
+    postgres_conn: psycopg.Connection, role: str, pg_net: None
+) -> None:
+    """pg_net >= 0.12 grants ALL on net's tables to PUBLIC; Supabase keeps that.
+
+    So a bearer token placed in request headers IS readable by anon/authenticated at the SQL
+    level, and the product must not assume otherwise.
+    """
+    with postgres_conn.transaction(force_rollback=True):
+        postgres_conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+        postgres_conn.execute("SELECT headers FROM net.http_request_queue")
+        postgres_conn.execute("SELECT headers FROM net._http_response")
+
+
+def test_postgres_cannot_revoke_pg_net_privileges(postgres_conn: psycopg.Connection, pg_net: None) -> None:
+    warnings: list[str] = []
+    postgres_conn.add_notice_handler(lambda diag: warnings.append(diag.message_primary or ""))
+    postgres_conn.execute("REVOKE ALL ON net.http_request_queue FROM PUBLIC")
+    assert any("no privileges could be revoked" in message for message in warnings)
+    row = postgres_conn.execute("SELECT has_table_privilege('anon', 'net.http_request_queue', 'SELECT')").fetchone()
+    assert row == (True,)
+
+
+def test_http_post_adds_missing_content_type(postgres_conn: psycopg.Connection, pg_net: None) -> None:
+    with postgres_conn.transaction(force_rollback=True):
+        row = postgres_conn.execute(
+            "SELECT net.http_post('http://127.0.0.1:9/x', '{\"a\": 1}', "
+            'params := \'{"q": "a b/é"}\', headers := \'{"X-Test": "1"}\')'
+        ).fetchone()
+        assert row is not None
+        queued = postgres_conn.execute(
+            "SELECT method, url, headers, convert_from(body, 'UTF8'), timeout_milliseconds "
+            "FROM net.http_request_queue WHERE id = %s",
+            row,
+        ).fetchone()
+    assert queued == (
+        "POST",
+        "http://127.0.0.1:9/x?q=a%20b%2F%C3%A9",
+        {"X-Test": "1", "Content-Type": "application/json"},
+        '{"a": 1}',
+        5000,
+    )
+
+
+def test_http_post_refuses_other_content_types(postgres_conn: psycopg.Connection, pg_net: None) -> None:
+    with pytest.raises(errors.RaiseException, match='Content-Type header must be "application/json"'):
+        postgres_conn.execute(
+            "SELECT net.http_post('http://127.0.0.1:9/x', headers := '{\"content-type\": \"text/plain\"}')"
+        )
+
+
+def test_worker_records_connection_errors(
+    postgres_conn: psycopg.Connection, pg_net_worker: PgNetWorker, pg_net: None
+) -> None:
+    row = postgres_conn.execute("SELECT net.http_get('http://127.0.0.1:9/closed')").fetchone()
+    assert row is not None
+    pg_net_worker.drain()
+    response = postgres_conn.execute(
+        "SELECT status_code, timed_out, error_msg IS NOT NULL FROM net._http_response WHERE id = %s",
+        row,
+    ).fetchone()
+    assert response == (None, False, True)
+
+
+# pgjwt ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["HS256", "HS384", "HS512"])
+def test_pgjwt_sign_matches_pyjwt(postgres_conn: psycopg.Connection, receiver_secret: str, algorithm: str) -> None:
+    claims = {"iss": "supabase", "sub": "webhook", "iat": 1700000000, "exp": 4102444800}
+    payload_text = json.dumps(claims, separators=(",", ":"))
+    row = postgres_conn.execute(
+        "SELECT extensions.sign(%s::json, %s, %s)", (payload_text, receiver_secret, algorithm)
+    ).fetchone()
+    assert row is not None
+    token = row[0]
+    assert token == jwt.encode(claims, receiver_secret, algorithm=algorithm)
+    assert jwt.decode(token, receiver_secret, algorithms=[algorithm]) == claims
+    verified = postgres_conn.execute(
+        "SELECT header::text, valid FROM extensions.verify(%s, %s, %s)",
+        (token, receiver_secret, algorithm),
+    ).fetchone()
+    assert verified == (f'{{"alg":"{algorithm}","typ":"JWT"}}', True)
+
+
+def test_pgjwt_verify_rejects_wrong_secret_expiry_and_bogus_algorithm(
+    postgres_conn: psycopg.Connection, receiver_secret: str
+) -> None:
+    expired = jwt.encode({"exp": int(time.time()) - 10}, receiver_secret)
+    fresh = jwt.encode({"exp": int(time.time()) + 60}, receiver_secret)
+    rows = postgres_conn.execute(
+        "SELECT (extensions.verify(%s, %s)).valid, (extensions.verify(%s, %s)).valid, "
+        "(extensions.verify(%s, %s)).valid",
+        (fresh, receiver_secret, fresh, "wrong", expired, receiver_secret),
+    ).fetchone()
+    assert rows == (True, False, False)
+    with pytest.raises(errors.InvalidParameterValue, match="No such hash algorithm"):
+        postgres_conn.execute("SELECT extensions.sign('{}'::json, 'k', 'bogus')")
+
+
+# Database Webhooks (legacy static-header triggers) -----------------------------------------------
+
+
+def test_legacy_webhook_delivers_after_commit_and_logs_hook(
+    local_supabase: LocalSupabase,
+    legacy_webhooks: WebhookReceiver,
+    pg_net_worker: PgNetWorker,
+    admin_conn: psycopg.Connection,
+) -> None:
+    hooks_before = _hooks_count(admin_conn)
+    with psycopg.connect(local_supabase.dsn("postgres")) as conn:
+        conn.execute("SET ROLE authenticated")
+        row = conn.execute(
+            "INSERT INTO public.resumes (name, storage_path) VALUES ('ada', 'r/ada.pdf') RETURNING id"
+        ).fetchone()
+        assert row is not None
+        time.sleep(0.2)  # the worker polls meanwhile; nothing may leave before COMMIT
+        assert legacy_webhooks.deliveries == []
+        conn.commit()
+
+    pg_net_worker.drain()
+    (delivery,) = legacy_webhooks.wait_for(1)
+    assert delivery.path == "/ingest/interns/individual"
+    assert delivery.header("x-webhook-secret") == "static"
+    assert delivery.header("Content-type") == "application/json"
+    assert delivery.header("User-Agent") == "pg_net/0.20.4"
+    assert delivery.status == 401 and delivery.rejection == "missing bearer token"
+    assert delivery.body["type"] == "INSERT"
+    assert delivery.body["table"] == "resumes"
+    assert delivery.body["schema"] == "public"
+    assert delivery.body["old_record"] is None
+    assert delivery.body["record"]["id"] == row[0]
+    assert delivery.body["record"]["name"] == "ada"
+
+    hook = admin_conn.execute(
+        "SELECT h.hook_table_id::regclass::text, h.hook_name, r.status_code "
+        "FROM supabase_functions.hooks h JOIN net._http_response r ON r.id = h.request_id "
+        "ORDER BY h.id DESC LIMIT 1"
+    ).fetchone()
+    assert hook == ("resumes", "orchestrator-ingest-interns-individual", 401)
+    assert _hooks_count(admin_conn) == hooks_before + 1
+
+
+def test_legacy_batch_webhook_keeps_seed_trigger_name(
+    postgres_conn: psycopg.Connection,
+    legacy_webhooks: WebhookReceiver,
+    pg_net_worker: PgNetWorker,
+) -> None:
+    postgres_conn.execute("INSERT INTO public.zip_archives (name, storage_path) VALUES ('batch', 'z/batch.zip')")
+    pg_net_worker.drain()
+    (delivery,) = legacy_webhooks.wait_for(1)
+    assert delivery.path == "/ingest/resumes/batch"
+    assert delivery.body["table"] == "zip_archives"
+    names = {
+        row[0]
+        for row in postgres_conn.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = 'public.zip_archives'::regclass"
+        )
+    }
+    assert "orchestrator-injest-resumes-batch" in names
+
+
+def test_rolled_back_insert_sends_nothing(
+    postgres_conn: psycopg.Connection,
+    legacy_webhooks: WebhookReceiver,
+    pg_net_worker: PgNetWorker,
+    admin_conn: psycopg.Connection,
+) -> None:
+    hooks_before = _hooks_count(admin_conn)
+    with postgres_conn.transaction(force_rollback=True):
+        postgres_conn.execute("INSERT INTO public.resumes (name, storage_path) VALUES ('ghost', 'r/ghost.pdf')")
+    pg_net_worker.drain()
+    time.sleep(0.2)
+    assert legacy_webhooks.deliveries == []
+    assert _hooks_count(admin_conn) == hooks_before
+
+
+# Receiver ---------------------------------------------------------------------------------------
+
+
+def test_receiver_verifies_tokens(receiver_secret: str) -> None:
+    now = int(time.time())
+    good = {"iss": "secure-webhooks", "role": "service", "iat": now, "exp": now + 60}
+    with WebhookReceiver(receiver_secret, expected_claims={"iss": "secure-webhooks"}, expected_ttl=60) as receiver:
+        assert receiver.verify("Bearer " + jwt.encode(good, receiver_secret)) == good
+        rejected = {
+            "missing bearer token": None,
+            "invalid token": "Bearer " + jwt.encode(good, "other-secret-0123456789abcdef01234"),
+            "expired": "Bearer " + jwt.encode({**good, "exp": now - 1}, receiver_secret),
+            "iat": "Bearer " + jwt.encode({"exp": now + 60}, receiver_secret),
+            "'iss'": "Bearer " + jwt.encode({**good, "iss": "x"}, receiver_secret),
+            "lifetime": "Bearer " + jwt.encode({**good, "exp": now + 61}, receiver_secret),
+        }
+        for reason, header in rejected.items():
+            with pytest.raises(ValueError, match=reason):
+                receiver.verify(header)
