@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# Build the Pulumi engine pieces this project needs from Go modules (the official
+# Pulumi downloads are not reachable here), at the versions pinned in requirements.txt.
+#
+# Usage: PATH="$(scripts/pulumi-toolchain.sh):$PATH"
+#   stdout: one line, the absolute path of a bin directory holding
+#           pulumi, pulumi-language-python, pulumi-language-python-exec,
+#           pulumi-resource-pulumi-python and pulumi-resource-postgresql
+#   stderr: progress, one line per step with elapsed seconds
+#
+# Results are cached per version under
+#   ${SECURE_WEBHOOKS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/secure-webhooks}/toolchain/
+# (delete a directory there to force a rebuild). Needs only go, bash and coreutils.
+#
+# Notes:
+# - pulumi-language-python is built from scripts/toolchain/pulumi-language-python
+#   (a small host of our own): the upstream host module is not served by the Go
+#   module proxy. The two Python scripts next to it come from the sdk/v3 module.
+# - pulumi-resource-postgresql: if its Go module cannot be downloaded, the step is
+#   skipped with a warning and the bin directory lacks that plugin.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+requirements="$here/../requirements.txt"
+started=$SECONDS
+
+say() { printf 'pulumi-toolchain: [%4ds] %s\n' "$((SECONDS - started))" "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# run STEP-NAME COMMAND...: run a step with its output in a log file, fail naming the step.
+run() {
+	local name=$1 log="$logs/${1// /-}.log"
+	shift
+	say "step '$name'"
+	if ! "$@" >"$log" 2>&1; then
+		tail -n 15 "$log" | sed 's/^/    /' >&2
+		printf "pulumi-toolchain: step '%s' failed; see %s\n" "$name" "$log" >&2
+		exit 1
+	fi
+}
+
+# pin NAME: the version pinned as NAME==X in requirements.txt ('-' and '_' are equal).
+pin() {
+	local want=${1//_/-} line name
+	while IFS= read -r line || [[ -n $line ]]; do
+		line=${line%%#*}
+		line=${line//[[:space:]]/}
+		[[ $line == *==* ]] || continue
+		name=${line%%==*}
+		name=${name,,}
+		if [[ ${name//_/-} == "$want" ]]; then
+			printf '%s\n' "${line#*==}"
+			return
+		fi
+	done <"$requirements"
+}
+
+# ---------------------------------------------------------------- versions
+pulumi_version=$(pin pulumi)
+postgresql_version=$(pin pulumi-postgresql)
+[[ -n $pulumi_version ]] || die "no 'pulumi==X' pin in $requirements"
+[[ -n $postgresql_version ]] || die "no 'pulumi_postgresql==X' pin in $requirements"
+
+# The provider module (github.com/pulumi/pulumi-postgresql/provider/v3) has no tags of
+# its own: map each Python package version to pseudo-versions of its release commit and
+# of the terraform provider commit pinned by its 'upstream' submodule.
+case $postgresql_version in
+3.18.0)
+	postgresql_module_version=v3.0.0-20260716141723-b57d264d8aee
+	tf_postgresql_version=v1.26.1-0.20260615081603-ff936b9548c1
+	;;
+*) die "pulumi_postgresql==$postgresql_version: add its commit pseudo-versions to $0" ;;
+esac
+
+host_source="$here/toolchain/pulumi-language-python/main.go"
+host_hash=$(sha256sum "$host_source" | cut -c1-16)
+stamp_text="pulumi v$pulumi_version
+pulumi-language-python $host_hash
+pulumi-resource-postgresql $postgresql_version"
+tools=(pulumi pulumi-language-python pulumi-language-python-exec pulumi-resource-pulumi-python)
+
+cache=${SECURE_WEBHOOKS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/secure-webhooks}/toolchain
+dest="$cache/pulumi-$pulumi_version-postgresql-$postgresql_version"
+logs="$cache/logs/${dest##*/}"
+
+# complete DIR: DIR holds a finished build of exactly these versions.
+complete() {
+	local tool
+	[[ -f $1/stamp ]] || return 1
+	# the postgresql line may say 'unavailable' (see build_postgresql)
+	[[ $(head -n 2 "$1/stamp") == "$(head -n 2 <<<"$stamp_text")" ]] || return 1
+	for tool in "${tools[@]}"; do [[ -x $1/bin/$tool ]] || return 1; done
+}
+
+finish() {
+	if [[ ! -x $dest/bin/pulumi-resource-postgresql ]]; then
+		say "warning: $dest/bin has no pulumi-resource-postgresql ($(tail -n 1 "$dest/stamp"))"
+	fi
+	say "ready: $dest/bin"
+	printf '%s\n' "$dest/bin"
+	exit 0
+}
+
+if complete "$dest"; then finish; fi
+
+# ---------------------------------------------------------------- go environment
+if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then PATH="/usr/local/go/bin:$PATH"; fi
+command -v go >/dev/null || die "go is not on PATH"
+export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=auto
+unset GOOS GOARCH # the binaries must run on this machine
+# GOPATH / GOMODCACHE / GOPROXY: the user's settings or Go's defaults.
+
+mkdir -p "$cache" "$logs"
+work=$(mktemp -d "$cache/.build.XXXXXX") # same file system as $dest: the final mv is atomic
+trap 'rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM HUP # so that the EXIT trap cleans up
+out="$work/out"
+mkdir -p "$out/bin"
+build=(go build -trimpath -tags osusergo,grpcnotrace)
+say "building pulumi v$pulumi_version and pulumi-resource-postgresql $postgresql_version into $dest (go: $(go env GOVERSION), module cache: $(go env GOMODCACHE))"
+
+# ---------------------------------------------------------------- pulumi CLI + language host
+# A wrapper module requiring pkg/v3 and sdk/v3 at the same version. pkg's go.mod has
+# replace directives, which only apply in the main module: repeat the non-local ones.
+cli="$work/cli"
+mkdir -p "$cli/pulumi-language-python"
+cp "$host_source" "$cli/pulumi-language-python/main.go"
+cat >"$cli/go.mod" <<EOF
+module local/pulumi-toolchain
+
+go 1.26
+
+require (
+	github.com/pulumi/pulumi/pkg/v3 v$pulumi_version
+	github.com/pulumi/pulumi/sdk/v3 v$pulumi_version
+)
+EOF
+cd "$cli"
+run "download pulumi modules" go mod download github.com/pulumi/pulumi/pkg/v3 github.com/pulumi/pulumi/sdk/v3
+grep -E '^replace [^ ]+ => [^./]' "$(go list -m -f '{{.GoMod}}' github.com/pulumi/pulumi/pkg/v3)" >>"$cli/go.mod" || true
+
+cli_ldflags="-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v$pulumi_version"
+run "build pulumi" "${build[@]}" -ldflags "$cli_ldflags" -o "$out/bin/pulumi" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi
+run "build pulumi-language-python" "${build[@]}" -ldflags "$cli_ldflags" -o "$out/bin/pulumi-language-python" ./pulumi-language-python
+
+sdk_dir=$(go list -m -f '{{.Dir}}' github.com/pulumi/pulumi/sdk/v3)
+run "install python executor scripts" install -m 0755 \
+	"$sdk_dir/python/cmd/pulumi-language-python-exec" \
+	"$sdk_dir/python/dist/pulumi-resource-pulumi-python" "$out/bin/"
+
+check_version() { "$out/bin/pulumi" version && [[ $("$out/bin/pulumi" version) == "v$pulumi_version" ]]; }
+run "check pulumi version" check_version
+
+# ---------------------------------------------------------------- pulumi-resource-postgresql
+build_postgresql() {
+	local pg="$work/postgresql" provider_dir tf_dir
+	mkdir -p "$pg"
+	cat >"$pg/go.mod" <<EOF
+module local/pulumi-resource-postgresql
+
+go 1.26
+
+require github.com/pulumi/pulumi-postgresql/provider/v3 $postgresql_module_version
+EOF
+	cd "$pg"
+	say "step 'download pulumi-resource-postgresql module'"
+	if ! go mod download github.com/pulumi/pulumi-postgresql/provider/v3 >"$logs/download-postgresql.log" 2>&1; then
+		sed 's/^/    /' "$logs/download-postgresql.log" >&2
+		say "warning: cannot download the provider module; continuing without pulumi-resource-postgresql"
+		postgresql_state="unavailable (module download refused, see $logs/download-postgresql.log)"
+		return
+	fi
+	provider_dir=$(go list -m -f '{{.Dir}}' github.com/pulumi/pulumi-postgresql/provider/v3)
+
+	# The provider builds against its 'upstream' git submodule, whose go.mod declares the old
+	# module path github.com/terraform-providers/...: fetch that, and point a directory replace
+	# at a copy with the module line the provider imports.
+	run "download terraform-provider-postgresql" go mod download github.com/terraform-providers/terraform-provider-postgresql@"$tf_postgresql_version"
+	tf_dir=$(go list -m -f '{{.Dir}}' github.com/terraform-providers/terraform-provider-postgresql@"$tf_postgresql_version")
+	cp -R "$tf_dir" "$pg/upstream"
+	chmod -R u+w "$pg/upstream"
+	sed -i '1s#.*#module github.com/cyrilgdn/terraform-provider-postgresql#' "$pg/upstream/go.mod"
+	grep -E '^replace [^ ]+ => [^./]' "$provider_dir/go.mod" >>"$pg/go.mod" || true
+	echo 'replace github.com/cyrilgdn/terraform-provider-postgresql => ./upstream' >>"$pg/go.mod"
+
+	# main.go embeds schema-embed.json, which is generated (not in the module zip).
+	cp "$provider_dir"/cmd/pulumi-resource-postgresql/{main.go,generate.go,schema.json} "$pg/"
+	chmod u+w "$pg"/*.go "$pg/schema.json"
+	run "generate postgresql schema" env VERSION="$postgresql_version" go run generate.go
+	run "build pulumi-resource-postgresql" "${build[@]}" \
+		-ldflags "-s -w -X github.com/pulumi/pulumi-postgresql/provider/v3/pkg/version.Version=$postgresql_version" \
+		-o "$out/bin/pulumi-resource-postgresql" .
+	postgresql_state=$postgresql_version
+}
+postgresql_state=""
+build_postgresql
+
+# ---------------------------------------------------------------- publish
+printf '%s\n' "$(head -n 2 <<<"$stamp_text")" "pulumi-resource-postgresql $postgresql_state" >"$out/stamp"
+rm -rf "$dest"
+mv -T "$out" "$dest" || complete "$dest" || die "cannot move the build into $dest"
+finish

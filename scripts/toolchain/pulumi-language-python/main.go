@@ -1,0 +1,183 @@
+// Command pulumi-language-python is a small stand-in for Pulumi's Python
+// language host, built by scripts/pulumi-toolchain.sh.
+//
+// The upstream host lives in its own Go module, which the Go module proxy
+// reachable here does not serve. This one implements only what `pulumi
+// preview/up/refresh/destroy` needs for a directory program: it runs the
+// program with the `pulumi-language-python-exec` script that sits next to this
+// binary (copied from the sdk/v3 module), using the Python of the
+// `virtualenv` option in Pulumi.yaml (or PULUMI_PYTHON_CMD / python3).
+// Plugin requirements are not reported ahead of time: the engine loads each
+// provider plugin when the program first uses it.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/pulumi/pulumi/sdk/v3/go/common/util/rpcutil"
+	"github.com/pulumi/pulumi/sdk/v3/go/common/version"
+	pulumirpc "github.com/pulumi/pulumi/sdk/v3/proto/go"
+	"github.com/pulumi/pulumi/sdk/v3/python/toolchain"
+)
+
+// The exec script exits with this code after it has already shown the user an error.
+const exitShownToUser = 32
+
+type host struct {
+	pulumirpc.UnimplementedLanguageRuntimeServer
+	engine   string // engine gRPC address, passed on to the program
+	executor string // path of pulumi-language-python-exec
+}
+
+func main() {
+	self, err := os.Executable()
+	if err != nil {
+		fail(err)
+	}
+	h := &host{executor: filepath.Join(filepath.Dir(self), "pulumi-language-python-exec")}
+	if _, err := os.Stat(h.executor); err != nil {
+		fail(fmt.Errorf("missing executor: %w", err))
+	}
+	// The engine passes its own address as the last argument.
+	if n := len(os.Args); n > 1 {
+		h.engine = os.Args[n-1]
+	}
+
+	handle, err := rpcutil.ServeWithOptions(rpcutil.ServeOptions{
+		Init: func(srv *grpc.Server) error {
+			pulumirpc.RegisterLanguageRuntimeServer(srv, h)
+			return nil
+		},
+	})
+	if err != nil {
+		fail(err)
+	}
+	fmt.Printf("%d\n", handle.Port) // tells the engine where to connect
+	if err := <-handle.Done; err != nil {
+		fail(err)
+	}
+}
+
+func fail(err error) {
+	fmt.Fprintf(os.Stderr, "pulumi-language-python: %v\n", err)
+	os.Exit(1)
+}
+
+func (h *host) GetPluginInfo(context.Context, *emptypb.Empty) (*pulumirpc.PluginInfo, error) {
+	return &pulumirpc.PluginInfo{Version: version.Version}, nil
+}
+
+func (h *host) GetRequiredPlugins(
+	context.Context, *pulumirpc.GetRequiredPluginsRequest,
+) (*pulumirpc.GetRequiredPluginsResponse, error) {
+	return &pulumirpc.GetRequiredPluginsResponse{}, nil
+}
+
+func (h *host) GetRequiredPackages(
+	context.Context, *pulumirpc.GetRequiredPackagesRequest,
+) (*pulumirpc.GetRequiredPackagesResponse, error) {
+	return &pulumirpc.GetRequiredPackagesResponse{}, nil
+}
+
+// python resolves the interpreter from the project's runtime options.
+func python(info *pulumirpc.ProgramInfo) (toolchain.Toolchain, error) {
+	opts := toolchain.PythonOptions{Root: info.GetRootDirectory(), ProgramDir: info.GetProgramDirectory()}
+	options := info.GetOptions().AsMap()
+	if v, ok := options["virtualenv"]; ok {
+		s, ok := v.(string)
+		if !ok {
+			return nil, errors.New("virtualenv option must be a string")
+		}
+		opts.Virtualenv = s
+	}
+	if v, ok := options["toolchain"]; ok {
+		switch v {
+		case "pip":
+			opts.Toolchain = toolchain.Pip
+		case "uv":
+			opts.Toolchain = toolchain.Uv
+		case "poetry":
+			opts.Toolchain = toolchain.Poetry
+		default:
+			return nil, fmt.Errorf("unsupported toolchain option: %v", v)
+		}
+	}
+	return toolchain.ResolveToolchain(opts)
+}
+
+func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.RunResponse, error) {
+	tc, err := python(req.GetInfo())
+	if err != nil {
+		return nil, err
+	}
+	if err := tc.ValidateVenv(ctx); err != nil {
+		return nil, err
+	}
+
+	args := []string{"-u", h.executor}
+	flag := func(name, value string) {
+		if value != "" {
+			args = append(args, "--"+name, value)
+		}
+	}
+	flag("monitor", req.GetMonitorAddress())
+	flag("engine", h.engine)
+	flag("project", req.GetProject())
+	flag("root_directory", req.GetInfo().GetRootDirectory())
+	flag("stack", req.GetStack())
+	flag("pwd", req.GetPwd())
+	flag("dry_run", strconv.FormatBool(req.GetDryRun()))
+	flag("parallel", strconv.Itoa(int(req.GetParallel())))
+	flag("organization", req.GetOrganization())
+	entry := req.GetInfo().GetEntryPoint()
+	if entry == "" {
+		entry = "."
+	}
+	args = append(append(args, entry), req.GetArgs()...)
+
+	cmd, err := tc.Command(ctx, args...)
+	if err != nil {
+		return nil, err
+	}
+	if cmd.Env == nil {
+		cmd.Env = os.Environ()
+	}
+	// The exec script expects JSON objects/arrays here, never null.
+	config := map[string]string{}
+	for k, v := range req.GetConfig() {
+		config[k] = v
+	}
+	configJSON, err := json.Marshal(config)
+	if err != nil {
+		return nil, err
+	}
+	secretKeysJSON, err := json.Marshal(append([]string{}, req.GetConfigSecretKeys()...))
+	if err != nil {
+		return nil, err
+	}
+	cmd.Env = append(cmd.Env, "PULUMI_CONFIG="+string(configJSON), "PULUMI_CONFIG_SECRET_KEYS="+string(secretKeysJSON))
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+
+	err = cmd.Run()
+	var exitErr *exec.ExitError
+	switch {
+	case err == nil:
+		return &pulumirpc.RunResponse{}, nil
+	case errors.As(err, &exitErr) && exitErr.ExitCode() == exitShownToUser:
+		return &pulumirpc.RunResponse{Bail: true}, nil
+	case errors.As(err, &exitErr):
+		return &pulumirpc.RunResponse{Error: fmt.Sprintf("program exited with non-zero exit code: %d", exitErr.ExitCode())}, nil
+	default:
+		return &pulumirpc.RunResponse{Error: fmt.Sprintf("could not run the language executor: %v", err)}, nil
+	}
+}
