@@ -238,6 +238,7 @@ class SecureFunction(pulumi.dynamic.Resource, module="secure-webhooks", name="Se
         spec: FunctionSpec,
         owner: str,
         secret_managed: bool,
+        extensions_managed: bool = True,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props = {
@@ -250,6 +251,7 @@ class SecureFunction(pulumi.dynamic.Resource, module="secure-webhooks", name="Se
             "timeout_ms": spec.timeout_ms,
             "owner": owner,
             "secret_managed": secret_managed,
+            "extensions_managed": extensions_managed,
             "body_sha256": None,
             "security_definer": None,
         }

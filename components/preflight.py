@@ -23,7 +23,7 @@ def required_extensions(signer: str) -> tuple[str, ...]:
     return (*SIGNER_EXTENSIONS[signer], "pg_net")
 
 
-def _extension_failure(cur: psycopg.Cursor, extension: str, signer: str) -> str | None:
+def _extension_failure(cur: psycopg.Cursor, extension: str, signer: str, managed: bool) -> str | None:
     cur.execute(
         """
         SELECT a.name IS NOT NULL, n.nspname
@@ -42,6 +42,11 @@ def _extension_failure(cur: psycopg.Cursor, extension: str, signer: str) -> str 
                 "(Supabase does not offer it on Postgres 17); set secure-webhooks:signer to 'pgcrypto'"
             )
         return f"extension {extension} is not available on this server (needed by signer {signer!r} and pg_net)"
+    if schema is None and not managed:
+        return (
+            f"extension {extension} is not installed and secure-webhooks:manageExtensions is false; "
+            f"enable it in schema {EXTENSION_SCHEMA} (Supabase dashboard: Database > Extensions) or set it to true"
+        )
     if schema is not None and schema != EXTENSION_SCHEMA and extension != "pg_net":
         return (
             f"extension {extension} is installed in schema {schema!r}, but the function calls it as "
@@ -54,7 +59,8 @@ def preflight_failures(cur: psycopg.Cursor, props: dict[str, Any]) -> list[Check
     failures = [
         CheckFailure("signer", reason)
         for extension in required_extensions(props["signer"])
-        if (reason := _extension_failure(cur, extension, props["signer"])) is not None
+        if (reason := _extension_failure(cur, extension, props["signer"], props.get("extensions_managed", True)))
+        is not None
     ]
     cur.execute("SELECT pg_catalog.to_regclass('vault.secrets') IS NOT NULL")
     if not cur.fetchone()[0]:

@@ -46,9 +46,10 @@ class SecureWebhooks(pulumi.ComponentResource):
         spec = function_spec(settings)
 
         # Extensions are shared with the rest of the database (Supabase itself
-        # relies on pgcrypto and pg_net), so destroy leaves them installed.
+        # relies on pgcrypto and pg_net), so destroy leaves them installed. With
+        # manageExtensions false they are only verified (see preflight).
         extensions: dict[str, postgresql.Extension] = {}
-        for extension in required_extensions(settings.signer):
+        for extension in required_extensions(settings.signer) if settings.manage_extensions else ():
             # pgjwt's control file requires pgcrypto.
             depends = [extensions["pgcrypto"]] if extension == "pgjwt" else []
             extensions[extension] = postgresql.Extension(
@@ -75,6 +76,7 @@ class SecureWebhooks(pulumi.ComponentResource):
             spec=spec,
             owner=args.owner,
             secret_managed=args.jwt_secret is not None,
+            extensions_managed=settings.manage_extensions,
             opts=pulumi.ResourceOptions(parent=self, depends_on=function_depends),
         )
 

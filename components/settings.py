@@ -101,6 +101,7 @@ class Settings:
     claims: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_CLAIMS))
     signer: str = "pgjwt"
     production: bool = False
+    manage_extensions: bool = True
     manages_secret: bool = False
 
 
@@ -133,9 +134,9 @@ def _check_int(key: str, value: Any, default: int, low: int, high: int) -> int:
     return value
 
 
-def _check_bool(key: str, value: Any) -> bool:
+def _check_bool(key: str, value: Any, default: bool = False) -> bool:
     if value is None:
-        return False
+        return default
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lower() in ("true", "false"):
@@ -270,5 +271,6 @@ def parse_settings(raw: Mapping[str, Any], *, jwt_secret_set: bool = False) -> S
         claims=check_claims(raw.get("claims")),
         signer=signer,
         production=production,
+        manage_extensions=_check_bool(_key("manageExtensions"), raw.get("manageExtensions"), default=True),
         manages_secret=jwt_secret_set,
     )

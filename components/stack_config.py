@@ -16,6 +16,7 @@ SETTING_KEYS = (
     "claims",
     "signer",
     "production",
+    "manageExtensions",
 )
 
 #: Secrets we refuse to accept in plaintext config: they would sit unencrypted in Pulumi.<stack>.yaml.

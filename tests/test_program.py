@@ -104,6 +104,13 @@ def test_prod_stack_uses_its_own_url_and_pgcrypto():
     }
 
 
+def test_extensions_left_to_the_database_are_only_verified():
+    mocks = run_program("dev", {**stack_config("dev"), "secure-webhooks:manageExtensions": "false"})
+    assert mocks.of_type(EXTENSION) == []
+    (function,) = mocks.of_type(FUNCTION)
+    assert function.inputs["extensions_managed"] is False
+
+
 def test_every_resource_is_a_child_of_the_component():
     mocks = run_program("dev", stack_config("dev"))
     (component,) = [r for r in mocks.resources if r.typ == "secure-webhooks:index:SecureWebhooks"]

@@ -46,7 +46,7 @@ def test_defaults_are_the_seed_plan():
     ]
     assert (s.secret_name, s.token_ttl_seconds, s.timeout_ms, s.signer) == ("app_jwt_secret", 3600, 5000, "pgjwt")
     assert dict(s.claims) == {"role": "service_role", "iss": "supabase", "sub": "orchestrator"}
-    assert s.production is False and s.manages_secret is False
+    assert s.production is False and s.manages_secret is False and s.manage_extensions is True
 
 
 def test_pulumi_yaml_declares_the_same_defaults_as_the_code():
@@ -58,6 +58,7 @@ def test_pulumi_yaml_declares_the_same_defaults_as_the_code():
     assert declared["timeoutMs"]["default"] == 5000
     assert declared["signer"]["default"] == "pgjwt"
     assert declared["production"]["default"] is False
+    assert declared["manageExtensions"]["default"] is True
     assert "default" not in declared["orchestratorUrl"]
 
 
@@ -99,6 +100,7 @@ def test_base_url_with_a_path_and_trailing_slash_joins_cleanly():
         ({"tokenTtlSeconds": True}, "secure-webhooks:tokenTtlSeconds", "must be an integer"),
         ({"timeoutMs": 300_001}, "secure-webhooks:timeoutMs", "between 1 and 300000"),
         ({"production": "yes"}, "secure-webhooks:production", "true or false"),
+        ({"manageExtensions": "no"}, "secure-webhooks:manageExtensions", "true or false"),
         ({"claims": "[1]"}, "secure-webhooks:claims", "non-empty object"),
         ({"claims": "{bad"}, "secure-webhooks:claims", "not valid JSON"),
         ({"claims": {"exp": 1}}, "secure-webhooks:claims.exp", "set by the trigger"),
