@@ -157,7 +157,7 @@ def restore(cur: psycopg.Cursor, spec: FunctionSpec, adopted: dict[str, Any]) ->
                 _signature(spec), _grantee(grantee), sql.SQL(" WITH GRANT OPTION" if grantable else "")
             )
         )
-    _comment(cur, spec, adopted["comment"])
+    _comment(cur, spec, adopted.get("comment"))  # Pulumi state drops null map values
 
 
 class SecureFunctionProvider(DatabaseProvider):

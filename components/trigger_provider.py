@@ -152,11 +152,15 @@ def install(cur: psycopg.Cursor, props: dict[str, Any]) -> InstalledTrigger:
 
 
 def restore(cur: psycopg.Cursor, props: dict[str, Any], adopted: dict[str, Any]) -> None:
-    """Recreate the adopted trigger from its recorded pg_get_triggerdef, firing state and comment."""
+    """Recreate the adopted trigger from its recorded pg_get_triggerdef, firing state and comment.
+
+    Pulumi drops null values inside maps when it stores state, so an absent
+    comment arrives as a missing key.
+    """
     cur.execute(sql.SQL(adopted["definition"]))
     if adopted["enabled_flag"] != "O":
         _set_enabled(cur, props, adopted["enabled_flag"])
-    if adopted["comment"] is not None:
+    if adopted.get("comment") is not None:
         _comment(cur, props, adopted["comment"])
 
 

@@ -64,3 +64,11 @@ def trigger_props(
         "function_name": spec.name,
         "owner": owner,
     }
+
+
+def as_stored(outs: dict[str, Any]) -> dict[str, Any]:
+    """Outputs as the engine hands them back: Pulumi drops null values inside maps."""
+    return {
+        key: {k: v for k, v in value.items() if v is not None} if isinstance(value, dict) else value
+        for key, value in outs.items()
+    }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from providers import OWNER, configured, function_props, trigger_props, unique
+from providers import OWNER, as_stored, configured, function_props, trigger_props, unique
 from psycopg import sql
 from supabase_lints import lint
 
@@ -140,15 +140,18 @@ SELECT pg_get_functiondef(p.oid), (SELECT array_agg(a::text ORDER BY a::text) FR
   FROM pg_proc p WHERE p.oid = %s::regprocedure"""
 
 
-def test_function_adoption_restores_the_seed_version_exactly(functions, postgres_conn, admin_conn):
+@pytest.mark.parametrize("comment", ["seed", None])
+def test_function_adoption_restores_the_seed_version_exactly(functions, postgres_conn, admin_conn, comment):
     name = unique("notify")
     postgres_conn.execute(sql.SQL(SEED_FUNCTION).format(sql.Identifier(name)))
-    postgres_conn.execute(sql.SQL("COMMENT ON FUNCTION public.{}() IS 'seed'").format(sql.Identifier(name)))
+    postgres_conn.execute(
+        sql.SQL("COMMENT ON FUNCTION public.{}() IS {}").format(sql.Identifier(name), sql.Literal(comment))
+    )
     original = admin_conn.execute(FUNCTION_FACTS, (f"public.{name}()",)).fetchone()
     created = functions.create(function_props(FunctionSpec(name=name)))
-    assert created.outs["adopted"]["comment"] == "seed"
+    assert created.outs["adopted"]["comment"] == comment
     assert created.outs["executable_by"] == []
-    functions.delete(created.id, created.outs)
+    functions.delete(created.id, as_stored(created.outs))
     restored = admin_conn.execute(FUNCTION_FACTS, (f"public.{name}()",)).fetchone()
     assert restored == original
     postgres_conn.execute(sql.SQL("DROP FUNCTION public.{}()").format(sql.Identifier(name)))
@@ -247,8 +250,10 @@ def test_trigger_dropped_out_of_band_reads_as_gone(triggers, spec, table, admin_
     assert triggers.read(created.id, created.outs).id is None
 
 
-@pytest.mark.parametrize("disabled", [False, True])
-def test_legacy_trigger_is_adopted_and_restored_exactly(triggers, spec, table, postgres_conn, admin_conn, disabled):
+@pytest.mark.parametrize(("disabled", "commented"), [(False, True), (True, False)])
+def test_legacy_trigger_is_adopted_and_restored_exactly(
+    triggers, spec, table, postgres_conn, admin_conn, disabled, commented
+):
     name = "orchestrator-ingest-interns-individual"
     postgres_conn.execute(
         sql.SQL(
@@ -256,11 +261,12 @@ def test_legacy_trigger_is_adopted_and_restored_exactly(triggers, spec, table, p
             "supabase_functions.http_request('http://127.0.0.1:9/legacy', 'POST', {}, '{{}}', '5000')"
         ).format(sql.Identifier(name), sql.Identifier(table), sql.Literal(LEGACY_WEBHOOK_HEADERS))
     )
-    postgres_conn.execute(
-        sql.SQL("COMMENT ON TRIGGER {} ON public.{} IS 'from the dashboard'").format(
-            sql.Identifier(name), sql.Identifier(table)
+    if commented:
+        postgres_conn.execute(
+            sql.SQL("COMMENT ON TRIGGER {} ON public.{} IS 'from the dashboard'").format(
+                sql.Identifier(name), sql.Identifier(table)
+            )
         )
-    )
     if disabled:
         postgres_conn.execute(
             sql.SQL("ALTER TABLE public.{} DISABLE TRIGGER {}").format(sql.Identifier(table), sql.Identifier(name))
@@ -272,7 +278,7 @@ def test_legacy_trigger_is_adopted_and_restored_exactly(triggers, spec, table, p
     ours = trigger_def(admin_conn, table, name)
     assert f"{spec.name}('{URL}')" in ours[0] and ours[1] == "O"
 
-    triggers.delete(created.id, created.outs)
+    triggers.delete(created.id, as_stored(created.outs))
     assert trigger_def(admin_conn, table, name) == legacy
 
 

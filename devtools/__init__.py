@@ -1,0 +1,1 @@
+"""Local tooling: the offline Pulumi workspace and the end-to-end demo."""

@@ -1,0 +1,126 @@
+"""The main job, end to end on this machine: `pulumi up` secures the seed's webhooks.
+
+A throw-away PostgreSQL with the Supabase stand-in starts with the seed's two
+legacy static-header webhooks, which the orchestrator (a local receiver that
+verifies tokens like the Rust one) rejects. `pulumi up` of this project swaps
+in the signed webhooks, inserts are delivered and verified, and
+`pulumi destroy` gives the legacy webhooks back exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import sys
+import time
+
+import psycopg
+
+from devtools.pulumi_cli import REPO, Workspace, toolchain_bin
+from local_supabase.bootstrap import create_demo_tables, install_legacy_webhooks
+from local_supabase.cluster import LocalSupabase
+from local_supabase.orchestrator import WebhookReceiver
+from local_supabase.pg_net_worker import PgNetWorker
+
+STACK = "local"
+STATE_DIR = REPO / ".pulumi-local"
+LEGACY_TRIGGERS = """
+SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger
+ WHERE tgrelid IN ('public.resumes'::regclass, 'public.zip_archives'::regclass) AND NOT tgisinternal
+ ORDER BY tgname"""
+
+
+def step(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def insert_both(cluster: LocalSupabase, tag: str) -> None:
+    """One insert per table, as the app's `authenticated` role with a bare search_path."""
+    with psycopg.connect(cluster.dsn("postgres")) as conn:
+        conn.execute("SET ROLE authenticated")
+        conn.execute("SET search_path = ''")
+        conn.execute("INSERT INTO public.resumes (name, storage_path) VALUES (%s, %s)", (f"{tag}.pdf", "resumes/"))
+        conn.execute("INSERT INTO public.zip_archives (name, storage_path) VALUES (%s, %s)", (f"{tag}.zip", "zips/"))
+
+
+def show(deliveries: list) -> None:
+    for d in deliveries:
+        verdict = (
+            f"{d.status} accepted, claims {json.dumps(d.claims)}" if d.status == 200 else f"{d.status} {d.rejection}"
+        )
+        record = (d.body or {}).get("record", {})
+        print(f"  POST {d.path:<28} row {record.get('name')!r:<14} -> {verdict}")
+
+
+def main() -> int:
+    jwt_secret = secrets.token_urlsafe(48)
+    with (
+        LocalSupabase.start(preinstall_pg_net=True) as cluster,
+        WebhookReceiver(jwt_secret, expected_claims={"role": "service_role"}, expected_ttl=3600) as orchestrator,
+        PgNetWorker(cluster.admin_dsn) as worker,
+    ):
+        step(f"Local Supabase stand-in on 127.0.0.1:{cluster.port}, orchestrator on {orchestrator.url}")
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+            create_demo_tables(conn)
+            install_legacy_webhooks(conn, orchestrator.url)
+            legacy = conn.execute(LEGACY_TRIGGERS).fetchall()
+        for name, definition in legacy:
+            print(f"  legacy {name}: {definition[:110]}...")
+
+        step("Before: the static-header webhooks are rejected by the orchestrator")
+        insert_both(cluster, "before")
+        show(orchestrator.wait_for(2))
+
+        shutil.rmtree(STATE_DIR, ignore_errors=True)
+        workspace = Workspace(REPO, STATE_DIR, passphrase="local-demo", bin_dir=toolchain_bin())
+        stack = workspace.stack(STACK)
+        stack.config_file.unlink(missing_ok=True)
+        stack.init()
+        stack.set_config(
+            {
+                "secure-webhooks:orchestratorUrl": orchestrator.url,
+                "secure-webhooks:manageExtensions": "false",
+                "postgresql:host": cluster.host,
+                "postgresql:port": str(cluster.port),
+                "postgresql:database": cluster.dbname,
+                "postgresql:username": "postgres",
+                "postgresql:sslmode": "disable",
+                "postgresql:superuser": "false",
+            }
+        )
+        stack.set_secret("postgresql:password", cluster.password_for("postgres"))
+        stack.set_secret("secure-webhooks:jwtSecret", jwt_secret)
+
+        step("pulumi preview (stack 'local')")
+        for op, resource in stack.preview_steps():
+            print(f"  {op:<8} {resource}")
+        step("pulumi up")
+        started = time.monotonic()
+        progress = ("creating (", "created (", "Updating (")
+        lines = [
+            line for line in stack.up().stdout.splitlines() if line.strip() and not any(p in line for p in progress)
+        ]
+        print("\n".join(f"  {line}" for line in lines))
+        print(f"  ({time.monotonic() - started:.1f} s)")
+
+        step("After: one insert into each table, delivered with a signed, verified JWT")
+        insert_both(cluster, "after")
+        show(orchestrator.wait_for(4)[2:])
+        worker.drain()
+
+        step("pulumi destroy: the legacy webhooks come back exactly")
+        stack.destroy()
+        with psycopg.connect(cluster.dsn("postgres")) as conn:
+            restored = conn.execute(LEGACY_TRIGGERS).fetchall()
+        print(f"  restored identical definitions: {restored == legacy}")
+        stack.remove()
+        stack.config_file.unlink(missing_ok=True)
+        deliveries = orchestrator.deliveries
+    ok = restored == legacy and [d.status for d in deliveries] == [401, 401, 200, 200]
+    print("\nDemo", "succeeded." if ok else "FAILED.")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
