@@ -69,3 +69,12 @@ def supabase_ready(local_supabase: LocalSupabase, receiver_secret: str) -> Local
         if conn.execute("SELECT NOT EXISTS (SELECT FROM vault.secrets WHERE name = 'app_jwt_secret')").fetchone()[0]:
             conn.execute("SELECT vault.create_secret(%s, 'app_jwt_secret')", (receiver_secret,))
     return local_supabase
+
+
+@pytest.fixture
+def engine(tmp_path):
+    """The real Pulumi engine, a fresh local cluster and a copy of the project (see engine_support)."""
+    from engine_support import engine as start_engine
+
+    with start_engine(tmp_path) as env:
+        yield env

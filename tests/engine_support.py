@@ -1,0 +1,83 @@
+"""The real Pulumi engine against a throw-away Supabase stand-in, one per test.
+
+Each test gets its own cluster (so a failed test cannot leave triggers behind
+for the next), a copy of the project (stack files land there, not in the
+repo), a file backend, a verifying orchestrator and pg_net's delivery worker.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from devtools.pulumi_cli import REPO, Stack, Workspace, toolchain_bin
+from local_supabase.bootstrap import create_demo_tables
+from local_supabase.cluster import LocalSupabase
+from local_supabase.orchestrator import WebhookReceiver
+from local_supabase.pg_net_worker import PgNetWorker
+
+JWT_SECRET = "engine-test-jwt-secret-" + "e" * 24
+PASSPHRASE = "engine-tests"
+PROJECT_FILES = ("Pulumi.yaml", "__main__.py", "components")
+
+
+def copy_project(source: Path, target: Path) -> Path:
+    """The program's files in `target`, sharing the repo's virtualenv."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        if (source / name).is_dir():
+            shutil.copytree(source / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source / name, target / name)
+    (target / "venv").symlink_to(REPO / "venv")
+    return target
+
+
+@dataclass
+class Engine:
+    cluster: LocalSupabase
+    workspace: Workspace
+    orchestrator: WebhookReceiver
+    worker: PgNetWorker
+
+    def connect(self, role: str = "postgres") -> psycopg.Connection:
+        return psycopg.connect(self.cluster.dsn(role), autocommit=True)
+
+    def stack(self, name: str, url: str | None = None, **config: Any) -> Stack:
+        """A new stack pointed at the local cluster; `config` keys without a namespace are ours."""
+        stack = self.workspace.stack(name).init()
+        stack.set_config(
+            {
+                "secure-webhooks:orchestratorUrl": url or self.orchestrator.url,
+                "secure-webhooks:manageExtensions": "false",
+                "postgresql:host": self.cluster.host,
+                "postgresql:port": str(self.cluster.port),
+                "postgresql:database": self.cluster.dbname,
+                "postgresql:username": "postgres",
+                "postgresql:sslmode": "disable",
+                "postgresql:superuser": "false",
+                **{key if ":" in key else f"secure-webhooks:{key}": value for key, value in config.items()},
+            }
+        )
+        stack.set_secret("postgresql:password", self.cluster.password_for("postgres"))
+        return stack
+
+
+@contextmanager
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    with ExitStack() as stack:
+        cluster = stack.enter_context(LocalSupabase.start(preinstall_pg_net=True))
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+            create_demo_tables(conn)
+            conn.execute("SELECT vault.create_secret(%s, 'app_jwt_secret')", (JWT_SECRET,))
+        orchestrator = stack.enter_context(WebhookReceiver(JWT_SECRET))
+        worker = stack.enter_context(PgNetWorker(cluster.admin_dsn))
+        project = copy_project(REPO, tmp_path / "project")
+        workspace = Workspace(project, tmp_path / "pulumi", passphrase=PASSPHRASE, bin_dir=toolchain_bin())
+        yield Engine(cluster, workspace, orchestrator, worker)
