@@ -1,0 +1,1 @@
+"""Per-insert cost of the webhook variants on the local Supabase stand-in: `python -m bench`."""

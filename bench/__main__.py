@@ -1,0 +1,167 @@
+"""`python -m bench [--smoke]`: per-insert cost of the webhook variants, side by side in one run.
+
+Starts its own local Supabase stand-in (track_functions = all), installs every
+variant on its own table, then measures in interleaved rounds (each round runs
+every variant, starting with a different one) so that machine noise and drift
+hit all variants alike. Prints the results table, the goal lines and where the
+time goes. The exit status is 0 whatever the figures; only errors (a variant
+not doing its work, a tool failing) make it non-zero. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psycopg
+
+from bench import measure, profile, report
+from bench.variants import VARIANTS, Variant, install_all
+from local_supabase.cluster import LocalSupabase
+
+
+@dataclass(frozen=True)
+class Sizes:
+    rounds: int
+    #: pgbench transactions (one single-row INSERT each) per variant per round.
+    transactions: int
+    #: Rows of the one INSERT statement per variant per round, and of the profiled one.
+    bulk_rows: int
+    #: Single-row INSERT statements profiled per variant.
+    profiled_statements: int
+    #: Rows of the untimed first INSERT per variant that warms caches and checks the tokens.
+    warmup_rows: int
+
+
+FULL = Sizes(rounds=7, transactions=4000, bulk_rows=10_000, profiled_statements=1000, warmup_rows=100)
+SMOKE = Sizes(rounds=1, transactions=20, bulk_rows=200, profiled_statements=20, warmup_rows=10)
+
+NOTE = """\
+Deliveries are not part of an insert's cost: pg_net sends after commit, in its background worker.
+The stand-in's delivery worker is not running during timing; net.http_request_queue and
+supabase_functions.hooks (and the tables) are truncated after every measurement, and every
+measurement is checked: one queued request per row, one hooks row per firing for (b), and for
+(c) and (d) a JWT that PyJWT verifies."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (CI): every variant and mode, figures noisy")
+    parser.add_argument("--rounds", type=int, help=f"interleaved rounds (default {FULL.rounds})")
+    parser.add_argument(
+        "--transactions", type=int, help=f"pgbench single-row transactions per variant and round ({FULL.transactions})"
+    )
+    parser.add_argument("--bulk-rows", type=int, help=f"rows of the bulk INSERT ({FULL.bulk_rows})")
+    return parser
+
+
+def _sizes(args: argparse.Namespace) -> Sizes:
+    base = SMOKE if args.smoke else FULL
+    return Sizes(
+        rounds=args.rounds or base.rounds,
+        transactions=args.transactions or base.transactions,
+        bulk_rows=args.bulk_rows or base.bulk_rows,
+        profiled_statements=base.profiled_statements,
+        warmup_rows=base.warmup_rows,
+    )
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def interleaved(round_no: int) -> Iterator[Variant]:
+    """Every variant once, starting one further along each round, so none is always first."""
+    for offset in range(len(VARIANTS)):
+        yield VARIANTS[(round_no + offset) % len(VARIANTS)]
+
+
+@dataclass(frozen=True)
+class Results:
+    single_ms: dict[str, list[float]]
+    bulk_us: dict[str, list[float]]
+    profiles: dict[profile.Workload, list[profile.Profile]]
+
+
+def run(cluster: LocalSupabase, sizes: Sizes) -> Results:
+    """Install every variant, warm up, time the interleaved rounds, then profile."""
+    jwt_secret = secrets.token_urlsafe(48)
+    single: dict[str, list[float]] = defaultdict(list)
+    bulk: dict[str, list[float]] = defaultdict(list)
+    with (
+        psycopg.connect(cluster.admin_dsn, autocommit=True) as admin,
+        psycopg.connect(cluster.dsn(measure.APP_ROLE), autocommit=True) as app,
+    ):
+        install_all(app, jwt_secret)
+        for variant in VARIANTS:
+            measure.bulk_us_per_row(app, variant, sizes.warmup_rows)
+            measure.check_work(admin, variant, sizes.warmup_rows, jwt_secret)
+            measure.reset(admin)
+        for round_no in range(sizes.rounds):
+            _progress(f"round {round_no + 1}/{sizes.rounds}: single-row")
+            for variant in interleaved(round_no):
+                single[variant.key].append(measure.single_row_ms(cluster, variant, sizes.transactions))
+                measure.check_work(admin, variant, sizes.transactions, jwt_secret)
+                measure.reset(admin)
+            _progress(f"round {round_no + 1}/{sizes.rounds}: bulk")
+            for variant in interleaved(round_no):
+                bulk[variant.key].append(measure.bulk_us_per_row(app, variant, sizes.bulk_rows))
+                measure.check_work(admin, variant, sizes.bulk_rows, jwt_secret)
+                measure.reset(admin)
+        _progress("profiling")
+        workloads = (
+            profile.Workload("bulk", statements=1, rows_each=sizes.bulk_rows),
+            profile.Workload("single-row", statements=sizes.profiled_statements, rows_each=1),
+        )
+        profiles = {
+            workload: [profile.profile(app, variant, workload) for variant in VARIANTS] for workload in workloads
+        }
+    return Results(single, bulk, profiles)
+
+
+def print_report(sizes: Sizes, results: Results) -> None:
+    print(
+        f"single-row: pgbench -M prepared, 1 client, one INSERT per transaction, {sizes.transactions} transactions "
+        f"x {sizes.rounds} rounds per variant; median of pgbench's latency average"
+    )
+    print(f"bulk: one INSERT of {sizes.bulk_rows} rows (autocommit) x {sizes.rounds} rounds per variant; median")
+    print(NOTE)
+    print()
+    medians = {"single-row": report.medians(results.single_ms), "bulk": report.medians(results.bulk_us)}
+    print(report.table(medians["single-row"], medians["bulk"]))
+    print()
+    print(report.goal_lines(medians))
+    print()
+    print("Where the time goes")
+    print("-------------------")
+    print("EXPLAIN ANALYZE + pg_stat_xact_user_functions (track_functions = all), rolled back; instrumented, so")
+    print("absolute figures run higher than in the table above.")
+    for workload, profiles in results.profiles.items():
+        print()
+        print(workload.describe())
+        print(profile.render(profiles))
+
+
+def main(argv: list[str] | None = None) -> int:
+    sizes = _sizes(_parser().parse_args(argv))
+    started = time.monotonic()
+    _progress(f"starting the local Supabase stand-in (track_functions = all); {os.cpu_count()} CPUs")
+    try:
+        with LocalSupabase.start(settings={"track_functions": "all"}) as cluster:
+            results = run(cluster, sizes)
+        print_report(sizes, results)
+    except measure.BenchError as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 1
+    _progress(f"done in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The webhook setups under comparison, each on its own table of the same shape.
+
+Every variant gets a copy of `public.resumes` (the table the seed's webhooks fire
+on), so they differ only in what fires after an insert. Each one is installed
+the way it is installed for real: (b) as the Dashboard creates a Database
+Webhook, (c) from the seed plan's SQL verbatim, (d) through our providers'
+own install functions, so the benchmark can never drift from the SQL we ship.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+
+import psycopg
+from psycopg import sql
+
+from components import function_provider, trigger_provider
+from components.trigger_function import FunctionSpec
+from local_supabase.bootstrap import create_demo_tables
+
+#: Nothing listens there; the pg_net worker does not run while we measure anyway.
+URL = "http://127.0.0.1:9/x"
+TRIGGER_NAME = "bench_webhook"
+OWNER = "secure-webhooks/bench"
+#: The seed hard-codes this name, and it is our FunctionSpec's default too.
+SECRET_NAME = FunctionSpec().secret_name
+#: The static-header webhook's arguments, as the Dashboard writes them.
+STATIC_WEBHOOK_ARGS = (URL, "POST", '{"Content-Type":"application/json"}', "{}", "5000")
+#: The seed plan's function, copied byte for byte from its SQL block (see README).
+SEED_FUNCTION_SQL = resources.files(__package__).joinpath("seed_function.sql").read_text(encoding="utf-8")
+SEED_FUNCTION = sql.SQL("public.notify_orchestrator_secure")
+
+Installer = Callable[[psycopg.Connection, "Variant"], None]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One column of the comparison: a table plus what fires on INSERT into it."""
+
+    key: str
+    label: str
+    table: str
+    install: Installer
+    #: Requests queued in net.http_request_queue per inserted row (checked after every run).
+    queues_request: bool
+    #: Rows logged in supabase_functions.hooks per inserted row (Supabase's audit trail).
+    logs_hook: bool
+    #: Whether queued requests carry a Bearer JWT that the benchmark verifies.
+    signs: bool
+
+    @property
+    def table_id(self) -> sql.Composed:
+        return sql.SQL("public.{}").format(sql.Identifier(self.table))
+
+
+def _no_trigger(conn: psycopg.Connection, variant: Variant) -> None:
+    """Baseline: what the insert costs with no webhook at all."""
+
+
+def _row_trigger(conn: psycopg.Connection, variant: Variant, function: sql.Composable, args: tuple[str, ...]) -> None:
+    conn.execute(
+        sql.SQL("CREATE TRIGGER {} AFTER INSERT ON {} FOR EACH ROW EXECUTE FUNCTION {}({})").format(
+            sql.Identifier(TRIGGER_NAME),
+            variant.table_id,
+            function,
+            sql.SQL(", ").join(sql.Literal(arg) for arg in args),
+        )
+    )
+
+
+def _static_webhook(conn: psycopg.Connection, variant: Variant) -> None:
+    """Supabase's Database Webhook: supabase_functions.http_request with static headers."""
+    _row_trigger(conn, variant, sql.SQL("supabase_functions.http_request"), STATIC_WEBHOOK_ARGS)
+
+
+def _seed(conn: psycopg.Connection, variant: Variant) -> None:
+    """The seed plan's function exactly as written, fired per row as the plan does."""
+    conn.execute(sql.SQL(SEED_FUNCTION_SQL))  # our own file, never user input
+    _row_trigger(conn, variant, SEED_FUNCTION, (URL,))
+
+
+def _ours(signer: str) -> Installer:
+    """Our function and INSERT trigger, installed by the providers' own install functions."""
+
+    def install(conn: psycopg.Connection, variant: Variant) -> None:
+        spec = FunctionSpec(name=f"bench_notify_{signer}", signer=signer)
+        trigger = {
+            "schema": "public",
+            "table": variant.table,
+            "name": TRIGGER_NAME,
+            "event": "INSERT",
+            "url": URL,
+            "function_schema": spec.schema,
+            "function_name": spec.name,
+            "owner": OWNER,
+        }
+        with conn.transaction(), conn.cursor() as cur:
+            function_provider.install(cur, spec, OWNER)
+            trigger_provider.install(cur, trigger)
+
+    return install
+
+
+VARIANTS = (
+    Variant("a", "(a) no trigger", "bench_a_plain", _no_trigger, queues_request=False, logs_hook=False, signs=False),
+    Variant("b", "(b) Supabase webhook", "bench_b_static", _static_webhook, queues_request=True, logs_hook=True,
+            signs=False),
+    Variant("c", "(c) seed, per row", "bench_c_seed", _seed, queues_request=True, logs_hook=False, signs=True),
+    Variant("d-pgjwt", "(d) ours, pgjwt", "bench_d_pgjwt", _ours("pgjwt"), queues_request=True, logs_hook=False,
+            signs=True),
+    Variant("d-pgcrypto", "(d) ours, pgcrypto", "bench_d_pgcrypto", _ours("pgcrypto"), queues_request=True,
+            logs_hook=False, signs=True),
+)  # fmt: skip
+BASELINE = "b"
+
+
+def install_all(conn: psycopg.Connection, jwt_secret: str) -> None:
+    """Prepare the database as our stack would find it, then install every variant.
+
+    Runs as `postgres` (what Pulumi and the seed's migration use): pg_net in
+    `extensions`, the signing secret in the Vault, and one table per variant.
+    """
+    conn.execute("CREATE EXTENSION IF NOT EXISTS pg_net WITH SCHEMA extensions")
+    conn.execute("SELECT vault.create_secret(%s, %s)", (jwt_secret, SECRET_NAME))
+    create_demo_tables(conn)
+    for variant in VARIANTS:
+        # LIKE ... INCLUDING ALL: the exact shape of public.resumes, defaults and primary key included.
+        conn.execute(sql.SQL("CREATE TABLE {} (LIKE public.resumes INCLUDING ALL)").format(variant.table_id))
+        variant.install(conn, variant)
