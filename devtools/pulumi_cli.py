@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+PROJECT_FILES = ("Pulumi.yaml", "__main__.py", "components")
 
 
 class PulumiError(RuntimeError):
@@ -33,6 +35,18 @@ def toolchain_bin() -> Path:
     """The directory holding `pulumi` and its plugins, built and cached by scripts/pulumi-toolchain.sh."""
     result = subprocess.run([str(REPO / "scripts" / "pulumi-toolchain.sh")], check=True, capture_output=True, text=True)
     return Path(result.stdout.strip().splitlines()[-1])
+
+
+def copy_project(source: Path, target: Path) -> Path:
+    """The program's files in `target`, sharing the repo's virtualenv: stack files land there, not in the repo."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        if (source / name).is_dir():
+            shutil.copytree(source / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source / name, target / name)
+    (target / "venv").symlink_to(REPO / "venv")
+    return target
 
 
 @dataclass(frozen=True)

@@ -8,3 +8,4 @@ venv/bin/ruff check .
 venv/bin/ruff format --check .
 venv/bin/pytest -q "$@"
 venv/bin/python -m bench --smoke
+venv/bin/python -m bench.pulumi_scaling --smoke

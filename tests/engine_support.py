@@ -7,7 +7,6 @@ repo), a file backend, a verifying orchestrator and pg_net's delivery worker.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from devtools.pulumi_cli import REPO, Stack, Workspace, toolchain_bin
+from devtools.pulumi_cli import REPO, Stack, Workspace, copy_project, toolchain_bin
 from local_supabase.bootstrap import create_demo_tables
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import WebhookReceiver
@@ -24,19 +23,6 @@ from local_supabase.pg_net_worker import PgNetWorker
 
 JWT_SECRET = "engine-test-jwt-secret-" + "e" * 24
 PASSPHRASE = "engine-tests"
-PROJECT_FILES = ("Pulumi.yaml", "__main__.py", "components")
-
-
-def copy_project(source: Path, target: Path) -> Path:
-    """The program's files in `target`, sharing the repo's virtualenv."""
-    target.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
-        if (source / name).is_dir():
-            shutil.copytree(source / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source / name, target / name)
-    (target / "venv").symlink_to(REPO / "venv")
-    return target
 
 
 @dataclass
