@@ -80,10 +80,12 @@ class SecureWebhooks(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=function_depends),
         )
 
-        outputs = []
+        # Outputs come from the created resources, not from config, so a failed
+        # `up` does not report a webhook (or function) that was never installed.
+        outputs: list[pulumi.Output[dict[str, str]]] = []
         for webhook in settings.webhooks:
             for event, trigger_name in webhook.triggers:
-                WebhookTrigger(
+                trigger = WebhookTrigger(
                     f"{name}-{webhook.qualified_table}-{trigger_name}",
                     schema=webhook.schema,
                     table=webhook.table,
@@ -95,11 +97,18 @@ class SecureWebhooks(pulumi.ComponentResource):
                     opts=pulumi.ResourceOptions(parent=self, depends_on=[function]),
                 )
                 outputs.append(
-                    {"trigger": trigger_name, "event": event, "table": webhook.qualified_table, "url": webhook.url}
+                    trigger.url.apply(
+                        lambda url, name=trigger_name, event=event, table=webhook.qualified_table: {
+                            "trigger": name,
+                            "event": event,
+                            "table": table,
+                            "url": url,
+                        }
+                    )
                 )
 
-        self.function_name = pulumi.Output.from_input(f"{spec.qualified_name}()")
-        self.webhooks = pulumi.Output.from_input(outputs)
+        self.function_name = function.id
+        self.webhooks = pulumi.Output.all(*outputs)
         self.register_outputs(
             {"function_name": self.function_name, "signer": settings.signer, "webhooks": self.webhooks}
         )

@@ -71,9 +71,9 @@ def test_dev_stack_graph():
     assert function.inputs["owner"] == "secure-webhooks/dev"
     assert function.inputs["secret_managed"] is False
     triggers = mocks.of_type(TRIGGER)
-    assert [
+    assert sorted(
         (t.inputs["schema"], t.inputs["table"], t.inputs["name"], t.inputs["event"], t.inputs["url"]) for t in triggers
-    ] == [
+    ) == [
         (
             "public",
             "resumes",
@@ -126,10 +126,10 @@ def test_multi_event_webhook_gets_one_trigger_per_event():
         ),
     }
     triggers = run_program("dev", config).of_type(TRIGGER)
-    assert [(t.inputs["name"], t.inputs["event"]) for t in triggers] == [
+    assert sorted((t.inputs["name"], t.inputs["event"]) for t in triggers) == [
         ("audit", "INSERT"),
-        ("audit-update", "UPDATE"),
         ("audit-delete", "DELETE"),
+        ("audit-update", "UPDATE"),
     ]
 
 
