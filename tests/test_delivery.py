@@ -150,7 +150,8 @@ def test_update_and_delete_events_carry_old_and_new_rows(install, orchestrator, 
         "UPDATE public.resumes SET name = 'after.pdf' WHERE id = %s RETURNING to_jsonb(resumes.*)", (row["id"],)
     ).fetchone()[0]
     postgres_conn.execute("DELETE FROM public.resumes WHERE id = %s", (row["id"],))
-    update, delete = orchestrator.wait_for(2)
+    deliveries = {d.body["type"]: d for d in orchestrator.wait_for(2)}  # pg_net sends concurrently
+    update, delete = deliveries["UPDATE"], deliveries["DELETE"]
     assert update.body == {
         "old_record": row,
         "record": updated,
