@@ -18,7 +18,7 @@ from psycopg import sql
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
 
 from components.database import DatabaseProvider
-from components.ownership import claim, marker, owner_of
+from components.ownership import claim, marker, owner_of, refusal
 from components.preflight import preflight_failures
 from components.trigger_function import FunctionSpec, body_sha256, create_statement, render_body
 
@@ -29,6 +29,24 @@ SEARCH_PATH_SETTING = 'search_path=""'
 
 INPUTS = ("schema", "name", "secret_name", "signer", "claims", "token_ttl_seconds", "timeout_ms", "owner")
 IDENTITY = ("schema", "name")
+
+
+def function_props(
+    spec: FunctionSpec, owner: str, *, secret_managed: bool = False, extensions_managed: bool = True
+) -> dict[str, Any]:
+    """The provider's inputs for `spec`; `secret_managed`/`extensions_managed` only steer preflight."""
+    return {
+        "schema": spec.schema,
+        "name": spec.name,
+        "secret_name": spec.secret_name,
+        "signer": spec.signer,
+        "claims": dict(spec.claims),
+        "token_ttl_seconds": spec.token_ttl_seconds,
+        "timeout_ms": spec.timeout_ms,
+        "owner": owner,
+        "secret_managed": secret_managed,
+        "extensions_managed": extensions_managed,
+    }
 
 
 def spec_from(props: dict[str, Any]) -> FunctionSpec:
@@ -166,14 +184,9 @@ class SecureFunctionProvider(DatabaseProvider):
         with self.db.transaction() as cur:
             failures += preflight_failures(cur, news)
             installed = find_function(cur, spec_from(news))
-        if installed is not None and installed.state["managed_by"] not in (None, news["owner"]):
-            failures.append(
-                CheckFailure(
-                    "name",
-                    f"function {news['schema']}.{news['name']}() is managed by Pulumi stack "
-                    f"{installed.state['managed_by']}, not {news['owner']}; refusing to take it over",
-                )
-            )
+        name = f"{news['schema']}.{news['name']}()"
+        if installed is not None and (reason := refusal("function", name, installed.comment, news["owner"])):
+            failures.append(CheckFailure("name", reason))
         return CheckResult(news, failures)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
@@ -242,16 +255,7 @@ class SecureFunction(pulumi.dynamic.Resource, module="secure-webhooks", name="Se
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props = {
-            "schema": spec.schema,
-            "name": spec.name,
-            "secret_name": spec.secret_name,
-            "signer": spec.signer,
-            "claims": dict(spec.claims),
-            "token_ttl_seconds": spec.token_ttl_seconds,
-            "timeout_ms": spec.timeout_ms,
-            "owner": owner,
-            "secret_managed": secret_managed,
-            "extensions_managed": extensions_managed,
+            **function_props(spec, owner, secret_managed=secret_managed, extensions_managed=extensions_managed),
             "body_sha256": None,
             "security_definer": None,
         }

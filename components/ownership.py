@@ -27,12 +27,20 @@ def owner_of(comment: str | None) -> str | None:
     return match.group(1) if match else None
 
 
-def claim(kind: str, name: str, comment: str | None, owner: str) -> bool:
-    """True when `name` is unmanaged (to be adopted); raise if another stack owns it."""
+def refusal(kind: str, name: str, comment: str | None, owner: str) -> str | None:
+    """Why `owner` may not take over this object (another stack manages it), or None when it may."""
     current = owner_of(comment)
-    if current is not None and current != owner:
-        raise OwnershipError(
-            f"{kind} {name} is managed by Pulumi stack {current}, not {owner}; "
-            f"refusing to take it over. Destroy it from {current} first, or give this webhook another name."
-        )
-    return current is None
+    if current is None or current == owner:
+        return None
+    return (
+        f"{kind} {name} is managed by Pulumi stack {current}, not {owner}; refusing to take it over. "
+        f"Destroy it from {current} first, or give this webhook another name."
+    )
+
+
+def claim(kind: str, name: str, comment: str | None, owner: str) -> bool:
+    """True when the object is unmanaged (to be adopted); raise if another stack owns it."""
+    reason = refusal(kind, name, comment, owner)
+    if reason is not None:
+        raise OwnershipError(reason)
+    return owner_of(comment) is None

@@ -18,7 +18,7 @@ from psycopg import sql
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
 
 from components.database import DatabaseProvider
-from components.ownership import claim, marker, owner_of
+from components.ownership import claim, marker, owner_of, refusal
 from components.trigger_function import NEW_ROWS, OLD_ROWS, FunctionSpec
 
 INPUTS = ("schema", "table", "name", "event", "url", "function_schema", "function_name", "owner")
@@ -40,6 +40,22 @@ _EVENT_BITS = {"INSERT": 4, "DELETE": 8, "UPDATE": 16, "TRUNCATE": 32}
 
 #: tgenabled: O fires normally, A always, R only on replicas, D never.
 _ENABLE = {"D": "DISABLE TRIGGER", "R": "ENABLE REPLICA TRIGGER", "A": "ENABLE ALWAYS TRIGGER", "O": "ENABLE TRIGGER"}
+
+
+def trigger_props(
+    *, schema: str, table: str, name: str, event: str, url: str, function: FunctionSpec, owner: str
+) -> dict[str, Any]:
+    """The provider's inputs: trigger `name` on `schema.table` posts each `event` row to `url`."""
+    return {
+        "schema": schema,
+        "table": table,
+        "name": name,
+        "event": event,
+        "url": url,
+        "function_schema": function.schema,
+        "function_name": function.name,
+        "owner": owner,
+    }
 
 
 def desired_state(props: dict[str, Any]) -> dict[str, Any]:
@@ -164,8 +180,12 @@ def restore(cur: psycopg.Cursor, props: dict[str, Any], adopted: dict[str, Any])
         _comment(cur, props, adopted["comment"])
 
 
+def _name(props: dict[str, Any]) -> str:
+    return f"{props['name']} on {props['schema']}.{props['table']}"
+
+
 def _describe(props: dict[str, Any]) -> str:
-    return f"trigger {props['name']} on {props['schema']}.{props['table']}"
+    return f"trigger {_name(props)}"
 
 
 class WebhookTriggerProvider(DatabaseProvider):
@@ -185,21 +205,15 @@ class WebhookTriggerProvider(DatabaseProvider):
                 )
                 return CheckResult(news, failures)
             installed = find_trigger(cur, news)
-        if installed is not None and installed.state["managed_by"] not in (None, news["owner"]):
-            failures.append(
-                CheckFailure(
-                    "name",
-                    f"{_describe(news)} is managed by Pulumi stack "
-                    f"{installed.state['managed_by']}, not {news['owner']}; refusing to take it over",
-                )
-            )
+        if installed is not None and (reason := refusal("trigger", _name(news), installed.comment, news["owner"])):
+            failures.append(CheckFailure("name", reason))
         return CheckResult(news, failures)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         adopted = None
         with self.db.transaction() as cur:
             existing = find_trigger(cur, props)
-            if existing is not None and claim("trigger", _describe(props), existing.comment, props["owner"]):
+            if existing is not None and claim("trigger", _name(props), existing.comment, props["owner"]):
                 adopted = {
                     "definition": existing.definition,
                     "enabled_flag": existing.enabled_flag,
@@ -227,7 +241,7 @@ class WebhookTriggerProvider(DatabaseProvider):
         with self.db.transaction() as cur:
             existing = find_trigger(cur, news)
             if existing is not None:
-                claim("trigger", _describe(news), existing.comment, news["owner"])
+                claim("trigger", _name(news), existing.comment, news["owner"])
             installed = install(cur, news)
         return UpdateResult({**news, **installed.state, "adopted": olds.get("adopted")})
 
@@ -266,14 +280,9 @@ class WebhookTrigger(pulumi.dynamic.Resource, module="secure-webhooks", name="We
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props = {
-            "schema": schema,
-            "table": table,
-            "name": trigger_name,
-            "event": event,
-            "url": url,
-            "function_schema": function.schema,
-            "function_name": function.name,
-            "owner": owner,
+            **trigger_props(
+                schema=schema, table=table, name=trigger_name, event=event, url=url, function=function, owner=owner
+            ),
             "enabled": None,
         }
         super().__init__(WebhookTriggerProvider(), name, props, opts)

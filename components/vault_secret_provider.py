@@ -17,7 +17,7 @@ import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
 
 from components.database import DatabaseProvider
-from components.ownership import claim, marker, owner_of
+from components.ownership import claim, marker, owner_of, refusal
 from components.settings import ConfigError, check_jwt_secret
 
 INPUTS = ("name", "secret", "owner")
@@ -51,15 +51,8 @@ class VaultSecretProvider(DatabaseProvider):
                 return CheckResult(news, failures)
             cur.execute("SELECT description FROM vault.secrets WHERE name = %s", (news["name"],))
             row = cur.fetchone()
-        current = owner_of(row[0]) if row else None
-        if current not in (None, news["owner"]):
-            failures.append(
-                CheckFailure(
-                    "name",
-                    f"Vault secret {news['name']!r} is managed by Pulumi stack {current}, "
-                    f"not {news['owner']}; refusing to take it over",
-                )
-            )
+        if row is not None and (reason := refusal("Vault secret", repr(news["name"]), row[0], news["owner"])):
+            failures.append(CheckFailure("name", reason))
         return CheckResult(news, failures)
 
     def create(self, props: dict[str, Any]) -> CreateResult:

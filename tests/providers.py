@@ -9,7 +9,9 @@ from pulumi.dynamic import ConfigureRequest
 from pulumi.dynamic.config import Config
 
 from components.database import DatabaseProvider
+from components.function_provider import function_props as props_for_function
 from components.trigger_function import FunctionSpec
+from components.trigger_provider import trigger_props as props_for_trigger
 from local_supabase.cluster import LocalSupabase
 
 OWNER = "secure-webhooks/test"
@@ -38,32 +40,13 @@ def unique(prefix: str) -> str:
 
 
 def function_props(spec: FunctionSpec, owner: str = OWNER, secret_managed: bool = False) -> dict[str, Any]:
-    return {
-        "schema": spec.schema,
-        "name": spec.name,
-        "secret_name": spec.secret_name,
-        "signer": spec.signer,
-        "claims": dict(spec.claims),
-        "token_ttl_seconds": spec.token_ttl_seconds,
-        "timeout_ms": spec.timeout_ms,
-        "owner": owner,
-        "secret_managed": secret_managed,
-    }
+    return props_for_function(spec, owner, secret_managed=secret_managed)
 
 
 def trigger_props(
     table: str, name: str, url: str, spec: FunctionSpec, event: str = "INSERT", owner: str = OWNER
 ) -> dict[str, Any]:
-    return {
-        "schema": "public",
-        "table": table,
-        "name": name,
-        "event": event,
-        "url": url,
-        "function_schema": spec.schema,
-        "function_name": spec.name,
-        "owner": owner,
-    }
+    return props_for_trigger(schema="public", table=table, name=name, event=event, url=url, function=spec, owner=owner)
 
 
 def as_stored(outs: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from engine_support import JWT_SECRET, PASSPHRASE
 
+from components.settings import DEFAULT_WEBHOOKS
 from devtools.pulumi_cli import REPO, Stack, Workspace
 from local_supabase.bootstrap import create_demo_tables, install_legacy_webhooks
 from local_supabase.cluster import LocalSupabase
@@ -26,22 +27,6 @@ from local_supabase.cluster import LocalSupabase
 FUNCTION = "public.notify_orchestrator_secure()"
 NGROK_URL = "https://heliochromic-isenthalpic-aidyn.ngrok-free.dev"
 PROD_URL = "https://orchestrator.example.com"
-DEFAULT_WEBHOOKS = [
-    {
-        "name": "orchestrator-ingest-interns-individual",
-        "schema": "public",
-        "table": "resumes",
-        "path": "/ingest/interns/individual",
-        "events": ["INSERT"],
-    },
-    {
-        "name": "orchestrator-injest-resumes-batch",
-        "schema": "public",
-        "table": "zip_archives",
-        "path": "/ingest/resumes/batch",
-        "events": ["INSERT"],
-    },
-]
 
 TRIGGERS = """
 SELECT c.relname, t.tgname, pg_get_triggerdef(t.oid), t.tgenabled, obj_description(t.oid, 'pg_trigger')
@@ -152,7 +137,7 @@ def test_up_failing_on_a_missing_table_leaves_a_consistent_state_and_converges_o
     the user has to do.
     """
     missing = {"name": "orchestrator-ingest-missing", "table": "missing_table", "path": "/ingest/missing"}
-    stack = engine.stack("dev", webhooks=[*DEFAULT_WEBHOOKS, missing])
+    stack = engine.stack("dev", webhooks=[*map(dict, DEFAULT_WEBHOOKS), missing])
 
     output = failure_output(stack.up(check=False))
     assert "table public.missing_table does not exist" in output
