@@ -180,11 +180,11 @@ def restore(cur: psycopg.Cursor, spec: FunctionSpec, adopted: dict[str, Any]) ->
 
 class SecureFunctionProvider(DatabaseProvider):
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        failures: list[CheckFailure] = []
+        spec = spec_from(news)
         with self.db.transaction() as cur:
-            failures += preflight_failures(cur, news)
-            installed = find_function(cur, spec_from(news))
-        name = f"{news['schema']}.{news['name']}()"
+            failures = preflight_failures(cur, news)
+            installed = find_function(cur, spec)
+        name = f"{spec.qualified_name}()"
         if installed is not None and (reason := refusal("function", name, installed.comment, news["owner"])):
             failures.append(CheckFailure("name", reason))
         return CheckResult(news, failures)
