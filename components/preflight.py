@@ -23,7 +23,8 @@ def required_extensions(signer: str) -> tuple[str, ...]:
     return (*SIGNER_EXTENSIONS[signer], "pg_net")
 
 
-def _extension_failure(cur: psycopg.Cursor, extension: str, signer: str, managed: bool) -> str | None:
+def extension_problem(cur: psycopg.Cursor, extension: str, signer: str, managed: bool) -> str | None:
+    """Why the function could not call `extension` in schema `extensions` after `up`, or None."""
     cur.execute(
         """
         SELECT a.name IS NOT NULL, n.nspname
@@ -59,7 +60,7 @@ def preflight_failures(cur: psycopg.Cursor, props: dict[str, Any]) -> list[Check
     failures = [
         CheckFailure("signer", reason)
         for extension in required_extensions(props["signer"])
-        if (reason := _extension_failure(cur, extension, props["signer"], props.get("extensions_managed", True)))
+        if (reason := extension_problem(cur, extension, props["signer"], props.get("extensions_managed", True)))
         is not None
     ]
     cur.execute("SELECT pg_catalog.to_regclass('vault.secrets') IS NOT NULL")

@@ -151,3 +151,21 @@ def test_legacy_webhooks_are_replaced_and_destroy_restores_them(engine):
         assert conn.execute(LEGACY).fetchall() == legacy
         assert conn.execute("SELECT extname FROM pg_extension ORDER BY 1").fetchall() == extensions
         assert conn.execute("SELECT to_regprocedure('public.notify_orchestrator_secure()')").fetchone()[0] is None
+
+
+def test_missing_vault_secret_fails_preview_until_the_stack_manages_it(engine):
+    with engine.connect() as conn:
+        conn.execute("DELETE FROM vault.secrets WHERE name = 'app_jwt_secret'")
+    stack = engine.stack("dev")
+    failed = stack.preview(check=False)
+    assert failed.returncode != 0
+    assert "Vault secret 'app_jwt_secret' (secure-webhooks:secretName) does not exist" in failed.stdout + failed.stderr
+    stack.set_secret("secure-webhooks:jwtSecret", JWT_SECRET)
+    stack.up()
+    with engine.connect() as conn:
+        conn.execute("INSERT INTO public.resumes (name, storage_path) VALUES ('a.pdf', 'r/')")
+    (delivery,) = engine.orchestrator.wait_for(1)
+    assert delivery.status == 200
+    stack.destroy()
+    with engine.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM vault.secrets WHERE name = 'app_jwt_secret'").fetchone() == (0,)

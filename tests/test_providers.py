@@ -10,6 +10,7 @@ from supabase_lints import EXTENSION_IN_PUBLIC, lint
 
 from components.function_provider import SecureFunctionProvider
 from components.ownership import OwnershipError
+from components.preflight import extension_problem
 from components.trigger_function import FunctionSpec
 from components.trigger_provider import WebhookTriggerProvider
 from local_supabase.bootstrap import LEGACY_WEBHOOK_HEADERS
@@ -300,3 +301,18 @@ def test_trigger_check_names_a_missing_table(triggers, spec):
     (failure,) = triggers.check({}, trigger_props("no_such_table", "hook", URL, spec)).failures
     assert failure.property == "table"
     assert failure.reason == "table public.no_such_table does not exist (secure-webhooks:webhooks entry 'hook')"
+
+
+def test_preflight_explains_each_extension_problem(postgres_conn):
+    with postgres_conn.transaction(force_rollback=True), postgres_conn.cursor() as cur:
+        assert extension_problem(cur, "pg_net", "pgcrypto", managed=False) is None
+        assert extension_problem(cur, "no_such_extension", "pgjwt", managed=True) == (
+            "extension no_such_extension is not available on this server (needed by signer 'pgjwt' and pg_net)"
+        )
+        assert "secure-webhooks:manageExtensions is false" in extension_problem(cur, "citext", "pgjwt", managed=False)
+        assert extension_problem(cur, "citext", "pgjwt", managed=True) is None
+        cur.execute("CREATE EXTENSION citext SCHEMA public")
+        assert extension_problem(cur, "citext", "pgjwt", managed=True) == (
+            "extension citext is installed in schema 'public', but the function calls it as extensions.*; "
+            "move it with ALTER EXTENSION citext SET SCHEMA extensions"
+        )
