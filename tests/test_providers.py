@@ -303,7 +303,7 @@ def test_trigger_check_names_a_missing_table(triggers, spec):
     assert failure.reason == "table public.no_such_table does not exist (secure-webhooks:webhooks entry 'hook')"
 
 
-def test_preflight_explains_each_extension_problem(postgres_conn):
+def test_preflight_explains_each_extension_problem(supabase_ready, postgres_conn):
     with postgres_conn.transaction(force_rollback=True), postgres_conn.cursor() as cur:
         assert extension_problem(cur, "pg_net", "pgcrypto", managed=False) is None
         assert extension_problem(cur, "no_such_extension", "pgjwt", managed=True) == (
