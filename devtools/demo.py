@@ -13,7 +13,6 @@ import json
 import secrets
 import shutil
 import sys
-import time
 
 import psycopg
 
@@ -66,7 +65,7 @@ def main() -> int:
             install_legacy_webhooks(conn, orchestrator.url)
             legacy = conn.execute(LEGACY_TRIGGERS).fetchall()
         for name, definition in legacy:
-            print(f"  legacy {name}: {definition[:110]}...")
+            print(f"  legacy {name}: {definition.partition('EXECUTE FUNCTION ')[2]}")
 
         step("Before: the static-header webhooks are rejected by the orchestrator")
         insert_both(cluster, "before")
@@ -94,15 +93,13 @@ def main() -> int:
 
         step("pulumi preview (stack 'local')")
         for op, resource in stack.preview_steps():
-            print(f"  {op:<8} {resource}")
+            kind, _, name = resource.rpartition("::")
+            print(f"  {op:<7} {kind.rpartition(':')[2]:<15} {name}")
         step("pulumi up")
-        started = time.monotonic()
-        progress = ("creating (", "created (", "Updating (")
-        lines = [
-            line for line in stack.up().stdout.splitlines() if line.strip() and not any(p in line for p in progress)
-        ]
-        print("\n".join(f"  {line}" for line in lines))
-        print(f"  ({time.monotonic() - started:.1f} s)")
+        output = stack.up().stdout
+        notes = sorted({line.strip() for line in output.splitlines() if line.strip().startswith("info:")})
+        print("\n".join(f"  {line}" for line in notes))
+        print(f"  {' '.join(output[output.index('Resources:') :].split())}")
 
         step("After: one insert into each table, delivered with a signed, verified JWT")
         insert_both(cluster, "after")
