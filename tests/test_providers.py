@@ -13,6 +13,7 @@ from components.ownership import OwnershipError
 from components.preflight import extension_problem
 from components.trigger_function import FunctionSpec
 from components.trigger_provider import WebhookTriggerProvider
+from components.vault_secret_provider import VaultSecretProvider
 from local_supabase.bootstrap import LEGACY_WEBHOOK_HEADERS
 
 URL = "http://127.0.0.1:9/ingest/a"
@@ -316,3 +317,26 @@ def test_preflight_explains_each_extension_problem(supabase_ready, postgres_conn
             "extension citext is installed in schema 'public', but the function calls it as extensions.*; "
             "move it with ALTER EXTENSION citext SET SCHEMA extensions"
         )
+
+
+def test_vault_secret_adoption_leaves_the_secret_and_restores_its_description(supabase_ready, postgres_conn):
+    secrets = configured(VaultSecretProvider, supabase_ready)
+    name = unique("jwt")
+    postgres_conn.execute("SELECT vault.create_secret(%s, %s, 'created by hand')", ("h" * 40, name))
+    props = {"name": name, "secret": "n" * 40, "owner": OWNER}
+    created = secrets.create(props)
+    assert created.outs["adopted_description"] == "created by hand"
+    assert created.outs["value_matches"] is True
+
+    intruder = {**props, "owner": "secure-webhooks/other"}
+    (failure,) = secrets.check({}, intruder).failures
+    assert failure.property == "name" and f"managed by Pulumi stack {OWNER}" in failure.reason
+    with pytest.raises(OwnershipError):
+        secrets.create(intruder)
+
+    secrets.delete(created.id, created.outs)
+    kept = postgres_conn.execute(
+        "SELECT decrypted_secret, description FROM vault.decrypted_secrets WHERE name = %s", (name,)
+    ).fetchone()
+    assert kept == ("n" * 40, "created by hand")
+    postgres_conn.execute("DELETE FROM vault.secrets WHERE name = %s", (name,))
