@@ -78,13 +78,16 @@ def test_url_change_updates_triggers_in_place_without_losing_an_insert(engine):
             stack.up()
             stop.set()
             count = inserted.result()
+        with engine.connect() as conn:
+            conn.execute("INSERT INTO public.resumes (name, storage_path) VALUES ('after-update', 'r/')")
+        moved.wait_for(1)
         engine.worker.drain()
         time.sleep(0.2)
         delivered = engine.orchestrator.deliveries + moved.deliveries
-        assert count > 0 and len(delivered) == count
+        assert count > 0 and len(delivered) == count + 1
         assert all(d.status == 200 for d in delivered)
-        assert {d.body["record"]["name"] for d in delivered} == {f"row{i}" for i in range(count)}
-        assert moved.deliveries, "inserts after the update go to the new URL"
+        assert {d.body["record"]["name"] for d in delivered} == {f"row{i}" for i in range(count)} | {"after-update"}
+        assert "after-update" in {d.body["record"]["name"] for d in moved.deliveries}
     stack.preview("--expect-no-changes")
 
 
