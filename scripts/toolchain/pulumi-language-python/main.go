@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -166,7 +167,10 @@ func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.R
 		return nil, err
 	}
 	cmd.Env = append(cmd.Env, "PULUMI_CONFIG="+string(configJSON), "PULUMI_CONFIG_SECRET_KEYS="+string(secretKeysJSON))
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	// Copy the program's output through pipes of our own instead of handing it our stdout and
+	// stderr: when the engine stops this host after a failed update, the program must not keep
+	// the engine's pipes open (the engine would wait for them to close).
+	cmd.Stdout, cmd.Stderr = struct{ io.Writer }{os.Stdout}, struct{ io.Writer }{os.Stderr}
 
 	err = cmd.Run()
 	var exitErr *exec.ExitError
