@@ -233,9 +233,7 @@ class DynamicProviderServer:
         response = self._call(
             "Check",
             provider_pb2.CheckRequest(
-                urn=urn,
-                name=_name(urn),
-                type=self.resource_type,
+                **self._address(urn),
                 olds=self._props(olds) if olds else struct_pb2.Struct(),
                 news=self._props(news),
             ),
@@ -249,9 +247,7 @@ class DynamicProviderServer:
             "Diff",
             provider_pb2.DiffRequest(
                 id=id,
-                urn=urn,
-                name=_name(urn),
-                type=self.resource_type,
+                **self._address(urn),
                 olds=self._props(olds),
                 news=self._props(news),
             ),
@@ -267,9 +263,7 @@ class DynamicProviderServer:
         response = self._call(
             "Create",
             provider_pb2.CreateRequest(
-                urn=urn,
-                name=_name(urn),
-                type=self.resource_type,
+                **self._address(urn),
                 properties=self._props(props),
             ),
         )
@@ -281,9 +275,7 @@ class DynamicProviderServer:
             "Read",
             provider_pb2.ReadRequest(
                 id=id,
-                urn=urn,
-                name=_name(urn),
-                type=self.resource_type,
+                **self._address(urn),
                 properties=self._props(props),
             ),
         )
@@ -300,9 +292,7 @@ class DynamicProviderServer:
             "Update",
             provider_pb2.UpdateRequest(
                 id=id,
-                urn=urn,
-                name=_name(urn),
-                type=self.resource_type,
+                **self._address(urn),
                 olds=self._props(olds),
                 news=self._props(news),
             ),
@@ -315,12 +305,14 @@ class DynamicProviderServer:
             "Delete",
             provider_pb2.DeleteRequest(
                 id=id,
-                urn=urn,
-                name=_name(urn),
-                type=self.resource_type,
+                **self._address(urn),
                 properties=self._props(props),
             ),
         )
+
+    def _address(self, urn: str) -> dict[str, str]:
+        """The fields by which the engine names the resource in every request."""
+        return {"urn": urn, "name": _name(urn), "type": self.resource_type}
 
     def _props(self, props: Mapping[str, Any]) -> struct_pb2.Struct:
         """Add ``__provider`` and marshal as the engine would for this provider."""
