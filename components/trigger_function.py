@@ -69,19 +69,31 @@ def _urlsafe_base64(expr: str) -> str:
     return f"pg_catalog.translate(pg_catalog.encode({expr}, 'base64'), E'+/=\\n', '-_')"
 
 
+def claims_expression(spec: FunctionSpec) -> str:
+    """SQL text of the claims as compact JSON, with `iat`/`exp` from the `issued_at` variable.
+
+    Built as text rather than jsonb: the configured claims are serialised once,
+    here, so each insert only concatenates two numbers into a literal. Config
+    validation guarantees the claims are a non-empty object without iat/exp.
+    """
+    configured = json.dumps(dict(spec.claims), sort_keys=True, separators=(",", ":"))
+    opening = _literal(configured[:-1] + ',"iat":')
+    return f"""{opening} || issued_at || ',"exp":' || (issued_at + {int(spec.token_ttl_seconds)}) || '}}'"""
+
+
 def sign_statement(signer: str) -> str:
-    """PL/pgSQL that sets `token` from the jsonb `claims` and text `secret` variables."""
+    """PL/pgSQL that sets `token` from the text `claims` (JSON) and `secret` variables."""
     if signer == "pgjwt":
         return "token := extensions.sign(claims::json, secret, 'HS256');"
     if signer == "pgcrypto":
         header = _literal(base64url(JWT_HEADER.encode()) + ".")
-        payload = _urlsafe_base64("pg_catalog.convert_to(claims::text, 'UTF8')")
+        payload = _urlsafe_base64("pg_catalog.convert_to(claims, 'UTF8')")
         signature = _urlsafe_base64("extensions.hmac(signing_input, secret, 'sha256')")
         return f"signing_input := {header} || {payload};\n  token := signing_input || '.' || {signature};"
     raise ValueError(f"unknown signer {signer!r}")
 
 
-def _post(record_expr: str, old_expr: str, source: str = "") -> str:
+def _post(record_expr: str, old_expr: str, timeout_ms: int, source: str = "") -> str:
     return (
         "PERFORM net.http_post(\n"
         "      TG_ARGV[0],\n"
@@ -89,23 +101,27 @@ def _post(record_expr: str, old_expr: str, source: str = "") -> str:
         "        'type', TG_OP, 'table', TG_TABLE_NAME, 'schema', TG_TABLE_SCHEMA),\n"
         "      '{}'::jsonb,\n"
         "      headers,\n"
-        "      timeout_ms\n"
+        f"      {int(timeout_ms)}\n"
         f"    ){source};"
     )
 
 
 def render_body(spec: FunctionSpec) -> str:
-    """The PL/pgSQL source, exactly as PostgreSQL stores it in pg_proc.prosrc."""
+    """The PL/pgSQL source, exactly as PostgreSQL stores it in pg_proc.prosrc.
+
+    Every statement here runs on each single-row insert, and PL/pgSQL sets up
+    each expression anew in every transaction, so the body is kept to the
+    statements the job needs, with constants rendered in rather than held in variables.
+    """
     missing = _literal(f"{spec.secret_name} not found in vault")
     return f"""
 DECLARE
   secret text;
+  issued_at bigint;
+  claims text;
   signing_input text;
   token text;
-  claims jsonb;
   headers jsonb;
-  issued_at bigint;
-  timeout_ms integer := {int(spec.timeout_ms)};
 BEGIN
   SELECT s.decrypted_secret INTO secret
     FROM vault.decrypted_secrets AS s
@@ -115,20 +131,19 @@ BEGIN
       HINT = 'Create it with vault.create_secret() or set secure-webhooks:jwtSecret and run pulumi up.';
   END IF;
 
-  issued_at := pg_catalog.floor(EXTRACT(EPOCH FROM pg_catalog.clock_timestamp()))::bigint;
-  claims := {_literal(json.dumps(dict(spec.claims), sort_keys=True))}::jsonb
-    || pg_catalog.jsonb_build_object('iat', issued_at, 'exp', issued_at + {int(spec.token_ttl_seconds)});
+  issued_at := pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()))::bigint;
+  claims := {claims_expression(spec)};
   {sign_statement(spec.signer)}
   headers := pg_catalog.jsonb_build_object(
     'Content-Type', 'application/json',
     'Authorization', 'Bearer ' || token);
 
   IF TG_LEVEL = 'ROW' THEN
-    {_post("NEW", "OLD")}
+    {_post("NEW", "OLD", spec.timeout_ms)}
   ELSIF TG_OP = 'DELETE' THEN
-    {_post("NULL", "pg_catalog.to_jsonb(r)", f" FROM {OLD_ROWS} AS r")}
+    {_post("NULL", "pg_catalog.to_jsonb(r)", spec.timeout_ms, f" FROM {OLD_ROWS} AS r")}
   ELSE
-    {_post("pg_catalog.to_jsonb(r)", "NULL", f" FROM {NEW_ROWS} AS r")}
+    {_post("pg_catalog.to_jsonb(r)", "NULL", spec.timeout_ms, f" FROM {NEW_ROWS} AS r")}
   END IF;
   RETURN NULL;
 END

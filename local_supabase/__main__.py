@@ -1,4 +1,7 @@
-"""CLI: ``python -m local_supabase start|stop --state-dir DIR``.
+"""CLI: ``python -m local_supabase install``, ``python -m local_supabase start|stop --state-dir DIR``.
+
+``install`` builds and installs the stand-in extensions (scripts/setup.sh runs it as root, so later
+runs need no write access to the server's directories); ``start`` does the same when needed.
 
 ``start`` leaves a cluster running after the command exits and writes its connection facts to
 ``DIR/connection.json`` for demo and benchmark scripts; ``stop`` reads that file, stops the
@@ -11,7 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cluster import STATE_FILE_NAME, LocalSupabase
+from .cluster import DEFAULT_PG_BINDIR, STATE_FILE_NAME, LocalSupabase
+from .extensions import install_stand_in_extensions
 
 
 def _setting(text: str) -> tuple[str, str]:
@@ -24,6 +28,7 @@ def _setting(text: str) -> tuple[str, str]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m local_supabase", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("install", help="install the stand-in extensions into the server's directories")
     start = commands.add_parser("start", help="start a cluster and write DIR/connection.json")
     start.add_argument("--state-dir", type=Path, required=True)
     start.add_argument(
@@ -45,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit status."""
     args = _parser().parse_args(argv)
+    if args.command == "install":
+        install_stand_in_extensions(DEFAULT_PG_BINDIR)
+        return 0
     if args.command == "start":
         if (args.state_dir / STATE_FILE_NAME).exists():
             print(f"{args.state_dir / STATE_FILE_NAME} exists: stop that cluster first", file=sys.stderr)

@@ -251,7 +251,8 @@ class LocalSupabase:
         )
         with open(self.data_dir / "postgresql.conf", "a", encoding="utf-8") as conf:
             conf.write(f"\ninclude = '{_CONF_FILE}'\n")
-        # The stand-in Vault's root key, outside every table like Supabase's key file.
+        # The stand-in Vault's root key, outside every table like Supabase's key file; the
+        # preloaded supabase_vault library reads it once at server start.
         _write_server_file(self.data_dir / VAULT_ROOT_KEY_FILE, secrets.token_hex(32) + "\n")
         self.socket_dir.mkdir(mode=0o700)
         _give_to_server_user(self.socket_dir)
@@ -265,6 +266,8 @@ class LocalSupabase:
                 "port": str(self.port),
                 "unix_socket_directories": str(self.socket_dir),
                 "fsync": "off",
+                # As on Supabase: the Vault loads its root key once, when the server starts.
+                "shared_preload_libraries": "supabase_vault",
                 **settings,
             }
             _write_server_file(

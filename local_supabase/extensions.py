@@ -1,15 +1,20 @@
 """Install the stand-in pgjwt, pg_net and supabase_vault as real PostgreSQL extensions.
 
-The files go into the server's ``$(pg_config --sharedir)/extension`` under the real extension
-names, so ``CREATE EXTENSION pg_net WITH SCHEMA extensions`` works exactly as on Supabase.
-A genuine installation of one of these extensions is never overwritten.
+The control and SQL files go into the server's ``$(pg_config --sharedir)/extension`` under the
+real extension names, so ``CREATE EXTENSION pg_net WITH SCHEMA extensions`` works exactly as on
+Supabase; the Vault's and pg_net's C libraries go into ``$(pg_config --pkglibdir)``. A genuine installation of
+one of these extensions is never overwritten.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
+import tempfile
 from importlib import resources
 from pathlib import Path
+
+from .c_libraries import LIBRARIES, LibraryBuildError, build
 
 STAND_IN_MARKER = "LOCAL_SUPABASE STAND-IN"
 _SOURCE_DIR = "extensions"
@@ -19,47 +24,61 @@ class ExtensionInstallError(RuntimeError):
     """The stand-in extension files could not be put in place."""
 
 
+def _pg_config(pg_bindir: Path, option: str) -> Path:
+    """A directory as reported by the server's own pg_config."""
+    command = [str(pg_bindir / "pg_config"), option]
+    return Path(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip())
+
+
 def extension_dir(pg_bindir: Path) -> Path:
-    """Return the server's extension directory, as reported by its own pg_config."""
-    sharedir = subprocess.run(
-        [str(pg_bindir / "pg_config"), "--sharedir"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    return Path(sharedir) / "extension"
+    return _pg_config(pg_bindir, "--sharedir") / "extension"
+
+
+def _install_file(target: Path, content: bytes, mode: int) -> None:
+    """Put `content` at `target` unless it is already there; never replace a real extension's file.
+
+    Files already identical are left alone, so a non-root run works once root (e.g. CI setup)
+    has installed them. The new file is renamed into place, so a server that has the old
+    library mapped keeps running on it.
+    """
+    if target.exists():
+        existing = target.read_bytes()
+        if existing == content:
+            return
+        if STAND_IN_MARKER.encode() not in existing:
+            raise ExtensionInstallError(
+                f"{target} belongs to a real installation of the extension; "
+                "refusing to replace it with the local_supabase stand-in"
+            )
+    try:
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        with os.fdopen(handle, "wb") as file:
+            file.write(content)
+        # Readable (and for the library executable) by the server, which runs as another OS user.
+        os.chmod(temporary, mode)
+        os.replace(temporary, target)
+    except PermissionError as error:
+        raise ExtensionInstallError(
+            f"cannot write {target}: installing the stand-in extensions needs write access "
+            f"to {target.parent} (run scripts/setup.sh once as root)"
+        ) from error
 
 
 def install_stand_in_extensions(pg_bindir: Path) -> None:
-    """Copy every stand-in control/SQL file into the extension directory.
+    """Install every stand-in control/SQL file and C library (built if needed).
 
-    Files already identical are left alone, so a non-root run works once root (e.g. CI setup)
-    has installed them. Raises ExtensionInstallError when a target is a real, non-stand-in
-    extension or when the directory is not writable.
+    Raises ExtensionInstallError when a target is a real, non-stand-in extension, when a
+    directory is not writable, or when the library cannot be built.
     """
     target_dir = extension_dir(pg_bindir)
     sources = resources.files(__package__).joinpath(_SOURCE_DIR)
     for source in sorted(sources.iterdir(), key=lambda entry: entry.name):
-        if not source.name.endswith((".control", ".sql")):
-            continue
-        content = source.read_bytes()
-        target = target_dir / source.name
-        if target.exists():
-            existing = target.read_bytes()
-            if existing == content:
-                continue
-            if STAND_IN_MARKER.encode() not in existing:
-                raise ExtensionInstallError(
-                    f"{target} belongs to a real installation of the extension; "
-                    "refusing to replace it with the local_supabase stand-in"
-                )
+        if source.name.endswith((".control", ".sql")):
+            _install_file(target_dir / source.name, source.read_bytes(), 0o644)
+    library_dir = _pg_config(pg_bindir, "--pkglibdir")
+    for library in LIBRARIES:
         try:
-            with open(target, "wb") as handle:
-                handle.write(content)
-        except PermissionError as error:
-            raise ExtensionInstallError(
-                f"cannot write {target}: installing the stand-in extensions needs write access "
-                f"to {target_dir} (run once as root, e.g. in CI setup)"
-            ) from error
-        # World-readable whatever the umask: the server runs as another OS user.
-        target.chmod(0o644)
+            built = build(pg_bindir, library)
+        except LibraryBuildError as error:
+            raise ExtensionInstallError(f"cannot build the stand-in {library.file_name}: {error}") from error
+        _install_file(library_dir / library.file_name, built.read_bytes(), 0o755)

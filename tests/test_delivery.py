@@ -176,19 +176,19 @@ def test_a_missing_vault_secret_fails_the_insert_with_the_seed_message(install, 
 
 
 def test_both_signers_mint_byte_identical_tokens_that_pyjwt_accepts(postgres_conn, receiver_secret):
-    claims = '{"iat": 1700000000, "exp": 1700003600, "role": "service_role", "iss": "supabase", "sub": "ü"}'
+    claims = '{"iat":1700000000,"exp":1700003600,"role":"service_role","iss":"supabase","sub":"ü"}'
     tokens = {}
     for signer in ("pgjwt", "pgcrypto"):
         postgres_conn.execute(
             sql.SQL(
-                "CREATE FUNCTION pg_temp.mint(claims jsonb, secret text) RETURNS text LANGUAGE plpgsql "
+                "CREATE FUNCTION pg_temp.mint(claims text, secret text) RETURNS text LANGUAGE plpgsql "
                 "SET search_path = '' AS {}"
             ).format(
                 sql.Literal(f"DECLARE signing_input text; token text; BEGIN {sign_statement(signer)} RETURN token; END")
             )
         )
         tokens[signer] = postgres_conn.execute("SELECT pg_temp.mint(%s, %s)", (claims, receiver_secret)).fetchone()[0]
-        postgres_conn.execute("DROP FUNCTION pg_temp.mint(jsonb, text)")
+        postgres_conn.execute("DROP FUNCTION pg_temp.mint(text, text)")
     assert tokens["pgjwt"] == tokens["pgcrypto"]
     decoded = jwt.decode(tokens["pgjwt"], receiver_secret, algorithms=["HS256"], options={"verify_exp": False})
     assert decoded == {"iat": 1700000000, "exp": 1700003600, "role": "service_role", "iss": "supabase", "sub": "ü"}

@@ -1,8 +1,8 @@
 -- LOCAL_SUPABASE STAND-IN for supabase/pg_net 0.20.4 -- written for local tests, not the upstream file.
 -- Same tables, function signatures, defaults, Content-Type rule and privileges as pg_net >= 0.12
 -- (SECURITY INVOKER functions; USAGE on schema net and ALL on its tables and sequences granted to
--- PUBLIC). The C parts (curl URL encoding, net.wake(), the background worker) are replaced by
--- plain SQL and by the Python thread in local_supabase.pg_net_worker.
+-- PUBLIC). The C helpers (curl URL encoding, net.wake()) come from this stand-in's own pg_net.c;
+-- the background worker is replaced by the Python thread in local_supabase.pg_net_worker.
 \echo Use "CREATE EXTENSION pg_net" to load this file. \quit
 
 CREATE SCHEMA IF NOT EXISTS net;
@@ -34,35 +34,18 @@ CREATE UNLOGGED TABLE net._http_response (
 
 CREATE INDEX ON net._http_response (created);
 
--- Percent-encodes every byte outside RFC 3986's unreserved set, as curl_easy_escape() does.
+-- The C helpers, as upstream (this stand-in's own pg_net.c, using libcurl like pg_net).
 CREATE FUNCTION net._urlencode_string(string varchar) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT
-AS $body$
-    SELECT coalesce(
-        string_agg(
-            CASE
-                WHEN byte BETWEEN 48 AND 57 OR byte BETWEEN 65 AND 90 OR byte BETWEEN 97 AND 122
-                     OR byte IN (45, 46, 95, 126)
-                    THEN chr(byte)
-                ELSE '%' || upper(lpad(to_hex(byte), 2, '0'))
-            END,
-            '' ORDER BY position),
-        '')
-    FROM (SELECT convert_to(string, 'UTF8') AS raw) AS source,
-         LATERAL generate_series(0, length(source.raw) - 1) AS position,
-         LATERAL get_byte(source.raw, position) AS byte;
-$body$;
+AS 'MODULE_PATHNAME'
+LANGUAGE c IMMUTABLE;
 
--- Appends already-encoded key=value pairs to the URL's query string.
 CREATE FUNCTION net._encode_url_with_params_array(url text, params_array text[]) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT
-AS $body$
-    SELECT CASE
-        WHEN cardinality(params_array) = 0 THEN url
-        ELSE url || CASE WHEN strpos(url, '?') > 0 THEN '&' ELSE '?' END
-                 || array_to_string(params_array, '&')
-    END;
-$body$;
+AS 'MODULE_PATHNAME'
+LANGUAGE c IMMUTABLE;
+
+CREATE FUNCTION net.wake() RETURNS void
+AS 'MODULE_PATHNAME'
+LANGUAGE c;
 
 CREATE FUNCTION net.http_get(
     url text,
@@ -83,6 +66,8 @@ BEGIN
     INSERT INTO net.http_request_queue (method, url, headers, timeout_milliseconds)
     VALUES ('GET', net._encode_url_with_params_array(url, encoded_params), headers, timeout_milliseconds)
     RETURNING id INTO request_id;
+
+    PERFORM net.wake();
 
     RETURN request_id;
 END;
@@ -127,6 +112,8 @@ BEGIN
             convert_to(body::text, 'UTF8'), timeout_milliseconds)
     RETURNING id INTO request_id;
 
+    PERFORM net.wake();
+
     RETURN request_id;
 END;
 $body$;
@@ -152,6 +139,8 @@ BEGIN
     VALUES ('DELETE', net._encode_url_with_params_array(url, encoded_params), headers,
             convert_to(body::text, 'UTF8'), timeout_milliseconds)
     RETURNING id INTO request_id;
+
+    PERFORM net.wake();
 
     RETURN request_id;
 END;

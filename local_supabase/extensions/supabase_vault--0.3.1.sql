@@ -1,88 +1,27 @@
 -- LOCAL_SUPABASE STAND-IN for supabase/vault 0.3.1 -- written for local tests, not the upstream file.
--- Same table, view, function signatures and PUBLIC revokes as upstream. Encryption differs:
---   * root key: 32 random bytes (hex) in $PGDATA/vault_root.key, written by local_supabase.cluster.
---     Only vault._stand_in_root_key() (SECURITY DEFINER, owner = bootstrap superuser, EXECUTE
---     revoked from PUBLIC) reads it, so neither `postgres` (even with pg_read_all_data) nor
---     service_role/anon/authenticated can obtain it from SQL -- like upstream's key file.
---   * deterministic AEAD: SIV over pgcrypto. iv = HMAC-SHA256(mac_key, nonce, additional, message)
---     truncated to 16 bytes; ciphertext = iv || AES-256-CBC(enc_key, iv, message). Decryption
---     recomputes the iv, so tampering with message, nonce or additional data is detected.
--- pgcrypto must be installed in schema `extensions` (as on Supabase).
+-- Same table, view, function signatures, volatility and PUBLIC revokes as upstream. The three
+-- crypto functions are C, as upstream's are, from this stand-in's own supabase_vault.c: libsodium,
+-- a root key loaded once by the postmaster (shared_preload_libraries) from $PGDATA/vault_root.key
+-- and reachable from no SQL function, and a deterministic AEAD (keyed-BLAKE2b synthetic IV,
+-- XChaCha20) whose ciphertexts are not interchangeable with upstream's.
 \echo Use "CREATE EXTENSION supabase_vault" to load this file. \quit
-
-DO $check$
-BEGIN
-    IF NOT EXISTS (
-        SELECT 1 FROM pg_extension
-        WHERE extname = 'pgcrypto' AND extnamespace = 'extensions'::regnamespace
-    ) THEN
-        RAISE EXCEPTION 'supabase_vault stand-in needs pgcrypto installed in schema extensions';
-    END IF;
-    IF pg_stat_file('vault_root.key', true) IS NULL THEN
-        RAISE EXCEPTION 'supabase_vault stand-in: root key file $PGDATA/vault_root.key is missing'
-            USING HINT = 'start the cluster with local_supabase.cluster, which writes it';
-    END IF;
-END;
-$check$;
-
-CREATE FUNCTION vault._stand_in_root_key() RETURNS bytea
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
-AS $body$
-    SELECT decode(btrim(pg_catalog.pg_read_file('vault_root.key'), E' \n'), 'hex');
-$body$;
 
 CREATE FUNCTION vault._crypto_aead_det_encrypt(
     message bytea, additional bytea, key_id bigint, context bytea = 'pgsodium', nonce bytea = NULL
 ) RETURNS bytea
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ''
-AS $body$
-DECLARE
-    root_key bytea := vault._stand_in_root_key();
-    subkey_info bytea := pg_catalog.int8send(key_id) || context;
-    enc_key bytea := extensions.hmac('vault-enc'::bytea || subkey_info, root_key, 'sha256');
-    mac_key bytea := extensions.hmac('vault-mac'::bytea || subkey_info, root_key, 'sha256');
-    nonce_bytes bytea := coalesce(nonce, ''::bytea);
-    iv bytea;
-BEGIN
-    iv := substring(extensions.hmac(
-        pg_catalog.int4send(length(nonce_bytes)) || nonce_bytes
-            || pg_catalog.int4send(length(additional)) || additional || message,
-        mac_key, 'sha256') FOR 16);
-    RETURN iv || extensions.encrypt_iv(message, enc_key, iv, 'aes-cbc/pad:pkcs');
-END;
-$body$;
+AS 'MODULE_PATHNAME', 'vault_stand_in_encrypt'
+LANGUAGE c IMMUTABLE;
 
 CREATE FUNCTION vault._crypto_aead_det_decrypt(
     message bytea, additional bytea, key_id bigint, context bytea = 'pgsodium', nonce bytea = NULL
 ) RETURNS bytea
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ''
-AS $body$
-DECLARE
-    root_key bytea := vault._stand_in_root_key();
-    subkey_info bytea := pg_catalog.int8send(key_id) || context;
-    enc_key bytea := extensions.hmac('vault-enc'::bytea || subkey_info, root_key, 'sha256');
-    mac_key bytea := extensions.hmac('vault-mac'::bytea || subkey_info, root_key, 'sha256');
-    nonce_bytes bytea := coalesce(nonce, ''::bytea);
-    iv bytea := substring(message FOR 16);
-    plaintext bytea;
-BEGIN
-    plaintext := extensions.decrypt_iv(substring(message FROM 17), enc_key, iv, 'aes-cbc/pad:pkcs');
-    IF iv IS DISTINCT FROM substring(extensions.hmac(
-        pg_catalog.int4send(length(nonce_bytes)) || nonce_bytes
-            || pg_catalog.int4send(length(additional)) || additional || plaintext,
-        mac_key, 'sha256') FOR 16)
-    THEN
-        RAISE EXCEPTION 'vault: ciphertext verification failed';
-    END IF;
-    RETURN plaintext;
-END;
-$body$;
+AS 'MODULE_PATHNAME', 'vault_stand_in_decrypt'
+LANGUAGE c IMMUTABLE;
 
+-- Upstream declares this IMMUTABLE; VOLATILE here so that no plan can fold it into a constant.
 CREATE FUNCTION vault._crypto_aead_det_noncegen() RETURNS bytea
-LANGUAGE sql VOLATILE SET search_path = ''
-AS $body$
-    SELECT extensions.gen_random_bytes(16);
-$body$;
+AS 'MODULE_PATHNAME', 'vault_stand_in_noncegen'
+LANGUAGE c VOLATILE;
 
 CREATE TABLE vault.secrets (
     id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -177,7 +116,6 @@ END;
 $body$;
 
 REVOKE ALL ON FUNCTION
-    vault._stand_in_root_key,
     vault._crypto_aead_det_encrypt,
     vault._crypto_aead_det_decrypt,
     vault._crypto_aead_det_noncegen,
