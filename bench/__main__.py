@@ -1,9 +1,10 @@
 """`python -m bench [--smoke]`: per-insert cost of the webhook variants, side by side in one run.
 
-Starts its own local Supabase stand-in (track_functions = all), installs every
-variant on its own table, then measures in interleaved rounds (each round runs
-every variant, starting with a different one) so that machine noise and drift
-hit all variants alike. Prints the results table, the goal lines and where the
+Starts its own local Supabase stand-in, installs every variant on its own
+table, then measures in interleaved rounds (each round runs every variant,
+starting with a different one) so that machine noise and drift hit all
+variants alike. Timing runs uninstrumented; only the profile that follows
+runs in a session with track_functions = all. Prints the results table, the goal lines and where the
 time goes. The exit status is 0 whatever the figures; only errors (a variant
 not doing its work, a tool failing) make it non-zero. See bench/README.md.
 """
@@ -39,7 +40,7 @@ class Sizes:
     warmup_rows: int
 
 
-FULL = Sizes(rounds=7, transactions=4000, bulk_rows=10_000, profiled_statements=1000, warmup_rows=100)
+FULL = Sizes(rounds=11, transactions=3000, bulk_rows=10_000, profiled_statements=1000, warmup_rows=100)
 SMOKE = Sizes(rounds=1, transactions=20, bulk_rows=200, profiled_statements=20, warmup_rows=10)
 
 NOTE = """\
@@ -85,6 +86,7 @@ def interleaved(round_no: int) -> Iterator[Variant]:
 @dataclass(frozen=True)
 class Results:
     single_ms: dict[str, list[float]]
+    interleaved_ms: dict[str, list[float]]
     bulk_us: dict[str, list[float]]
     profiles: dict[profile.Workload, list[profile.Profile]]
 
@@ -93,6 +95,7 @@ def run(cluster: LocalSupabase, sizes: Sizes) -> Results:
     """Install every variant, warm up, time the interleaved rounds, then profile."""
     jwt_secret = secrets.token_urlsafe(48)
     single: dict[str, list[float]] = defaultdict(list)
+    interleaved_ms: dict[str, list[float]] = defaultdict(list)
     bulk: dict[str, list[float]] = defaultdict(list)
     with (
         psycopg.connect(cluster.admin_dsn, autocommit=True) as admin,
@@ -101,42 +104,57 @@ def run(cluster: LocalSupabase, sizes: Sizes) -> Results:
         install_all(app, jwt_secret)
         for variant in VARIANTS:
             measure.bulk_us_per_row(app, variant, sizes.warmup_rows)
-            measure.check_work(admin, variant, sizes.warmup_rows, jwt_secret)
+            measure.check_work(admin, {variant.key: sizes.warmup_rows}, jwt_secret)
             measure.reset(admin)
         for round_no in range(sizes.rounds):
             _progress(f"round {round_no + 1}/{sizes.rounds}: single-row")
             for variant in interleaved(round_no):
                 single[variant.key].append(measure.single_row_ms(cluster, variant, sizes.transactions))
-                measure.check_work(admin, variant, sizes.transactions, jwt_secret)
+                measure.check_work(admin, {variant.key: sizes.transactions}, jwt_secret)
                 measure.reset(admin)
+            _progress(f"round {round_no + 1}/{sizes.rounds}: single-row, interleaved")
+            results = measure.interleaved_single_row_ms(cluster, VARIANTS, sizes.transactions)
+            for key, result in results.items():
+                interleaved_ms[key].append(result.latency_ms)
+            measure.check_work(admin, {key: result.transactions for key, result in results.items()}, jwt_secret)
+            measure.reset(admin)
             _progress(f"round {round_no + 1}/{sizes.rounds}: bulk")
             for variant in interleaved(round_no):
                 bulk[variant.key].append(measure.bulk_us_per_row(app, variant, sizes.bulk_rows))
-                measure.check_work(admin, variant, sizes.bulk_rows, jwt_secret)
+                measure.check_work(admin, {variant.key: sizes.bulk_rows}, jwt_secret)
                 measure.reset(admin)
-        _progress("profiling")
-        workloads = (
-            profile.Workload("bulk", statements=1, rows_each=sizes.bulk_rows),
-            profile.Workload("single-row", statements=sizes.profiled_statements, rows_each=1),
-        )
+    _progress("profiling")
+    workloads = (
+        profile.Workload("bulk", statements=1, rows_each=sizes.bulk_rows),
+        profile.Workload("single-row", statements=sizes.profiled_statements, rows_each=1),
+    )
+    with profile.instrumented_session(cluster, measure.APP_ROLE) as instrumented:
         profiles = {
-            workload: [profile.profile(app, variant, workload) for variant in VARIANTS] for workload in workloads
+            workload: [profile.profile(instrumented, variant, workload) for variant in VARIANTS]
+            for workload in workloads
         }
-    return Results(single, bulk, profiles)
+    return Results(single, interleaved_ms, bulk, profiles)
 
 
 def print_report(sizes: Sizes, results: Results) -> None:
     print(
         f"single-row: pgbench -M prepared, 1 client, one INSERT per transaction, {sizes.transactions} transactions "
-        f"x {sizes.rounds} rounds per variant; median of pgbench's latency average"
+        f"x {sizes.rounds} rounds per variant, one variant at a time; median of pgbench's latency average"
+    )
+    print(
+        f"interleaved: the same, but one pgbench run per round in which each of {sizes.transactions * len(VARIANTS)} "
+        "transactions goes to a random variant; median of pgbench's per-script latency average"
     )
     print(f"bulk: one INSERT of {sizes.bulk_rows} rows (autocommit) x {sizes.rounds} rounds per variant; median")
     print(NOTE)
     print()
-    medians = {"single-row": report.medians(results.single_ms), "bulk": report.medians(results.bulk_us)}
-    print(report.table(medians["single-row"], medians["bulk"]))
+    samples = {"single-row": results.single_ms, "interleaved": results.interleaved_ms, "bulk": results.bulk_us}
+    medians = {mode: report.medians(values) for mode, values in samples.items()}
+    print(report.table(medians))
     print()
     print(report.goal_lines(medians))
+    print()
+    print(report.round_spread(samples))
     print()
     print("Where the time goes")
     print("-------------------")
@@ -151,9 +169,9 @@ def print_report(sizes: Sizes, results: Results) -> None:
 def main(argv: list[str] | None = None) -> int:
     sizes = _sizes(_parser().parse_args(argv))
     started = time.monotonic()
-    _progress(f"starting the local Supabase stand-in (track_functions = all); {os.cpu_count()} CPUs")
+    _progress(f"starting the local Supabase stand-in; {os.cpu_count()} CPUs")
     try:
-        with LocalSupabase.start(settings={"track_functions": "all"}) as cluster:
+        with LocalSupabase.start() as cluster:
             results = run(cluster, sizes)
         print_report(sizes, results)
     except measure.BenchError as error:

@@ -8,12 +8,15 @@ pg_stat_user_functions, so each variant's figures are its own with no
 pg_stat_reset() between variants and no waiting for PostgreSQL 15 to flush its
 statistics (never inside a transaction, at most once a second otherwise; the
 unflushed counts of earlier statements are why we take a difference). The
-cluster runs with track_functions = all, so SQL and C functions (pgjwt's sign,
-pgcrypto's hmac) are counted too, not just PL/pgSQL ones.
+profiling session runs with track_functions = all, so SQL and C functions
+(pgjwt's sign, pgcrypto's hmac) are counted too, not just PL/pgSQL ones; the
+timed runs do not, because timing every call would tax function-heavy variants.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
@@ -21,6 +24,7 @@ from psycopg import sql
 
 from bench.measure import insert_many, insert_one
 from bench.variants import Variant
+from local_supabase.cluster import LocalSupabase
 
 #: Signatures with argument types, so overloads (hmac(bytea,...) and hmac(text,...)) stay apart.
 _FUNCTION_TIMES = """
@@ -97,6 +101,18 @@ def _since(before: dict[str, FunctionTime], after: dict[str, FunctionTime]) -> l
     """The functions called between the two snapshots, heaviest (by total time) first."""
     spent = [now.minus(before[name]) if name in before else now for name, now in after.items()]
     return sorted((function for function in spent if function.calls), key=lambda f: f.total_ms, reverse=True)
+
+
+@contextmanager
+def instrumented_session(cluster: LocalSupabase, role: str) -> Iterator[psycopg.Connection]:
+    """A session of `role` with track_functions = all (a superuser-only setting, so set per role)."""
+    with psycopg.connect(cluster.admin_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("ALTER ROLE {} SET track_functions = 'all'").format(sql.Identifier(role)))
+        try:
+            with psycopg.connect(cluster.dsn(role), autocommit=True) as conn:
+                yield conn
+        finally:
+            admin.execute(sql.SQL("ALTER ROLE {} RESET track_functions").format(sql.Identifier(role)))
 
 
 def profile(conn: psycopg.Connection, variant: Variant, workload: Workload) -> Profile:

@@ -17,7 +17,13 @@ class Goal:
     max_ratio: float
 
 
-GOALS = (Goal("single-row", 1.10), Goal("bulk", 0.85))
+#: The three measurements, as (key, column header, format of the median).
+MODES = (
+    ("single-row", "single-row ms", "{:.3f}"),
+    ("interleaved", "interleaved ms", "{:.3f}"),
+    ("bulk", "bulk us/row", "{:.1f}"),
+)
+GOALS = (Goal("single-row", 1.10), Goal("interleaved", 1.10), Goal("bulk", 0.85))
 OURS = [variant for variant in VARIANTS if variant.key.startswith("d-")]
 
 
@@ -29,17 +35,19 @@ def ratios(values: Mapping[str, float]) -> dict[str, float]:
     return {key: value / values[BASELINE] for key, value in values.items()}
 
 
-def table(single_ms: Mapping[str, float], bulk_us: Mapping[str, float]) -> str:
-    """variant | single-row median ms/insert | ratio to (b) | bulk median us/row | ratio to (b)."""
-    single_ratio, bulk_ratio = ratios(single_ms), ratios(bulk_us)
-    header = " | ".join((f"{'variant':<22}", "single-row ms/insert", "ratio to (b)", "bulk us/row", "ratio to (b)"))
+def table(results: Mapping[str, Mapping[str, float]]) -> str:
+    """Per variant and mode: the median and its ratio to (b)."""
+    cells = [f"{'variant':<22}"]
+    for _, header, _ in MODES:
+        cells += [f"{header:>14}", "vs (b)"]
+    header = " | ".join(cells)
     lines = [header, "-" * len(header)]
+    mode_ratios = {mode: ratios(results[mode]) for mode, _, _ in MODES}
     for variant in VARIANTS:
-        key = variant.key
-        lines.append(
-            f"{variant.label:<22} | {single_ms[key]:>20.3f} | {single_ratio[key]:>11.2f}x | "
-            f"{bulk_us[key]:>11.1f} | {bulk_ratio[key]:>11.2f}x"
-        )
+        cells = [f"{variant.label:<22}"]
+        for mode, _, number in MODES:
+            cells += [f"{number.format(results[mode][variant.key]):>14}", f"{mode_ratios[mode][variant.key]:>5.2f}x"]
+        lines.append(" | ".join(cells))
     return "\n".join(lines)
 
 
@@ -52,4 +60,20 @@ def goal_lines(results: Mapping[str, Mapping[str, float]]) -> str:
             ratio = measured[variant.key]
             verdict = "PASS" if ratio <= goal.max_ratio else "MISS"
             lines.append(f"goal: {variant.label} {goal.mode} <= {goal.max_ratio:.2f}x (b): {ratio:.2f}x  {verdict}")
+    return "\n".join(lines)
+
+
+def round_spread(samples: Mapping[str, Mapping[str, Sequence[float]]]) -> str:
+    """Our variants' ratio to (b) within each round: how much of a goal line is noise.
+
+    Each round measures every variant back to back, so the per-round ratio
+    cancels drift that the ratio of medians only averages out.
+    """
+    lines = ["per-round ratios to (b) (median, min-max over the rounds):"]
+    for mode, by_variant in samples.items():
+        for variant in OURS:
+            paired = [ours / base for ours, base in zip(by_variant[variant.key], by_variant[BASELINE], strict=True)]
+            lines.append(
+                f"    {variant.label} {mode}: {statistics.median(paired):.2f}x, {min(paired):.2f}-{max(paired):.2f}x"
+            )
     return "\n".join(lines)

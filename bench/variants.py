@@ -113,6 +113,7 @@ VARIANTS = (
     Variant("d-pgcrypto", "(d) ours, pgcrypto", "bench_d_pgcrypto", _ours("pgcrypto"), queues_request=True,
             logs_hook=False, signs=True),
 )  # fmt: skip
+VARIANTS_BY_KEY = {variant.key: variant for variant in VARIANTS}
 BASELINE = "b"
 
 

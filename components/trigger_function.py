@@ -46,7 +46,7 @@ class FunctionSpec:
     """Everything the function body depends on (none of it secret)."""
 
     secret_name: str = "app_jwt_secret"
-    signer: str = "pgjwt"
+    signer: str = "pgcrypto"
     claims: Mapping[str, Any] = field(
         default_factory=lambda: {"role": "service_role", "iss": "supabase", "sub": "orchestrator"}
     )

@@ -63,11 +63,10 @@ def test_dev_stack_graph():
     assert sorted((e.inputs["name"], e.inputs["schema"]) for e in extensions) == [
         ("pg_net", "extensions"),
         ("pgcrypto", "extensions"),
-        ("pgjwt", "extensions"),
     ]
     (function,) = mocks.of_type(FUNCTION)
     assert function.inputs["schema"] == "public" and function.inputs["name"] == "notify_orchestrator_secure"
-    assert function.inputs["signer"] == "pgjwt"
+    assert function.inputs["signer"] == "pgcrypto"
     assert function.inputs["owner"] == "secure-webhooks/dev"
     assert function.inputs["secret_managed"] is False
     triggers = mocks.of_type(TRIGGER)
@@ -102,6 +101,13 @@ def test_prod_stack_uses_its_own_url_and_pgcrypto():
         "https://orchestrator.example.com/ingest/interns/individual",
         "https://orchestrator.example.com/ingest/resumes/batch",
     }
+
+
+def test_the_pgjwt_signer_also_installs_pgjwt():
+    mocks = run_program("dev", {**stack_config("dev"), "secure-webhooks:signer": "pgjwt"})
+    assert sorted(e.inputs["name"] for e in mocks.of_type(EXTENSION)) == ["pg_net", "pgcrypto", "pgjwt"]
+    (function,) = mocks.of_type(FUNCTION)
+    assert function.inputs["signer"] == "pgjwt"
 
 
 def test_extensions_left_to_the_database_are_only_verified():

@@ -44,7 +44,7 @@ def test_defaults_are_the_seed_plan():
             ("INSERT",),
         ),
     ]
-    assert (s.secret_name, s.token_ttl_seconds, s.timeout_ms, s.signer) == ("app_jwt_secret", 3600, 5000, "pgjwt")
+    assert (s.secret_name, s.token_ttl_seconds, s.timeout_ms, s.signer) == ("app_jwt_secret", 3600, 5000, "pgcrypto")
     assert dict(s.claims) == {"role": "service_role", "iss": "supabase", "sub": "orchestrator"}
     assert s.production is False and s.manages_secret is False and s.manage_extensions is True
 
@@ -56,7 +56,7 @@ def test_pulumi_yaml_declares_the_same_defaults_as_the_code():
     assert declared["secretName"]["default"] == "app_jwt_secret"
     assert declared["tokenTtlSeconds"]["default"] == 3600
     assert declared["timeoutMs"]["default"] == 5000
-    assert declared["signer"]["default"] == "pgjwt"
+    assert declared["signer"]["default"] == "pgcrypto"
     assert declared["production"]["default"] is False
     assert declared["manageExtensions"]["default"] is True
     assert "default" not in declared["orchestratorUrl"]
