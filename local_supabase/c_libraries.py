@@ -81,11 +81,24 @@ def _installed_version(package: str) -> str:
 
 
 def _download(package: str, version: str, work: Path) -> Path:
-    """The .deb of `package` at `version`, or the archive's current one once that version is gone."""
+    """The .deb of `package` at `version`, or the archive's current one once that version is gone.
+
+    When both fail, stale package lists are the usual cause: as root they are refreshed once.
+    """
+
+    def download(spec: str) -> None:
+        _run(["apt-get", "download", spec], f"downloading {spec}", cwd=work)
+
     try:
-        _run(["apt-get", "download", f"{package}={version}"], f"downloading {package} {version}", cwd=work)
+        download(f"{package}={version}")
     except LibraryBuildError:
-        _run(["apt-get", "download", package], f"downloading {package}", cwd=work)
+        try:
+            download(package)
+        except LibraryBuildError:
+            if os.geteuid() != 0:
+                raise
+            _run(["apt-get", "update", "-q"], "apt-get update")
+            download(package)
     (deb,) = work.glob("*.deb")
     return deb
 

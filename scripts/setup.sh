@@ -30,7 +30,7 @@ fi
 say "installing Python packages from requirements.txt"
 venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt >&2
 
-say "local Supabase stand-in extensions (first run compiles the Vault library)"
+say "local Supabase stand-in extensions (the first run compiles their C libraries)"
 venv/bin/python -m local_supabase install
 
 say "Pulumi engine"

@@ -90,6 +90,20 @@ def test_inserts_into_both_tables_arrive_signed(install, orchestrator, postgres_
     assert statuses == [(200,), (200,)]
 
 
+#: Configured claims that JSON and SQL quoting both have to get right.
+AWKWARD_CLAIMS = {"sub": 'o\'brien \\ "ü" ☃', "role": "worker", "scopes": ["ingest", "read"], "tier": 2, "beta": True}
+
+
+@pytest.mark.parametrize("signer", ["pgjwt", "pgcrypto"])
+def test_configured_claims_arrive_exactly(install, receiver_secret, postgres_conn, signer):
+    with WebhookReceiver(receiver_secret, expected_claims=AWKWARD_CLAIMS, expected_ttl=TTL) as receiver:
+        install(receiver.url, signer=signer, claims=AWKWARD_CLAIMS)
+        insert(postgres_conn, "resumes", "claims.pdf")
+        (delivery,) = receiver.wait_for(1)
+    assert delivery.status == 200, delivery.rejection
+    assert {name: value for name, value in delivery.claims.items() if name not in ("iat", "exp")} == AWKWARD_CLAIMS
+
+
 def test_a_wrong_secret_is_rejected_by_the_orchestrator(install, postgres_conn):
     with WebhookReceiver("another-secret-that-is-long-enough-0123456789") as impostor_check:
         install(impostor_check.url)

@@ -419,3 +419,29 @@ def test_receiver_verifies_tokens(receiver_secret: str) -> None:
         for reason, header in rejected.items():
             with pytest.raises(ValueError, match=reason):
                 receiver.verify(header)
+
+
+def test_vault_and_pg_net_helpers_are_c_functions_as_upstream(postgres_conn: psycopg.Connection, pg_net: None) -> None:
+    """Their cost is part of every benchmarked webhook, so they must not be slower SQL stand-ins."""
+    names = ["_crypto_aead_det_decrypt", "_crypto_aead_det_encrypt", "_crypto_aead_det_noncegen"]
+    names += ["_urlencode_string", "_encode_url_with_params_array", "wake"]
+    rows = postgres_conn.execute(
+        "SELECT p.oid::regprocedure::text, l.lanname, p.provolatile FROM pg_proc AS p "
+        "JOIN pg_language AS l ON l.oid = p.prolang "
+        "WHERE p.pronamespace IN ('vault'::regnamespace, 'net'::regnamespace) AND p.proname = ANY(%s)",
+        (names,),
+    ).fetchall()
+    assert sorted(rows) == [
+        ("net._encode_url_with_params_array(text,text[])", "c", "i"),
+        ("net._urlencode_string(character varying)", "c", "i"),
+        ("net.wake()", "c", "v"),
+        ("vault._crypto_aead_det_decrypt(bytea,bytea,bigint,bytea,bytea)", "c", "i"),
+        ("vault._crypto_aead_det_encrypt(bytea,bytea,bigint,bytea,bytea)", "c", "i"),
+        ("vault._crypto_aead_det_noncegen()", "c", "v"),
+    ]
+    assert postgres_conn.execute("SHOW shared_preload_libraries").fetchone() == ("supabase_vault",)
+
+
+def test_pg_net_urlencodes_like_curl(postgres_conn: psycopg.Connection, pg_net: None) -> None:
+    row = postgres_conn.execute("SELECT net._urlencode_string('a b/é~-._')").fetchone()
+    assert row == ("a%20b%2F%C3%A9~-._",)
