@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from bench import measure, profile, report
+from bench import measure, pieces, profile, report
 from bench.variants import VARIANTS, Variant, install_all
 from local_supabase.cluster import LocalSupabase
 
@@ -38,10 +38,14 @@ class Sizes:
     profiled_statements: int
     #: Rows of the untimed first INSERT per variant that warms caches and checks the tokens.
     warmup_rows: int
+    #: Transactions per piece and round in the piece-by-piece breakdown.
+    piece_iterations: int
 
 
-FULL = Sizes(rounds=11, transactions=3000, bulk_rows=10_000, profiled_statements=1000, warmup_rows=100)
-SMOKE = Sizes(rounds=1, transactions=20, bulk_rows=200, profiled_statements=20, warmup_rows=10)
+FULL = Sizes(
+    rounds=11, transactions=3000, bulk_rows=10_000, profiled_statements=1000, warmup_rows=100, piece_iterations=2000
+)
+SMOKE = Sizes(rounds=1, transactions=20, bulk_rows=200, profiled_statements=20, warmup_rows=10, piece_iterations=20)
 
 NOTE = """\
 Deliveries are not part of an insert's cost: pg_net sends after commit, in its background worker.
@@ -70,6 +74,7 @@ def _sizes(args: argparse.Namespace) -> Sizes:
         bulk_rows=args.bulk_rows or base.bulk_rows,
         profiled_statements=base.profiled_statements,
         warmup_rows=base.warmup_rows,
+        piece_iterations=base.piece_iterations,
     )
 
 
@@ -89,6 +94,7 @@ class Results:
     interleaved_ms: dict[str, list[float]]
     bulk_us: dict[str, list[float]]
     profiles: dict[profile.Workload, list[profile.Profile]]
+    pieces_us: dict[str, dict[str, float]]
 
 
 def run(cluster: LocalSupabase, sizes: Sizes) -> Results:
@@ -123,6 +129,14 @@ def run(cluster: LocalSupabase, sizes: Sizes) -> Results:
                 bulk[variant.key].append(measure.bulk_us_per_row(app, variant, sizes.bulk_rows))
                 measure.check_work(admin, {variant.key: sizes.bulk_rows}, jwt_secret)
                 measure.reset(admin)
+        _progress("timing the pieces of a single-row insert")
+        with psycopg.connect(cluster.dsn(measure.APP_ROLE), autocommit=True) as fresh:
+            pieces_us = {
+                "new session": pieces.time_pieces(fresh, jwt_secret, sizes.rounds, sizes.piece_iterations),
+                # The session that ran every bulk INSERT: what a pooled connection sees after a batch import.
+                "after bulk": pieces.time_pieces(app, jwt_secret, sizes.rounds, sizes.piece_iterations),
+            }
+        measure.reset(admin)
     _progress("profiling")
     workloads = (
         profile.Workload("bulk", statements=1, rows_each=sizes.bulk_rows),
@@ -133,7 +147,7 @@ def run(cluster: LocalSupabase, sizes: Sizes) -> Results:
             workload: [profile.profile(instrumented, variant, workload) for variant in VARIANTS]
             for workload in workloads
         }
-    return Results(single, interleaved_ms, bulk, profiles)
+    return Results(single, interleaved_ms, bulk, profiles, pieces_us)
 
 
 def print_report(sizes: Sizes, results: Results) -> None:
@@ -158,8 +172,11 @@ def print_report(sizes: Sizes, results: Results) -> None:
     print()
     print("Where the time goes")
     print("-------------------")
-    print("EXPLAIN ANALYZE + pg_stat_xact_user_functions (track_functions = all), rolled back; instrumented, so")
-    print("absolute figures run higher than in the table above.")
+    print("A single-row insert, piece by piece:")
+    print(pieces.render(results.pieces_us, sizes.piece_iterations, sizes.rounds))
+    print()
+    print("Per function: EXPLAIN ANALYZE + pg_stat_xact_user_functions (track_functions = all), rolled back;")
+    print("instrumented and in one transaction, so not comparable with the figures above.")
     for workload, profiles in results.profiles.items():
         print()
         print(workload.describe())

@@ -25,7 +25,8 @@ from components.trigger_function import FunctionSpec, body_sha256, create_statem
 #: Roles that must never be able to call a SECURITY DEFINER function directly
 #: (Supabase linter rules anon_/authenticated_security_definer_function_executable).
 CLIENT_ROLES = ("anon", "authenticated")
-SEARCH_PATH_SETTING = 'search_path=""'
+#: proconfig of the function, in the order create_statement sets them.
+SETTINGS = ['search_path=""', "plan_cache_mode=force_generic_plan"]
 
 INPUTS = ("schema", "name", "secret_name", "signer", "claims", "token_ttl_seconds", "timeout_ms", "owner")
 IDENTITY = ("schema", "name")
@@ -66,7 +67,7 @@ def desired_state(spec: FunctionSpec, owner: str) -> dict[str, Any]:
     return {
         "body_sha256": body_sha256(render_body(spec)),
         "security_definer": True,
-        "settings": [SEARCH_PATH_SETTING],
+        "settings": list(SETTINGS),
         "executable_by": [],
         "managed_by": owner,
     }

@@ -106,6 +106,37 @@ def _post(record_expr: str, old_expr: str, timeout_ms: int, source: str = "") ->
     )
 
 
+#: The variables of the function body; `read_secret` and `authorize` assign them.
+DECLARATIONS = """  secret text;
+  issued_at bigint;
+  claims text;
+  signing_input text;
+  token text;
+  headers jsonb;"""
+
+
+def read_secret(spec: FunctionSpec) -> str:
+    """PL/pgSQL that sets `secret` from the Vault, raising the seed's error when it is missing."""
+    missing = _literal(f"{spec.secret_name} not found in vault")
+    return f"""SELECT s.decrypted_secret INTO secret
+    FROM vault.decrypted_secrets AS s
+   WHERE s.name = {_literal(spec.secret_name)};
+  IF secret IS NULL THEN
+    RAISE EXCEPTION USING MESSAGE = {missing},
+      HINT = 'Create it with vault.create_secret() or set secure-webhooks:jwtSecret and run pulumi up.';
+  END IF;"""
+
+
+def authorize(spec: FunctionSpec) -> str:
+    """PL/pgSQL that sets `headers`, with a token signed now by `secret`, for the requests."""
+    return f"""issued_at := pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()))::bigint;
+  claims := {claims_expression(spec)};
+  {sign_statement(spec.signer)}
+  headers := pg_catalog.jsonb_build_object(
+    'Content-Type', 'application/json',
+    'Authorization', 'Bearer ' || token);"""
+
+
 def render_body(spec: FunctionSpec) -> str:
     """The PL/pgSQL source, exactly as PostgreSQL stores it in pg_proc.prosrc.
 
@@ -113,30 +144,13 @@ def render_body(spec: FunctionSpec) -> str:
     each expression anew in every transaction, so the body is kept to the
     statements the job needs, with constants rendered in rather than held in variables.
     """
-    missing = _literal(f"{spec.secret_name} not found in vault")
     return f"""
 DECLARE
-  secret text;
-  issued_at bigint;
-  claims text;
-  signing_input text;
-  token text;
-  headers jsonb;
+{DECLARATIONS}
 BEGIN
-  SELECT s.decrypted_secret INTO secret
-    FROM vault.decrypted_secrets AS s
-   WHERE s.name = {_literal(spec.secret_name)};
-  IF secret IS NULL THEN
-    RAISE EXCEPTION USING MESSAGE = {missing},
-      HINT = 'Create it with vault.create_secret() or set secure-webhooks:jwtSecret and run pulumi up.';
-  END IF;
+  {read_secret(spec)}
 
-  issued_at := pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()))::bigint;
-  claims := {claims_expression(spec)};
-  {sign_statement(spec.signer)}
-  headers := pg_catalog.jsonb_build_object(
-    'Content-Type', 'application/json',
-    'Authorization', 'Bearer ' || token);
+  {authorize(spec)}
 
   IF TG_LEVEL = 'ROW' THEN
     {_post("NEW", "OLD", spec.timeout_ms)}
@@ -158,9 +172,13 @@ def create_statement(spec: FunctionSpec) -> sql.Composed:
     """CREATE OR REPLACE keeps the function's oid, so triggers never point at nothing.
 
     The body is passed as a literal, not dollar-quoted, so no configured value
-    can end the quoting early.
+    can end the quoting early. `plan_cache_mode = force_generic_plan` keeps a
+    single-row insert as cheap on a pooled connection that once ran a bulk
+    insert as on a fresh one: otherwise the plan cache, having priced custom
+    plans over thousands of transition-table rows, goes on planning the POST
+    statement afresh for every later insert (bench/README.md).
     """
     return sql.SQL(
         "CREATE OR REPLACE FUNCTION {}.{}() RETURNS trigger LANGUAGE plpgsql "
-        "SECURITY DEFINER SET search_path = '' AS {}"
+        "SECURITY DEFINER SET search_path = '' SET plan_cache_mode = force_generic_plan AS {}"
     ).format(sql.Identifier(spec.schema), sql.Identifier(spec.name), sql.Literal(render_body(spec)))

@@ -73,7 +73,7 @@ def test_function_create_read_update_and_lint(functions, admin_conn):
     try:
         assert created.id == f"public.{spec.name}()"
         assert created.outs["security_definer"] is True
-        assert created.outs["settings"] == ['search_path=""']
+        assert created.outs["settings"] == ['search_path=""', "plan_cache_mode=force_generic_plan"]
         assert created.outs["executable_by"] == []
         assert created.outs["managed_by"] == OWNER
         read = functions.read(created.id, created.outs)
@@ -100,6 +100,7 @@ def test_function_create_read_update_and_lint(functions, admin_conn):
     [
         ("ALTER FUNCTION public.{}() SECURITY INVOKER", "security_definer"),
         ("ALTER FUNCTION public.{}() RESET search_path", "settings"),
+        ("ALTER FUNCTION public.{}() RESET plan_cache_mode", "settings"),
         ("GRANT EXECUTE ON FUNCTION public.{}() TO anon", "executable_by"),
         (
             "CREATE OR REPLACE FUNCTION public.{}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
