@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh Debian machine, idempotently:
-# PostgreSQL 15 and what the local Supabase stand-in's C Vault library is built with
-# (a C compiler, libsodium), the Python virtualenv from requirements.txt, the stand-in
+# PostgreSQL 15 and what the local Supabase stand-in's C libraries are built with
+# (a C compiler, libsodium, libcurl), the Python virtualenv from requirements.txt, the stand-in
 # extensions, and the Pulumi engine (built from Go modules when no matching `pulumi`
 # is installed). Prints the Pulumi bin directory as its last stdout line.
 set -euo pipefail
@@ -13,6 +13,7 @@ missing=()
 [[ -x /usr/lib/postgresql/15/bin/initdb ]] || missing+=(postgresql-15)
 command -v cc >/dev/null || missing+=(gcc)
 [[ -e /usr/lib/x86_64-linux-gnu/libsodium.so.23 ]] || missing+=(libsodium23)
+[[ -e /usr/lib/x86_64-linux-gnu/libcurl.so.4 ]] || missing+=(libcurl4)
 if ((${#missing[@]})); then
 	say "installing from Debian: ${missing[*]}"
 	if [[ $(id -u) -ne 0 ]]; then
