@@ -4,8 +4,8 @@ Starts its own local Supabase stand-in, installs every variant on its own
 table, then measures in interleaved rounds (each round runs every variant,
 starting with a different one) so that machine noise and drift hit all
 variants alike. Timing runs uninstrumented; only the profile that follows
-runs in a session with track_functions = all. Prints the results table, the goal lines and where the
-time goes. The exit status is 0 whatever the figures; only errors (a variant
+runs in a session with track_functions = all. Prints the results table, the
+goal lines and where the time goes. The exit status is 0 whatever the figures; only errors (a variant
 not doing its work, a tool failing) make it non-zero. See bench/README.md.
 """
 

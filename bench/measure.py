@@ -116,6 +116,14 @@ def interleaved_single_row_ms(
             results[Path(path).stem] = ScriptResult(int(count.group(1)), float(latency.group(1)))
     if sorted(results) != sorted(variant.key for variant in variants):
         raise BenchError(f"no per-script latency for every variant in pgbench's output:\n{output}")
+    # Per-script latencies are sums of per-transaction clock readings; they must add up to the
+    # wall-time average, or time leaked between transactions (and so between variants).
+    overall = float(re.search(r"^latency average = ([0-9.]+) ms$", output, re.MULTILINE).group(1))
+    summed = sum(r.transactions * r.latency_ms for r in results.values()) / sum(
+        r.transactions for r in results.values()
+    )
+    if abs(summed - overall) > 0.03 * overall:
+        raise BenchError(f"per-script latencies average {summed:.3f} ms, pgbench's wall-time average {overall:.3f} ms")
     return results
 
 
