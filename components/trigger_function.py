@@ -65,8 +65,16 @@ def _literal(value: Any) -> str:
 
 
 def _urlsafe_base64(expr: str) -> str:
-    """SQL for base64url without padding, as pgjwt's url_encode computes it."""
-    return f"pg_catalog.translate(pg_catalog.encode({expr}, 'base64'), E'+/=\\n', '-_')"
+    """SQL for base64url without padding: pgjwt's url_encode, translate(…, E'+/=\\n', '-_'), to the byte.
+
+    Written with replace() because translate() costs about 2.3 us on every
+    single-row insert here, and the chain 1.2 us (bench/README.md).
+    """
+    encoded = f"pg_catalog.encode({expr}, 'base64')"
+    return (
+        f"pg_catalog.rtrim(pg_catalog.replace(pg_catalog.replace(pg_catalog.replace({encoded}, E'\\n', ''), "
+        "'+', '-'), '/', '_'), '=')"
+    )
 
 
 def claims_expression(spec: FunctionSpec) -> str:
