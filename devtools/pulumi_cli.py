@@ -69,16 +69,11 @@ class Workspace:
             "NO_COLOR": "1",
         }
 
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, check: bool = True, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        """Run `pulumi *args`; `stdin` is what the command reads (e.g. a secret value), never an argument."""
         (self.state_dir / "backend").mkdir(parents=True, exist_ok=True)
         argv = [*args, "--non-interactive", "--color", "never", "--cwd", str(self.project_dir)]
-        result = subprocess.run(
-            ["pulumi", *argv],
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-        )
+        result = subprocess.run(["pulumi", *argv], env=self.env(), capture_output=True, text=True, input=stdin)
         if check and result.returncode != 0:
             raise PulumiError(list(args), result.returncode, result.stdout + result.stderr)
         return result
@@ -96,8 +91,8 @@ class Stack:
     def config_file(self) -> Path:
         return self.workspace.project_dir / f"Pulumi.{self.name}.yaml"
 
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.workspace.run(*args, "--stack", self.name, check=check)
+    def run(self, *args: str, check: bool = True, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return self.workspace.run(*args, "--stack", self.name, check=check, stdin=stdin)
 
     def init(self) -> Stack:
         self.workspace.run("stack", "init", self.name)
@@ -116,7 +111,9 @@ class Stack:
         self.config_file.write_text(yaml.safe_dump(document, sort_keys=True))
 
     def set_secret(self, key: str, value: str) -> None:
-        self.run("config", "set", "--secret", key, value)
+        """On stdin (which `pulumi config set` reads when it is not a terminal), not as an argument:
+        a value starting with '-' would parse as a flag, and arguments show in `ps` and in errors."""
+        self.run("config", "set", "--secret", key, stdin=value)
 
     def preview(self, *flags: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.run("preview", *flags, check=check)
