@@ -76,6 +76,11 @@ def _run(command: list[str], what: str, cwd: Path | None = None) -> str:
         raise LibraryBuildError(f"{what} failed:\n$ {' '.join(command)}\n{error.stderr.strip()}") from None
 
 
+def pg_config(pg_bindir: Path, option: str) -> str:
+    """What the server's own pg_config reports for `option` (e.g. --pkglibdir)."""
+    return _run([str(pg_bindir / "pg_config"), option], f"pg_config {option}")
+
+
 def _installed_version(package: str) -> str:
     return _run(["dpkg-query", "--show", "--showformat=${Version}", package], f"looking up {package}")
 
@@ -127,12 +132,11 @@ def _include_dir(dependency: Dependency) -> Path:
 
 def build(pg_bindir: Path, library: StandInLibrary) -> Path:
     """Return the path of `library` built for the server in `pg_bindir`, compiling it if needed."""
-    pg_config = str(pg_bindir / "pg_config")
-    pg_version = _run([pg_config, "--version"], "pg_config")  # e.g. "PostgreSQL 15.18 (Debian 15.18-0+deb12u1)"
+    pg_version = pg_config(pg_bindir, "--version")  # e.g. "PostgreSQL 15.18 (Debian 15.18-0+deb12u1)"
     major = pg_version.split()[1].split(".")[0]
     server = Dependency(
         "postgres.h",
-        _run([pg_config, "--includedir-server"], "pg_config"),
+        pg_config(pg_bindir, "--includedir-server"),
         f"postgresql-server-dev-{major}",
         f"postgresql-{major}",
     )

@@ -9,12 +9,11 @@ one of these extensions is never overwritten.
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from importlib import resources
 from pathlib import Path
 
-from .c_libraries import LIBRARIES, LibraryBuildError, build
+from .c_libraries import LIBRARIES, LibraryBuildError, build, pg_config
 
 STAND_IN_MARKER = "LOCAL_SUPABASE STAND-IN"
 _SOURCE_DIR = "extensions"
@@ -24,14 +23,8 @@ class ExtensionInstallError(RuntimeError):
     """The stand-in extension files could not be put in place."""
 
 
-def _pg_config(pg_bindir: Path, option: str) -> Path:
-    """A directory as reported by the server's own pg_config."""
-    command = [str(pg_bindir / "pg_config"), option]
-    return Path(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip())
-
-
 def extension_dir(pg_bindir: Path) -> Path:
-    return _pg_config(pg_bindir, "--sharedir") / "extension"
+    return Path(pg_config(pg_bindir, "--sharedir")) / "extension"
 
 
 def _install_file(target: Path, content: bytes, mode: int) -> None:
@@ -75,7 +68,7 @@ def install_stand_in_extensions(pg_bindir: Path) -> None:
     for source in sorted(sources.iterdir(), key=lambda entry: entry.name):
         if source.name.endswith((".control", ".sql")):
             _install_file(target_dir / source.name, source.read_bytes(), 0o644)
-    library_dir = _pg_config(pg_bindir, "--pkglibdir")
+    library_dir = Path(pg_config(pg_bindir, "--pkglibdir"))
     for library in LIBRARIES:
         try:
             built = build(pg_bindir, library)
