@@ -28,7 +28,7 @@ CLIENT_ROLES = ("anon", "authenticated")
 #: proconfig of the function, in the order create_statement sets them.
 SETTINGS = ['search_path=""', "plan_cache_mode=force_generic_plan"]
 
-INPUTS = ("schema", "name", "secret_name", "signer", "claims", "token_ttl_seconds", "timeout_ms", "owner")
+INPUTS = ("schema", "name", "secret_name", "signer", "claims", "token_ttl_seconds", "timeout_ms", "mode", "owner")
 IDENTITY = ("schema", "name")
 
 
@@ -44,6 +44,7 @@ def function_props(
         "claims": dict(spec.claims),
         "token_ttl_seconds": spec.token_ttl_seconds,
         "timeout_ms": spec.timeout_ms,
+        "mode": spec.mode,
         "owner": owner,
         "secret_managed": secret_managed,
         "extensions_managed": extensions_managed,
@@ -59,6 +60,8 @@ def spec_from(props: dict[str, Any]) -> FunctionSpec:
         claims=props["claims"],
         token_ttl_seconds=int(props["token_ttl_seconds"]),
         timeout_ms=int(props["timeout_ms"]),
+        # State written before delivery modes existed is the seed's direct mode.
+        mode=props.get("mode", "direct"),
     )
 
 

@@ -8,7 +8,13 @@ import pulumi
 import pulumi_postgresql as postgresql
 
 from components.function_provider import SecureFunction
+from components.outbox import DELIVERIES_VIEW
+from components.outbox import SCHEMA as OUTBOX_SCHEMA
+from components.outbox_provider import Outbox
 from components.preflight import EXTENSION_SCHEMA, required_extensions
+from components.reconciler import JOB_NAME, ReconcilerSpec
+from components.reconciler_provider import Reconciler
+from components.schedule_provider import ReconcilerSchedule
 from components.settings import Settings
 from components.trigger_function import FunctionSpec
 from components.trigger_provider import WebhookTrigger
@@ -31,6 +37,7 @@ def function_spec(settings: Settings) -> FunctionSpec:
         claims=dict(settings.claims),
         token_ttl_seconds=settings.token_ttl_seconds,
         timeout_ms=settings.timeout_ms,
+        mode=settings.delivery.mode,
     )
 
 
@@ -39,6 +46,7 @@ class SecureWebhooks(pulumi.ComponentResource):
 
     function_name: pulumi.Output[str]
     webhooks: pulumi.Output[list[dict[str, str]]]
+    delivery: pulumi.Output[dict[str, str]]
 
     def __init__(self, name: str, args: SecureWebhooksArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("secure-webhooks:index:SecureWebhooks", name, None, opts)
@@ -70,6 +78,34 @@ class SecureWebhooks(pulumi.ComponentResource):
                     opts=pulumi.ResourceOptions(parent=self),
                 )
             )
+
+        if settings.delivery.at_least_once:
+            # Created before the function switches to the outbox body, so no insert goes unrecorded.
+            outbox = Outbox(f"{name}-outbox", owner=args.owner, opts=pulumi.ResourceOptions(parent=self))
+            reconciler = Reconciler(
+                f"{name}-reconciler",
+                spec=ReconcilerSpec(function=spec, delivery=settings.delivery),
+                owner=args.owner,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[outbox, *function_depends]),
+            )
+            schedule = ReconcilerSchedule(
+                f"{name}-reconciler-schedule",
+                schedule=settings.delivery.schedule,
+                owner=args.owner,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[reconciler]),
+            )
+            function_depends.append(outbox)
+            self.delivery = pulumi.Output.all(schedule.id, schedule.live_schedule).apply(
+                lambda job: {
+                    "mode": settings.delivery.mode,
+                    "schema": OUTBOX_SCHEMA,
+                    "view": f"{OUTBOX_SCHEMA}.{DELIVERIES_VIEW}",
+                    "cronJob": JOB_NAME,
+                    "schedule": job[1],
+                }
+            )
+        else:
+            self.delivery = pulumi.Output.from_input({"mode": settings.delivery.mode})
 
         function = SecureFunction(
             f"{name}-function",
@@ -110,5 +146,10 @@ class SecureWebhooks(pulumi.ComponentResource):
         self.function_name = function.id
         self.webhooks = pulumi.Output.all(*outputs)
         self.register_outputs(
-            {"function_name": self.function_name, "signer": settings.signer, "webhooks": self.webhooks}
+            {
+                "function_name": self.function_name,
+                "signer": settings.signer,
+                "webhooks": self.webhooks,
+                "delivery": self.delivery,
+            }
         )

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from components.config_errors import ConfigError
+from components.delivery_settings import DeliverySettings, check_delivery
 from components.urls import UrlPolicyError, check_base_url, check_path, join_url
 
 NAMESPACE = "secure-webhooks"
@@ -57,15 +59,6 @@ DEFAULT_WEBHOOKS: tuple[dict[str, Any], ...] = (
 WEBHOOK_KEYS = ("name", "schema", "table", "path", "events")
 
 
-class ConfigError(ValueError):
-    """Invalid configuration; `key` is the full config key, e.g. secure-webhooks:timeoutMs."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}")
-        self.key = key
-        self.problem = problem
-
-
 @dataclass(frozen=True)
 class Webhook:
     """One configured webhook: rows of `schema.table` are POSTed to `url`."""
@@ -106,6 +99,7 @@ class Settings:
     production: bool = False
     manage_extensions: bool = True
     manages_secret: bool = False
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
 
 
 def _key(name: str) -> str:
@@ -276,4 +270,5 @@ def parse_settings(raw: Mapping[str, Any], *, jwt_secret_set: bool = False) -> S
         production=production,
         manage_extensions=_check_bool(_key("manageExtensions"), raw.get("manageExtensions"), default=True),
         manages_secret=jwt_secret_set,
+        delivery=check_delivery(raw.get("delivery")),
     )

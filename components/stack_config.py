@@ -17,6 +17,7 @@ SETTING_KEYS = (
     "signer",
     "production",
     "manageExtensions",
+    "delivery",
 )
 
 #: Secrets we refuse to accept in plaintext config: they would sit unencrypted in Pulumi.<stack>.yaml.

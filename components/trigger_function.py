@@ -28,6 +28,9 @@ from typing import Any
 
 from psycopg import sql
 
+from components.outbox import EVENTS as OUTBOX_EVENTS
+from components.outbox import SCHEMA as OUTBOX_SCHEMA
+
 #: The transition tables our statement-level triggers pass to the function.
 NEW_ROWS = "new_rows"
 OLD_ROWS = "old_rows"
@@ -54,13 +57,17 @@ class FunctionSpec:
     timeout_ms: int = 5000
     schema: str = "public"
     name: str = "notify_orchestrator_secure"
+    #: "direct" posts each row through pg_net at once (the seed); "at-least-once" only writes the
+    #: outbox, and the reconciler signs and sends (components/reconciler.py).
+    mode: str = "direct"
 
     @property
     def qualified_name(self) -> str:
         return f"{self.schema}.{self.name}"
 
 
-def _literal(value: Any) -> str:
+def sql_literal(value: Any) -> str:
+    """A value as an SQL literal, for SQL text rendered ahead of time (function bodies)."""
     return sql.Literal(value).as_string(None)
 
 
@@ -77,16 +84,18 @@ def _urlsafe_base64(expr: str) -> str:
     )
 
 
-def claims_expression(spec: FunctionSpec) -> str:
+def claims_expression(spec: FunctionSpec, jti: str | None = None) -> str:
     """SQL text of the claims as compact JSON, with `iat`/`exp` from the `issued_at` variable.
 
     Built as text rather than jsonb: the configured claims are serialised once,
     here, so each insert only concatenates two numbers into a literal. Config
     validation guarantees the claims are a non-empty object without iat/exp.
+    `jti`, when given, is an SQL expression of a uuid (JSON-safe as it stands).
     """
     configured = json.dumps(dict(spec.claims), sort_keys=True, separators=(",", ":"))
-    opening = _literal(configured[:-1] + ',"iat":')
-    return f"""{opening} || issued_at || ',"exp":' || (issued_at + {int(spec.token_ttl_seconds)}) || '}}'"""
+    opening = sql_literal(configured[:-1] + ',"iat":')
+    closing = "'}'" if jti is None else f"""',"jti":"' || {jti} || '"}}'"""
+    return f"""{opening} || issued_at || ',"exp":' || (issued_at + {int(spec.token_ttl_seconds)}) || {closing}"""
 
 
 def sign_statement(signer: str) -> str:
@@ -94,19 +103,26 @@ def sign_statement(signer: str) -> str:
     if signer == "pgjwt":
         return "token := extensions.sign(claims::json, secret, 'HS256');"
     if signer == "pgcrypto":
-        header = _literal(base64url(JWT_HEADER.encode()) + ".")
+        header = sql_literal(base64url(JWT_HEADER.encode()) + ".")
         payload = _urlsafe_base64("pg_catalog.convert_to(claims, 'UTF8')")
         signature = _urlsafe_base64("extensions.hmac(signing_input, secret, 'sha256')")
         return f"signing_input := {header} || {payload};\n  token := signing_input || '.' || {signature};"
     raise ValueError(f"unknown signer {signer!r}")
 
 
+def _payload(record_expr: str, old_expr: str) -> str:
+    """The seed's payload; pg_net sends the jsonb's text form of it."""
+    return (
+        f"pg_catalog.jsonb_build_object('old_record', {old_expr}, 'record', {record_expr},\n"
+        "        'type', TG_OP, 'table', TG_TABLE_NAME, 'schema', TG_TABLE_SCHEMA)"
+    )
+
+
 def _post(record_expr: str, old_expr: str, timeout_ms: int, source: str = "") -> str:
     return (
         "PERFORM net.http_post(\n"
         "      TG_ARGV[0],\n"
-        f"      pg_catalog.jsonb_build_object('old_record', {old_expr}, 'record', {record_expr},\n"
-        "        'type', TG_OP, 'table', TG_TABLE_NAME, 'schema', TG_TABLE_SCHEMA),\n"
+        f"      {_payload(record_expr, old_expr)},\n"
         "      '{}'::jsonb,\n"
         "      headers,\n"
         f"      {int(timeout_ms)}\n"
@@ -125,10 +141,10 @@ DECLARATIONS = """  secret text;
 
 def read_secret(spec: FunctionSpec) -> str:
     """PL/pgSQL that sets `secret` from the Vault, raising the seed's error when it is missing."""
-    missing = _literal(f"{spec.secret_name} not found in vault")
+    missing = sql_literal(f"{spec.secret_name} not found in vault")
     return f"""SELECT s.decrypted_secret INTO secret
     FROM vault.decrypted_secrets AS s
-   WHERE s.name = {_literal(spec.secret_name)};
+   WHERE s.name = {sql_literal(spec.secret_name)};
   IF secret IS NULL THEN
     RAISE EXCEPTION USING MESSAGE = {missing},
       HINT = 'Create it with vault.create_secret() or set secure-webhooks:jwtSecret and run pulumi up.';
@@ -145,6 +161,35 @@ def authorize(spec: FunctionSpec) -> str:
     'Authorization', 'Bearer ' || token);"""
 
 
+def _enqueue(record_expr: str, old_expr: str, source: str = "") -> str:
+    columns = f"INSERT INTO {OUTBOX_SCHEMA}.{OUTBOX_EVENTS} (webhook, url, payload)"
+    if not source:
+        return f"{columns}\n    VALUES (TG_NAME, TG_ARGV[0], {_payload(record_expr, old_expr)});"
+    return f"{columns}\n    SELECT TG_NAME, TG_ARGV[0], {_payload(record_expr, old_expr)}\n      {source};"
+
+
+def render_outbox_body() -> str:
+    """The at-least-once body: one outbox row per affected row, nothing else.
+
+    No Vault read, no signature and no pg_net call on the user's insert: a
+    missing secret or a dead orchestrator can never fail or slow it, and the
+    session never accumulates pg_net's per-transaction callbacks (bench/README.md).
+    The trigger's name identifies the webhook.
+    """
+    return f"""
+BEGIN
+  IF TG_LEVEL = 'ROW' THEN
+    {_enqueue("NEW", "OLD")}
+  ELSIF TG_OP = 'DELETE' THEN
+    {_enqueue("NULL", "pg_catalog.to_jsonb(r)", f"FROM {OLD_ROWS} AS r")}
+  ELSE
+    {_enqueue("pg_catalog.to_jsonb(r)", "NULL", f"FROM {NEW_ROWS} AS r")}
+  END IF;
+  RETURN NULL;
+END
+"""
+
+
 def render_body(spec: FunctionSpec) -> str:
     """The PL/pgSQL source, exactly as PostgreSQL stores it in pg_proc.prosrc.
 
@@ -152,6 +197,8 @@ def render_body(spec: FunctionSpec) -> str:
     each expression anew in every transaction, so the body is kept to the
     statements the job needs, with constants rendered in rather than held in variables.
     """
+    if spec.mode == "at-least-once":
+        return render_outbox_body()
     return f"""
 DECLARE
 {DECLARATIONS}

@@ -1,0 +1,163 @@
+"""Dynamic provider for the outbox schema: its tables, the deliveries view and the operator functions.
+
+The schema carries the ownership marker in its COMMENT. An existing schema of
+the same name that is not ours is refused, never adopted: it could hold
+someone else's data. Destroy never silently discards an undelivered event: it
+refuses while the outbox holds pending, failed or dead events, and says how
+to deliver or discard them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pulumi
+from psycopg import sql
+from pulumi.dynamic import CheckFailure, CheckResult
+
+from components.catalog import drifted, fingerprint
+from components.fingerprinted_provider import FingerprintedProvider
+from components.outbox import (
+    CLIENT_ROLES,
+    FUNCTIONS,
+    OPERATOR_ROLES,
+    SCHEMA,
+    TABLES,
+    install_statements,
+    script_sha256,
+)
+from components.ownership import OwnershipError, marker, owner_of, refusal
+
+OPERATOR_COMMAND = "python -m webhook_deliveries"
+
+
+def schema_comment(cur: psycopg.Cursor) -> tuple[bool, str | None]:
+    """(exists, comment) of the outbox schema."""
+    cur.execute(
+        "SELECT pg_catalog.obj_description(n.oid, 'pg_namespace') FROM pg_catalog.pg_namespace n WHERE n.nspname = %s",
+        (SCHEMA,),
+    )
+    row = cur.fetchone()
+    return (row is not None, row[0] if row else None)
+
+
+def undelivered(cur: psycopg.Cursor) -> dict[str, int]:
+    """{status: count} of the events that have not been delivered (empty when there are none)."""
+    cur.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.deliveries",))
+    if not cur.fetchone()[0]:
+        return {}
+    cur.execute(
+        sql.SQL(
+            "SELECT status, count(*) FROM {}.deliveries WHERE status <> 'delivered' GROUP BY status ORDER BY status"
+        ).format(sql.Identifier(SCHEMA))
+    )
+    return dict(cur.fetchall())
+
+
+def describe_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{count} {status}" for status, count in counts.items())
+
+
+def _existing_roles(cur: psycopg.Cursor, roles: tuple[str, ...]) -> list[str]:
+    cur.execute("SELECT rolname FROM pg_catalog.pg_roles WHERE rolname = ANY(%s) ORDER BY 1", (list(roles),))
+    return [row[0] for row in cur.fetchall()]
+
+
+def outbox_fingerprint(cur: psycopg.Cursor) -> dict[str, str]:
+    return fingerprint(cur, SCHEMA, relations=TABLES, functions=[name for name, _ in FUNCTIONS])
+
+
+def _tables_only(seen: dict[str, str] | None) -> dict[str, str]:
+    return {name: digest for name, digest in (seen or {}).items() if name.startswith("relation ")}
+
+
+class OutboxProvider(FingerprintedProvider):
+    inputs = ("owner", "script_sha256")
+
+    def resource_id(self, props: dict[str, Any]) -> str:
+        return SCHEMA
+
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        with self.db.transaction() as cur:
+            exists, comment = schema_comment(cur)
+        failures = []
+        if exists and (reason := refusal("schema", SCHEMA, comment, news["owner"])):
+            failures.append(CheckFailure("owner", reason))
+        elif exists and owner_of(comment) is None:
+            failures.append(CheckFailure("owner", _foreign_schema()))
+        return CheckResult(news, failures)
+
+    def install(self, cur: psycopg.Cursor, props: dict[str, Any], previous: dict[str, Any] | None) -> None:
+        exists, comment = schema_comment(cur)
+        if exists and owner_of(comment) is None:
+            raise OwnershipError(_foreign_schema())
+        if exists and (reason := refusal("schema", SCHEMA, comment, props["owner"])):
+            raise OwnershipError(reason)
+        for statement in install_statements(_existing_roles(cur, CLIENT_ROLES), _existing_roles(cur, OPERATOR_ROLES)):
+            cur.execute(statement)
+        comment_on = sql.SQL("COMMENT ON SCHEMA {} IS {}")
+        cur.execute(comment_on.format(sql.Identifier(SCHEMA), sql.Literal(marker(props["owner"]))))
+        if previous and previous.get("script_sha256") == props["script_sha256"]:
+            # Same SQL as last time: what we just re-applied must give the tables we installed then.
+            # IF NOT EXISTS cannot put back a dropped column, and a table holding events is never
+            # dropped to rebuild it, so an unrepairable change is reported, not papered over.
+            after = _tables_only(outbox_fingerprint(cur))
+            broken = drifted(after, _tables_only(previous.get("installed")))
+            if broken:
+                raise RuntimeError(
+                    f"{', '.join(broken)} changed out of band in a way `pulumi up` cannot repair without "
+                    f"touching stored events; restore the definition by hand (see components/outbox.py)"
+                )
+
+    def fingerprint(self, cur: psycopg.Cursor, props: dict[str, Any]) -> dict[str, str] | None:
+        exists, comment = schema_comment(cur)
+        if not exists or owner_of(comment) != props["owner"]:
+            return None
+        return outbox_fingerprint(cur)
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        with self.db.transaction() as cur:
+            exists, comment = schema_comment(cur)
+            if not exists or owner_of(comment) != props["owner"]:
+                return
+            counts = undelivered(cur)
+            if counts:
+                raise RuntimeError(
+                    f"refusing to drop schema {SCHEMA}: it holds undelivered webhook events "
+                    f"({describe_counts(counts)}); destroying it would lose them. Replay them "
+                    f"(`{OPERATOR_COMMAND} replay`) and wait until `{OPERATOR_COMMAND} status` shows none, or "
+                    f"discard them (`{OPERATOR_COMMAND} purge --status pending,failed,dead`), then run destroy again"
+                )
+            cur.execute(sql.SQL("DROP VIEW IF EXISTS {}.deliveries").format(sql.Identifier(SCHEMA)))
+            for name, arguments in FUNCTIONS:
+                cur.execute(
+                    sql.SQL("DROP FUNCTION IF EXISTS {}.{}({})").format(
+                        sql.Identifier(SCHEMA), sql.Identifier(name), sql.SQL(arguments)
+                    )
+                )
+            cur.execute(
+                sql.SQL("DROP TABLE IF EXISTS {0}.attempts, {0}.events, {0}.pg_net_epoch").format(
+                    sql.Identifier(SCHEMA)
+                )
+            )
+            cur.execute(sql.SQL("DROP SCHEMA {}").format(sql.Identifier(SCHEMA)))
+        pulumi.log.info(f"dropped schema {SCHEMA}: every event in it had been delivered")
+
+
+def _foreign_schema() -> str:
+    return (
+        f"schema {SCHEMA} already exists and is not managed by a secure-webhooks stack; it may hold "
+        "someone else's data, so it is not taken over. Rename or drop it, or set secure-webhooks:delivery.mode "
+        "to direct"
+    )
+
+
+class Outbox(pulumi.dynamic.Resource, module="secure-webhooks", name="Outbox"):
+    """The durable outbox of at-least-once delivery, in its private schema."""
+
+    installed: pulumi.Output[dict[str, str]]
+
+    def __init__(self, name: str, owner: str, opts: pulumi.ResourceOptions | None = None) -> None:
+        props = {"owner": owner, "script_sha256": script_sha256(), "installed": None, "fingerprint": None}
+        super().__init__(OutboxProvider(), name, props, opts)

@@ -1,0 +1,302 @@
+"""The SQL of the reconciler: it turns outbox rows into signed pg_net requests until they land.
+
+One call of `reconcile()` is one round in one transaction:
+1. outcomes: an event in flight whose pg_net response arrived is delivered
+   (2xx), dead (410, or out of attempts) or rescheduled with backoff (anything
+   else; `Retry-After` wins over the backoff). A request that vanished (its
+   queue row gone with no response after a grace period, e.g. deleted by
+   another role) or was lost to crash recovery is rescheduled too;
+2. sending: due events get a freshly minted token (new iat/exp, `jti` = the
+   event id) and a `webhook-id` header with the same id, and go to
+   `net.http_post`; the request id is remembered per attempt.
+Rows are claimed with FOR UPDATE SKIP LOCKED, so rounds never block inserts
+or each other, and two rounds never send one event twice.
+
+pg_net's queue, responses and id sequence are UNLOGGED: crash recovery empties
+them and request ids start again, so an id remembered from before a crash
+could match a new request's response. Each attempt is therefore tagged with
+the pg_net "epoch", a row of an UNLOGGED table of ours that the same recovery
+empties: an attempt from another epoch is lost, never matched.
+
+pg_cron runs `cron_command()`: a DO block that loops rounds with COMMIT in
+between (a procedure could not: SET search_path forbids transaction control,
+and the linter demands SET search_path) for almost the whole schedule
+interval, so first attempts leave within about 0.2 s even where pg_cron only
+schedules by the minute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+from components.delivery_settings import DeliverySettings
+from components.outbox import ATTEMPTS, EVENTS, PG_NET_EPOCH, SCHEMA
+from components.trigger_function import FunctionSpec, claims_expression, sign_statement, sql_literal
+
+#: Function names (all in the outbox schema) and their identity arguments.
+RECONCILE = "reconcile"
+PURGE_EXPIRED = "purge_expired"
+RETRY_AFTER = "retry_after_seconds"
+FUNCTIONS = ((RECONCILE, "batch_size integer"), (PURGE_EXPIRED, ""), (RETRY_AFTER, "headers jsonb"))
+
+JOB_NAME = "secure_webhooks_reconciler"
+#: How long an idle loop waits before the next round.
+IDLE_SLEEP_SECONDS = 0.2
+#: pg_cron's own log of our job's runs is trimmed to this (it grows with every run otherwise).
+KEEP_RUN_DETAILS = "1 hour"
+
+
+@dataclass(frozen=True)
+class ReconcilerSpec:
+    """Everything the reconciler's SQL depends on (nothing secret)."""
+
+    function: FunctionSpec = field(default_factory=FunctionSpec)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+
+    @property
+    def grace_seconds(self) -> int:
+        """After this long without a queue row or a response, a request is taken as vanished.
+
+        pg_net deletes a request from its queue before it sends it, so an honest
+        request is invisible for up to its timeout; the rest is slack for a busy worker.
+        """
+        return self.function.timeout_ms // 1000 + 30
+
+
+def _backoff(attempts_expr: str, delivery: DeliverySettings) -> str:
+    """SQL seconds before the next attempt after `attempts_expr` attempts: exponential, capped, jittered."""
+    base = (
+        f"LEAST({float(delivery.retry_max_seconds)}, "
+        f"{float(delivery.retry_initial_seconds)} * {float(delivery.retry_multiplier)}"
+        f" ^ GREATEST({attempts_expr} - 1, 0))"
+    )
+    if delivery.retry_jitter == 0:
+        return base
+    return f"({base} * (1 + {float(delivery.retry_jitter)} * (2 * pg_catalog.random() - 1)))"
+
+
+def _next_state(attempts_expr: str, delivery: DeliverySettings, *, gone: str = "false") -> str:
+    return f"CASE WHEN {gone} OR {attempts_expr} >= {int(delivery.max_attempts)} THEN 'dead' ELSE 'pending' END"
+
+
+def render_reconcile(spec: ReconcilerSpec) -> str:
+    d = spec.delivery
+    f = spec.function
+    events = f"{SCHEMA}.{EVENTS}"
+    attempts = f"{SCHEMA}.{ATTEMPTS}"
+    missing = sql_literal(f"{f.secret_name} not found in vault")
+    retry_delay = (
+        f"COALESCE(LEAST({SCHEMA}.{RETRY_AFTER}(o.headers), {float(d.retry_max_seconds)}), {_backoff('e.attempts', d)})"
+    )
+    return f"""
+DECLARE
+  epoch uuid;
+  handled integer := 0;
+  n integer;
+  due record;
+  secret text;
+  issued_at bigint;
+  claims text;
+  signing_input text;
+  token text;
+  headers jsonb;
+  request bigint;
+BEGIN
+  INSERT INTO {SCHEMA}.{PG_NET_EPOCH} DEFAULT VALUES ON CONFLICT DO NOTHING;
+  SELECT p.epoch INTO epoch FROM {SCHEMA}.{PG_NET_EPOCH} AS p;
+
+  -- 1. Outcomes of the attempts in flight.
+  WITH in_flight AS (
+    SELECT e.id, e.request_id, e.request_epoch, e.sent_at
+      FROM {events} AS e
+     WHERE e.state = 'sending'
+     ORDER BY e.sent_at
+     LIMIT batch_size
+       FOR UPDATE SKIP LOCKED
+  ), outcome AS (
+    SELECT i.id, i.request_id, r.status_code, r.headers, r.created AS finished_at,
+           CASE
+             WHEN i.request_epoch IS DISTINCT FROM epoch
+               THEN 'request lost: crash recovery emptied pg_net''s queue'
+             WHEN r.id IS NULL THEN 'request vanished from pg_net''s queue without a response'
+             WHEN r.status_code BETWEEN 200 AND 299 THEN NULL
+             WHEN r.timed_out THEN COALESCE(r.error_msg, 'timed out')
+             WHEN r.status_code IS NULL THEN COALESCE(r.error_msg, 'request failed')
+             ELSE 'HTTP ' || r.status_code
+           END AS error
+      FROM in_flight AS i
+      LEFT JOIN net._http_response AS r
+        ON r.id = i.request_id AND i.request_epoch = epoch AND r.created >= i.sent_at
+     WHERE r.id IS NOT NULL
+        OR i.request_epoch IS DISTINCT FROM epoch
+        OR (i.sent_at < pg_catalog.now() - interval '{spec.grace_seconds} seconds'
+            AND NOT EXISTS (SELECT FROM net.http_request_queue AS q WHERE q.id = i.request_id))
+  ), logged AS (
+    UPDATE {attempts} AS a
+       SET finished_at = COALESCE(o.finished_at, pg_catalog.now()), status_code = o.status_code, error = o.error
+      FROM outcome AS o
+     WHERE a.event_id = o.id AND a.request_id = o.request_id AND a.finished_at IS NULL
+  )
+  UPDATE {events} AS e
+     SET state = CASE WHEN o.error IS NULL THEN 'delivered'
+                      ELSE {_next_state("e.attempts", d, gone="o.status_code = 410")} END,
+         delivered_at = CASE WHEN o.error IS NULL THEN o.finished_at END,
+         dead_at = CASE WHEN o.error IS NOT NULL AND (o.status_code = 410 OR e.attempts >= {int(d.max_attempts)})
+                        THEN pg_catalog.now() END,
+         next_attempt_at = CASE WHEN o.error IS NULL THEN e.next_attempt_at
+                                ELSE pg_catalog.now() + pg_catalog.make_interval(secs => {retry_delay}) END,
+         last_status_code = o.status_code,
+         last_error = o.error
+    FROM outcome AS o
+   WHERE e.id = o.id;
+  GET DIAGNOSTICS n = ROW_COUNT;
+  handled := handled + n;
+
+  -- 2. Due events: a fresh token each, then pg_net.
+  SELECT s.decrypted_secret INTO secret FROM vault.decrypted_secrets AS s WHERE s.name = {sql_literal(f.secret_name)};
+  IF secret IS NULL THEN
+    -- A failed attempt, logged and retried like any other: the event waits for the key.
+    WITH due_events AS (
+      SELECT e.id FROM {events} AS e
+       WHERE e.state = 'pending' AND e.next_attempt_at <= pg_catalog.now()
+       ORDER BY e.next_attempt_at
+       LIMIT batch_size
+         FOR UPDATE SKIP LOCKED
+    ), failed AS (
+      UPDATE {events} AS e
+         SET attempts = e.attempts + 1,
+             state = {_next_state("e.attempts + 1", d)},
+             dead_at = CASE WHEN e.attempts + 1 >= {int(d.max_attempts)} THEN pg_catalog.now() END,
+             next_attempt_at = pg_catalog.now() + pg_catalog.make_interval(secs => {_backoff("e.attempts + 1", d)}),
+             last_status_code = NULL,
+             last_error = {missing}
+        FROM due_events
+       WHERE e.id = due_events.id
+      RETURNING e.id, e.attempts
+    )
+    INSERT INTO {attempts} (event_id, attempt, sent_at, finished_at, error)
+    SELECT failed.id, failed.attempts, pg_catalog.now(), pg_catalog.now(), {missing} FROM failed;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+      RAISE WARNING USING MESSAGE = {missing} || ': ' || n || ' webhook events will be retried',
+        HINT = 'Create it with vault.create_secret() or set secure-webhooks:jwtSecret and run pulumi up.';
+    END IF;
+    RETURN handled + n;
+  END IF;
+
+  issued_at := pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()))::bigint;
+  FOR due IN
+    SELECT e.id, e.url, e.payload FROM {events} AS e
+     WHERE e.state = 'pending' AND e.next_attempt_at <= pg_catalog.now()
+     ORDER BY e.next_attempt_at
+     LIMIT batch_size
+       FOR UPDATE SKIP LOCKED
+  LOOP
+    claims := {claims_expression(f, jti="due.id")};
+    {sign_statement(f.signer)}
+    headers := pg_catalog.jsonb_build_object(
+      'Content-Type', 'application/json',
+      'Authorization', 'Bearer ' || token,
+      'webhook-id', due.id);
+    request := net.http_post(due.url, due.payload, '{{}}'::jsonb, headers, {int(f.timeout_ms)});
+    UPDATE {events} AS e
+       SET state = 'sending', attempts = e.attempts + 1, request_id = request, request_epoch = epoch,
+           sent_at = pg_catalog.now()
+     WHERE e.id = due.id
+    RETURNING e.attempts INTO n;
+    INSERT INTO {attempts} (event_id, attempt, request_id, sent_at) VALUES (due.id, n, request, pg_catalog.now());
+    handled := handled + 1;
+  END LOOP;
+  RETURN handled;
+END
+"""
+
+
+def render_purge_expired(spec: ReconcilerSpec) -> str:
+    d = spec.delivery
+    events = f"{SCHEMA}.{EVENTS}"
+    return f"""
+DECLARE
+  purged integer;
+  n integer;
+BEGIN
+  DELETE FROM {events} AS e
+   WHERE e.state = 'delivered' AND e.delivered_at < pg_catalog.now() - interval '{int(d.keep_delivered_hours)} hours';
+  GET DIAGNOSTICS purged = ROW_COUNT;
+  DELETE FROM {events} AS e
+   WHERE e.state = 'dead' AND e.dead_at < pg_catalog.now() - interval '{int(d.keep_dead_hours)} hours';
+  GET DIAGNOSTICS n = ROW_COUNT;
+  DELETE FROM cron.job_run_details AS d
+   WHERE d.jobid IN (SELECT j.jobid FROM cron.job AS j WHERE j.jobname = {sql_literal(JOB_NAME)})
+     AND d.end_time < pg_catalog.now() - interval '{KEEP_RUN_DETAILS}';
+  RETURN purged + n;
+END
+"""
+
+
+RETRY_AFTER_BODY = """
+DECLARE
+  value text;
+BEGIN
+  SELECT h.value INTO value FROM pg_catalog.jsonb_each_text(headers) AS h
+   WHERE pg_catalog.lower(h.key) = 'retry-after' LIMIT 1;
+  IF value IS NULL THEN
+    RETURN NULL;
+  ELSIF value ~ '^\\s*[0-9]{1,9}\\s*$' THEN
+    RETURN value::double precision;
+  END IF;
+  -- An HTTP-date (RFC 9110); anything unparsable is ignored rather than failing the round.
+  RETURN GREATEST(0, pg_catalog.date_part('epoch', value::timestamptz - pg_catalog.now()));
+EXCEPTION WHEN others THEN
+  RETURN NULL;
+END
+"""
+
+
+def function_sources(spec: ReconcilerSpec) -> dict[str, tuple[str, str, str]]:
+    """{name: (arguments with defaults, return type, PL/pgSQL body)} of the reconciler's functions."""
+    return {
+        RECONCILE: (f"batch_size integer DEFAULT {int(spec.delivery.batch_size)}", "integer", render_reconcile(spec)),
+        PURGE_EXPIRED: ("", "integer", render_purge_expired(spec)),
+        RETRY_AFTER: ("headers jsonb", "double precision", RETRY_AFTER_BODY),
+    }
+
+
+def sources_sha256(spec: ReconcilerSpec) -> str:
+    sources = function_sources(spec).items()
+    text = "\n".join(f"{name}({args}) {returns}\n{body}" for name, (args, returns, body) in sources)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_SECONDS = re.compile(r"^(\d+) seconds$")
+
+
+def loop_seconds(schedule: str) -> float:
+    """How long one cron run keeps reconciling: almost until the next run is due."""
+    match = _SECONDS.match(schedule)
+    if match:
+        return max(0.0, int(match.group(1)) - 0.25)
+    return 59.0
+
+
+def cron_command(schedule: str) -> str:
+    """The job's command: rounds with COMMIT in between, so pg_net sends each round's requests at once."""
+    return f"""DO $reconciler$
+DECLARE
+  stop_at timestamptz := pg_catalog.clock_timestamp() + interval '{loop_seconds(schedule)} seconds';
+  busy boolean;
+BEGIN
+  PERFORM {SCHEMA}.{PURGE_EXPIRED}();
+  COMMIT;
+  LOOP
+    busy := {SCHEMA}.{RECONCILE}() > 0;
+    COMMIT;
+    EXIT WHEN pg_catalog.clock_timestamp() >= stop_at;
+    IF NOT busy THEN
+      PERFORM pg_catalog.pg_sleep({IDLE_SLEEP_SECONDS});
+    END IF;
+  END LOOP;
+END
+$reconciler$"""

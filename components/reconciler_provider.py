@@ -1,0 +1,115 @@
+"""Dynamic provider for the reconciler's functions (components/reconciler.py renders them).
+
+They are replaced with CREATE OR REPLACE in one transaction, so a running
+pg_cron loop picks up the new code at its next round. `read` fingerprints
+the full definitions and grants, so an edited body or a loosened grant is
+drift that `pulumi up` repairs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import psycopg
+import pulumi
+from psycopg import sql
+
+from components.catalog import fingerprint
+from components.delivery_settings import DeliverySettings
+from components.fingerprinted_provider import FingerprintedProvider
+from components.function_provider import function_props, spec_from
+from components.outbox import CLIENT_ROLES, SCHEMA
+from components.ownership import claim, marker, owner_of
+from components.reconciler import FUNCTIONS, RECONCILE, RETRY_AFTER, ReconcilerSpec, function_sources, sources_sha256
+
+#: SECURITY DEFINER: the job runs as postgres, but an operator's service_role session may call a round too.
+_DEFINER = {RECONCILE: True, RETRY_AFTER: False}
+
+
+def reconciler_props(spec: ReconcilerSpec, owner: str) -> dict[str, Any]:
+    return {
+        **function_props(spec.function, owner),
+        "delivery": dataclasses.asdict(spec.delivery),
+        "sources_sha256": sources_sha256(spec),
+    }
+
+
+def reconciler_spec_from(props: dict[str, Any]) -> ReconcilerSpec:
+    return ReconcilerSpec(function=spec_from(props), delivery=DeliverySettings(**props["delivery"]))
+
+
+def _name(function: str, arguments: str) -> sql.Composed:
+    return sql.SQL("{}.{}({})").format(sql.Identifier(SCHEMA), sql.Identifier(function), sql.SQL(arguments))
+
+
+def _reconcile_comment(cur: psycopg.Cursor) -> tuple[bool, str | None]:
+    cur.execute(
+        """
+        SELECT pg_catalog.obj_description(p.oid, 'pg_proc') FROM pg_catalog.pg_proc p
+          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = %s AND p.proname = %s
+        """,
+        (SCHEMA, RECONCILE),
+    )
+    row = cur.fetchone()
+    return (row is not None, row[0] if row else None)
+
+
+class ReconcilerProvider(FingerprintedProvider):
+    inputs = ("owner", "sources_sha256")
+
+    def resource_id(self, props: dict[str, Any]) -> str:
+        return f"{SCHEMA}.{RECONCILE}()"
+
+    def install(self, cur: psycopg.Cursor, props: dict[str, Any], previous: dict[str, Any] | None) -> None:
+        exists, comment = _reconcile_comment(cur)
+        if exists:
+            claim("function", f"{SCHEMA}.{RECONCILE}()", comment, props["owner"])
+        cur.execute("SELECT rolname FROM pg_catalog.pg_roles WHERE rolname = ANY(%s) ORDER BY 1", (list(CLIENT_ROLES),))
+        nobody = sql.SQL(", ").join([sql.SQL("PUBLIC"), *(sql.Identifier(row[0]) for row in cur.fetchall())])
+        sources = function_sources(reconciler_spec_from(props))
+        for function, arguments in FUNCTIONS:
+            declared, returns, body = sources[function]
+            security = "SECURITY DEFINER" if _DEFINER.get(function, True) else "SECURITY INVOKER"
+            cur.execute(
+                sql.SQL(
+                    "CREATE OR REPLACE FUNCTION {}.{}({}) RETURNS {} LANGUAGE plpgsql {} SET search_path = '' AS {}"
+                ).format(
+                    sql.Identifier(SCHEMA),
+                    sql.Identifier(function),
+                    sql.SQL(declared),
+                    sql.SQL(returns),
+                    sql.SQL(security),
+                    sql.Literal(body),
+                )
+            )
+            cur.execute(sql.SQL("REVOKE ALL ON FUNCTION {} FROM {}").format(_name(function, arguments), nobody))
+        cur.execute(
+            sql.SQL("COMMENT ON FUNCTION {} IS {}").format(
+                _name(RECONCILE, dict(FUNCTIONS)[RECONCILE]), sql.Literal(marker(props["owner"]))
+            )
+        )
+
+    def fingerprint(self, cur: psycopg.Cursor, props: dict[str, Any]) -> dict[str, str] | None:
+        exists, comment = _reconcile_comment(cur)
+        if not exists or owner_of(comment) != props["owner"]:
+            return None
+        return fingerprint(cur, SCHEMA, functions=[name for name, _ in FUNCTIONS])
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        with self.db.transaction() as cur:
+            exists, comment = _reconcile_comment(cur)
+            if not exists or owner_of(comment) != props["owner"]:
+                return
+            for function, arguments in FUNCTIONS:
+                cur.execute(sql.SQL("DROP FUNCTION IF EXISTS {}").format(_name(function, arguments)))
+
+
+class Reconciler(pulumi.dynamic.Resource, module="secure-webhooks", name="Reconciler"):
+    """The functions that sign and send outbox events, record outcomes and retry."""
+
+    installed: pulumi.Output[dict[str, str]]
+
+    def __init__(self, name: str, spec: ReconcilerSpec, owner: str, opts: pulumi.ResourceOptions | None = None) -> None:
+        props = {**reconciler_props(spec, owner), "installed": None, "fingerprint": None}
+        super().__init__(ReconcilerProvider(), name, props, opts)

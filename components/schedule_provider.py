@@ -1,0 +1,196 @@
+"""Dynamic provider for the pg_cron job that runs the reconciler.
+
+The job is named, so `cron.schedule` both creates and reschedules it, and
+`read` compares its live schedule, command, role and active flag with what we
+render: a job dropped, paused or rescheduled out of band is drift. Its
+command starts with our ownership marker (cron.job has no comments).
+
+Removing the job stops every retry, so delete refuses while events are still
+pending or failed; the job keeps delivering them, and destroy succeeds once
+they are delivered (or deliberately purged).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import psycopg
+import pulumi
+from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
+
+from components.database import DatabaseProvider
+from components.delivery_settings import AUTO_SCHEDULE
+from components.outbox_provider import OPERATOR_COMMAND, describe_counts, undelivered
+from components.ownership import OwnershipError, marker, owner_of
+from components.reconciler import JOB_NAME, cron_command
+
+INPUTS = ("owner", "schedule", "job_name")
+MINUTE_SCHEDULE = "* * * * *"
+SECOND_SCHEDULE = "1 seconds"
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:2])
+
+
+def pg_cron_version(cur: psycopg.Cursor) -> str | None:
+    cur.execute("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_cron'")
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def supports_seconds(version: str) -> bool:
+    """pg_cron accepts 'N seconds' schedules from 1.5 on."""
+    return _version(version) >= (1, 5)
+
+
+def resolve_schedule(schedule: str, version: str) -> str:
+    if schedule == AUTO_SCHEDULE:
+        return SECOND_SCHEDULE if supports_seconds(version) else MINUTE_SCHEDULE
+    return schedule
+
+
+def job_command(owner: str, schedule: str) -> str:
+    return f"-- {marker(owner)}\n{cron_command(schedule)}"
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def find_job(cur: psycopg.Cursor, job_name: str) -> dict[str, Any] | None:
+    cur.execute(
+        "SELECT jobid, schedule, command, active, username FROM cron.job WHERE jobname = %s ORDER BY jobid LIMIT 1",
+        (job_name,),
+    )
+    row = cur.fetchone()
+    if row is None:
+        return None
+    jobid, schedule, command, active, username = row
+    first_line = command.split("\n", 1)[0]
+    return {
+        "jobid": jobid,
+        "live_schedule": schedule,
+        "command_sha256": _sha256(command),
+        "active": active,
+        "username": username,
+        "managed_by": owner_of(first_line),
+    }
+
+
+def desired_state(props: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "live_schedule": props["resolved_schedule"],
+        "command_sha256": _sha256(job_command(props["owner"], props["resolved_schedule"])),
+        "active": True,
+        "managed_by": props["owner"],
+    }
+
+
+class ScheduleProvider(DatabaseProvider):
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        failures: list[CheckFailure] = []
+        with self.db.transaction() as cur:
+            version = pg_cron_version(cur)
+            if version is None:
+                failures.append(
+                    CheckFailure(
+                        "schedule",
+                        "secure-webhooks:delivery.mode is 'at-least-once', which needs pg_cron to run the reconciler: "
+                        "enable it (Supabase dashboard: Database > Extensions > pg_cron, or "
+                        "`create extension pg_cron with schema pg_catalog`) or set the mode to 'direct'",
+                    )
+                )
+                return CheckResult(news, failures)
+            cur.execute("SELECT current_database(), current_setting('cron.database_name', true)")
+            database, cron_database = cur.fetchone()
+            if cron_database and cron_database != database:
+                failures.append(
+                    CheckFailure(
+                        "schedule",
+                        f"pg_cron runs jobs in database {cron_database!r} (cron.database_name), not {database!r}",
+                    )
+                )
+            job = find_job(cur, news["job_name"])
+        if news["schedule"].endswith(" seconds") and not supports_seconds(version):
+            failures.append(
+                CheckFailure(
+                    "schedule",
+                    f"secure-webhooks:delivery.schedule {news['schedule']!r} needs pg_cron >= 1.5; this server has "
+                    f"{version}, which schedules by the minute: use 'auto' or a cron expression",
+                )
+            )
+        if job is not None and job["managed_by"] not in (None, news["owner"]):
+            failures.append(
+                CheckFailure(
+                    "job_name",
+                    f"pg_cron job {news['job_name']} is managed by Pulumi stack {job['managed_by']}, "
+                    f"not {news['owner']}",
+                )
+            )
+        return CheckResult({**news, "resolved_schedule": resolve_schedule(news["schedule"], version)}, failures)
+
+    def _schedule(self, props: dict[str, Any]) -> dict[str, Any]:
+        with self.db.transaction() as cur:
+            job = find_job(cur, props["job_name"])
+            if job is not None and job["managed_by"] not in (None, props["owner"]):
+                raise OwnershipError(f"pg_cron job {props['job_name']} is managed by Pulumi stack {job['managed_by']}")
+            command = job_command(props["owner"], props["resolved_schedule"])
+            cur.execute("SELECT cron.schedule(%s, %s, %s)", (props["job_name"], props["resolved_schedule"], command))
+            job = find_job(cur, props["job_name"])
+            if not job["active"]:
+                cur.execute("SELECT cron.alter_job(%s, active => true)", (job["jobid"],))
+                job = find_job(cur, props["job_name"])
+        return {**props, **job}
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        outs = self._schedule(props)
+        return CreateResult(str(outs["jobid"]), outs)
+
+    def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(self._schedule(news))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        with self.db.transaction() as cur:
+            job = find_job(cur, props["job_name"])
+        if job is None:
+            return ReadResult(None, {})
+        return ReadResult(str(job["jobid"]), {**props, **job})
+
+    def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        changed = [key for key in (*INPUTS, "resolved_schedule") if olds.get(key) != news.get(key)]
+        changed += [key for key, value in desired_state(news).items() if olds.get(key) != value]
+        return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        with self.db.transaction() as cur:
+            job = find_job(cur, props["job_name"])
+            if job is None or job["managed_by"] != props["owner"]:
+                return
+            waiting = {status: n for status, n in undelivered(cur).items() if status in ("pending", "failed")}
+            if waiting:
+                raise RuntimeError(
+                    f"refusing to unschedule pg_cron job {props['job_name']}: {describe_counts(waiting)} webhook "
+                    f"events still wait for delivery and nothing else would retry them. The job keeps delivering; "
+                    f"run destroy again once `{OPERATOR_COMMAND} status` shows none, or discard them with "
+                    f"`{OPERATOR_COMMAND} purge --status pending,failed`"
+                )
+            cur.execute("SELECT cron.unschedule(%s)", (props["job_name"],))
+
+
+class ReconcilerSchedule(pulumi.dynamic.Resource, module="secure-webhooks", name="ReconcilerSchedule"):
+    """The pg_cron job that runs the reconciler loop."""
+
+    live_schedule: pulumi.Output[str]
+
+    def __init__(self, name: str, schedule: str, owner: str, opts: pulumi.ResourceOptions | None = None) -> None:
+        props = {
+            "owner": owner,
+            "schedule": schedule,
+            "job_name": JOB_NAME,
+            "resolved_schedule": None,
+            "live_schedule": None,
+        }
+        super().__init__(ScheduleProvider(), name, props, opts)
