@@ -24,6 +24,14 @@ LEGACY_WEBHOOKS = (
 )
 LEGACY_WEBHOOK_HEADERS = '{"Content-type":"application/json","x-webhook-secret":"static"}'
 
+# pg_cron enabled as Supabase's docs do it (Database > Extensions, or these statements). The
+# extension's objects live in schema `cron` whatever schema it is created "in".
+PG_CRON_SETUP = (
+    "CREATE EXTENSION pg_cron WITH SCHEMA pg_catalog",
+    "GRANT USAGE ON SCHEMA cron TO postgres",
+    "GRANT ALL PRIVILEGES ON ALL TABLES IN SCHEMA cron TO postgres",
+)
+
 
 def apply_bootstrap(
     admin_conn: psycopg.Connection,
@@ -31,11 +39,14 @@ def apply_bootstrap(
     *,
     preinstall_pgjwt: bool = True,
     preinstall_pg_net: bool = False,
+    preinstall_pg_cron: bool = True,
 ) -> None:
     """Create Supabase's roles, schemas, grants, Vault and supabase_functions, then set passwords.
 
     pgjwt defaults to preinstalled because Supabase's Postgres 15 init scripts create it in
-    ``extensions``; pg_net defaults to absent because the product installs it itself.
+    ``extensions``; pg_net defaults to absent because the product installs it itself. pg_cron
+    defaults to enabled: `postgres` cannot create it here (no supautils), and the delivery
+    feature schedules its dispatcher with it.
     """
     script = resources.files(__package__).joinpath("bootstrap.sql").read_text(encoding="utf-8")
     with admin_conn.transaction():
@@ -46,6 +57,9 @@ def apply_bootstrap(
             admin_conn.execute("CREATE EXTENSION pgjwt WITH SCHEMA extensions")
         if preinstall_pg_net:
             admin_conn.execute("CREATE EXTENSION pg_net WITH SCHEMA extensions")
+        if preinstall_pg_cron:
+            for statement in PG_CRON_SETUP:
+                admin_conn.execute(statement)
 
 
 def create_demo_tables(conn: psycopg.Connection) -> None:

@@ -4,6 +4,11 @@ PostgreSQL refuses to run as root, so when we are root the server binaries run a
 ``postgres`` OS user (via runuser); as any other user they run directly. Each cluster lives in
 its own temporary directory, listens only on 127.0.0.1 (TCP, SCRAM passwords, like Supabase) and
 keeps its unix socket inside that directory so it never collides with a system cluster.
+
+pg_cron is preloaded, as on Supabase. Its jobs run over libpq connections to 127.0.0.1 as the
+role that scheduled them, so the server starts with ``PGPASSFILE`` pointing at a 0600 file (owned
+by the server's OS user, in the cluster's directory) that holds the non-superuser login roles'
+passwords: pg_hba.conf keeps demanding SCRAM passwords from everyone.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +39,7 @@ HOST = "127.0.0.1"
 DBNAME = "postgres"
 STATE_FILE_NAME = "connection.json"
 VAULT_ROOT_KEY_FILE = "vault_root.key"
+PASSFILE_NAME = "pgpass"
 _CONF_FILE = "local_supabase.conf"
 _START_ATTEMPTS = 3
 
@@ -72,6 +79,11 @@ def _conf_value(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _passfile_field(value: str) -> str:
+    """A .pgpass field: backslash and colon are escaped with a backslash (libpq's rule)."""
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
 @dataclass
 class LocalSupabase:
     """A running local cluster: connection facts plus lifecycle.
@@ -99,6 +111,16 @@ class LocalSupabase:
     @property
     def log_file(self) -> Path:
         return self.base_dir / "postgres.log"
+
+    @property
+    def passfile(self) -> Path:
+        """The PGPASSFILE the server (and so pg_cron's job connections) runs with."""
+        return self.base_dir / PASSFILE_NAME
+
+    @property
+    def is_running(self) -> bool:
+        """Whether a postmaster holds the data directory (false after ``crash()``/``shutdown()``)."""
+        return (self.data_dir / "postmaster.pid").exists()
 
     @property
     def admin_dsn(self) -> str:
@@ -129,14 +151,16 @@ class LocalSupabase:
         settings: Mapping[str, str] | None = None,
         preinstall_pgjwt: bool = True,
         preinstall_pg_net: bool = False,
+        preinstall_pg_cron: bool = True,
         pg_bindir: Path = DEFAULT_PG_BINDIR,
         stop_at_exit: bool = True,
     ) -> LocalSupabase:
         """Create, start and bootstrap a new cluster; stop and delete it again on any failure.
 
         ``settings`` are extra postgresql.conf parameters, e.g. ``{"track_functions": "all"}``
-        for benchmarks. ``stop_at_exit=False`` leaves the server running after this process
-        exits (used by the CLI, which stops it explicitly later).
+        for benchmarks. ``preinstall_pg_cron=False`` leaves pg_cron preloaded but not created,
+        like a project that has not enabled it. ``stop_at_exit=False`` leaves the server
+        running after this process exits (used by the CLI, which stops it explicitly later).
         """
         install_stand_in_extensions(pg_bindir)
         base_dir = Path(tempfile.mkdtemp(prefix="local-supabase-"))
@@ -154,6 +178,7 @@ class LocalSupabase:
                     {role: pw for role, pw in passwords.items() if role != ADMIN_ROLE},
                     preinstall_pgjwt=preinstall_pgjwt,
                     preinstall_pg_net=preinstall_pg_net,
+                    preinstall_pg_cron=preinstall_pg_cron,
                 )
         except BaseException:
             cluster.stop()
@@ -198,10 +223,67 @@ class LocalSupabase:
         self._stopped = True
         atexit.unregister(self.stop)
         try:
-            if (self.data_dir / "postmaster.pid").exists():
-                self._run("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60")
+            if self.is_running:
+                self._pg_ctl_stop("fast")
         finally:
             shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def crash(self) -> None:
+        """Kill the server as a crash would (``pg_ctl stop -m immediate``), keeping its files.
+
+        No shutdown checkpoint is written, so the next ``restart()`` runs crash recovery, which
+        empties every UNLOGGED table (pg_net's queue and responses among them), exactly what a
+        crashed Supabase database loses.
+        """
+        self._pg_ctl_stop("immediate")
+
+    def shutdown(self) -> None:
+        """Stop the server cleanly (``pg_ctl stop -m fast``), keeping its files for ``restart()``.
+
+        Unlike ``stop()`` nothing is deleted; unlogged tables survive a clean shutdown.
+        """
+        self._pg_ctl_stop("fast")
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Start the server again on the same port and data directory; return once it accepts connections.
+
+        A running server is shut down cleanly first (a clean restart); after ``crash()`` the
+        start runs crash recovery. Raises ClusterError if the server does not come up, e.g.
+        because another process took the port meanwhile.
+        """
+        if self._stopped:
+            raise ClusterError("this cluster was stopped and deleted; start a new one")
+        if self.is_running:
+            self._pg_ctl_stop("fast")
+        self._pg_ctl_start(timeout)
+        self._wait_until_accepting(timeout)
+
+    def _pg_ctl_stop(self, mode: str) -> None:
+        self._run("pg_ctl", "stop", "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60")
+
+    def _pg_ctl_start(self, timeout: float = 60.0) -> None:
+        # The postmaster and so pg_cron's job connections inherit PGPASSFILE from pg_ctl.
+        self._run(
+            "pg_ctl", "start", "-D", str(self.data_dir), "-l", str(self.log_file),
+            "-w", "-t", str(max(int(timeout), 1)),
+            env={**os.environ, "PGPASSFILE": str(self.passfile)},
+        )  # fmt: skip
+
+    def _wait_until_accepting(self, timeout: float) -> None:
+        """pg_ctl -w waits for the postmaster; also make sure a login over TCP succeeds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with psycopg.connect(self.admin_dsn, connect_timeout=5) as conn:
+                    conn.execute("SELECT 1")
+                return
+            except psycopg.OperationalError as error:
+                if time.monotonic() > deadline:
+                    raise ClusterError(
+                        f"server did not accept connections within {timeout} s: {type(error).__name__}"
+                        f"\n--- server log tail ---\n{self._log_tail()}"
+                    ) from None
+                time.sleep(0.05)
 
     def __enter__(self) -> LocalSupabase:
         return self
@@ -209,11 +291,11 @@ class LocalSupabase:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _run(self, program: str, *args: str) -> subprocess.CompletedProcess[str]:
+    def _run(self, program: str, *args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         command = [*_command_prefix(), str(self.pg_bindir / program), *args]
         try:
             # cwd: the postgres OS user may not be allowed into the caller's directory.
-            return subprocess.run(command, check=True, capture_output=True, text=True, cwd=self.base_dir)
+            return subprocess.run(command, check=True, capture_output=True, text=True, cwd=self.base_dir, env=env)
         except subprocess.CalledProcessError as error:
             raise ClusterError(
                 f"{' '.join(command)} failed ({error.returncode}):\n{error.stdout}{error.stderr}"
@@ -256,6 +338,21 @@ class LocalSupabase:
         _write_server_file(self.data_dir / VAULT_ROOT_KEY_FILE, secrets.token_hex(32) + "\n")
         self.socket_dir.mkdir(mode=0o700)
         _give_to_server_user(self.socket_dir)
+        self._write_passfile()
+
+    def _write_passfile(self) -> None:
+        """Passwords for pg_cron's libpq job connections, readable by the server's OS user only.
+
+        The superuser's is left out on purpose: ``postgres`` has BYPASSRLS and ALL on
+        ``cron.job``, so it could re-label its own job as ``supabase_admin``'s; without that
+        password such a job fails to log in instead of running as superuser.
+        """
+        lines = [
+            f"{HOST}:*:*:{_passfile_field(role)}:{_passfile_field(password)}\n"
+            for role, password in self.passwords.items()
+            if role != ADMIN_ROLE
+        ]
+        _write_server_file(self.passfile, "".join(lines))
 
     def _start_server(self, settings: dict[str, str]) -> None:
         """Pick a free port and start; retry if another process grabbed the port meanwhile."""
@@ -266,8 +363,12 @@ class LocalSupabase:
                 "port": str(self.port),
                 "unix_socket_directories": str(self.socket_dir),
                 "fsync": "off",
-                # As on Supabase: the Vault loads its root key once, when the server starts.
-                "shared_preload_libraries": "supabase_vault",
+                # As on Supabase: the Vault loads its root key once, when the server starts, and
+                # pg_cron's launcher is a background worker registered at start.
+                "shared_preload_libraries": "supabase_vault,pg_cron",
+                "cron.database_name": DBNAME,
+                # Jobs connect over TCP (the only address we listen on) with PGPASSFILE's passwords.
+                "cron.host": HOST,
                 **settings,
             }
             _write_server_file(
@@ -275,10 +376,7 @@ class LocalSupabase:
                 "".join(f"{name} = {_conf_value(value)}\n" for name, value in conf.items()),
             )
             try:
-                self._run(
-                    "pg_ctl", "start", "-D", str(self.data_dir), "-l", str(self.log_file),
-                    "-w", "-t", "60",
-                )  # fmt: skip
+                self._pg_ctl_start()
                 return
             except ClusterError as error:
                 if attempt == _START_ATTEMPTS or "could not bind" not in str(error):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh Debian machine, idempotently:
-# PostgreSQL 15 and what the local Supabase stand-in's C libraries are built with
+# PostgreSQL 15 with pg_cron and what the local Supabase stand-in's C libraries are built with
 # (a C compiler, libsodium, libcurl), the Python virtualenv from requirements.txt, the stand-in
 # extensions, and the Pulumi engine (built from Go modules when no matching `pulumi`
 # is installed). Prints the Pulumi bin directory as its last stdout line.
@@ -11,6 +11,7 @@ say() { printf 'setup: [%4ds] %s\n' "$((SECONDS - started))" "$*" >&2; }
 
 missing=()
 [[ -x /usr/lib/postgresql/15/bin/initdb ]] || missing+=(postgresql-15)
+[[ -e /usr/lib/postgresql/15/lib/pg_cron.so ]] || missing+=(postgresql-15-cron)
 command -v cc >/dev/null || missing+=(gcc)
 [[ -e /usr/lib/x86_64-linux-gnu/libsodium.so.23 ]] || missing+=(libsodium23)
 [[ -e /usr/lib/x86_64-linux-gnu/libcurl.so.4 ]] || missing+=(libcurl4)

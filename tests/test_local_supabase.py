@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
 import pwd
+import stat
 import time
 from pathlib import Path
 
@@ -122,6 +124,92 @@ def test_postgres_can_create_the_extensions_without_superuser(
         assert owners == {"sign": "supabase_admin", "http_post": "supabase_admin"}
     finally:
         postgres_conn.execute("DROP DATABASE extension_check")
+
+
+# pg_cron ----------------------------------------------------------------------------------------
+
+
+def test_pg_cron_is_enabled_as_supabase_docs_do_it(
+    local_supabase: LocalSupabase, postgres_conn: psycopg.Connection
+) -> None:
+    row = postgres_conn.execute(
+        "SELECT e.extversion, e.extnamespace::regnamespace::text FROM pg_extension AS e WHERE e.extname = 'pg_cron'"
+    ).fetchone()
+    assert row == ("1.4-1", "pg_catalog")
+    settings = dict(
+        postgres_conn.execute(
+            "SELECT name, setting FROM pg_settings WHERE name IN "
+            "('cron.database_name', 'cron.host', 'cron.use_background_workers')"
+        ).fetchall()
+    )
+    # Jobs run over libpq (the default), the mode in which a DO block may COMMIT.
+    assert settings == {
+        "cron.database_name": "postgres",
+        "cron.host": "127.0.0.1",
+        "cron.use_background_workers": "off",
+    }
+    privileges = postgres_conn.execute(
+        "SELECT has_schema_privilege('cron', 'USAGE'), has_table_privilege('cron.job', 'SELECT, UPDATE, DELETE'), "
+        "has_table_privilege('cron.job_run_details', 'SELECT, DELETE')"
+    ).fetchone()
+    assert privileges == (True, True, True)
+    # The job connections' passwords: readable by the server's OS user only, never the superuser's.
+    passfile = local_supabase.passfile.stat()
+    assert stat.S_IMODE(passfile.st_mode) == 0o600
+    assert passfile.st_uid == pwd.getpwnam("postgres").pw_uid
+    assert local_supabase.password_for("supabase_admin") not in local_supabase.passfile.read_text()
+    with pytest.raises(errors.InsufficientPrivilege):
+        postgres_conn.execute("SELECT pg_read_file(%s)", (str(local_supabase.passfile),))
+
+
+def test_pg_cron_runs_postgres_jobs_as_postgres_with_transaction_control(
+    postgres_conn: psycopg.Connection,
+) -> None:
+    """One real minute tick (up to ~65 s): a top-level DO block that COMMITs mid-way succeeds.
+
+    Also in that tick: a job that `postgres` re-labels as the superuser's (it can: BYPASSRLS and
+    ALL on cron.job) fails to log in instead of running as superuser.
+    """
+    postgres_conn.execute("CREATE TABLE public.cron_probe (job text, role text, step int)")
+    jobs = {
+        "stand-in-do-commit": "DO $$ BEGIN "
+        "INSERT INTO public.cron_probe VALUES ('do-commit', current_user, 1); COMMIT; "
+        "INSERT INTO public.cron_probe VALUES ('do-commit', session_user, 2); END $$",
+        "stand-in-relabelled": "INSERT INTO public.cron_probe VALUES ('relabelled', current_user, 1)",
+    }
+    if datetime.datetime.now().second >= 55:  # too close to the tick for the scheduler to see the jobs
+        time.sleep(61 - datetime.datetime.now().second)
+    job_ids = {
+        name: postgres_conn.execute("SELECT cron.schedule(%s, '* * * * *', %s)", (name, command)).fetchone()[0]
+        for name, command in jobs.items()
+    }
+    try:
+        postgres_conn.execute(
+            "UPDATE cron.job SET username = 'supabase_admin' WHERE jobid = %s", (job_ids["stand-in-relabelled"],)
+        )
+        deadline = time.monotonic() + 75
+        runs: dict[int, tuple[str, str, str]] = {}
+        while time.monotonic() < deadline:
+            runs = {
+                job_id: (status, message, username)
+                for job_id, status, message, username in postgres_conn.execute(
+                    "SELECT jobid, status, return_message, username FROM cron.job_run_details "
+                    "WHERE jobid = ANY(%s) AND status IN ('succeeded', 'failed')",
+                    (list(job_ids.values()),),
+                )
+            }
+            if len(runs) == len(job_ids):
+                break
+            time.sleep(0.5)
+        assert runs[job_ids["stand-in-do-commit"]] == ("succeeded", "DO", "postgres")
+        relabelled_status, relabelled_message, _ = runs[job_ids["stand-in-relabelled"]]
+        assert (relabelled_status, relabelled_message) == ("failed", "connection failed")
+        probe = postgres_conn.execute("SELECT job, role, step FROM public.cron_probe ORDER BY job, step").fetchall()
+        assert probe == [("do-commit", "postgres", 1), ("do-commit", "postgres", 2)]
+    finally:
+        for job_id in job_ids.values():
+            postgres_conn.execute("SELECT cron.unschedule(%s)", (job_id,))
+        postgres_conn.execute("DROP TABLE public.cron_probe")
 
 
 # Vault ------------------------------------------------------------------------------------------
@@ -439,7 +527,7 @@ def test_vault_and_pg_net_helpers_are_c_functions_as_upstream(postgres_conn: psy
         ("vault._crypto_aead_det_encrypt(bytea,bytea,bigint,bytea,bytea)", "c", "i"),
         ("vault._crypto_aead_det_noncegen()", "c", "v"),
     ]
-    assert postgres_conn.execute("SHOW shared_preload_libraries").fetchone() == ("supabase_vault",)
+    assert postgres_conn.execute("SHOW shared_preload_libraries").fetchone() == ("supabase_vault,pg_cron",)
 
 
 def test_pg_net_urlencodes_like_curl(postgres_conn: psycopg.Connection, pg_net: None) -> None:
