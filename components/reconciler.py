@@ -59,10 +59,11 @@ class ReconcilerSpec:
     def grace_seconds(self) -> int:
         """After this long without a queue row or a response, a request is taken as vanished.
 
-        pg_net deletes a request from its queue before it sends it, so an honest
-        request is invisible for up to its timeout; the rest is slack for a busy worker.
+        pg_net deletes a request from its queue before it sends it and records the
+        outcomes of a batch together, so an honest request is invisible for up to
+        about its timeout; twice that plus 5 s is slack for a busy worker.
         """
-        return self.function.timeout_ms // 1000 + 30
+        return 2 * -(-self.function.timeout_ms // 1000) + 5
 
 
 def _backoff(attempts_expr: str, delivery: DeliverySettings) -> str:

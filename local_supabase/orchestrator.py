@@ -3,7 +3,8 @@
 It accepts a POST on any path, demands ``Authorization: Bearer <HS256 JWT>`` and verifies it
 the way the orchestrator must: signature, required ``exp`` and ``iat``, optional expected claims
 and an optional exact lifetime (``exp - iat``). Every request is recorded, accepted or not, so
-tests can assert on what the database actually sent.
+tests can assert on what the database actually sent. ``plan()`` scripts misbehaviour (a 500, a
+429 with Retry-After, a 410, a reply slower than the caller's timeout) for the next requests.
 """
 
 from __future__ import annotations
@@ -11,14 +12,24 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
 
 HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class PlannedResponse:
+    """What to answer one request with instead of verifying it; `delay` seconds before answering."""
+
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,7 @@ class WebhookReceiver:
         self._expected_claims = dict(expected_claims or {})
         self._expected_ttl = expected_ttl
         self._deliveries: list[Delivery] = []
+        self._plan: deque[PlannedResponse] = deque()
         self._arrived = threading.Condition()
         self._server = _Server((HOST, port), self._handler_class())
         self._thread: threading.Thread | None = None
@@ -76,6 +88,15 @@ class WebhookReceiver:
         """Snapshot of all deliveries so far, in arrival order."""
         with self._arrived:
             return list(self._deliveries)
+
+    def plan(self, *responses: PlannedResponse) -> None:
+        """Answer the next requests with these, in order; afterwards verify as usual."""
+        with self._arrived:
+            self._plan.extend(responses)
+
+    def _next_planned(self) -> PlannedResponse | None:
+        with self._arrived:
+            return self._plan.popleft() if self._plan else None
 
     def start(self) -> WebhookReceiver:
         """Serve in a background thread (idempotent)."""
@@ -150,6 +171,7 @@ class WebhookReceiver:
                 raw_body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 claims: dict[str, Any] | None = None
                 rejection: str | None = None
+                reply_headers: Mapping[str, str] = {}
                 try:
                     body = json.loads(raw_body)
                 except ValueError:
@@ -162,6 +184,11 @@ class WebhookReceiver:
                     status = 401
                 if status == 200 and body is None:
                     rejection, status = "body is not JSON", 400
+                planned = receiver._next_planned()
+                if planned is not None:
+                    time.sleep(planned.delay)
+                    status, reply_headers = planned.status, planned.headers
+                    rejection = rejection or (f"planned {status}" if status >= 300 else None)
                 receiver._record(
                     Delivery(
                         path=self.path,
@@ -175,11 +202,16 @@ class WebhookReceiver:
                 )
                 reply = json.dumps({"ok": True} if status == 200 else {"error": rejection})
                 encoded = reply.encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(encoded)))
-                self.end_headers()
-                self.wfile.write(encoded)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(encoded)))
+                    for name, value in reply_headers.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(encoded)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the caller gave up waiting (a reply slower than its timeout); it was recorded
 
             def log_message(self, format: str, *args: Any) -> None:
                 """Keep test output clean; deliveries are recorded instead."""

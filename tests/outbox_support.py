@@ -1,0 +1,156 @@
+"""At-least-once test helpers: install the outbox pipeline with our providers, drive it, count the outcome."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from providers import OWNER, configured, function_props, trigger_props
+from psycopg import sql
+
+from components.delivery_settings import DeliverySettings
+from components.function_provider import SecureFunctionProvider
+from components.outbox import script_sha256
+from components.outbox_provider import OutboxProvider
+from components.reconciler import ReconcilerSpec
+from components.reconciler_provider import ReconcilerProvider, reconciler_props
+from components.trigger_function import FunctionSpec
+from components.trigger_provider import WebhookTriggerProvider
+from local_supabase.bootstrap import create_demo_tables
+from local_supabase.cluster import LocalSupabase
+from local_supabase.orchestrator import Delivery, WebhookReceiver
+from local_supabase.pg_net_worker import PgNetWorker
+
+#: Fast retries for tests: 1 s, 2 s, 4 s, ... capped at 5 s, no jitter, 6 attempts.
+TEST_DELIVERY = DeliverySettings(
+    retry_initial_seconds=1, retry_multiplier=2, retry_max_seconds=5, retry_jitter=0, max_attempts=6
+)
+TIMEOUT_MS = 1000
+
+
+@dataclass
+class Pipeline:
+    """The outbox, reconciler, function and one trigger per table, installed by our providers."""
+
+    cluster: LocalSupabase
+    spec: FunctionSpec
+    installed: list[tuple[Any, Any]] = field(default_factory=list)
+
+    def connect(self, role: str = "postgres") -> psycopg.Connection:
+        return psycopg.connect(self.cluster.dsn(role), autocommit=True)
+
+    def add_trigger(self, table: str, url: str, name: str = "outbox_hook") -> None:
+        provider = configured(WebhookTriggerProvider, self.cluster)
+        self.installed.append((provider, provider.create(trigger_props(table, name, url, self.spec))))
+
+    def remove(self) -> None:
+        with self.connect() as conn:
+            conn.execute("SELECT secure_webhooks.purge(ARRAY['pending', 'failed', 'dead', 'delivered'])")
+        for provider, created in reversed(self.installed):
+            provider.delete(created.id, created.outs)
+        self.installed.clear()
+
+
+def install_pipeline(cluster: LocalSupabase, delivery: DeliverySettings = TEST_DELIVERY, **spec: Any) -> Pipeline:
+    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+        create_demo_tables(conn)
+    function = FunctionSpec(mode="at-least-once", timeout_ms=TIMEOUT_MS, token_ttl_seconds=300, **spec)
+    pipeline = Pipeline(cluster, function)
+    steps = [
+        (OutboxProvider, {"owner": OWNER, "script_sha256": script_sha256()}),
+        (ReconcilerProvider, reconciler_props(ReconcilerSpec(function=function, delivery=delivery), OWNER)),
+        (SecureFunctionProvider, function_props(function)),
+    ]
+    for provider_class, props in steps:
+        provider = configured(provider_class, cluster)
+        pipeline.installed.append((provider, provider.create(props)))
+    return pipeline
+
+
+def reconcile(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT secure_webhooks.reconcile()").fetchone()[0]
+
+
+def statuses(conn: psycopg.Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT status, count(*) FROM secure_webhooks.deliveries GROUP BY 1").fetchall())
+
+
+def settle(
+    conn: psycopg.Connection,
+    worker: PgNetWorker | None,
+    done: Callable[[], bool],
+    timeout: float = 30.0,
+) -> None:
+    """Run reconciler rounds (as the cron loop does) until `done()`; TimeoutError with the statuses if not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reconcile(conn)
+        if worker is not None:
+            worker.drain()
+        if done():
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not settled within {timeout} s: {statuses(conn)}")
+        time.sleep(0.1)
+
+
+def all_delivered(conn: psycopg.Connection) -> Callable[[], bool]:
+    return lambda: set(statuses(conn)) <= {"delivered"}
+
+
+def insert_rows(conn: psycopg.Connection, table: str, count: int, prefix: str = "row") -> list[int]:
+    """Insert `count` rows, one transaction each; return their ids."""
+    query = sql.SQL("INSERT INTO public.{} (name, storage_path) VALUES (%s, 'p') RETURNING id").format(
+        sql.Identifier(table)
+    )
+    return [conn.execute(query, (f"{prefix}-{n}",)).fetchone()[0] for n in range(count)]
+
+
+@dataclass(frozen=True)
+class Tally:
+    inserted: int
+    delivered: int
+    duplicated: int
+    lost: int
+    unexpected: int
+
+    def __str__(self) -> str:
+        return (
+            f"inserted {self.inserted}, delivered {self.delivered}, duplicated {self.duplicated}, "
+            f"lost {self.lost}, unexpected {self.unexpected}"
+        )
+
+
+def tally(inserted: list[int], deliveries: list[Delivery]) -> Tally:
+    """Count by row id what the orchestrator accepted (2xx): each inserted row must arrive, others never."""
+    accepted = Counter(d.body["record"]["id"] for d in deliveries if d.status == 200 and d.body)
+    wanted = set(inserted)
+    return Tally(
+        inserted=len(inserted),
+        delivered=sum(1 for row in wanted if accepted[row]),
+        duplicated=sum(count - 1 for row, count in accepted.items() if row in wanted and count > 1),
+        lost=sum(1 for row in wanted if not accepted[row]),
+        unexpected=sum(count for row, count in accepted.items() if row not in wanted),
+    )
+
+
+def check_ids(deliveries: list[Delivery]) -> None:
+    """Every attempt of one row carries one event id, as `webhook-id` and as the token's `jti`."""
+    ids_by_row: dict[int, set[str]] = {}
+    for delivery in deliveries:
+        if delivery.claims is not None:
+            assert delivery.claims["jti"] == delivery.header("webhook-id")
+        if delivery.body:
+            ids_by_row.setdefault(delivery.body["record"]["id"], set()).add(delivery.header("webhook-id"))
+    assert all(len(ids) == 1 for ids in ids_by_row.values()), ids_by_row
+
+
+@contextmanager
+def receiver_on(secret: str, port: int = 0) -> Iterator[WebhookReceiver]:
+    with WebhookReceiver(secret, port=port) as receiver:
+        yield receiver

@@ -1,0 +1,230 @@
+"""At-least-once delivery against a misbehaving orchestrator: nothing committed is ever lost.
+
+Real PostgreSQL, the stand-in pg_net worker sending real HTTP over loopback,
+and a receiver that verifies every token with PyJWT. The reconciler's rounds
+are run the way the pg_cron loop runs them; every case prints and checks what
+went in and what came out.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from outbox_support import (
+    TIMEOUT_MS,
+    Pipeline,
+    all_delivered,
+    check_ids,
+    insert_rows,
+    install_pipeline,
+    reconcile,
+    settle,
+    statuses,
+    tally,
+)
+
+from local_supabase.cluster import LocalSupabase
+from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
+from local_supabase.pg_net_worker import PgNetWorker
+
+SECRET = "outbox-test-signing-secret-" + "0123456789abcdef" * 2
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalSupabase]:
+    with LocalSupabase.start(preinstall_pg_net=True) as cluster:
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+            conn.execute("SELECT vault.create_secret(%s, 'app_jwt_secret')", (SECRET,))
+        yield cluster
+
+
+@pytest.fixture
+def worker(cluster) -> Iterator[PgNetWorker]:
+    with PgNetWorker(cluster.admin_dsn) as worker:
+        yield worker
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver(SECRET) as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def pipeline(cluster) -> Iterator[Pipeline]:
+    pipeline = install_pipeline(cluster)
+    yield pipeline
+    pipeline.remove()
+
+
+@pytest.fixture
+def conn(pipeline, receiver) -> Iterator[psycopg.Connection]:
+    """A connection as postgres, with a webhook on public.resumes pointing at `receiver`."""
+    pipeline.add_trigger("resumes", receiver.url + "/ingest/interns/individual")
+    with pipeline.connect() as conn:
+        yield conn
+
+
+def report(name: str, inserted: list[int], receiver: WebhookReceiver):
+    counts = tally(inserted, receiver.deliveries)
+    print(f"{name}: {counts}")
+    check_ids(receiver.deliveries)
+    assert counts.lost == 0 and counts.unexpected == 0, counts
+    return counts
+
+
+def test_insert_writes_the_outbox_and_a_round_delivers_with_the_event_id(conn, worker, receiver):
+    inserted = insert_rows(conn, "resumes", 3)
+    assert statuses(conn) == {"pending": 3}
+    assert receiver.deliveries == []  # nothing leaves in the user's transaction
+    settle(conn, worker, all_delivered(conn))
+    counts = report("plain", inserted, receiver)
+    assert counts.duplicated == 0
+    delivery = receiver.deliveries[0]
+    assert delivery.claims["exp"] - delivery.claims["iat"] == 300
+    event_ids = {row[0] for row in conn.execute("SELECT event_id::text FROM secure_webhooks.deliveries")}
+    assert {d.header("webhook-id") for d in receiver.deliveries} == event_ids
+    assert delivery.body == {
+        "old_record": None,
+        "record": delivery.body["record"],
+        "type": "INSERT",
+        "table": "resumes",
+        "schema": "public",
+    }
+
+
+def test_orchestrator_down_then_back(pipeline, worker):
+    """Connection refused while rows go in and rounds run; once it is back, every row arrives."""
+    with WebhookReceiver(SECRET) as gone:
+        url, port = gone.url, int(gone.url.rsplit(":", 1)[1])
+    pipeline.add_trigger("resumes", url + "/ingest/interns/individual")
+    with pipeline.connect() as conn:
+        inserted = insert_rows(conn, "resumes", 20)
+        settle(conn, worker, lambda: statuses(conn) == {"failed": 20})
+        (error,) = conn.execute("SELECT DISTINCT last_error FROM secure_webhooks.deliveries").fetchone()
+        assert "connect" in error.lower(), error  # curl: "Couldn't connect to server"
+        with WebhookReceiver(SECRET, port=port) as back:
+            settle(conn, worker, all_delivered(conn))
+            counts = report("orchestrator down, then back", inserted, back)
+    assert counts.duplicated == 0
+
+
+def test_a_500_is_retried_until_a_200(conn, worker, receiver):
+    receiver.plan(PlannedResponse(500), PlannedResponse(503))
+    inserted = insert_rows(conn, "resumes", 1)
+    settle(conn, worker, all_delivered(conn))
+    report("500, 503, then 200", inserted, receiver)
+    assert [d.status for d in receiver.deliveries] == [500, 503, 200]
+    (attempts,) = conn.execute("SELECT array_agg(status_code ORDER BY id) FROM secure_webhooks.attempts").fetchone()
+    assert attempts == [500, 503, 200]
+
+
+def test_429_retry_after_is_honoured(conn, worker, receiver):
+    receiver.plan(PlannedResponse(429, {"Retry-After": "3"}))
+    inserted = insert_rows(conn, "resumes", 1)
+    settle(conn, worker, all_delivered(conn))
+    report("429 with Retry-After: 3", inserted, receiver)
+    first, second = conn.execute("SELECT sent_at FROM secure_webhooks.attempts ORDER BY id").fetchall()
+    # The backoff alone would retry after 1 s.
+    assert (second[0] - first[0]).total_seconds() >= 3
+
+
+def test_410_goes_to_dead_letter_and_replay_delivers_it(conn, worker, receiver):
+    receiver.plan(PlannedResponse(410))
+    inserted = insert_rows(conn, "resumes", 1)
+    settle(conn, worker, lambda: statuses(conn) == {"dead": 1})
+    assert [d.status for d in receiver.deliveries] == [410]
+    (event_id,) = conn.execute("SELECT event_id FROM secure_webhooks.deliveries").fetchone()
+    assert conn.execute("SELECT secure_webhooks.replay_event(%s)", (event_id,)).fetchone() == (True,)
+    settle(conn, worker, all_delivered(conn))
+    report("410, dead, replayed", inserted, receiver)
+
+
+def test_a_reply_slower_than_the_timeout_is_retried_with_the_same_event_id(conn, worker, receiver):
+    receiver.plan(PlannedResponse(200, delay=TIMEOUT_MS / 1000 + 0.5))
+    inserted = insert_rows(conn, "resumes", 1)
+    settle(conn, worker, all_delivered(conn))
+    counts = report("slower than timeoutMs", inserted, receiver)
+    # The receiver processed the slow request too: a duplicate, recognisable by its webhook-id.
+    assert counts.duplicated == 1
+    (errors,) = conn.execute("SELECT array_agg(error ORDER BY id) FROM secure_webhooks.attempts").fetchone()
+    assert errors[0].startswith("Timeout") and errors[1] is None
+
+
+def test_401_until_the_key_is_fixed(conn, worker, receiver):
+    conn.execute("SELECT vault.update_secret(id, %s) FROM vault.secrets WHERE name = 'app_jwt_secret'", ("w" * 40,))
+    try:
+        inserted = insert_rows(conn, "resumes", 2)
+        settle(conn, worker, lambda: statuses(conn).get("failed") == 2)
+        assert {d.status for d in receiver.deliveries} == {401}
+    finally:
+        conn.execute("SELECT vault.update_secret(id, %s) FROM vault.secrets WHERE name = 'app_jwt_secret'", (SECRET,))
+    settle(conn, worker, all_delivered(conn))
+    report("401 until the key was fixed", inserted, receiver)
+
+
+def rename_secret(cluster: LocalSupabase, old: str, new: str) -> None:
+    """Only the superuser may change vault.secrets directly (postgres has SELECT and DELETE)."""
+    with psycopg.connect(cluster.admin_dsn, autocommit=True) as admin:
+        admin.execute("UPDATE vault.secrets SET name = %s WHERE name = %s", (new, old))
+
+
+def test_a_missing_vault_secret_never_fails_the_insert(conn, worker, receiver, cluster):
+    rename_secret(cluster, "app_jwt_secret", "parked")
+    try:
+        inserted = insert_rows(conn, "resumes", 2)  # commits: no exception in at-least-once mode
+        reconcile(conn)
+        (errors,) = conn.execute("SELECT array_agg(DISTINCT error) FROM secure_webhooks.attempts").fetchone()
+        assert errors == ["app_jwt_secret not found in vault"]
+        assert statuses(conn) == {"failed": 2}
+    finally:
+        rename_secret(cluster, "parked", "app_jwt_secret")
+    settle(conn, worker, all_delivered(conn))
+    report("missing Vault secret, then created", inserted, receiver)
+
+
+def test_a_request_deleted_from_pg_nets_queue_by_another_role_is_still_delivered(conn, cluster, receiver):
+    inserted = insert_rows(conn, "resumes", 1)
+    reconcile(conn)  # queued in net.http_request_queue, no worker running yet
+    with conn.transaction():
+        conn.execute("SET LOCAL ROLE authenticated")
+        deleted = conn.execute("DELETE FROM net.http_request_queue").rowcount
+    assert deleted == 1
+    with PgNetWorker(cluster.admin_dsn) as worker:
+        settle(conn, worker, all_delivered(conn), timeout=30)
+    report("queued request deleted by another role", inserted, receiver)
+    (error,) = conn.execute("SELECT error FROM secure_webhooks.attempts ORDER BY id LIMIT 1").fetchone()
+    assert error == "request vanished from pg_net's queue without a response"
+
+
+def test_two_concurrent_reconciler_runs_send_each_event_once(conn, pipeline, worker, receiver):
+    inserted = insert_rows(conn, "resumes", 300)
+    stop = threading.Event()
+
+    def run() -> None:
+        with pipeline.connect() as own:
+            while not stop.is_set():
+                reconcile(own)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while statuses(conn) != {"delivered": 300} and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    counts = report("two reconcilers at once", inserted, receiver)
+    assert counts.duplicated == 0
+    before = len(receiver.deliveries)
+    for _ in range(3):
+        reconcile(conn)  # idempotent once everything is delivered
+    worker.drain()
+    assert len(receiver.deliveries) == before
