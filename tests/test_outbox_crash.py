@@ -1,0 +1,98 @@
+"""A database crash (pg_ctl stop -m immediate) loses pg_net's UNLOGGED queue, never a committed event.
+
+Each test gets its own cluster, because it kills it. After restart the
+reconciler sees that pg_net's epoch changed (crash recovery emptied our
+UNLOGGED epoch row together with pg_net's tables), so it re-sends what was
+queued or in flight rather than waiting for responses that can never come,
+and never matches a remembered request id against a new request's response.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from outbox_support import all_delivered, check_ids, insert_rows, install_pipeline, reconcile, settle, tally
+
+from local_supabase.cluster import LocalSupabase
+from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
+from local_supabase.pg_net_worker import PgNetWorker
+
+SECRET = "crash-test-signing-secret-" + "0123456789abcdef" * 2
+
+
+@pytest.fixture
+def cluster() -> Iterator[LocalSupabase]:
+    with LocalSupabase.start(preinstall_pg_net=True) as cluster:
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+            conn.execute("SELECT vault.create_secret(%s, 'app_jwt_secret')", (SECRET,))
+        yield cluster
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver(SECRET) as receiver:
+        yield receiver
+
+
+def insert_rolled_back(conn: psycopg.Connection) -> None:
+    with pytest.raises(psycopg.errors.RaiseException), conn.transaction():
+        conn.execute("INSERT INTO public.resumes (name, storage_path) VALUES ('rolled-back', 'p')")
+        conn.execute("DO $$ BEGIN RAISE EXCEPTION 'the app rolls back'; END $$")
+
+
+def deliver_after_restart(cluster: LocalSupabase, inserted: list[int], receiver: WebhookReceiver, name: str):
+    cluster.restart()
+    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM net.http_request_queue").fetchone() == (0,)
+        with PgNetWorker(cluster.admin_dsn) as worker:
+            settle(conn, worker, all_delivered(conn))
+        errors = {row[0] for row in conn.execute("SELECT error FROM secure_webhooks.attempts WHERE error IS NOT NULL")}
+    counts = tally(inserted, receiver.deliveries)
+    print(f"{name}: {counts}")
+    check_ids(receiver.deliveries)
+    assert counts.lost == 0 and counts.unexpected == 0, counts
+    assert all(d.body["record"]["name"] != "rolled-back" for d in receiver.deliveries)
+    return counts, errors
+
+
+def test_crash_after_commit_before_pg_net_sent(cluster, receiver):
+    pipeline = install_pipeline(cluster)
+    pipeline.add_trigger("resumes", receiver.url + "/ingest/interns/individual")
+    with pipeline.connect() as conn:
+        queued = insert_rows(conn, "resumes", 10, prefix="queued")
+        reconcile(conn)  # 10 requests wait in pg_net's queue: no worker is running
+        assert conn.execute("SELECT count(*) FROM net.http_request_queue").fetchone() == (10,)
+        outbox_only = insert_rows(conn, "resumes", 10, prefix="outbox-only")
+        insert_rolled_back(conn)
+    cluster.crash()
+    counts, errors = deliver_after_restart(cluster, queued + outbox_only, receiver, "crash before send")
+    assert counts.duplicated == 0 and receiver.deliveries and len(receiver.deliveries) == 20
+    assert errors == {"request lost: crash recovery emptied pg_net's queue"}
+
+
+def test_crash_while_a_batch_is_in_flight(cluster, receiver):
+    pipeline = install_pipeline(cluster)
+    pipeline.add_trigger("resumes", receiver.url + "/ingest/interns/individual")
+    # Replies take 0.8 s (under the 1 s timeout): the crash lands after pg_net's worker took the
+    # batch off its queue and before it could record the responses.
+    receiver.plan(*[PlannedResponse(200, delay=0.8)] * 10)
+    worker = PgNetWorker(cluster.admin_dsn).start()
+    try:
+        with pipeline.connect() as conn:
+            inserted = insert_rows(conn, "resumes", 10)
+            insert_rolled_back(conn)
+            reconcile(conn)
+            deadline = time.monotonic() + 10
+            while conn.execute("SELECT count(*) FROM net.http_request_queue").fetchone() != (0,):
+                assert time.monotonic() < deadline, "pg_net's worker never took the batch"
+                time.sleep(0.02)
+        time.sleep(0.2)
+        cluster.crash()
+    finally:
+        worker.stop()
+    counts, _ = deliver_after_restart(cluster, inserted, receiver, "crash with a batch in flight")
+    # The receiver had the first batch; the database never heard back, so it sent again.
+    assert counts.duplicated == 10
