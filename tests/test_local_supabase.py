@@ -375,6 +375,66 @@ def test_worker_records_connection_errors(
     assert response == (None, False, True)
 
 
+def _commit_callbacks(conn: psycopg.Connection, messages: list[str]) -> int:
+    """How many pg_net transaction callbacks the session's next commit runs.
+
+    Each registered callback logs (at DEBUG2, as upstream) once for PRE_COMMIT and once for COMMIT.
+    """
+    messages.clear()
+    conn.execute("SELECT 1")
+    events = [message for message in messages if message.startswith("pg_net xact callback received: ")]
+    assert len(events) % 2 == 0, events
+    return len(events) // 2
+
+
+def test_net_wake_registers_one_callback_per_transaction_and_never_removes_it(
+    local_supabase: LocalSupabase, pg_net: None
+) -> None:
+    """As upstream pg_net 0.20.4's wake(): RegisterXactCallback once per transaction, no unregister."""
+    with psycopg.connect(local_supabase.dsn("postgres"), autocommit=True) as conn:
+        messages: list[str] = []
+        conn.add_notice_handler(lambda diag: messages.append(diag.message_primary or ""))
+        conn.execute("SET client_min_messages = debug2")
+        assert _commit_callbacks(conn, messages) == 0
+        conn.execute("SELECT net.wake()")
+        assert _commit_callbacks(conn, messages) == 1
+        conn.execute("SELECT net.wake(), net.wake()")  # twice in one transaction: one registration
+        assert _commit_callbacks(conn, messages) == 2
+        with conn.transaction(force_rollback=True):  # a rolled-back webhook still leaves its callback
+            conn.execute("SELECT net.http_post('http://127.0.0.1:9/never')")
+        assert _commit_callbacks(conn, messages) == 3
+        conn.execute("DO $$ BEGIN FOR i IN 1..5 LOOP PERFORM net.wake(); COMMIT; END LOOP; END $$")
+        assert _commit_callbacks(conn, messages) == 8
+    with psycopg.connect(local_supabase.dsn("postgres"), autocommit=True) as fresh:
+        fresh_messages: list[str] = []
+        fresh.add_notice_handler(lambda diag: fresh_messages.append(diag.message_primary or ""))
+        fresh.execute("SET client_min_messages = debug2")
+        assert _commit_callbacks(fresh, fresh_messages) == 0  # per session: a new connection starts clean
+
+
+def _seconds_per_commit(conn: psycopg.Connection, commits: int = 200, rounds: int = 3) -> float:
+    """Best of a few rounds of plain autocommit statements (best-of damps scheduler noise)."""
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(commits):
+            conn.execute("SELECT 1")
+        best = min(best, (time.perf_counter() - started) / commits)
+    return best
+
+
+def test_net_wake_leak_slows_every_later_commit_of_the_session(local_supabase: LocalSupabase, pg_net: None) -> None:
+    """20,000 webhook transactions make a session's plain commit several times dearer (upstream too)."""
+    with psycopg.connect(local_supabase.dsn("postgres"), autocommit=True) as aged:
+        before = _seconds_per_commit(aged)
+        aged.execute("DO $$ BEGIN FOR i IN 1..20000 LOOP PERFORM net.wake(); COMMIT; END LOOP; END $$")
+        after = _seconds_per_commit(aged)
+        with psycopg.connect(local_supabase.dsn("postgres"), autocommit=True) as fresh:
+            fresh_cost = _seconds_per_commit(fresh)
+    assert after > 1.5 * before, (before, after)
+    assert fresh_cost < after, (fresh_cost, after)
+
+
 # pgjwt ------------------------------------------------------------------------------------------
 
 

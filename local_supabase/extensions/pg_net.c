@@ -6,11 +6,19 @@
  * what every webhook variant pays per request. Like pg_net, the URL helpers use libcurl
  * (curl_easy_escape and the URL API), so URLs are parsed, normalised and rejected as curl does.
  * There is no background worker here: local_supabase.pg_net_worker polls the queue instead.
+ *
+ * net.wake() keeps upstream's (0.20.4, still so at its HEAD) cost model on purpose: every
+ * transaction that queues a request registers one more transaction callback with
+ * RegisterXactCallback, and nothing ever unregisters them. PostgreSQL calls every registered
+ * callback at every transaction event of the session, so a connection that has fired N webhooks
+ * pays N callback calls per event on each later transaction, webhook or not. Tests of
+ * long-lived (pooled) sessions must see that slowdown, so the leak is real here too.
  */
 #include "postgres.h"
 
 #include <curl/curl.h>
 
+#include "access/xact.h"
 #include "fmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -92,10 +100,67 @@ _encode_url_with_params_array(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(result);
 }
 
+/* Set by wake(), cleared at the end of the transaction: one registration per transaction. */
+static bool wake_requested = false;
+
+static const char *
+xact_event_text(XactEvent event)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+			return "XACT_EVENT_COMMIT";
+		case XACT_EVENT_PARALLEL_COMMIT:
+			return "XACT_EVENT_PARALLEL_COMMIT";
+		case XACT_EVENT_ABORT:
+			return "XACT_EVENT_ABORT";
+		case XACT_EVENT_PARALLEL_ABORT:
+			return "XACT_EVENT_PARALLEL_ABORT";
+		case XACT_EVENT_PREPARE:
+			return "XACT_EVENT_PREPARE";
+		case XACT_EVENT_PRE_COMMIT:
+			return "XACT_EVENT_PRE_COMMIT";
+		case XACT_EVENT_PARALLEL_PRE_COMMIT:
+			return "XACT_EVENT_PARALLEL_PRE_COMMIT";
+		case XACT_EVENT_PRE_PREPARE:
+			return "XACT_EVENT_PRE_PREPARE";
+	}
+	return "(unknown XactEvent)";
+}
+
+/*
+ * Runs for every transaction event of the session once registered (upstream logs the same
+ * DEBUG2 line, which makes the number of registered callbacks observable). At the first commit
+ * after a wake() upstream sets its worker's latch; the stand-in's worker polls, so the signal
+ * itself is a no-op and only the bookkeeping remains.
+ */
+static void
+wake_worker_at_commit(XactEvent event, void *arg)
+{
+	elog(DEBUG2, "pg_net xact callback received: %s", xact_event_text(event));
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_PREPARE:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			wake_requested = false;
+			break;
+		default:
+			break;
+	}
+}
+
 PG_FUNCTION_INFO_V1(wake);
-/* pg_net wakes its worker at commit; the stand-in's worker polls, so there is nothing to wake. */
+/* Registers a commit callback once per transaction and, like upstream, never unregisters it. */
 Datum
 wake(PG_FUNCTION_ARGS)
 {
+	if (!wake_requested)
+	{
+		RegisterXactCallback(wake_worker_at_commit, NULL);
+		wake_requested = true;
+	}
 	PG_RETURN_VOID();
 }
