@@ -2,7 +2,9 @@
 
 Each test gets its own cluster (so a failed test cannot leave triggers behind
 for the next), a copy of the project (stack files land there, not in the
-repo), a file backend, a verifying orchestrator and pg_net's delivery worker.
+repo), a file backend, a verifying orchestrator, pg_net's delivery worker and
+a runner that executes the reconciler's pg_cron job back to back (Debian's
+pg_cron 1.4 would first run it at the next full minute; see local_supabase/cron_runner.py).
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from typing import Any
 
 import psycopg
 
+from components.reconciler import JOB_NAME
 from devtools.pulumi_cli import REPO, Stack, Workspace, copy_project, toolchain_bin
 from local_supabase.bootstrap import create_demo_tables
 from local_supabase.cluster import LocalSupabase
+from local_supabase.cron_runner import CronJobRunner
 from local_supabase.orchestrator import WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
 
@@ -31,6 +35,7 @@ class Engine:
     workspace: Workspace
     orchestrator: WebhookReceiver
     worker: PgNetWorker
+    reconciler: CronJobRunner
 
     def connect(self, role: str = "postgres") -> psycopg.Connection:
         return psycopg.connect(self.cluster.dsn(role), autocommit=True)
@@ -64,6 +69,7 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
             conn.execute("SELECT vault.create_secret(%s, 'app_jwt_secret')", (JWT_SECRET,))
         orchestrator = stack.enter_context(WebhookReceiver(JWT_SECRET))
         worker = stack.enter_context(PgNetWorker(cluster.admin_dsn))
+        reconciler = stack.enter_context(CronJobRunner(cluster.dsn("postgres"), JOB_NAME))
         project = copy_project(REPO, tmp_path / "project")
         workspace = Workspace(project, tmp_path / "pulumi", passphrase=PASSPHRASE, bin_dir=toolchain_bin())
-        yield Engine(cluster, workspace, orchestrator, worker)
+        yield Engine(cluster, workspace, orchestrator, worker, reconciler)

@@ -14,6 +14,11 @@ from local_supabase.bootstrap import install_legacy_webhooks
 from local_supabase.orchestrator import WebhookReceiver
 
 SECURE = "secure-webhooks:index:SecureWebhooks$pulumi-python:dynamic/secure-webhooks"
+DELIVERY = {
+    ("create", f"{SECURE}:Outbox::secure-webhooks-outbox"),
+    ("create", f"{SECURE}:Reconciler::secure-webhooks-reconciler"),
+    ("create", f"{SECURE}:ReconcilerSchedule::secure-webhooks-reconciler-schedule"),
+}
 TRIGGERS = {
     f"{SECURE}:WebhookTrigger::secure-webhooks-public.resumes-orchestrator-ingest-interns-individual",
     f"{SECURE}:WebhookTrigger::secure-webhooks-public.zip_archives-orchestrator-injest-resumes-batch",
@@ -27,6 +32,7 @@ def test_fresh_stack_previews_creates_then_converges(engine):
         ("create", "secure-webhooks:index:SecureWebhooks::secure-webhooks"),
         ("create", f"{SECURE}:SecureFunction::secure-webhooks-function"),
         *(("create", trigger) for trigger in TRIGGERS),
+        *DELIVERY,
     }
     stack.up()
     stack.preview("--expect-no-changes")
@@ -35,6 +41,14 @@ def test_fresh_stack_previews_creates_then_converges(engine):
         conn.execute("INSERT INTO public.resumes (name, storage_path) VALUES ('a.pdf', 'r/')")
     (delivery,) = engine.orchestrator.wait_for(1)
     assert delivery.status == 200 and delivery.claims["exp"] - delivery.claims["iat"] == 3600
+    assert delivery.claims["jti"] == delivery.header("webhook-id")
+    assert stack.outputs()["delivery"] == {
+        "mode": "at-least-once",
+        "schema": "secure_webhooks",
+        "view": "secure_webhooks.deliveries",
+        "cronJob": "secure_webhooks_reconciler",
+        "schedule": "* * * * *",  # Debian's pg_cron 1.4 schedules by the minute
+    }
 
 
 def test_secrets_never_appear_in_state_or_output(engine):

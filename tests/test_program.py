@@ -21,6 +21,9 @@ FUNCTION = "pulumi-python:dynamic/secure-webhooks:SecureFunction"
 TRIGGER = "pulumi-python:dynamic/secure-webhooks:WebhookTrigger"
 VAULT_SECRET = "pulumi-python:dynamic/secure-webhooks:VaultSecret"
 EXTENSION = "postgresql:index/extension:Extension"
+OUTBOX = "pulumi-python:dynamic/secure-webhooks:Outbox"
+RECONCILER = "pulumi-python:dynamic/secure-webhooks:Reconciler"
+SCHEDULE = "pulumi-python:dynamic/secure-webhooks:ReconcilerSchedule"
 
 
 class RecordingMocks(pulumi.runtime.Mocks):
@@ -45,7 +48,9 @@ def stack_config(stack: str) -> dict[str, str]:
 def run_program(stack: str, config: dict[str, str], secret_keys: tuple[str, ...] = ()) -> RecordingMocks:
     """Run __main__.py under mocks and wait until every resource is registered."""
     mocks = RecordingMocks()
-    pulumi.runtime.set_all_config({k: str(v) for k, v in config.items()}, list(secret_keys))
+    # Structured values (the delivery object in Pulumi.prod.yaml) reach programs as JSON text.
+    as_text = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in config.items()}
+    pulumi.runtime.set_all_config(as_text, list(secret_keys))
     pulumi.runtime.set_mocks(mocks, project="secure-webhooks", stack=stack, preview=False)
 
     @pulumi.runtime.test
@@ -175,3 +180,44 @@ def test_bad_prod_config_fails_before_any_resource(override, secret_keys, messag
         run_program("prod", {**stack_config("prod"), **override}, secret_keys)
     assert message in str(info.value)
     assert "too-short" not in str(info.value)
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_at_least_once_is_the_default_and_adds_outbox_reconciler_and_schedule(stack):
+    mocks = run_program(stack, stack_config(stack))
+    (function,) = mocks.of_type(FUNCTION)
+    assert function.inputs["mode"] == "at-least-once"
+    (outbox,) = mocks.of_type(OUTBOX)
+    (reconciler,) = mocks.of_type(RECONCILER)
+    (schedule,) = mocks.of_type(SCHEDULE)
+    assert (
+        outbox.inputs["owner"] == reconciler.inputs["owner"] == schedule.inputs["owner"] == f"secure-webhooks/{stack}"
+    )
+    assert schedule.inputs["schedule"] == "auto" and schedule.inputs["job_name"] == "secure_webhooks_reconciler"
+    assert reconciler.inputs["delivery"]["max_attempts"] == 12
+    assert reconciler.inputs["signer"] == function.inputs["signer"]
+
+
+def test_direct_mode_is_the_seeds_fire_and_forget():
+    mocks = run_program("dev", {**stack_config("dev"), "secure-webhooks:delivery": {"mode": "direct"}})
+    (function,) = mocks.of_type(FUNCTION)
+    assert function.inputs["mode"] == "direct"
+    assert not mocks.of_type(OUTBOX) and not mocks.of_type(RECONCILER) and not mocks.of_type(SCHEDULE)
+
+
+def test_retry_policy_reaches_the_reconciler():
+    delivery = {"maxAttempts": 4, "retryInitialSeconds": 2, "schedule": "*/2 * * * *"}
+    mocks = run_program("dev", {**stack_config("dev"), "secure-webhooks:delivery": delivery})
+    (reconciler,) = mocks.of_type(RECONCILER)
+    assert (reconciler.inputs["delivery"]["max_attempts"], reconciler.inputs["delivery"]["retry_initial_seconds"]) == (
+        4,
+        2,
+    )
+    (schedule,) = mocks.of_type(SCHEDULE)
+    assert schedule.inputs["schedule"] == "*/2 * * * *"
+
+
+def test_bad_delivery_config_names_its_key():
+    with pytest.raises(pulumi.RunError) as info:
+        run_program("dev", {**stack_config("dev"), "secure-webhooks:delivery": {"maxAttempts": 0}})
+    assert "invalid configuration: secure-webhooks:delivery.maxAttempts: must be between 1 and 100" in str(info.value)

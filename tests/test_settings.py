@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.delivery_settings import DeliverySettings, check_delivery
 from components.settings import (
     DEFAULT_CLAIMS,
     DEFAULT_WEBHOOKS,
@@ -215,3 +216,43 @@ def test_jwt_secret_must_be_32_bytes_and_is_never_echoed():
     assert "18 bytes" in str(info.value) and "32" in str(info.value)
     assert "short-secret-value" not in str(info.value)
     assert check_jwt_secret("x" * 32) == "x" * 32
+
+
+def test_delivery_defaults_to_at_least_once_and_pulumi_yaml_declares_the_code_defaults():
+    delivery = settings().delivery
+    assert delivery == DeliverySettings() and delivery.mode == "at-least-once"
+    declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]["delivery"]["default"]
+    assert check_delivery(declared) == delivery
+    prod = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())["config"]["secure-webhooks:delivery"]
+    assert prod["mode"] == "at-least-once"
+    # Standard Webhooks' schedule reaches 24 h; ours does too, from seconds.
+    delays = delivery.retry_delays()
+    assert delays[0] == 5 and max(delays) == 86_400 and sum(delays) > 3 * 86_400
+
+
+def test_delivery_accepts_partial_objects_and_json_text():
+    assert settings(delivery='{"mode": "direct"}').delivery.mode == "direct"
+    partial = settings(delivery={"maxAttempts": 3, "schedule": "10 seconds"}).delivery
+    assert (partial.max_attempts, partial.schedule, partial.retry_initial_seconds) == (3, "10 seconds", 5)
+
+
+@pytest.mark.parametrize(
+    ("delivery", "key", "problem"),
+    [
+        ({"mode": "sometimes"}, "delivery.mode", "must be one of"),
+        ({"retries": 3}, "delivery.retries", "is not a delivery setting"),
+        ({"maxAttempts": 0}, "delivery.maxAttempts", "between 1 and 100"),
+        ({"maxAttempts": "many"}, "delivery.maxAttempts", "must be a number"),
+        ({"retryInitialSeconds": 60, "retryMaxSeconds": 30}, "delivery.retryMaxSeconds", "at least"),
+        ({"retryJitter": 2}, "delivery.retryJitter", "between 0 and 1"),
+        ({"retryMultiplier": True}, "delivery.retryMultiplier", "must be a number"),
+        ({"schedule": "every second"}, "delivery.schedule", "5-field cron"),
+        ({"schedule": "90 seconds"}, "delivery.schedule", "5-field cron"),
+        ({"keepDeadHours": 0}, "delivery.keepDeadHours", "between 1"),
+        ("[1, 2]", "delivery", "must be an object"),
+        ("{nope", "delivery", "not valid JSON"),
+    ],
+)
+def test_delivery_errors_name_their_key(delivery, key, problem):
+    error = error_of(delivery=delivery)
+    assert error.key == f"secure-webhooks:{key}" and problem in error.problem
