@@ -412,27 +412,34 @@ def test_net_wake_registers_one_callback_per_transaction_and_never_removes_it(
         assert _commit_callbacks(fresh, fresh_messages) == 0  # per session: a new connection starts clean
 
 
-def _seconds_per_commit(conn: psycopg.Connection, commits: int = 200, rounds: int = 3) -> float:
-    """Best of a few rounds of plain autocommit statements (best-of damps scheduler noise)."""
-    best = float("inf")
-    for _ in range(rounds):
-        started = time.perf_counter()
-        for _ in range(commits):
-            conn.execute("SELECT 1")
-        best = min(best, (time.perf_counter() - started) / commits)
-    return best
+def _seconds_per_commit(conn: psycopg.Connection, commits: int = 200) -> float:
+    started = time.perf_counter()
+    for _ in range(commits):
+        conn.execute("SELECT 1")
+    return (time.perf_counter() - started) / commits
 
 
 def test_net_wake_leak_slows_every_later_commit_of_the_session(local_supabase: LocalSupabase, pg_net: None) -> None:
-    """20,000 webhook transactions make a session's plain commit several times dearer (upstream too)."""
-    with psycopg.connect(local_supabase.dsn("postgres"), autocommit=True) as aged:
-        before = _seconds_per_commit(aged)
+    """After 20,000 webhook transactions a session's plain commit costs several times more (upstream too).
+
+    The aged and a fresh session are timed in alternating rounds (best of each), so load on the
+    machine slows both alike; the expected ratio is about 4-5x, the threshold 2x.
+    """
+    with (
+        psycopg.connect(local_supabase.dsn("postgres"), autocommit=True) as aged,
+        psycopg.connect(local_supabase.dsn("postgres"), autocommit=True) as fresh,
+    ):
+        before = min(_seconds_per_commit(aged) for _ in range(3))
         aged.execute("DO $$ BEGIN FOR i IN 1..20000 LOOP PERFORM net.wake(); COMMIT; END LOOP; END $$")
-        after = _seconds_per_commit(aged)
-        with psycopg.connect(local_supabase.dsn("postgres"), autocommit=True) as fresh:
-            fresh_cost = _seconds_per_commit(fresh)
-    assert after > 1.5 * before, (before, after)
-    assert fresh_cost < after, (fresh_cost, after)
+        after = fresh_cost = float("inf")
+        for _ in range(5):
+            after = min(after, _seconds_per_commit(aged))
+            fresh_cost = min(fresh_cost, _seconds_per_commit(fresh))
+    figures = (
+        f"per commit: aged session {after * 1e6:.0f} us (before {before * 1e6:.0f} us), fresh {fresh_cost * 1e6:.0f} us"
+    )
+    assert after > 2 * fresh_cost, figures
+    assert after > 1.5 * before, figures
 
 
 # pgjwt ------------------------------------------------------------------------------------------
