@@ -94,8 +94,18 @@ class OutboxProvider(FingerprintedProvider):
             raise OwnershipError(_foreign_schema())
         if exists and (reason := refusal("schema", SCHEMA, comment, props["owner"])):
             raise OwnershipError(reason)
-        for statement in install_statements(_existing_roles(cur, CLIENT_ROLES), _existing_roles(cur, OPERATOR_ROLES)):
-            cur.execute(statement)
+        statements = install_statements(_existing_roles(cur, CLIENT_ROLES), _existing_roles(cur, OPERATOR_ROLES))
+        try:
+            for statement in statements:
+                cur.execute(statement)
+        except psycopg.DatabaseError as exc:
+            if previous is None:
+                raise
+            raise RuntimeError(
+                f"schema {SCHEMA} changed out of band in a way `pulumi up` cannot repair without touching "
+                f"stored events ({str(exc).splitlines()[0]}); restore the definition by hand "
+                "(see components/outbox.py)"
+            ) from None
         comment_on = sql.SQL("COMMENT ON SCHEMA {} IS {}")
         cur.execute(comment_on.format(sql.Identifier(SCHEMA), sql.Literal(marker(props["owner"]))))
         if previous and previous.get("script_sha256") == props["script_sha256"]:

@@ -141,7 +141,8 @@ class ScheduleProvider(DatabaseProvider):
             cur.execute("SELECT cron.schedule(%s, %s, %s)", (props["job_name"], props["resolved_schedule"], command))
             job = find_job(cur, props["job_name"])
             if not job["active"]:
-                cur.execute("SELECT cron.alter_job(%s, active => true)", (job["jobid"],))
+                # cron.alter_job is not granted to postgres on pg_cron 1.4; its table is (Supabase's docs).
+                cur.execute("UPDATE cron.job SET active = true WHERE jobid = %s", (job["jobid"],))
                 job = find_job(cur, props["job_name"])
         return {**props, **job}
 

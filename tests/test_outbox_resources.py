@@ -1,0 +1,235 @@
+"""The outbox, reconciler and pg_cron job as resources: drift, repair, ownership, destroy, mode switches."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from outbox_support import (
+    TEST_DELIVERY,
+    all_delivered,
+    insert_rows,
+    install_pipeline,
+    settle,
+    statuses,
+    tally,
+)
+from providers import OWNER, configured, function_props
+
+from components.catalog import drifted
+from components.function_provider import SecureFunctionProvider
+from components.outbox import script_sha256
+from components.outbox_provider import OutboxProvider
+from components.reconciler import JOB_NAME
+from components.schedule_provider import ScheduleProvider
+from local_supabase.cluster import LocalSupabase
+from local_supabase.orchestrator import WebhookReceiver
+from local_supabase.pg_net_worker import PgNetWorker
+
+SECRET = "resource-test-signing-secret-" + "0123456789abcdef" * 2
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalSupabase]:
+    with LocalSupabase.start(preinstall_pg_net=True) as cluster:
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+            conn.execute("SELECT vault.create_secret(%s, 'app_jwt_secret')", (SECRET,))
+        yield cluster
+
+
+@pytest.fixture
+def pipeline(cluster):
+    pipeline = install_pipeline(cluster)
+    yield pipeline
+    pipeline.remove()
+
+
+@pytest.fixture
+def conn(pipeline) -> Iterator[psycopg.Connection]:
+    with pipeline.connect() as conn:
+        yield conn
+
+
+def provider_of(pipeline, provider_class):
+    return next((p, created) for p, created in pipeline.installed if isinstance(p, provider_class))
+
+
+def refreshed(provider, created):
+    read = provider.read(created.id, created.outs)
+    return read.outs, provider.diff(created.id, read.outs, created.outs)
+
+
+def schedule_props(schedule: str = "auto") -> dict:
+    return {"owner": OWNER, "schedule": schedule, "job_name": JOB_NAME}
+
+
+def test_an_edited_reconciler_body_is_drift_and_up_repairs_it(pipeline, conn):
+    from components.reconciler_provider import ReconcilerProvider
+
+    provider, created = provider_of(pipeline, ReconcilerProvider)
+    outs, diff = refreshed(provider, created)
+    assert not diff.changes
+    # Out of band: a "harmless" edit that stops all retries.
+    definition = conn.execute(
+        "SELECT pg_get_functiondef('secure_webhooks.reconcile(integer)'::regprocedure)"
+    ).fetchone()
+    conn.execute(definition[0].replace("handled := handled + n;", "handled := 0;", 1))
+    outs, diff = refreshed(provider, created)
+    assert diff.changes
+    assert drifted(outs["fingerprint"], outs["installed"]) == ["function secure_webhooks.reconcile(batch_size integer)"]
+    repaired = provider.update(created.id, outs, created.outs)
+    assert not provider.diff(created.id, provider.read(created.id, repaired.outs).outs, created.outs).changes
+
+
+def test_a_loosened_outbox_grant_is_drift_and_up_revokes_it(pipeline, conn):
+    provider, created = provider_of(pipeline, OutboxProvider)
+    conn.execute("GRANT USAGE ON SCHEMA secure_webhooks TO authenticated")
+    conn.execute("GRANT SELECT ON secure_webhooks.events TO authenticated")
+    outs, diff = refreshed(provider, created)
+    assert diff.changes
+    assert drifted(outs["fingerprint"], outs["installed"]) == [
+        "relation secure_webhooks.events",
+        "schema secure_webhooks",
+    ]
+    provider.update(created.id, outs, created.outs)
+    assert not refreshed(provider, created)[1].changes
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+        conn.execute("SET LOCAL ROLE authenticated")
+        conn.execute("SELECT * FROM secure_webhooks.events")
+
+
+def test_an_unrepairable_outbox_change_is_reported_not_papered_over(pipeline, conn):
+    provider, created = provider_of(pipeline, OutboxProvider)
+    conn.execute("ALTER TABLE secure_webhooks.events DROP COLUMN dead_at CASCADE")
+    outs, diff = refreshed(provider, created)
+    assert diff.changes
+    with pytest.raises(RuntimeError, match=r"schema secure_webhooks changed out of band .*dead_at"):
+        provider.update(created.id, outs, created.outs)
+    conn.execute("ALTER TABLE secure_webhooks.events ADD COLUMN dead_at timestamptz")
+    provider.update(created.id, provider.read(created.id, created.outs).outs, created.outs)  # dropped view is back
+
+
+def test_api_roles_reach_nothing_in_the_outbox(pipeline, conn):
+    insert_rows(conn, "resumes", 0)
+    for role in ("anon", "authenticated"):
+        for statement in (
+            "SELECT * FROM secure_webhooks.deliveries",
+            "SELECT secure_webhooks.replay()",
+            "SELECT secure_webhooks.reconcile()",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+                conn.execute(f"SET LOCAL ROLE {role}")
+                conn.execute(statement)
+    with conn.transaction():
+        conn.execute("SET LOCAL ROLE service_role")
+        conn.execute("SELECT * FROM secure_webhooks.deliveries")
+        conn.execute("SELECT secure_webhooks.replay(statuses => ARRAY['dead'])")
+
+
+def test_the_cron_job_is_created_and_its_drift_detected_and_repaired(pipeline, conn, cluster):
+    provider = configured(ScheduleProvider, cluster)
+    checked = provider.check({}, schedule_props())
+    assert not checked.failures
+    assert checked.inputs["resolved_schedule"] == "* * * * *"  # Debian's pg_cron 1.4
+    created = provider.create(checked.inputs)
+    try:
+        (schedule, active, username) = conn.execute(
+            "SELECT schedule, active, username FROM cron.job WHERE jobname = %s", (JOB_NAME,)
+        ).fetchone()
+        assert (schedule, active, username) == ("* * * * *", True, "postgres")
+        outs, diff = refreshed(provider, created)
+        assert not diff.changes
+        for out_of_band in (
+            "SELECT cron.schedule(%s, '*/5 * * * *', 'SELECT 1')",
+            "UPDATE cron.job SET active = false WHERE jobname = %s",
+            "UPDATE cron.job SET command = 'SELECT 1' WHERE jobname = %s",
+        ):
+            conn.execute(out_of_band, (JOB_NAME,))
+            outs, diff = refreshed(provider, created)
+            assert diff.changes, out_of_band
+            provider.update(created.id, outs, created.outs)
+            assert not refreshed(provider, created)[1].changes
+        conn.execute("SELECT cron.unschedule(%s)", (JOB_NAME,))
+        assert provider.read(created.id, created.outs).id is None  # gone: refresh drops it, up re-creates it
+        created = provider.create(checked.inputs)
+    finally:
+        provider.delete(created.id, created.outs)
+    assert conn.execute("SELECT count(*) FROM cron.job WHERE jobname = %s", (JOB_NAME,)).fetchone() == (0,)
+
+
+def test_a_seconds_schedule_is_refused_at_preview_on_pg_cron_1_4(pipeline, cluster):
+    failures = configured(ScheduleProvider, cluster).check({}, schedule_props("1 seconds")).failures
+    assert [f.property for f in failures] == ["schedule"]
+    assert "needs pg_cron >= 1.5" in failures[0].reason and "secure-webhooks:delivery.schedule" in failures[0].reason
+
+
+def test_destroy_refuses_while_events_wait_and_succeeds_once_they_are_delivered(pipeline, conn, cluster):
+    with WebhookReceiver(SECRET) as receiver:
+        pipeline.add_trigger("resumes", receiver.url + "/ingest/interns/individual")
+        inserted = insert_rows(conn, "resumes", 3)
+        schedule = configured(ScheduleProvider, cluster)
+        job = schedule.create(schedule.check({}, schedule_props()).inputs)
+        with pytest.raises(RuntimeError, match=r"refusing to unschedule pg_cron job .*: 3 pending webhook events"):
+            schedule.delete(job.id, job.outs)
+        outbox, created = provider_of(pipeline, OutboxProvider)
+        with pytest.raises(RuntimeError, match=r"refusing to drop schema secure_webhooks: .*\(3 pending\)"):
+            outbox.delete(created.id, created.outs)
+        assert statuses(conn) == {"pending": 3}  # nothing was dropped
+        with PgNetWorker(cluster.admin_dsn) as worker:
+            settle(conn, worker, all_delivered(conn))
+        assert tally(inserted, receiver.deliveries).lost == 0
+        schedule.delete(job.id, job.outs)
+
+
+def test_switching_modes_under_concurrent_inserts_loses_nothing(cluster):
+    """direct -> at-least-once -> direct, in place, while a client inserts one row per transaction."""
+    with WebhookReceiver(SECRET) as receiver, PgNetWorker(cluster.admin_dsn) as worker:
+        pipeline = install_pipeline(cluster)
+        functions, function = provider_of(pipeline, SecureFunctionProvider)
+        direct_spec = pipeline.spec.__class__(**{**pipeline.spec.__dict__, "mode": "direct"})
+        direct = function_props(direct_spec)
+        current = functions.update(function.id, function.outs, direct).outs
+        pipeline.spec = direct_spec
+        pipeline.add_trigger("resumes", receiver.url + "/ingest/interns/individual")
+        stop, inserted = threading.Event(), []
+
+        def insert_until_stopped() -> None:
+            with pipeline.connect() as conn:
+                while not stop.is_set():
+                    inserted.extend(insert_rows(conn, "resumes", 1, prefix="switch"))
+
+        writer = threading.Thread(target=insert_until_stopped)
+        writer.start()
+        try:
+            for mode in ("at-least-once", "direct", "at-least-once", "direct"):
+                time.sleep(0.3)
+                props = function_props(pipeline.spec.__class__(**{**pipeline.spec.__dict__, "mode": mode}))
+                current = functions.update(function.id, current, props).outs
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            writer.join()
+        with pipeline.connect() as conn:
+            settle(conn, worker, all_delivered(conn))
+        counts = tally(inserted, receiver.deliveries)
+        print(f"mode switches: {counts}")
+        assert counts.lost == 0 and counts.duplicated == 0 and counts.inserted > 20
+        pipeline.remove()
+
+
+def test_the_outbox_refuses_a_schema_it_does_not_own(cluster):
+    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA secure_webhooks")
+        try:
+            provider = configured(OutboxProvider, cluster)
+            (failure,) = provider.check({}, {"owner": OWNER, "script_sha256": script_sha256()}).failures
+            assert "not managed by a secure-webhooks stack" in failure.reason
+        finally:
+            conn.execute("DROP SCHEMA secure_webhooks")
+
+
+def test_retry_delays_follow_the_configured_backoff():
+    assert TEST_DELIVERY.retry_delays() == [1, 2, 4, 5, 5]
