@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     start.add_argument("--preinstall-pg-net", action="store_true", help="CREATE EXTENSION pg_net at bootstrap")
     start.add_argument("--no-pgjwt", action="store_true", help="do not preinstall pgjwt (Supabase PG15 does)")
+    start.add_argument("--no-pg-cron", action="store_true", help="preload pg_cron but do not CREATE EXTENSION it")
     stop = commands.add_parser("stop", help="stop the cluster recorded in DIR/connection.json")
     stop.add_argument("--state-dir", type=Path, required=True)
     return parser
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             settings=dict(args.settings),
             preinstall_pgjwt=not args.no_pgjwt,
             preinstall_pg_net=args.preinstall_pg_net,
+            preinstall_pg_cron=not args.no_pg_cron,
             stop_at_exit=False,
         )
         try:
