@@ -9,6 +9,7 @@ pg_cron 1.4 would first run it at the next full minute; see local_supabase/cron_
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -39,6 +40,20 @@ class Engine:
 
     def connect(self, role: str = "postgres") -> psycopg.Connection:
         return psycopg.connect(self.cluster.dsn(role), autocommit=True)
+
+    def wait_until_delivered(self, timeout: float = 15.0) -> None:
+        """Block until the outbox holds no undelivered event: destroy refuses while one waits."""
+        deadline = time.monotonic() + timeout
+        with self.connect() as conn:
+            while True:
+                waiting = conn.execute(
+                    "SELECT count(*) FROM secure_webhooks.deliveries WHERE status <> 'delivered'"
+                ).fetchone()[0]
+                if waiting == 0:
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{waiting} events still undelivered after {timeout} s")
+                time.sleep(0.1)
 
     def stack(self, name: str, url: str | None = None, **config: Any) -> Stack:
         """A new stack pointed at the local cluster; `config` keys without a namespace are ours."""

@@ -163,6 +163,7 @@ def test_legacy_webhooks_are_replaced_and_destroy_restores_them(engine):
     (delivery,) = engine.orchestrator.wait_for(1)
     assert delivery.status == 200 and delivery.path == "/ingest/resumes/batch"
 
+    engine.wait_until_delivered()
     stack.destroy()
     with engine.connect() as conn:
         assert conn.execute(LEGACY).fetchall() == legacy
@@ -183,6 +184,7 @@ def test_missing_vault_secret_fails_preview_until_the_stack_manages_it(engine):
         conn.execute("INSERT INTO public.resumes (name, storage_path) VALUES ('a.pdf', 'r/')")
     (delivery,) = engine.orchestrator.wait_for(1)
     assert delivery.status == 200
+    engine.wait_until_delivered()
     stack.destroy()
     with engine.connect() as conn:
         assert conn.execute("SELECT count(*) FROM vault.secrets WHERE name = 'app_jwt_secret'").fetchone() == (0,)

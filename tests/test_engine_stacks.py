@@ -282,12 +282,19 @@ def test_stack_created_by_older_providers_previews_refreshes_updates_and_destroy
     stack.refresh()
     stack.up()
     stack.preview("--expect-no-changes")
-    assert pickled_providers(stack) == old_blobs, "the pickled providers name classes, not code"
+    blobs = pickled_providers(stack)
+    assert {name: blobs[name] for name in old_blobs} == old_blobs, "the pickled providers name classes, not code"
+    assert set(blobs) - set(old_blobs) == {  # the upgrade switched the stack to at-least-once
+        "secure-webhooks-outbox",
+        "secure-webhooks-reconciler",
+        "secure-webhooks-reconciler-schedule",
+    }
     with engine.connect() as conn:
         insert(conn, "zip_archives", "after-upgrade.zip")
     (delivery,) = engine.orchestrator.wait_for(1)
     assert delivery.status == 200 and delivery.path == "/ingest/resumes/batch"
 
+    engine.wait_until_delivered()
     stack.destroy()
     with engine.connect() as conn:
         assert database_objects(conn) == legacy
