@@ -48,11 +48,12 @@ FULL = Sizes(
 SMOKE = Sizes(rounds=1, transactions=20, bulk_rows=200, profiled_statements=20, warmup_rows=10, piece_iterations=20)
 
 NOTE = """\
-Deliveries are not part of an insert's cost: pg_net sends after commit, in its background worker.
-The stand-in's delivery worker is not running during timing; net.http_request_queue and
-supabase_functions.hooks (and the tables) are truncated after every measurement, and every
-measurement is checked: one queued request per row, one hooks row per firing for (b), and for
-(c) and (d) a JWT that PyJWT verifies."""
+Deliveries are not part of an insert's cost: pg_net sends after commit, in its background worker,
+and (e)'s reconciler signs and sends after commit too. Neither the stand-in's delivery worker nor
+the reconciler runs during timing; net.http_request_queue, supabase_functions.hooks, the outbox
+(and the tables) are truncated after every measurement, and every measurement is checked: one
+queued request per row, one hooks row per firing for (b), for (c) and (d) a JWT that PyJWT
+verifies, and for (e) one pending outbox event per row and no queued request."""
 
 
 def _parser() -> argparse.ArgumentParser:

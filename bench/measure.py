@@ -2,8 +2,9 @@
 
 Every measured run is followed by a check that the variant really did its work
 (one queued request per row, one hooks row per firing for (b), a JWT that
-PyJWT accepts), so a broken or silently skipped trigger cannot look fast, and
-by a TRUNCATE so every run starts from the same empty tables and queue.
+PyJWT accepts, one pending outbox event per row for at-least-once), so a
+broken or silently skipped trigger cannot look fast, and by a TRUNCATE so
+every run starts from the same empty tables, queue and outbox.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import jwt
 import psycopg
 from psycopg import sql
 
-from bench.variants import VARIANTS, VARIANTS_BY_KEY, Variant
+from bench.variants import TRIGGER_NAME, VARIANTS, VARIANTS_BY_KEY, Variant
+from components.outbox import ATTEMPTS, EVENTS, SCHEMA
 from components.settings import DEFAULT_CLAIMS
 from local_supabase.cluster import LocalSupabase
 
@@ -136,6 +138,7 @@ def bulk_us_per_row(conn: psycopg.Connection, variant: Variant, rows: int) -> fl
 
 
 _EVERY_ROW = sql.SQL("true")
+_OUTBOX = sql.SQL("{}.{}").format(sql.Identifier(SCHEMA), sql.Identifier(EVENTS))
 
 
 def _count(admin: psycopg.Connection, relation: sql.Composable, where: sql.Composable = _EVERY_ROW) -> int:
@@ -143,23 +146,29 @@ def _count(admin: psycopg.Connection, relation: sql.Composable, where: sql.Compo
 
 
 def check_work(admin: psycopg.Connection, rows: Mapping[str, int], jwt_secret: str) -> None:
-    """Fail unless each variant (by key) inserted its rows and queued, logged and signed for each one.
+    """Fail unless each variant (by key) inserted its rows and queued, logged, signed or stored each one.
 
-    Queued requests are told apart by the table named in their payload, so one
-    check covers a run that interleaved several variants.
+    Queued requests and outbox events are told apart by the table named in
+    their payload, so one check covers a run that interleaved several variants.
     """
-    queue, hooks = sql.SQL("net.http_request_queue"), sql.SQL("supabase_functions.hooks")
+    queue, hooks, outbox = sql.SQL("net.http_request_queue"), sql.SQL("supabase_functions.hooks"), _OUTBOX
     for key, count in rows.items():
         variant = VARIANTS_BY_KEY[key]
-        for_table = sql.SQL("convert_from(body, 'UTF8')::jsonb ->> 'table' = {}").format(sql.Literal(variant.table))
+        table = sql.Literal(variant.table)
+        in_queue = sql.SQL("convert_from(body, 'UTF8')::jsonb ->> 'table' = {}").format(table)
+        # A pending event of this webhook (the trigger's name), waiting for the reconciler.
+        in_outbox = sql.SQL("payload ->> 'table' = {} AND webhook = {} AND state = 'pending'").format(
+            table, sql.Literal(TRIGGER_NAME)
+        )
         expected = (
             (variant.table_id, _EVERY_ROW, count),
-            (queue, for_table, count if variant.queues_request else 0),
+            (queue, in_queue, count if variant.queues_request else 0),
             (
                 hooks,
                 sql.SQL("hook_table_id = {}::regclass").format(sql.Literal(variant.table_id.as_string(admin))),
                 count if variant.logs_hook else 0,
             ),
+            (outbox, in_outbox, count if variant.writes_outbox else 0),
         )
         for relation, where, wanted in expected:
             actual = _count(admin, relation, where)
@@ -170,7 +179,7 @@ def check_work(admin: psycopg.Connection, rows: Mapping[str, int], jwt_secret: s
         if variant.signs and count:
             authorization = admin.execute(
                 sql.SQL("SELECT headers ->> 'Authorization' FROM {} WHERE {} ORDER BY id DESC LIMIT 1").format(
-                    queue, for_table
+                    queue, in_queue
                 )
             ).fetchone()[0]
             token = (authorization or "").removeprefix("Bearer ")
@@ -180,7 +189,8 @@ def check_work(admin: psycopg.Connection, rows: Mapping[str, int], jwt_secret: s
 
 
 def reset(admin: psycopg.Connection) -> None:
-    """Empty every variant table, pg_net's queue and Supabase's hooks log (as the superuser)."""
+    """Empty every variant table, pg_net's queue, Supabase's hooks log and our outbox (as the superuser)."""
     relations = [variant.table_id for variant in VARIANTS]
-    relations += [sql.SQL("net.http_request_queue"), sql.SQL("supabase_functions.hooks")]
+    relations += [sql.SQL("net.http_request_queue"), sql.SQL("supabase_functions.hooks"), _OUTBOX]
+    relations += [sql.SQL("{}.{}").format(sql.Identifier(SCHEMA), sql.Identifier(ATTEMPTS))]
     admin.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(relations)))

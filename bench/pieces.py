@@ -43,6 +43,7 @@ def _pieces() -> tuple[Piece, ...]:
         Piece(
             "INSERT, (d) ours, pgcrypto (whole path)", insert_one(VARIANTS_BY_KEY["d-pgcrypto"]).as_string(None) + ";"
         ),
+        Piece("INSERT, (e) ours, at-least-once (whole path)", insert_one(VARIANTS_BY_KEY["e"]).as_string(None) + ";"),
         Piece("  our Vault read", read_secret(FunctionSpec(secret_name=SECRET_NAME))),
         Piece("  our token + headers, pgcrypto signer", authorize(FunctionSpec(signer="pgcrypto"))),
         Piece("  our token + headers, pgjwt signer", authorize(FunctionSpec(signer="pgjwt"))),

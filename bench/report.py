@@ -24,7 +24,7 @@ MODES = (
     ("bulk", "bulk us/row", "{:.1f}"),
 )
 GOALS = (Goal("single-row", 1.10), Goal("interleaved", 1.10), Goal("bulk", 0.85))
-OURS = [variant for variant in VARIANTS if variant.key.startswith("d-")]
+OURS = [variant for variant in VARIANTS if variant.key.startswith(("d-", "e"))]
 
 
 def medians(samples: Mapping[str, Sequence[float]]) -> dict[str, float]:
@@ -37,14 +37,14 @@ def ratios(values: Mapping[str, float]) -> dict[str, float]:
 
 def table(results: Mapping[str, Mapping[str, float]]) -> str:
     """Per variant and mode: the median and its ratio to (b)."""
-    cells = [f"{'variant':<22}"]
+    cells = [f"{'variant':<24}"]
     for _, header, _ in MODES:
         cells += [f"{header:>14}", "vs (b)"]
     header = " | ".join(cells)
     lines = [header, "-" * len(header)]
     mode_ratios = {mode: ratios(results[mode]) for mode, _, _ in MODES}
     for variant in VARIANTS:
-        cells = [f"{variant.label:<22}"]
+        cells = [f"{variant.label:<24}"]
         for mode, _, number in MODES:
             cells += [f"{number.format(results[mode][variant.key]):>14}", f"{mode_ratios[mode][variant.key]:>5.2f}x"]
         lines.append(" | ".join(cells))

@@ -3,8 +3,10 @@
 Every variant gets a copy of `public.resumes` (the table the seed's webhooks fire
 on), so they differ only in what fires after an insert. Each one is installed
 the way it is installed for real: (b) as the Dashboard creates a Database
-Webhook, (c) from the seed plan's SQL verbatim, (d) through our providers'
-own install functions, so the benchmark can never drift from the SQL we ship.
+Webhook, (c) from the seed plan's SQL verbatim, (d) and (e) through our
+providers' own install functions, so the benchmark can never drift from the SQL
+we ship. (e) is the at-least-once mode: its trigger only writes the outbox, so
+it also installs the outbox and the reconciler, as `pulumi up` does.
 """
 
 from __future__ import annotations
@@ -17,10 +19,16 @@ import psycopg
 from psycopg import sql
 
 from components import function_provider, trigger_provider
+from components.delivery_settings import DeliverySettings
+from components.outbox import script_sha256
+from components.outbox_provider import OutboxProvider
+from components.reconciler import ReconcilerSpec
+from components.reconciler_provider import ReconcilerProvider, reconciler_props
 from components.trigger_function import FunctionSpec
 from local_supabase.bootstrap import create_demo_tables
 
-#: Nothing listens there; the pg_net worker does not run while we measure anyway.
+#: Nothing listens there; the pg_net worker does not run while we measure cost anyway.
+#: The delivery measurements re-point the triggers at a receiver (`Variant.install` with its URL).
 URL = "http://127.0.0.1:9/x"
 TRIGGER_NAME = "bench_webhook"
 OWNER = "secure-webhooks/bench"
@@ -32,7 +40,8 @@ STATIC_WEBHOOK_ARGS = (URL, "POST", '{"Content-Type":"application/json"}', "{}",
 SEED_FUNCTION_SQL = resources.files(__package__).joinpath("seed_function.sql").read_text(encoding="utf-8")
 SEED_FUNCTION = sql.SQL("public.notify_orchestrator_secure")
 
-Installer = Callable[[psycopg.Connection, "Variant"], None]
+#: Installs (or re-points, idempotently) a variant's webhook on its table, posting to the URL.
+Installer = Callable[[psycopg.Connection, "Variant", str], None]
 
 
 @dataclass(frozen=True)
@@ -49,19 +58,21 @@ class Variant:
     logs_hook: bool
     #: Whether queued requests carry a Bearer JWT that the benchmark verifies.
     signs: bool
+    #: Rows written to the outbox (secure_webhooks.events) per inserted row: at-least-once mode.
+    writes_outbox: bool = False
 
     @property
     def table_id(self) -> sql.Composed:
         return sql.SQL("public.{}").format(sql.Identifier(self.table))
 
 
-def _no_trigger(conn: psycopg.Connection, variant: Variant) -> None:
+def _no_trigger(conn: psycopg.Connection, variant: Variant, url: str) -> None:
     """Baseline: what the insert costs with no webhook at all."""
 
 
 def _row_trigger(conn: psycopg.Connection, variant: Variant, function: sql.Composable, args: tuple[str, ...]) -> None:
     conn.execute(
-        sql.SQL("CREATE TRIGGER {} AFTER INSERT ON {} FOR EACH ROW EXECUTE FUNCTION {}({})").format(
+        sql.SQL("CREATE OR REPLACE TRIGGER {} AFTER INSERT ON {} FOR EACH ROW EXECUTE FUNCTION {}({})").format(
             sql.Identifier(TRIGGER_NAME),
             variant.table_id,
             function,
@@ -70,33 +81,39 @@ def _row_trigger(conn: psycopg.Connection, variant: Variant, function: sql.Compo
     )
 
 
-def _static_webhook(conn: psycopg.Connection, variant: Variant) -> None:
+def _static_webhook(conn: psycopg.Connection, variant: Variant, url: str) -> None:
     """Supabase's Database Webhook: supabase_functions.http_request with static headers."""
-    _row_trigger(conn, variant, sql.SQL("supabase_functions.http_request"), STATIC_WEBHOOK_ARGS)
+    _row_trigger(conn, variant, sql.SQL("supabase_functions.http_request"), (url, *STATIC_WEBHOOK_ARGS[1:]))
 
 
-def _seed(conn: psycopg.Connection, variant: Variant) -> None:
+def _seed(conn: psycopg.Connection, variant: Variant, url: str) -> None:
     """The seed plan's function exactly as written, fired per row as the plan does."""
     conn.execute(sql.SQL(SEED_FUNCTION_SQL))  # our own file, never user input
-    _row_trigger(conn, variant, SEED_FUNCTION, (URL,))
+    _row_trigger(conn, variant, SEED_FUNCTION, (url,))
 
 
-def _ours(signer: str) -> Installer:
-    """Our function and INSERT trigger, installed by the providers' own install functions."""
+def reconciler_spec(function: FunctionSpec) -> ReconcilerSpec:
+    """The reconciler as a stack with default delivery settings installs it for `function`."""
+    return ReconcilerSpec(function=function, delivery=DeliverySettings())
 
-    def install(conn: psycopg.Connection, variant: Variant) -> None:
-        spec = FunctionSpec(name=f"bench_notify_{signer}", signer=signer)
-        trigger = {
-            "schema": "public",
-            "table": variant.table,
-            "name": TRIGGER_NAME,
-            "event": "INSERT",
-            "url": URL,
-            "function_schema": spec.schema,
-            "function_name": spec.name,
-            "owner": OWNER,
-        }
+
+def _install_outbox(cur: psycopg.Cursor, function: FunctionSpec) -> None:
+    """The outbox schema and the reconciler's functions, through their providers' install methods."""
+    OutboxProvider().install(cur, {"owner": OWNER, "script_sha256": script_sha256()}, None)
+    ReconcilerProvider().install(cur, reconciler_props(reconciler_spec(function), OWNER), None)
+
+
+def _ours(name: str, signer: str, mode: str = "direct") -> Installer:
+    """Our function and INSERT trigger (and for at-least-once the outbox), as the providers install them."""
+
+    def install(conn: psycopg.Connection, variant: Variant, url: str) -> None:
+        spec = FunctionSpec(name=name, signer=signer, mode=mode)
+        trigger = trigger_provider.trigger_props(
+            schema="public", table=variant.table, name=TRIGGER_NAME, event="INSERT", url=url, function=spec, owner=OWNER
+        )
         with conn.transaction(), conn.cursor() as cur:
+            if mode == "at-least-once":
+                _install_outbox(cur, spec)
             function_provider.install(cur, spec, OWNER)
             trigger_provider.install(cur, trigger)
 
@@ -108,13 +125,18 @@ VARIANTS = (
     Variant("b", "(b) Supabase webhook", "bench_b_static", _static_webhook, queues_request=True, logs_hook=True,
             signs=False),
     Variant("c", "(c) seed, per row", "bench_c_seed", _seed, queues_request=True, logs_hook=False, signs=True),
-    Variant("d-pgjwt", "(d) ours, pgjwt", "bench_d_pgjwt", _ours("pgjwt"), queues_request=True, logs_hook=False,
-            signs=True),
-    Variant("d-pgcrypto", "(d) ours, pgcrypto", "bench_d_pgcrypto", _ours("pgcrypto"), queues_request=True,
-            logs_hook=False, signs=True),
+    Variant("d-pgjwt", "(d) ours, pgjwt", "bench_d_pgjwt", _ours("bench_notify_pgjwt", "pgjwt"),
+            queues_request=True, logs_hook=False, signs=True),
+    Variant("d-pgcrypto", "(d) ours, pgcrypto", "bench_d_pgcrypto", _ours("bench_notify_pgcrypto", "pgcrypto"),
+            queues_request=True, logs_hook=False, signs=True),
+    Variant("e", "(e) ours, at-least-once", "bench_e_outbox",
+            _ours("bench_notify_outbox", "pgcrypto", "at-least-once"),
+            queues_request=False, logs_hook=False, signs=False, writes_outbox=True),
 )  # fmt: skip
 VARIANTS_BY_KEY = {variant.key: variant for variant in VARIANTS}
 BASELINE = "b"
+#: Ours in direct mode with the default signer, and ours in the default (at-least-once) mode.
+DIRECT, AT_LEAST_ONCE = "d-pgcrypto", "e"
 
 
 def install_all(conn: psycopg.Connection, jwt_secret: str) -> None:
@@ -129,4 +151,4 @@ def install_all(conn: psycopg.Connection, jwt_secret: str) -> None:
     for variant in VARIANTS:
         # LIKE ... INCLUDING ALL: the exact shape of public.resumes, defaults and primary key included.
         conn.execute(sql.SQL("CREATE TABLE {} (LIKE public.resumes INCLUDING ALL)").format(variant.table_id))
-        variant.install(conn, variant)
+        variant.install(conn, variant, URL)
