@@ -88,8 +88,10 @@ def render_reconcile(spec: ReconcilerSpec) -> str:
     events = f"{SCHEMA}.{EVENTS}"
     attempts = f"{SCHEMA}.{ATTEMPTS}"
     missing = sql_literal(f"{f.secret_name} not found in vault")
+    # Retry-After when the response has one, else the backoff; never beyond retryMaxSeconds.
+    # (LEAST ignores NULLs, so the COALESCE must come first.)
     retry_delay = (
-        f"COALESCE(LEAST({SCHEMA}.{RETRY_AFTER}(o.headers), {float(d.retry_max_seconds)}), {_backoff('e.attempts', d)})"
+        f"LEAST(COALESCE({SCHEMA}.{RETRY_AFTER}(o.headers), {_backoff('e.attempts', d)}), {float(d.retry_max_seconds)})"
     )
     return f"""
 DECLARE

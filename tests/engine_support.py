@@ -41,6 +41,15 @@ class Engine:
     def connect(self, role: str = "postgres") -> psycopg.Connection:
         return psycopg.connect(self.cluster.dsn(role), autocommit=True)
 
+    def wait_for_status(self, conn: psycopg.Connection, status: str, count: int, timeout: float = 15.0) -> None:
+        """Block until `count` events of the outbox have `status` (pending, failed, delivered, dead)."""
+        deadline = time.monotonic() + timeout
+        query = "SELECT count(*) FROM secure_webhooks.deliveries WHERE status = %s"
+        while conn.execute(query, (status,)).fetchone()[0] != count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not {count} {status} events after {timeout} s")
+            time.sleep(0.1)
+
     def wait_until_delivered(self, timeout: float = 15.0) -> None:
         """Block until the outbox holds no undelivered event: destroy refuses while one waits."""
         deadline = time.monotonic() + timeout

@@ -8,6 +8,7 @@ went in and what came out.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -121,6 +122,9 @@ def test_a_500_is_retried_until_a_200(conn, worker, receiver):
     assert [d.status for d in receiver.deliveries] == [500, 503, 200]
     (attempts,) = conn.execute("SELECT array_agg(status_code ORDER BY id) FROM secure_webhooks.attempts").fetchone()
     assert attempts == [500, 503, 200]
+    sent = [row[0] for row in conn.execute("SELECT sent_at FROM secure_webhooks.attempts ORDER BY id")]
+    gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(sent)]
+    assert 1 <= gaps[0] < 2 and 2 <= gaps[1] < 3, gaps  # the backoff, 1 s then 2 s, not retryMaxSeconds
 
 
 def test_429_retry_after_is_honoured(conn, worker, receiver):
