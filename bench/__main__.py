@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import psycopg
 
-from bench import measure, pieces, profile, report
-from bench.variants import VARIANTS, Variant, install_all
+from bench import delivery, latency, measure, pieces, profile, recovery, report, session_age
+from bench.variants import AT_LEAST_ONCE, BASELINE, DIRECT, VARIANTS, VARIANTS_BY_KEY, Variant, install_all
 from local_supabase.cluster import LocalSupabase
 
 
@@ -40,12 +40,35 @@ class Sizes:
     warmup_rows: int
     #: Transactions per piece and round in the piece-by-piece breakdown.
     piece_iterations: int
+    #: Single-row insert transactions that age a session before it is compared with fresh ones.
+    age_transactions: int = 30_000
+    #: Rounds, and timed inserts per session and round, of that comparison.
+    age_rounds: int = 21
+    age_inserts: int = 200
+    #: Spaced single-row inserts per variant whose commit-to-receipt latency is measured.
+    latency_samples: int = 200
+    #: Events of the backlog that the recovery measurement fails and replays.
+    recovery_events: int = 10_000
 
 
 FULL = Sizes(
     rounds=11, transactions=3000, bulk_rows=10_000, profiled_statements=1000, warmup_rows=100, piece_iterations=2000
 )
-SMOKE = Sizes(rounds=1, transactions=20, bulk_rows=200, profiled_statements=20, warmup_rows=10, piece_iterations=20)
+SMOKE = Sizes(
+    rounds=1,
+    transactions=20,
+    bulk_rows=200,
+    profiled_statements=20,
+    warmup_rows=10,
+    piece_iterations=20,
+    age_transactions=300,
+    age_rounds=2,
+    age_inserts=20,
+    latency_samples=10,
+    recovery_events=200,
+)
+#: Session age: Supabase's webhook, ours direct and ours at-least-once.
+AGED = (BASELINE, DIRECT, AT_LEAST_ONCE)
 
 NOTE = """\
 Deliveries are not part of an insert's cost: pg_net sends after commit, in its background worker,
@@ -76,6 +99,11 @@ def _sizes(args: argparse.Namespace) -> Sizes:
         profiled_statements=base.profiled_statements,
         warmup_rows=base.warmup_rows,
         piece_iterations=base.piece_iterations,
+        age_transactions=base.age_transactions,
+        age_rounds=base.age_rounds,
+        age_inserts=base.age_inserts,
+        latency_samples=base.latency_samples,
+        recovery_events=base.recovery_events,
     )
 
 
@@ -96,6 +124,9 @@ class Results:
     bulk_us: dict[str, list[float]]
     profiles: dict[profile.Workload, list[profile.Profile]]
     pieces_us: dict[str, dict[str, float]]
+    aged: list[session_age.AgedCost]
+    latencies: list[latency.Latencies]
+    recovery: recovery.Recovery
 
 
 def run(cluster: LocalSupabase, sizes: Sizes) -> Results:
@@ -138,6 +169,21 @@ def run(cluster: LocalSupabase, sizes: Sizes) -> Results:
                 "after bulk": pieces.time_pieces(app, jwt_secret, sizes.rounds, sizes.piece_iterations),
             }
         measure.reset(admin)
+        _progress(f"session age: {sizes.age_transactions} transactions per aged session")
+
+        def check_and_reset(variant: Variant, rows: int) -> None:
+            measure.check_work(admin, {variant.key: rows}, jwt_secret)
+            measure.reset(admin)
+
+        aged = session_age.measure(
+            cluster,
+            measure.APP_ROLE,
+            [VARIANTS_BY_KEY[key] for key in AGED],
+            sizes.age_transactions,
+            sizes.age_rounds,
+            sizes.age_inserts,
+            check_and_reset,
+        )
     _progress("profiling")
     workloads = (
         profile.Workload("bulk", statements=1, rows_each=sizes.bulk_rows),
@@ -148,7 +194,34 @@ def run(cluster: LocalSupabase, sizes: Sizes) -> Results:
             workload: [profile.profile(instrumented, variant, workload) for variant in VARIANTS]
             for workload in workloads
         }
-    return Results(single, interleaved_ms, bulk, profiles, pieces_us)
+    latencies, drained = _deliver(cluster, sizes, jwt_secret)
+    return Results(single, interleaved_ms, bulk, profiles, pieces_us, aged, latencies, drained)
+
+
+def _deliver(
+    cluster: LocalSupabase, sizes: Sizes, jwt_secret: str
+) -> tuple[list[latency.Latencies], recovery.Recovery]:
+    """Latency, then recovery, with the pg_net worker, the receiver and the reconciler's job running."""
+    delivering = [VARIANTS_BY_KEY[DIRECT], VARIANTS_BY_KEY[AT_LEAST_ONCE]]
+    receiver = delivery.TimedReceiver(jwt_secret).start()
+    with (
+        psycopg.connect(cluster.admin_dsn, autocommit=True) as admin,
+        psycopg.connect(cluster.dsn(measure.APP_ROLE), autocommit=True) as conn,
+    ):
+        delivery.point_at(conn, delivering, receiver.url + delivery.PATH)
+        with delivery.running_pipeline(cluster):
+            _progress(f"latency: {sizes.latency_samples} spaced inserts per variant")
+            try:
+                latencies = latency.measure(conn, receiver, delivering, sizes.latency_samples)
+            finally:
+                receiver.stop()
+            receiver.check_event_ids()
+            measure.reset(admin)
+            _progress(f"recovery: {sizes.recovery_events} events, orchestrator down, then replayed")
+            outbox = VARIANTS_BY_KEY[AT_LEAST_ONCE]
+            drained = recovery.measure(conn, outbox, sizes.recovery_events, jwt_secret, receiver.port)
+            measure.reset(admin)
+    return latencies, drained
 
 
 def print_report(sizes: Sizes, results: Results) -> None:
@@ -182,6 +255,18 @@ def print_report(sizes: Sizes, results: Results) -> None:
         print()
         print(workload.describe())
         print(profile.render(profiles))
+    print()
+    print("Session age")
+    print("-----------")
+    print(session_age.render(results.aged, sizes.age_transactions, sizes.age_rounds, sizes.age_inserts, AT_LEAST_ONCE))
+    print()
+    print("First-attempt latency")
+    print("---------------------")
+    print(latency.render(results.latencies, AT_LEAST_ONCE))
+    print()
+    print("Recovery throughput")
+    print("-------------------")
+    print(recovery.render(results.recovery))
 
 
 def main(argv: list[str] | None = None) -> int:
