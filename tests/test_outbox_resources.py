@@ -18,6 +18,7 @@ from outbox_support import (
     tally,
 )
 from providers import OWNER, configured, function_props
+from supabase_lints import lint
 
 from components.catalog import drifted
 from components.function_provider import SecureFunctionProvider
@@ -233,3 +234,14 @@ def test_the_outbox_refuses_a_schema_it_does_not_own(cluster):
 
 def test_retry_delays_follow_the_configured_backoff():
     assert TEST_DELIVERY.retry_delays() == [1, 2, 4, 5, 5]
+
+
+def test_the_at_least_once_objects_pass_supabases_lint_rules(pipeline, conn):
+    """function_search_path_mutable, *_security_definer_function_executable, extension_in_public."""
+    findings = lint(conn, exposed_schemas=["public", "graphql_public", "secure_webhooks"])
+    assert [f for f in findings if "secure_webhooks" in f.object or "notify_orchestrator" in f.object] == []
+    # Even counted as exposed, the private schema grants anon/authenticated nothing to execute.
+    assert conn.execute(
+        "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = 'secure_webhooks' AND has_function_privilege('authenticated', p.oid, 'EXECUTE')"
+    ).fetchone() == (0,)
