@@ -4,21 +4,28 @@ A throw-away PostgreSQL with the Supabase stand-in starts with the seed's two
 legacy static-header webhooks, which the orchestrator (a local receiver that
 verifies tokens like the Rust one) rejects. `pulumi up` of this project swaps
 in the signed webhooks, inserts are delivered and verified, and
-`pulumi destroy` gives the legacy webhooks back exactly.
+`pulumi destroy` gives the legacy webhooks back exactly. In between, the
+orchestrator goes down: the inserts still commit, `python -m webhook_deliveries
+status` shows them failed with the error, and once it is back the reconciler
+delivers them on its own.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import secrets
 import shutil
+import subprocess
 import sys
+import time
 
 import psycopg
 
-from devtools.pulumi_cli import REPO, Workspace, toolchain_bin
+from components.reconciler import JOB_NAME
+from devtools.pulumi_cli import REPO, Stack, Workspace, toolchain_bin
 from local_supabase.bootstrap import create_demo_tables, install_legacy_webhooks
 from local_supabase.cluster import LocalSupabase
+from local_supabase.cron_runner import CronJobRunner
 from local_supabase.orchestrator import WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
 
@@ -45,11 +52,36 @@ def insert_both(cluster: LocalSupabase, tag: str) -> None:
 
 def show(deliveries: list) -> None:
     for d in deliveries:
-        verdict = (
-            f"{d.status} accepted, claims {json.dumps(d.claims)}" if d.status == 200 else f"{d.status} {d.rejection}"
-        )
+        if d.status == 200:
+            claims = d.claims
+            verdict = (
+                f"200 accepted: role {claims['role']}, {claims['exp'] - claims['iat']} s, jti {claims['jti'][:8]}…"
+            )
+        else:
+            verdict = f"{d.status} {d.rejection}"
         record = (d.body or {}).get("record", {})
         print(f"  POST {d.path:<28} row {record.get('name')!r:<14} -> {verdict}")
+
+
+def deliveries_status(workspace: Workspace, stack: Stack) -> None:
+    """The operator's view, exactly as a user runs it in the project directory."""
+    result = subprocess.run(
+        [sys.executable, "-m", "webhook_deliveries", "--stack", stack.name, "status"],
+        cwd=REPO,
+        env={**os.environ, **workspace.env()},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    print("\n".join(f"  {line}" for line in result.stdout.splitlines()))
+
+
+def wait_until(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the demo's deliveries did not settle")
+        time.sleep(0.2)
 
 
 def main() -> int:
@@ -58,6 +90,9 @@ def main() -> int:
         LocalSupabase.start(preinstall_pg_net=True) as cluster,
         WebhookReceiver(jwt_secret, expected_claims={"role": "service_role"}, expected_ttl=3600) as orchestrator,
         PgNetWorker(cluster.admin_dsn) as worker,
+        # Debian's pg_cron 1.4 would first run the reconciler at the next full minute; this runs
+        # the job's own command at once, as pg_cron >= 1.5 does with its '1 seconds' schedule.
+        CronJobRunner(cluster.dsn("postgres"), JOB_NAME),
     ):
         step(f"Local Supabase stand-in on 127.0.0.1:{cluster.port}, orchestrator on {orchestrator.url}")
         with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
@@ -86,6 +121,7 @@ def main() -> int:
                 "postgresql:username": "postgres",
                 "postgresql:sslmode": "disable",
                 "postgresql:superuser": "false",
+                "secure-webhooks:delivery": {"retryInitialSeconds": 1},  # retry after 1 s, for the demo
             }
         )
         stack.set_secret("postgresql:password", cluster.password_for("postgres"))
@@ -94,7 +130,7 @@ def main() -> int:
         step("pulumi preview (stack 'local')")
         for op, resource in stack.preview_steps():
             kind, _, name = resource.rpartition("::")
-            print(f"  {op:<7} {kind.rpartition(':')[2]:<15} {name}")
+            print(f"  {op:<7} {kind.rpartition(':')[2]:<18} {name}")
         step("pulumi up")
         output = stack.up().stdout
         notes = sorted({line.strip() for line in output.splitlines() if line.strip().startswith("info:")})
@@ -104,6 +140,22 @@ def main() -> int:
         step("After: one insert into each table, delivered with a signed, verified JWT")
         insert_both(cluster, "after")
         show(orchestrator.wait_for(4)[2:])
+
+        step("Outage: the orchestrator stops; two inserts commit anyway")
+        port = int(orchestrator.url.rsplit(":", 1)[1])
+        orchestrator.stop()
+        insert_both(cluster, "outage")
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+            failed = "SELECT count(*) FROM secure_webhooks.deliveries WHERE status = 'failed'"
+            wait_until(lambda: conn.execute(failed).fetchone()[0] == 2)
+            deliveries_status(workspace, stack)
+            with WebhookReceiver(jwt_secret, expected_claims={"role": "service_role"}, port=port) as back:
+                step("The orchestrator is back: the reconciler retries and delivers")
+                show(back.wait_for(2, timeout=30))
+                waiting = "SELECT count(*) FROM secure_webhooks.deliveries WHERE status <> 'delivered'"
+                wait_until(lambda: conn.execute(waiting).fetchone()[0] == 0)
+                deliveries_status(workspace, stack)
+                recovered = back.deliveries
         worker.drain()
 
         step("pulumi destroy: the legacy webhooks come back exactly")
@@ -114,7 +166,11 @@ def main() -> int:
         stack.remove()
         stack.config_file.unlink(missing_ok=True)
         deliveries = orchestrator.deliveries
-    ok = restored == legacy and [d.status for d in deliveries] == [401, 401, 200, 200]
+    ok = (
+        restored == legacy
+        and [d.status for d in deliveries] == [401, 401, 200, 200]
+        and [d.status for d in recovered] == [200, 200]
+    )
     print("\nDemo", "succeeded." if ok else "FAILED.")
     return 0 if ok else 1
 
