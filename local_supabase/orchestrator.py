@@ -10,17 +10,16 @@ tests can assert on what the database actually sent. ``plan()`` scripts misbehav
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import jwt
 
-HOST = "127.0.0.1"
+from local_supabase.recording_server import RecordingServer
 
 
 @dataclass(frozen=True)
@@ -50,15 +49,10 @@ class Delivery:
         return next((v for k, v in self.headers.items() if k.lower() == wanted), None)
 
 
-class _Server(ThreadingHTTPServer):
-    # pg_net (and our worker) send many requests at once; the default backlog of 5
-    # refuses connections under a burst, which would look like lost webhooks.
-    request_queue_size = 256
-    daemon_threads = True
-
-
-class WebhookReceiver:
+class WebhookReceiver(RecordingServer[Delivery]):
     """Threaded HTTP server on 127.0.0.1 that verifies and records webhook deliveries."""
+
+    thread_name = "webhook-receiver"
 
     def __init__(
         self,
@@ -71,23 +65,13 @@ class WebhookReceiver:
         self._secret = secret
         self._expected_claims = dict(expected_claims or {})
         self._expected_ttl = expected_ttl
-        self._deliveries: list[Delivery] = []
         self._plan: deque[PlannedResponse] = deque()
-        self._arrived = threading.Condition()
-        self._server = _Server((HOST, port), self._handler_class())
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:41234`` (no trailing slash)."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        super().__init__(port)
 
     @property
     def deliveries(self) -> list[Delivery]:
         """Snapshot of all deliveries so far, in arrival order."""
-        with self._arrived:
-            return list(self._deliveries)
+        return self.records()
 
     def plan(self, *responses: PlannedResponse) -> None:
         """Answer the next requests with these, in order; afterwards verify as usual."""
@@ -97,44 +81,6 @@ class WebhookReceiver:
     def _next_planned(self) -> PlannedResponse | None:
         with self._arrived:
             return self._plan.popleft() if self._plan else None
-
-    def start(self) -> WebhookReceiver:
-        """Serve in a background thread (idempotent)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._server.serve_forever, name="webhook-receiver", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and release the port."""
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> WebhookReceiver:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[Delivery]:
-        """Block until at least ``count`` deliveries arrived; return them all.
-
-        Raises TimeoutError (with what did arrive) when they do not come in time.
-        """
-        deadline = time.monotonic() + timeout
-        with self._arrived:
-            while len(self._deliveries) < count:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(
-                        f"expected {count} deliveries within {timeout} s, "
-                        f"got {len(self._deliveries)}: {self._deliveries!r}"
-                    )
-                self._arrived.wait(remaining)
-            return list(self._deliveries)
 
     def verify(self, authorization: str | None) -> dict[str, Any]:
         """Return the token's claims, or raise ValueError saying why it is rejected."""
@@ -157,11 +103,6 @@ class WebhookReceiver:
         if self._expected_ttl is not None and claims["exp"] - claims["iat"] != self._expected_ttl:
             raise ValueError(f"token lifetime is {claims['exp'] - claims['iat']} s, expected {self._expected_ttl} s")
         return claims
-
-    def _record(self, delivery: Delivery) -> None:
-        with self._arrived:
-            self._deliveries.append(delivery)
-            self._arrived.notify_all()
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         receiver = self

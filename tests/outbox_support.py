@@ -23,7 +23,7 @@ from components.trigger_function import FunctionSpec
 from components.trigger_provider import WebhookTriggerProvider
 from local_supabase.bootstrap import create_demo_tables
 from local_supabase.cluster import LocalSupabase
-from local_supabase.orchestrator import Delivery, WebhookReceiver
+from local_supabase.orchestrator import Delivery
 from local_supabase.pg_net_worker import PgNetWorker
 
 #: Fast retries for tests: 1 s, 2 s, 4 s, ... capped at 5 s, no jitter, 6 attempts.
@@ -54,6 +54,15 @@ class Pipeline:
         for provider, created in reversed(self.installed):
             provider.delete(created.id, created.outs)
         self.installed.clear()
+
+
+@contextmanager
+def supabase_with_secret(secret: str) -> Iterator[LocalSupabase]:
+    """A fresh cluster with pg_net installed and the Vault holding `secret` as app_jwt_secret."""
+    with LocalSupabase.start(preinstall_pg_net=True) as cluster:
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+            conn.execute("SELECT vault.create_secret(%s, 'app_jwt_secret')", (secret,))
+        yield cluster
 
 
 def install_pipeline(cluster: LocalSupabase, delivery: DeliverySettings = TEST_DELIVERY, **spec: Any) -> Pipeline:
@@ -148,9 +157,3 @@ def check_ids(deliveries: list[Delivery]) -> None:
         if delivery.body:
             ids_by_row.setdefault(delivery.body["record"]["id"], set()).add(delivery.header("webhook-id"))
     assert all(len(ids) == 1 for ids in ids_by_row.values()), ids_by_row
-
-
-@contextmanager
-def receiver_on(secret: str, port: int = 0) -> Iterator[WebhookReceiver]:
-    with WebhookReceiver(secret, port=port) as receiver:
-        yield receiver

@@ -14,7 +14,16 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from outbox_support import all_delivered, check_ids, insert_rows, install_pipeline, reconcile, settle, tally
+from outbox_support import (
+    all_delivered,
+    check_ids,
+    insert_rows,
+    install_pipeline,
+    reconcile,
+    settle,
+    supabase_with_secret,
+    tally,
+)
 
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
@@ -25,9 +34,7 @@ SECRET = "crash-test-signing-secret-" + "0123456789abcdef" * 2
 
 @pytest.fixture
 def cluster() -> Iterator[LocalSupabase]:
-    with LocalSupabase.start(preinstall_pg_net=True) as cluster:
-        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
-            conn.execute("SELECT vault.create_secret(%s, 'app_jwt_secret')", (SECRET,))
+    with supabase_with_secret(SECRET) as cluster:
         yield cluster
 
 

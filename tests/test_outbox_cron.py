@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import time
 
-import psycopg
-from outbox_support import insert_rows, install_pipeline, statuses, tally
+from outbox_support import insert_rows, install_pipeline, statuses, supabase_with_secret, tally
 from providers import OWNER, configured
 
 from components.reconciler import JOB_NAME
 from components.schedule_provider import ScheduleProvider
-from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
 
@@ -19,12 +17,10 @@ SECRET = "cron-test-signing-secret-" + "0123456789abcdef" * 2
 
 def test_pg_cron_runs_the_reconciler_which_delivers():
     with (
-        LocalSupabase.start(preinstall_pg_net=True) as cluster,
+        supabase_with_secret(SECRET) as cluster,
         WebhookReceiver(SECRET) as receiver,
         PgNetWorker(cluster.admin_dsn),
     ):
-        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
-            conn.execute("SELECT vault.create_secret(%s, 'app_jwt_secret')", (SECRET,))
         pipeline = install_pipeline(cluster)
         pipeline.add_trigger("resumes", receiver.url + "/ingest/interns/individual")
         schedule = configured(ScheduleProvider, cluster)

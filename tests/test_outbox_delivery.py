@@ -25,6 +25,7 @@ from outbox_support import (
     reconcile,
     settle,
     statuses,
+    supabase_with_secret,
     tally,
 )
 
@@ -37,9 +38,7 @@ SECRET = "outbox-test-signing-secret-" + "0123456789abcdef" * 2
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalSupabase]:
-    with LocalSupabase.start(preinstall_pg_net=True) as cluster:
-        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
-            conn.execute("SELECT vault.create_secret(%s, 'app_jwt_secret')", (SECRET,))
+    with supabase_with_secret(SECRET) as cluster:
         yield cluster
 
 

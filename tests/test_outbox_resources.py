@@ -15,6 +15,7 @@ from outbox_support import (
     install_pipeline,
     settle,
     statuses,
+    supabase_with_secret,
     tally,
 )
 from providers import OWNER, configured, function_props
@@ -35,9 +36,7 @@ SECRET = "resource-test-signing-secret-" + "0123456789abcdef" * 2
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalSupabase]:
-    with LocalSupabase.start(preinstall_pg_net=True) as cluster:
-        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
-            conn.execute("SELECT vault.create_secret(%s, 'app_jwt_secret')", (SECRET,))
+    with supabase_with_secret(SECRET) as cluster:
         yield cluster
 
 

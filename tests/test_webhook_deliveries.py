@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import psycopg
 import pytest
-from outbox_support import all_delivered, insert_rows, install_pipeline, settle, statuses
+from outbox_support import all_delivered, insert_rows, install_pipeline, settle, statuses, supabase_with_secret
 
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
@@ -18,9 +17,7 @@ SECRET = "operator-test-signing-secret-" + "0123456789abcdef" * 2
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalSupabase]:
-    with LocalSupabase.start(preinstall_pg_net=True) as cluster:
-        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
-            conn.execute("SELECT vault.create_secret(%s, 'app_jwt_secret')", (SECRET,))
+    with supabase_with_secret(SECRET) as cluster:
         yield cluster
 
 
