@@ -28,7 +28,19 @@ CLIENT_ROLES = ("anon", "authenticated")
 #: proconfig of the function, in the order create_statement sets them.
 SETTINGS = ['search_path=""', "plan_cache_mode=force_generic_plan"]
 
-INPUTS = ("schema", "name", "secret_name", "signer", "claims", "token_ttl_seconds", "timeout_ms", "mode", "owner")
+INPUTS = (
+    "schema",
+    "name",
+    "secret_name",
+    "signer",
+    "claims",
+    "token_ttl_seconds",
+    "timeout_ms",
+    "mode",
+    "bind_request",
+    "audience",
+    "owner",
+)
 IDENTITY = ("schema", "name")
 
 
@@ -45,6 +57,8 @@ def function_props(
         "token_ttl_seconds": spec.token_ttl_seconds,
         "timeout_ms": spec.timeout_ms,
         "mode": spec.mode,
+        "bind_request": spec.bind_request,
+        "audience": spec.audience,
         "owner": owner,
         "secret_managed": secret_managed,
         "extensions_managed": extensions_managed,
@@ -62,6 +76,9 @@ def spec_from(props: dict[str, Any]) -> FunctionSpec:
         timeout_ms=int(props["timeout_ms"]),
         # State written before delivery modes existed is the seed's direct mode.
         mode=props.get("mode", "direct"),
+        # ... and its tokens were not bound to their requests.
+        bind_request=props.get("bind_request", False),
+        audience=props.get("audience", False),
     )
 
 

@@ -197,7 +197,7 @@ BEGIN
      LIMIT batch_size
        FOR UPDATE SKIP LOCKED
   LOOP
-    claims := {claims_expression(f, jti="due.id")};
+    claims := {claims_expression(f, jti="due.id", body="due.payload", url="due.url")};
     {sign_statement(f.signer)}
     headers := pg_catalog.jsonb_build_object(
       'Content-Type', 'application/json',

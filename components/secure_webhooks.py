@@ -38,6 +38,8 @@ def function_spec(settings: Settings) -> FunctionSpec:
         token_ttl_seconds=settings.token_ttl_seconds,
         timeout_ms=settings.timeout_ms,
         mode=settings.delivery.mode,
+        bind_request=settings.token_binding,
+        audience=settings.token_audience,
     )
 
 

@@ -99,6 +99,8 @@ class Settings:
     production: bool = False
     manage_extensions: bool = True
     manages_secret: bool = False
+    token_binding: bool = True
+    token_audience: bool = False
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
 
 
@@ -271,4 +273,6 @@ def parse_settings(raw: Mapping[str, Any], *, jwt_secret_set: bool = False) -> S
         manage_extensions=_check_bool(_key("manageExtensions"), raw.get("manageExtensions"), default=True),
         manages_secret=jwt_secret_set,
         delivery=check_delivery(raw.get("delivery")),
+        token_binding=_check_bool(_key("tokenBinding"), raw.get("tokenBinding"), default=True),
+        token_audience=_check_bool(_key("tokenAudience"), raw.get("tokenAudience"), default=False),
     )

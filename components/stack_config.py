@@ -18,6 +18,8 @@ SETTING_KEYS = (
     "production",
     "manageExtensions",
     "delivery",
+    "tokenBinding",
+    "tokenAudience",
 )
 
 #: Secrets we refuse to accept in plaintext config: they would sit unencrypted in Pulumi.<stack>.yaml.

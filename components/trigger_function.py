@@ -60,6 +60,11 @@ class FunctionSpec:
     #: "direct" posts each row through pg_net at once (the seed); "at-least-once" only writes the
     #: outbox, and the reconciler signs and sends (components/reconciler.py).
     mode: str = "direct"
+    #: Bind each token to its request: `jti` (the event id, or a fresh UUID per direct request) and
+    #: `body_sha256` (of the exact bytes pg_net sends). One signature per row instead of per statement.
+    bind_request: bool = True
+    #: Also `aud`: the exact URL the request is posted to (README, "Hardening").
+    audience: bool = False
 
     @property
     def qualified_name(self) -> str:
@@ -84,18 +89,30 @@ def _urlsafe_base64(expr: str) -> str:
     )
 
 
-def claims_expression(spec: FunctionSpec, jti: str | None = None) -> str:
+def body_sha256_expression(body: str) -> str:
+    """SQL for the `body_sha256` claim of a jsonb `body`: pg_net sends convert_to(body::text, 'UTF8')."""
+    return _urlsafe_base64(f"pg_catalog.sha256(pg_catalog.convert_to(({body})::text, 'UTF8'))")
+
+
+def claims_expression(spec: FunctionSpec, *, jti: str | None = None, body: str | None = None, url: str = "") -> str:
     """SQL text of the claims as compact JSON, with `iat`/`exp` from the `issued_at` variable.
 
     Built as text rather than jsonb: the configured claims are serialised once,
     here, so each insert only concatenates two numbers into a literal. Config
     validation guarantees the claims are a non-empty object without iat/exp.
-    `jti`, when given, is an SQL expression of a uuid (JSON-safe as it stands).
+    With binding, `jti` (an SQL uuid, JSON-safe as it stands) and `body` (an SQL
+    jsonb) add `jti` and `body_sha256`, and with `spec.audience`, `url` adds `aud`.
     """
     configured = json.dumps(dict(spec.claims), sort_keys=True, separators=(",", ":"))
     opening = sql_literal(configured[:-1] + ',"iat":')
-    closing = "'}'" if jti is None else f"""',"jti":"' || {jti} || '"}}'"""
-    return f"""{opening} || issued_at || ',"exp":' || (issued_at + {int(spec.token_ttl_seconds)}) || {closing}"""
+    extra = ""
+    if jti is not None:
+        extra += f""" || ',"jti":"' || {jti} || '"'"""
+    if body is not None and spec.bind_request:
+        extra += f""" || ',"body_sha256":"' || {body_sha256_expression(body)} || '"'"""
+    if url and spec.audience:
+        extra += f""" || ',"aud":' || pg_catalog.to_json(({url})::text)::text"""
+    return f"""{opening} || issued_at || ',"exp":' || (issued_at + {int(spec.token_ttl_seconds)}){extra} || '}}'"""
 
 
 def sign_statement(signer: str) -> str:
@@ -107,6 +124,28 @@ def sign_statement(signer: str) -> str:
         payload = _urlsafe_base64("pg_catalog.convert_to(claims, 'UTF8')")
         signature = _urlsafe_base64("extensions.hmac(signing_input, secret, 'sha256')")
         return f"signing_input := {header} || {payload};\n  token := signing_input || '.' || {signature};"
+    raise ValueError(f"unknown signer {signer!r}")
+
+
+def token_joins(signer: str, claims: str) -> str:
+    """LATERAL joins that sign `claims` (SQL text of JSON) with the `secret` variable into `t.token`.
+
+    The set-based twin of `sign_statement`, for one token per row in a single statement.
+    """
+    joins = f"\n    CROSS JOIN LATERAL (SELECT {claims} AS claims) AS c"
+    if signer == "pgjwt":
+        return (
+            joins + "\n    CROSS JOIN LATERAL (SELECT extensions.sign(c.claims::json, secret, 'HS256') AS token) AS t"
+        )
+    if signer == "pgcrypto":
+        header = sql_literal(base64url(JWT_HEADER.encode()) + ".")
+        payload = _urlsafe_base64("pg_catalog.convert_to(c.claims, 'UTF8')")
+        signature = _urlsafe_base64("extensions.hmac(s.signing_input, secret, 'sha256')")
+        return (
+            joins
+            + f"\n    CROSS JOIN LATERAL (SELECT {header} || {payload} AS signing_input) AS s"
+            + f"\n    CROSS JOIN LATERAL (SELECT s.signing_input || '.' || {signature} AS token) AS t"
+        )
     raise ValueError(f"unknown signer {signer!r}")
 
 
@@ -127,6 +166,24 @@ def _post(record_expr: str, old_expr: str, timeout_ms: int, source: str = "") ->
         "      headers,\n"
         f"      {int(timeout_ms)}\n"
         f"    ){source};"
+    )
+
+
+def _post_bound(spec: FunctionSpec, record_expr: str, old_expr: str, rows: str = "") -> str:
+    """One request per row, each with its own token bound to that row's body and a fresh jti."""
+    source = f"{rows}\n    CROSS JOIN LATERAL " if rows else ""
+    claims = claims_expression(spec, jti="pg_catalog.gen_random_uuid()", body="p.body", url="TG_ARGV[0]")
+    return (
+        "PERFORM net.http_post(\n"
+        "      TG_ARGV[0],\n"
+        "      p.body,\n"
+        "      '{}'::jsonb,\n"
+        "      pg_catalog.jsonb_build_object(\n"
+        "        'Content-Type', 'application/json', 'Authorization', 'Bearer ' || t.token),\n"
+        f"      {int(spec.timeout_ms)}\n"
+        "    )\n"
+        f"    FROM {source}(SELECT {_payload(record_expr, old_expr)} AS body) AS p"
+        f"{token_joins(spec.signer, claims)};"
     )
 
 
@@ -199,6 +256,8 @@ def render_body(spec: FunctionSpec) -> str:
     """
     if spec.mode == "at-least-once":
         return render_outbox_body()
+    if spec.bind_request:
+        return render_bound_body(spec)
     return f"""
 DECLARE
 {DECLARATIONS}
@@ -213,6 +272,28 @@ BEGIN
     {_post("NULL", "pg_catalog.to_jsonb(r)", spec.timeout_ms, f" FROM {OLD_ROWS} AS r")}
   ELSE
     {_post("pg_catalog.to_jsonb(r)", "NULL", spec.timeout_ms, f" FROM {NEW_ROWS} AS r")}
+  END IF;
+  RETURN NULL;
+END
+"""
+
+
+def render_bound_body(spec: FunctionSpec) -> str:
+    """The direct body with one token per request: still one Vault read per statement."""
+    return f"""
+DECLARE
+  secret text;
+  issued_at bigint;
+BEGIN
+  {read_secret(spec)}
+  issued_at := pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()))::bigint;
+
+  IF TG_LEVEL = 'ROW' THEN
+    {_post_bound(spec, "NEW", "OLD")}
+  ELSIF TG_OP = 'DELETE' THEN
+    {_post_bound(spec, "NULL", "pg_catalog.to_jsonb(r)", f"{OLD_ROWS} AS r")}
+  ELSE
+    {_post_bound(spec, "pg_catalog.to_jsonb(r)", "NULL", f"{NEW_ROWS} AS r")}
   END IF;
   RETURN NULL;
 END

@@ -1,8 +1,10 @@
 """Local HTTP receiver standing in for the Rust orchestrator.
 
-It accepts a POST on any path, demands ``Authorization: Bearer <HS256 JWT>`` and verifies it
-the way the orchestrator must: signature, required ``exp`` and ``iat``, optional expected claims
-and an optional exact lifetime (``exp - iat``). Every request is recorded, accepted or not, so
+It accepts a POST on any path and verifies it with ``webhook_verifier``, the way the
+orchestrator must: HS256 signature, ``exp`` and ``iat``, the binding claims (``jti``, the body
+hash), ``aud`` when configured, optional expected claims, plus an optional exact lifetime
+(``exp - iat``). A repeated event id is acknowledged with 200 and recorded as a duplicate.
+Every request is recorded, accepted or not, so
 tests can assert on what the database actually sent. ``plan()`` scripts misbehaviour (a 500, a
 429 with Retry-After, a 410, a reply slower than the caller's timeout) for the next requests.
 """
@@ -17,9 +19,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-import jwt
-
 from local_supabase.recording_server import RecordingServer
+from webhook_verifier import VerificationError, Verified, Verifier
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class Delivery:
     status: int
     claims: dict[str, Any] | None
     rejection: str | None
+    #: Accepted, but its event id had been accepted before (a retry or a replay): not processed again.
+    duplicate: bool = False
 
     def header(self, name: str) -> str | None:
         """Case-insensitive header lookup (HTTP header names are case-insensitive)."""
@@ -61,9 +64,15 @@ class WebhookReceiver(RecordingServer[Delivery]):
         expected_claims: Mapping[str, Any] | None = None,
         expected_ttl: int | None = None,
         port: int = 0,
+        require_binding: bool = True,
+        audience: str | None = None,
     ) -> None:
-        self._secret = secret
-        self._expected_claims = dict(expected_claims or {})
+        self.verifier = Verifier(
+            secret,
+            audience=audience,
+            expected_claims=dict(expected_claims or {}),
+            require_binding=require_binding,
+        )
         self._expected_ttl = expected_ttl
         self._plan: deque[PlannedResponse] = deque()
         super().__init__(port)
@@ -82,27 +91,16 @@ class WebhookReceiver(RecordingServer[Delivery]):
         with self._arrived:
             return self._plan.popleft() if self._plan else None
 
-    def verify(self, authorization: str | None) -> dict[str, Any]:
-        """Return the token's claims, or raise ValueError saying why it is rejected."""
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise ValueError("missing bearer token")
-        try:
-            claims = jwt.decode(
-                token,
-                self._secret,
-                algorithms=["HS256"],
-                audience=self._expected_claims.get("aud"),
-                options={"require": ["exp", "iat"]},
-            )
-        except jwt.PyJWTError as error:
-            raise ValueError(f"invalid token: {error}") from error
-        for name, expected in self._expected_claims.items():
-            if claims.get(name) != expected:
-                raise ValueError(f"claim {name!r} is {claims.get(name)!r}, expected {expected!r}")
-        if self._expected_ttl is not None and claims["exp"] - claims["iat"] != self._expected_ttl:
-            raise ValueError(f"token lifetime is {claims['exp'] - claims['iat']} s, expected {self._expected_ttl} s")
-        return claims
+    def verify(self, headers: Mapping[str, str], body: bytes) -> Verified:
+        """What the orchestrator accepts (webhook_verifier), plus this receiver's exact lifetime check.
+
+        Raises VerificationError saying why a request is refused.
+        """
+        verified = self.verifier.verify(headers, body)
+        lifetime = verified.claims["exp"] - verified.claims["iat"]
+        if self._expected_ttl is not None and lifetime != self._expected_ttl:
+            raise VerificationError("claims", f"token lifetime is {lifetime} s, expected {self._expected_ttl} s")
+        return verified
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         receiver = self
@@ -112,15 +110,16 @@ class WebhookReceiver(RecordingServer[Delivery]):
                 raw_body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 claims: dict[str, Any] | None = None
                 rejection: str | None = None
+                duplicate = False
                 reply_headers: Mapping[str, str] = {}
                 try:
                     body = json.loads(raw_body)
                 except ValueError:
                     body = None
                 try:
-                    claims = receiver.verify(self.headers.get("Authorization"))
-                    status = 200
-                except ValueError as error:
+                    verified = receiver.verify(dict(self.headers.items()), raw_body)
+                    claims, duplicate, status = verified.claims, verified.duplicate, 200
+                except VerificationError as error:
                     rejection = str(error)
                     status = 401
                 if status == 200 and body is None:
@@ -139,9 +138,10 @@ class WebhookReceiver(RecordingServer[Delivery]):
                         status=status,
                         claims=claims,
                         rejection=rejection,
+                        duplicate=duplicate,
                     )
                 )
-                reply = json.dumps({"ok": True} if status == 200 else {"error": rejection})
+                reply = json.dumps({"ok": True, "duplicate": duplicate} if status == 200 else {"error": rejection})
                 encoded = reply.encode()
                 try:
                     self.send_response(status)

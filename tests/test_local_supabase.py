@@ -20,6 +20,7 @@ from local_supabase.bootstrap import create_demo_tables, install_legacy_webhooks
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
+from webhook_verifier import VerificationError, body_sha256
 
 API_ROLES = ("anon", "authenticated")
 
@@ -560,20 +561,29 @@ def test_rolled_back_insert_sends_nothing(
 
 def test_receiver_verifies_tokens(receiver_secret: str) -> None:
     now = int(time.time())
+    body = b'{"record": {"id": 1}}'
     good = {"iss": "secure-webhooks", "role": "service", "iat": now, "exp": now + 60}
+    good |= {"jti": "e1", "body_sha256": body_sha256(body)}
     with WebhookReceiver(receiver_secret, expected_claims={"iss": "secure-webhooks"}, expected_ttl=60) as receiver:
-        assert receiver.verify("Bearer " + jwt.encode(good, receiver_secret)) == good
+
+        def verify(claims, secret=receiver_secret, payload=body):
+            return receiver.verify({"Authorization": "Bearer " + jwt.encode(claims, secret)}, payload)
+
+        verified = verify(good)
+        assert (verified.claims, verified.duplicate) == (good, False)
+        assert verify(good).duplicate is True
         rejected = {
-            "missing bearer token": None,
-            "invalid token": "Bearer " + jwt.encode(good, "other-secret-0123456789abcdef01234"),
-            "expired": "Bearer " + jwt.encode({**good, "exp": now - 1}, receiver_secret),
-            "iat": "Bearer " + jwt.encode({"exp": now + 60}, receiver_secret),
-            "'iss'": "Bearer " + jwt.encode({**good, "iss": "x"}, receiver_secret),
-            "lifetime": "Bearer " + jwt.encode({**good, "exp": now + 61}, receiver_secret),
+            "invalid token": lambda: verify(good, secret="other-secret-0123456789abcdef01234"),
+            "expired": lambda: verify({**good, "exp": now - 1}),
+            "iat": lambda: verify({k: v for k, v in good.items() if k != "iat"}),
+            "'iss'": lambda: verify({**good, "iss": "x"}),
+            "lifetime": lambda: verify({**good, "exp": now + 61}),
+            "not the one the token was minted for": lambda: verify(good, payload=b"{}"),
+            "missing bearer token": lambda: receiver.verify({}, body),
         }
-        for reason, header in rejected.items():
-            with pytest.raises(ValueError, match=reason):
-                receiver.verify(header)
+        for reason, attempt in rejected.items():
+            with pytest.raises(VerificationError, match=reason):
+                attempt()
 
 
 def test_vault_and_pg_net_helpers_are_c_functions_as_upstream(postgres_conn: psycopg.Connection, pg_net: None) -> None:

@@ -256,3 +256,14 @@ def test_delivery_accepts_partial_objects_and_json_text():
 def test_delivery_errors_name_their_key(delivery, key, problem):
     error = error_of(delivery=delivery)
     assert error.key == f"secure-webhooks:{key}" and problem in error.problem
+
+
+def test_tokens_are_bound_by_default_and_aud_is_opt_in():
+    s = settings()
+    assert (s.token_binding, s.token_audience) == (True, False)
+    assert settings(tokenAudience="true", tokenBinding="false").token_audience is True
+    assert error_of(tokenAudience="maybe").key == "secure-webhooks:tokenAudience"
+    declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+    assert (declared["tokenBinding"]["default"], declared["tokenAudience"]["default"]) == (True, False)
+    prod = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())["config"]
+    assert prod["secure-webhooks:tokenTtlSeconds"] == "300"
