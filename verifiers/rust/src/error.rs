@@ -1,0 +1,290 @@
+//! Why a request was refused, and what the orchestrator answers.
+
+use std::fmt;
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+
+/// Why a webhook request was rejected.
+///
+/// The variants follow the order of the checks (see the crate docs). Every variant maps to one
+/// HTTP status ([`VerifyError::status`]) and one stable machine-readable code
+/// ([`VerifyError::code`]); as an axum response it is that status with a JSON body
+/// `{"error": "<code>", "message": "<Display text>"}`. Messages never contain secrets, tokens or
+/// body bytes.
+///
+/// Statuses: **401** for every authentication failure, **409 Conflict** for a replayed event id,
+/// **400** for a malformed request, **413** for a body over the limit, **415** for a wrong
+/// content type, **503** when the replay store cannot answer. The database's reconciler retries
+/// every non-2xx status except 410 (which it treats as dead at once, so this crate never sends
+/// 410); see the README about answering 2xx for a replay of an event you already processed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VerifyError {
+    // -- the bearer token (401) --
+    /// No `Authorization` header.
+    MissingAuthorization,
+    /// `Authorization` is not `Bearer <token>` (or is not visible ASCII).
+    InvalidAuthorizationScheme,
+    /// The token is not a JWT: not three dot-separated base64url parts, or its header or claims
+    /// are not JSON objects.
+    MalformedToken(String),
+    /// The header's `alg` is not `HS256` (e.g. `none`, `HS384`, `HS512`, `RS256`).
+    UnsupportedAlgorithm(String),
+    /// The header's `typ` is present and not `JWT`.
+    UnsupportedTokenType(String),
+    /// The HS256 signature does not match the configured key.
+    InvalidSignature,
+    /// `exp + leeway` is not after the verifier's clock.
+    Expired {
+        /// the token's `exp`
+        exp: u64,
+        /// the verifier's clock
+        now: u64,
+    },
+    /// `iat` is later than the verifier's clock plus the leeway.
+    IssuedInFuture {
+        /// the token's `iat`
+        iat: u64,
+        /// the verifier's clock
+        now: u64,
+    },
+    /// `aud` differs from the configured audience.
+    AudienceMismatch {
+        /// the configured audience (for this request's path)
+        expected: String,
+        /// the token's `aud`
+        found: String,
+    },
+    /// The token carries `aud` but this verifier has no audience configured. Fail closed, as
+    /// jsonwebtoken (and PyJWT) do: configure the audience to accept such tokens.
+    UnexpectedAudience(String),
+    /// A required claim (`exp`, `iat`, `jti`, `body_sha256`, a configured expected claim, or
+    /// `aud` when an audience is configured) is absent.
+    MissingClaim(String),
+    /// A claim has the wrong type or shape (e.g. `exp` not an integer, `body_sha256` not 43
+    /// base64url characters).
+    InvalidClaim {
+        /// the claim
+        name: String,
+        /// what is wrong with it
+        reason: String,
+    },
+    /// A configured expected claim has another value.
+    ClaimMismatch {
+        /// the claim
+        name: String,
+        /// the configured value, as JSON
+        expected: String,
+        /// the token's value, as JSON
+        found: String,
+    },
+    /// The `webhook-id` header differs from the token's `jti`.
+    WebhookIdMismatch,
+
+    // -- malformed requests (400 / 413 / 415) --
+    /// No `webhook-id` header (400).
+    MissingWebhookId,
+    /// `Content-Type` is not `application/json` (415).
+    UnsupportedContentType(String),
+    /// The body is larger than the configured limit (413).
+    PayloadTooLarge {
+        /// the limit in bytes
+        limit: usize,
+    },
+    /// The body could not be read (400).
+    BodyRead(String),
+    /// A header has a value that cannot be parsed, e.g. `webhook-timestamp` not an integer (400).
+    MalformedHeader {
+        /// the header
+        name: &'static str,
+        /// what is wrong with it
+        reason: String,
+    },
+
+    // -- the body (401) --
+    /// `body_sha256` is not the SHA-256 of the body bytes received.
+    BodyHashMismatch,
+
+    // -- Standard Webhooks, when a `whsec_` secret is configured (401) --
+    /// `webhook-timestamp` or `webhook-signature` is absent.
+    MissingWebhookHeader(&'static str),
+    /// `webhook-timestamp` is further from the verifier's clock than the tolerance.
+    StaleTimestamp {
+        /// the header's timestamp
+        timestamp: i64,
+        /// the verifier's clock
+        now: u64,
+        /// the configured tolerance in seconds
+        tolerance: u64,
+    },
+    /// No `v1,` signature in `webhook-signature` matches any configured secret.
+    InvalidWebhookSignature,
+
+    // -- replay (409 / 503) --
+    /// This event id was already accepted and its entry has not expired (409 Conflict).
+    Replayed {
+        /// the `jti` / `webhook-id`
+        event_id: String,
+    },
+    /// The replay store failed or is full (503, so the database retries later).
+    ReplayStore(String),
+}
+
+impl VerifyError {
+    /// The HTTP status the orchestrator answers with.
+    pub fn status(&self) -> StatusCode {
+        use VerifyError::*;
+        match self {
+            MissingWebhookId | BodyRead(_) | MalformedHeader { .. } => StatusCode::BAD_REQUEST,
+            UnsupportedContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Replayed { .. } => StatusCode::CONFLICT,
+            ReplayStore(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    /// A stable snake_case code naming the variant (the `error` field of the JSON response).
+    pub fn code(&self) -> &'static str {
+        use VerifyError::*;
+        match self {
+            MissingAuthorization => "missing_authorization",
+            InvalidAuthorizationScheme => "invalid_authorization_scheme",
+            MalformedToken(_) => "malformed_token",
+            UnsupportedAlgorithm(_) => "unsupported_algorithm",
+            UnsupportedTokenType(_) => "unsupported_token_type",
+            InvalidSignature => "invalid_signature",
+            Expired { .. } => "expired",
+            IssuedInFuture { .. } => "issued_in_future",
+            AudienceMismatch { .. } => "audience_mismatch",
+            UnexpectedAudience(_) => "unexpected_audience",
+            MissingClaim(_) => "missing_claim",
+            InvalidClaim { .. } => "invalid_claim",
+            ClaimMismatch { .. } => "claim_mismatch",
+            WebhookIdMismatch => "webhook_id_mismatch",
+            MissingWebhookId => "missing_webhook_id",
+            UnsupportedContentType(_) => "unsupported_content_type",
+            PayloadTooLarge { .. } => "payload_too_large",
+            BodyRead(_) => "body_read",
+            MalformedHeader { .. } => "malformed_header",
+            BodyHashMismatch => "body_hash_mismatch",
+            MissingWebhookHeader(_) => "missing_webhook_header",
+            StaleTimestamp { .. } => "stale_timestamp",
+            InvalidWebhookSignature => "invalid_webhook_signature",
+            Replayed { .. } => "replayed",
+            ReplayStore(_) => "replay_store",
+        }
+    }
+}
+
+impl fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use VerifyError::*;
+        match self {
+            MissingAuthorization => write!(f, "missing Authorization header"),
+            InvalidAuthorizationScheme => write!(f, "Authorization is not a Bearer token"),
+            MalformedToken(why) => write!(f, "malformed token: {why}"),
+            UnsupportedAlgorithm(alg) => write!(f, "token algorithm {alg} refused: only HS256"),
+            UnsupportedTokenType(typ) => write!(f, "token typ {typ} refused: only JWT"),
+            InvalidSignature => write!(f, "invalid token signature"),
+            Expired { exp, now } => write!(f, "token expired at {exp} (now {now})"),
+            IssuedInFuture { iat, now } => {
+                write!(f, "token issued in the future at {iat} (now {now})")
+            }
+            AudienceMismatch { expected, found } => {
+                write!(f, "token audience {found:?} is not {expected:?}")
+            }
+            UnexpectedAudience(found) => write!(
+                f,
+                "token has audience {found:?} but this verifier has none configured"
+            ),
+            MissingClaim(name) => write!(f, "token has no {name} claim"),
+            InvalidClaim { name, reason } => write!(f, "token claim {name} invalid: {reason}"),
+            ClaimMismatch {
+                name,
+                expected,
+                found,
+            } => write!(f, "token claim {name} is {found}, expected {expected}"),
+            WebhookIdMismatch => write!(f, "webhook-id header differs from the token's jti"),
+            MissingWebhookId => write!(f, "missing webhook-id header"),
+            UnsupportedContentType(found) => {
+                write!(f, "content type {found:?} refused: only application/json")
+            }
+            PayloadTooLarge { limit } => write!(f, "body larger than {limit} bytes"),
+            BodyRead(why) => write!(f, "could not read the body: {why}"),
+            MalformedHeader { name, reason } => write!(f, "malformed {name} header: {reason}"),
+            BodyHashMismatch => write!(f, "body_sha256 does not match the body"),
+            MissingWebhookHeader(name) => write!(f, "missing {name} header"),
+            StaleTimestamp {
+                timestamp,
+                now,
+                tolerance,
+            } => write!(
+                f,
+                "webhook-timestamp {timestamp} is more than {tolerance} s from now ({now})"
+            ),
+            InvalidWebhookSignature => write!(f, "no valid v1 signature in webhook-signature"),
+            Replayed { event_id } => write!(f, "event {event_id} was already accepted"),
+            ReplayStore(why) => write!(f, "replay store unavailable: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for VerifyError {}
+
+impl IntoResponse for VerifyError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
+        let mut response = (status, body.to_string()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
+        response
+    }
+}
+
+/// The builder refused its configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The HS256 key is empty.
+    EmptySecret,
+    /// A Standard Webhooks secret is not `whsec_<base64>`.
+    InvalidWebhookSecret(String),
+    /// The audience is not an absolute http(s) URL.
+    InvalidAudience(String),
+    /// An expected claim names one the verifier manages itself (`exp`, `iat`, `jti`,
+    /// `body_sha256`, `aud`).
+    ReservedClaim(String),
+    /// The body limit is zero.
+    InvalidBodyLimit,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::EmptySecret => write!(f, "the HS256 secret is empty"),
+            ConfigError::InvalidWebhookSecret(why) => {
+                write!(f, "invalid Standard Webhooks secret: {why}")
+            }
+            ConfigError::InvalidAudience(why) => write!(f, "invalid audience: {why}"),
+            ConfigError::ReservedClaim(name) => write!(
+                f,
+                "claim {name} cannot be an expected claim: the verifier checks it itself"
+            ),
+            ConfigError::InvalidBodyLimit => write!(f, "the body limit must be at least 1 byte"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -1,0 +1,58 @@
+//! The axum extractor.
+
+use axum::body::Body;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
+use axum::extract::{FromRef, FromRequest, OriginalUri, Request};
+use bytes::Bytes;
+use http::header;
+use http_body_util::Limited;
+
+use crate::error::VerifyError;
+use crate::verifier::{VerifiedWebhook, Verifier};
+
+/// Verifies the request with the [`Verifier`] in the router's state (the state itself, or a
+/// field of it through [`FromRef`]). It consumes the body, so it must be the handler's last
+/// extractor. Rejections are [`VerifyError`] responses; take `Result<VerifiedWebhook,
+/// VerifyError>` instead to answer them yourself.
+///
+/// The token is checked before the body is read, so an unauthenticated request is refused
+/// without buffering its body. The body is read up to [`Verifier::max_body_bytes`] (and axum's
+/// `DefaultBodyLimit`, when that is smaller): a `Content-Length` over the limit is refused at
+/// once, a longer chunked body as soon as it passes the limit.
+impl<S> FromRequest<S> for VerifiedWebhook
+where
+    S: Send + Sync,
+    Verifier: FromRef<S>,
+{
+    type Rejection = VerifyError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let verifier = Verifier::from_ref(state);
+        let path = match req.extensions().get::<OriginalUri>() {
+            Some(original) => original.path().to_owned(),
+            None => req.uri().path().to_owned(),
+        };
+        let pending = verifier.check_headers(req.headers(), &path)?;
+        let limit = verifier.max_body_bytes();
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit as u64) {
+            return Err(VerifyError::PayloadTooLarge { limit });
+        }
+        let (parts, body) = req.into_parts();
+        let limited = Request::from_parts(parts, Body::new(Limited::new(body, limit)));
+        let body =
+            Bytes::from_request(limited, state)
+                .await
+                .map_err(|rejection| match rejection {
+                    BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+                        VerifyError::PayloadTooLarge { limit }
+                    }
+                    other => VerifyError::BodyRead(other.body_text()),
+                })?;
+        verifier.check_body(pending, body).await
+    }
+}

@@ -1,0 +1,53 @@
+//! Verifies the webhooks that secure-webhooks' database triggers POST to the orchestrator.
+//!
+//! Each request carries `Authorization: Bearer <HS256 JWT>` minted inside the database,
+//! `webhook-id: <event id>` and the exact JSON body; optionally `aud` in the token and Standard
+//! Webhooks' `webhook-timestamp` / `webhook-signature` headers. [`Verifier`] checks, in order:
+//!
+//! 1. the token's signature, HS256 only (`none`, HS384, HS512, RS256… refused), via jsonwebtoken;
+//! 2. `exp` and `iat` against the (injectable) clock with a leeway (default 0);
+//! 3. `aud`: equal to the configured audience; refused when none is configured;
+//! 4. the required claims: `jti`, `body_sha256`, and the expected ones (default `role:
+//!    service_role`, `iss: supabase`, `sub: orchestrator`); `webhook-id` equal to `jti`;
+//!    `Content-Type: application/json`;
+//! 5. the body: at most the size limit (default 1 MiB), and `body_sha256` equal to the
+//!    base64url SHA-256 of its exact bytes;
+//! 6. when a `whsec_` secret is configured, the Standard Webhooks timestamp (±5 min) and
+//!    signature (constant-time);
+//! 7. `jti` not accepted before within its token's lifetime ([`ReplayStore`]).
+//!
+//! ```no_run
+//! use axum::{Router, routing::post};
+//! use secure_webhook_verifier::{VerifiedWebhook, Verifier};
+//!
+//! async fn ingest(webhook: VerifiedWebhook) -> &'static str {
+//!     let _row: serde_json::Value = serde_json::from_slice(&webhook.body).unwrap();
+//!     "ok"
+//! }
+//!
+//! let verifier = Verifier::builder(std::env::var("APP_JWT_SECRET").unwrap())
+//!     .audience_base_url("https://orchestrator.example.com")
+//!     .build()
+//!     .unwrap();
+//! let app: Router = Router::new()
+//!     .route("/ingest/resumes/batch", post(ingest))
+//!     .with_state(verifier);
+//! ```
+#![deny(missing_docs)]
+
+mod clock;
+mod error;
+mod extract;
+mod replay;
+mod verifier;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{ConfigError, VerifyError};
+pub use replay::{
+    DEFAULT_MAX_ENTRIES, MemoryReplayStore, ReplayStore, ReplayStoreError, StoreFuture,
+};
+pub use verifier::{
+    DEFAULT_EXPECTED_CLAIMS, DEFAULT_MAX_BODY_BYTES, DEFAULT_WEBHOOK_TOLERANCE_SECONDS,
+    MAX_JTI_LENGTH, VerifiedWebhook, Verifier, VerifierBuilder, WEBHOOK_ID, WEBHOOK_SIGNATURE,
+    WEBHOOK_TIMESTAMP, WebhookClaims,
+};
