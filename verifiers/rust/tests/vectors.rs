@@ -1,0 +1,233 @@
+//! Shared test vectors: recorded requests and whether the verifier must accept them.
+//!
+//! `WEBHOOK_VECTORS=/path/to/vectors.json cargo test --test vectors` runs a file produced
+//! elsewhere (e.g. by the database side); the test fails if the variable is set and the file
+//! cannot be read or parsed. Without the variable it runs `tests/vectors.sample.json`
+//! (made by `tests/make_sample_vectors.py`), whose `reason`s are this crate's error codes and
+//! are compared too.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use secure_webhook_verifier::{ManualClock, Verifier, VerifyError};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+struct Vectors {
+    secret: String,
+    webhook_secret: Option<String>,
+    cases: Vec<Case>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Case {
+    name: String,
+    #[allow(dead_code)] // informational: `path` is what the verifier sees
+    url: String,
+    path: String,
+    headers: BTreeMap<String, String>,
+    body_base64: String,
+    now: u64,
+    audience: Option<String>,
+    expect: Expect,
+    reason: Option<String>,
+    replay_of: Option<String>,
+}
+
+#[derive(Debug, Deserialize, PartialEq, Eq, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum Expect {
+    Accept,
+    Reject,
+}
+
+fn load(path: &Path) -> Result<Vectors, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read vectors file {}: {error}", path.display()))?;
+    let vectors: Vectors = serde_json::from_str(&text)
+        .map_err(|error| format!("cannot parse vectors file {}: {error}", path.display()))?;
+    if vectors.cases.is_empty() {
+        return Err(format!("vectors file {} has no cases", path.display()));
+    }
+    Ok(vectors)
+}
+
+/// The file to run and whether its reasons are this crate's error codes.
+fn vectors_file() -> (PathBuf, bool) {
+    match std::env::var_os("WEBHOOK_VECTORS") {
+        Some(path) => (PathBuf::from(path), false),
+        None => (
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors.sample.json"),
+            true,
+        ),
+    }
+}
+
+fn request(case: &Case) -> Result<(HeaderMap, Bytes), String> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &case.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|error| format!("header name {name:?}: {error}"))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|error| format!("header {name} value: {error}"))?;
+        headers.append(name, value);
+    }
+    let body = STANDARD
+        .decode(&case.body_base64)
+        .map_err(|error| format!("body_base64: {error}"))?;
+    Ok((headers, Bytes::from(body)))
+}
+
+fn verifier(vectors: &Vectors, case: &Case, clock: Arc<ManualClock>) -> Verifier {
+    let mut builder = Verifier::builder(&vectors.secret).clock(clock);
+    if let Some(audience) = &case.audience {
+        builder = builder.audience(audience);
+    }
+    if let Some(secret) = &vectors.webhook_secret {
+        builder = builder.standard_webhooks_secret(secret);
+    }
+    builder.build().unwrap_or_else(|error| {
+        panic!("case {}: cannot configure the verifier: {error}", case.name)
+    })
+}
+
+async fn verify(
+    verifier: &Verifier,
+    clock: &ManualClock,
+    case: &Case,
+) -> Result<Result<(), VerifyError>, String> {
+    let (headers, body) = request(case)?;
+    clock.set(case.now);
+    Ok(verifier
+        .verify(&headers, &case.path, body)
+        .await
+        .map(|_| ()))
+}
+
+/// Run every case; return the failures.
+async fn run(vectors: &Vectors, compare_reasons: bool) -> Vec<String> {
+    let by_name: BTreeMap<&str, &Case> =
+        vectors.cases.iter().map(|c| (c.name.as_str(), c)).collect();
+    let mut failures = Vec::new();
+    let mut names = HashSet::new();
+    for case in &vectors.cases {
+        if !names.insert(case.name.as_str()) {
+            failures.push(format!("case {}: duplicate name", case.name));
+            continue;
+        }
+        let clock = Arc::new(ManualClock::new(case.now));
+        let verifier = verifier(vectors, case, clock.clone());
+        // replay_of: verify the earlier case(s) first with the same verifier (shared jti cache)
+        let mut chain = Vec::new();
+        let mut previous = case.replay_of.as_deref();
+        while let Some(name) = previous {
+            match by_name.get(name) {
+                Some(earlier)
+                    if !chain.iter().any(|c: &&Case| c.name == name) && name != case.name =>
+                {
+                    chain.push(*earlier);
+                    previous = earlier.replay_of.as_deref();
+                }
+                Some(_) => {
+                    failures.push(format!("case {}: replay_of loops at {name}", case.name));
+                    break;
+                }
+                None => {
+                    failures.push(format!(
+                        "case {}: replay_of names no case {name:?}",
+                        case.name
+                    ));
+                    break;
+                }
+            }
+        }
+        for earlier in chain.iter().rev() {
+            match verify(&verifier, &clock, earlier).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => failures.push(format!(
+                    "case {}: its replay_of case {} was refused ({}: {error})",
+                    case.name,
+                    earlier.name,
+                    error.code()
+                )),
+                Err(error) => failures.push(format!("case {}: {error}", earlier.name)),
+            }
+        }
+        let outcome = match verify(&verifier, &clock, case).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                failures.push(format!("case {}: {error}", case.name));
+                continue;
+            }
+        };
+        let why = case.reason.as_deref().unwrap_or("no reason given");
+        match (case.expect, outcome) {
+            (Expect::Accept, Ok(())) => {}
+            (Expect::Accept, Err(error)) => failures.push(format!(
+                "case {}: expected accept, refused with {} ({error})",
+                case.name,
+                error.code()
+            )),
+            (Expect::Reject, Ok(())) => failures.push(format!(
+                "case {}: expected reject ({why}), accepted",
+                case.name
+            )),
+            (Expect::Reject, Err(error)) => {
+                if compare_reasons && case.reason.as_deref() != Some(error.code()) {
+                    failures.push(format!(
+                        "case {}: expected reject with {why}, refused with {} ({error})",
+                        case.name,
+                        error.code()
+                    ));
+                }
+            }
+        }
+    }
+    failures
+}
+
+#[tokio::test]
+async fn shared_vectors() {
+    let (path, compare_reasons) = vectors_file();
+    let vectors = load(&path).unwrap_or_else(|error| panic!("{error}"));
+    let failures = run(&vectors, compare_reasons).await;
+    assert!(
+        failures.is_empty(),
+        "{} of {} vectors in {} failed:\n{}",
+        failures.len(),
+        vectors.cases.len(),
+        path.display(),
+        failures.join("\n")
+    );
+    println!(
+        "{} vectors in {} passed",
+        vectors.cases.len(),
+        path.display()
+    );
+}
+
+#[test]
+fn a_missing_vectors_file_is_an_error_not_a_skip() {
+    let error = load(Path::new("/nonexistent/vectors.json")).unwrap_err();
+    assert!(error.contains("cannot read vectors file"), "{error}");
+}
+
+#[tokio::test]
+async fn the_sample_vectors_detect_a_verifier_that_accepts_everything() {
+    // flip every expectation: each case must now fail, so none passes vacuously
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors.sample.json");
+    let mut vectors = load(&path).unwrap();
+    let count = vectors.cases.len();
+    for case in &mut vectors.cases {
+        case.expect = match case.expect {
+            Expect::Accept => Expect::Reject,
+            Expect::Reject => Expect::Accept,
+        };
+    }
+    assert_eq!(run(&vectors, false).await.len(), count);
+}
