@@ -170,19 +170,25 @@ def _post(record_expr: str, old_expr: str, timeout_ms: int, source: str = "") ->
 
 
 def _post_bound(spec: FunctionSpec, record_expr: str, old_expr: str, rows: str = "") -> str:
-    """One request per row, each with its own token bound to that row's body and a fresh jti."""
+    """One request per row, each with its own token bound to that row's body and a fresh id.
+
+    The id is the token's `jti` and the `webhook-id` header, as in at-least-once mode (there it is
+    the event id, the same on every retry; here each request is sent once).
+    """
     source = f"{rows}\n    CROSS JOIN LATERAL " if rows else ""
-    claims = claims_expression(spec, jti="pg_catalog.gen_random_uuid()", body="p.body", url="TG_ARGV[0]")
+    claims = claims_expression(spec, jti="p.id", body="p.body", url="TG_ARGV[0]")
     return (
         "PERFORM net.http_post(\n"
         "      TG_ARGV[0],\n"
         "      p.body,\n"
         "      '{}'::jsonb,\n"
         "      pg_catalog.jsonb_build_object(\n"
-        "        'Content-Type', 'application/json', 'Authorization', 'Bearer ' || t.token),\n"
+        "        'Content-Type', 'application/json', 'Authorization', 'Bearer ' || t.token, 'webhook-id', p.id),\n"
         f"      {int(spec.timeout_ms)}\n"
         "    )\n"
-        f"    FROM {source}(SELECT {_payload(record_expr, old_expr)} AS body) AS p"
+        # The id is drawn with the row's payload: a LATERAL of its own that named no row would be
+        # evaluated once per statement, giving every row the same id.
+        f"    FROM {source}(SELECT {_payload(record_expr, old_expr)} AS body, pg_catalog.gen_random_uuid() AS id) AS p"
         f"{token_joins(spec.signer, claims)};"
     )
 

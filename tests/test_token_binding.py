@@ -112,3 +112,12 @@ def test_a_redirected_queued_request_gives_the_attacker_nothing(supabase_ready, 
     with pytest.raises(VerificationError) as other_body:
         orchestrator.verify({"Authorization": authorization(captured)}, base64.b64encode(captured.body))
     assert other_body.value.reason == "body_hash"
+
+
+def test_direct_requests_carry_their_jti_as_webhook_id(supabase_ready, pg_net_worker, postgres_conn, receiver_secret):
+    with ScriptedServer() as endpoint, direct_webhook(supabase_ready, endpoint.url + PATH):
+        insert_resumes(postgres_conn, "one.pdf", "two.pdf")
+        requests = endpoint.wait_for(2)
+    for request in requests:
+        verified = Verifier(receiver_secret).verify(request.headers, request.body)
+        assert verified.event_id == next(v for k, v in request.headers.items() if k.lower() == "webhook-id")
