@@ -9,3 +9,6 @@ venv/bin/ruff format --check .
 venv/bin/pytest -q "$@"
 venv/bin/python -m bench --smoke
 venv/bin/python -m bench.pulumi_scaling --smoke
+# The Rust verifier crate (verifiers/rust/README.md): unit, axum Router and test-vector tests;
+# WEBHOOK_VECTORS=<file> also runs shared vectors. Built in a target dir kept between runs.
+CARGO_TARGET_DIR="${HOME}/.cache/secure-webhooks/cargo-target" cargo test --locked --manifest-path verifiers/rust/Cargo.toml
