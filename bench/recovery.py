@@ -11,11 +11,19 @@ to the ~200 requests/s that Supabase's pg_net docs say the extension reliably
 executes. The stand-in's worker is a Python thread (16 concurrent requests),
 not pg_net's curl multi loop, so the end-to-end figure speaks for this
 machine; the rate at which the reconciler hands events to pg_net is ours alone.
+
+It also counts what at-least-once allows and the drain's timing depends on:
+requests the orchestrator received more than once per event (the verifier
+flags a repeated `jti` as a duplicate and acknowledges it), pg_net's timeouts
+and errors after the replay (with the request timeout the function sends,
+`FunctionSpec.timeout_ms`, 5 s as in production), and the attempts the
+reconciler handed over after the orchestrator already had every event.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import psycopg
@@ -24,6 +32,7 @@ from psycopg import sql
 from bench.delivery import TimedReceiver
 from bench.measure import BenchError, insert_many
 from bench.variants import Variant
+from components.trigger_function import FunctionSpec
 
 #: What Supabase's pg_net documentation says the extension reliably executes.
 PG_NET_DOCUMENTED_PER_SECOND = 200
@@ -46,6 +55,21 @@ class Recovery:
     arrived_seconds: float
     #: Seconds from the replay until the outbox recorded every event as delivered.
     recorded_seconds: float
+    #: Requests the orchestrator received from the replay on, and how many it accepted.
+    received: int
+    accepted: int
+    #: Accepted requests whose event id (jti, webhook-id) it had accepted before: acknowledged, not processed.
+    duplicates: int
+    #: Events whose id it accepted more than once.
+    events_received_twice: int
+    #: pg_net's responses recorded after the replay: 2xx, timed out, other errors (no status), other statuses.
+    responses: dict[str, int]
+    #: The reconciler's attempts after the replay: all, first attempts after it, and those sent
+    #: after the orchestrator had accepted every event.
+    attempts: int
+    attempts_after_all_arrived: int
+    #: The request timeout pg_net was given (ms).
+    timeout_ms: int
 
 
 def _statuses(conn: psycopg.Connection, variant: Variant) -> dict[str, int]:
@@ -78,11 +102,48 @@ def measure(conn: psycopg.Connection, variant: Variant, events: int, secret: str
         arrived = time.perf_counter() - replayed_at
         _wait_for_status(conn, variant, "delivered", events)
         recorded = time.perf_counter() - replayed_at
-    handed = conn.execute(
-        "SELECT extract(epoch FROM max(sent_at) - %s) FROM secure_webhooks.attempts WHERE sent_at >= %s",
-        (replayed_db, replayed_db),
-    ).fetchone()[0]
-    return Recovery(events, replayed, all_failed, float(handed), arrived, recorded)
+    receiver.check_accepted()
+    accepted = [delivery for delivery in receiver.deliveries if delivery.status == 200]
+    per_event = Counter(delivery.header("webhook-id") for delivery in accepted)
+    handed, attempts, late = conn.execute(_ATTEMPTS_AFTER, {"replayed": replayed_db, "arrived": arrived}).fetchone()
+    responses = dict(conn.execute(_RESPONSES_AFTER, {"replayed": replayed_db}).fetchall())
+    return Recovery(
+        events,
+        replayed,
+        all_failed,
+        float(handed),
+        arrived,
+        recorded,
+        received=len(receiver.deliveries),
+        accepted=len(accepted),
+        duplicates=sum(1 for delivery in accepted if delivery.duplicate),
+        events_received_twice=sum(1 for count in per_event.values() if count > 1),
+        responses=responses,
+        attempts=attempts,
+        attempts_after_all_arrived=late,
+        timeout_ms=FunctionSpec().timeout_ms,
+    )
+
+
+#: The reconciler's attempts from the replay on (server clock): when the last was handed to pg_net,
+#: how many there were, and how many left after the orchestrator had every event (`arrived` s later).
+_ATTEMPTS_AFTER = """
+    SELECT extract(epoch FROM max(sent_at) - %(replayed)s),
+           count(*),
+           count(*) FILTER (WHERE sent_at > %(replayed)s + make_interval(secs => %(arrived)s))
+      FROM secure_webhooks.attempts
+     WHERE sent_at >= %(replayed)s
+"""
+_RESPONSES_AFTER = """
+    SELECT CASE WHEN status_code BETWEEN 200 AND 299 THEN '2xx'
+                WHEN timed_out THEN 'timed out'
+                WHEN status_code IS NULL THEN 'error'
+                ELSE 'HTTP ' || status_code END,
+           count(*)
+      FROM net._http_response
+     WHERE created >= %(replayed)s
+     GROUP BY 1
+"""
 
 
 def render(result: Recovery) -> str:
@@ -105,4 +166,13 @@ def render(result: Recovery) -> str:
         f"    pg_net's documented rate, ~{PG_NET_DOCUMENTED_PER_SECOND} requests/s, would take "
         f"{result.events / PG_NET_DOCUMENTED_PER_SECOND:.0f} s"
     )
+    responses = ", ".join(f"{count} {kind}" for kind, count in sorted(result.responses.items())) or "none"
+    lines += [
+        f"from the replay on: the reconciler made {result.attempts} attempts for {result.events} events, "
+        f"{result.attempts_after_all_arrived} of them after the",
+        f"orchestrator had every event; pg_net's responses (request timeout {result.timeout_ms} ms): {responses};",
+        f"the orchestrator received {result.received} requests, accepted {result.accepted}, of which "
+        f"{result.duplicates} duplicates (an event id",
+        f"it had accepted before; {result.events_received_twice} events arrived more than once)",
+    ]
     return "\n".join(lines)

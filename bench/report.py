@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from bench.variants import BASELINE, VARIANTS
+from bench.variants import BASELINE, LABEL_WIDTH, VARIANTS
 
 
 @dataclass(frozen=True)
@@ -37,14 +37,14 @@ def ratios(values: Mapping[str, float]) -> dict[str, float]:
 
 def table(results: Mapping[str, Mapping[str, float]]) -> str:
     """Per variant and mode: the median and its ratio to (b)."""
-    cells = [f"{'variant':<24}"]
+    cells = [f"{'variant':<{LABEL_WIDTH}}"]
     for _, header, _ in MODES:
         cells += [f"{header:>14}", "vs (b)"]
     header = " | ".join(cells)
     lines = [header, "-" * len(header)]
     mode_ratios = {mode: ratios(results[mode]) for mode, _, _ in MODES}
     for variant in VARIANTS:
-        cells = [f"{variant.label:<24}"]
+        cells = [f"{variant.label:<{LABEL_WIDTH}}"]
         for mode, _, number in MODES:
             cells += [f"{number.format(results[mode][variant.key]):>14}", f"{mode_ratios[mode][variant.key]:>5.2f}x"]
         lines.append(" | ".join(cells))

@@ -60,6 +60,8 @@ class Variant:
     signs: bool
     #: Rows written to the outbox (secure_webhooks.events) per inserted row: at-least-once mode.
     writes_outbox: bool = False
+    #: Whether each queued token is bound to its request (`jti`, `body_sha256`): one HMAC per row.
+    binds: bool = False
 
     @property
     def table_id(self) -> sql.Composed:
@@ -103,11 +105,14 @@ def _install_outbox(cur: psycopg.Cursor, function: FunctionSpec) -> None:
     ReconcilerProvider().install(cur, reconciler_props(reconciler_spec(function), OWNER), None)
 
 
-def _ours(name: str, signer: str, mode: str = "direct") -> Installer:
-    """Our function and INSERT trigger (and for at-least-once the outbox), as the providers install them."""
+def _ours(name: str, signer: str, mode: str = "direct", *, bind_request: bool = True) -> Installer:
+    """Our function and INSERT trigger (and for at-least-once the outbox), as the providers install them.
+
+    `bind_request` is FunctionSpec's default (one token per row); False is the old body, one per statement.
+    """
 
     def install(conn: psycopg.Connection, variant: Variant, url: str) -> None:
-        spec = FunctionSpec(name=name, signer=signer, mode=mode)
+        spec = FunctionSpec(name=name, signer=signer, mode=mode, bind_request=bind_request)
         trigger = trigger_provider.trigger_props(
             schema="public", table=variant.table, name=TRIGGER_NAME, event="INSERT", url=url, function=spec, owner=OWNER
         )
@@ -126,17 +131,24 @@ VARIANTS = (
             signs=False),
     Variant("c", "(c) seed, per row", "bench_c_seed", _seed, queues_request=True, logs_hook=False, signs=True),
     Variant("d-pgjwt", "(d) ours, pgjwt", "bench_d_pgjwt", _ours("bench_notify_pgjwt", "pgjwt"),
-            queues_request=True, logs_hook=False, signs=True),
+            queues_request=True, logs_hook=False, signs=True, binds=True),
     Variant("d-pgcrypto", "(d) ours, pgcrypto", "bench_d_pgcrypto", _ours("bench_notify_pgcrypto", "pgcrypto"),
+            queues_request=True, logs_hook=False, signs=True, binds=True),
+    Variant("d-unbound", "(d) ours, pgcrypto, unbound", "bench_d_unbound",
+            _ours("bench_notify_unbound", "pgcrypto", bind_request=False),
             queues_request=True, logs_hook=False, signs=True),
     Variant("e", "(e) ours, at-least-once", "bench_e_outbox",
             _ours("bench_notify_outbox", "pgcrypto", "at-least-once"),
             queues_request=False, logs_hook=False, signs=False, writes_outbox=True),
 )  # fmt: skip
 VARIANTS_BY_KEY = {variant.key: variant for variant in VARIANTS}
+#: Width of the variant column in the tables.
+LABEL_WIDTH = max(len(variant.label) for variant in VARIANTS)
 BASELINE = "b"
-#: Ours in direct mode with the default signer, and ours in the default (at-least-once) mode.
+#: Ours in direct mode with the default signer (bound tokens), and ours in the default (at-least-once) mode.
 DIRECT, AT_LEAST_ONCE = "d-pgcrypto", "e"
+#: Ours in direct mode with one token per statement (bind_request=False), the body before binding.
+UNBOUND = "d-unbound"
 
 
 def install_all(conn: psycopg.Connection, jwt_secret: str) -> None:
