@@ -5,14 +5,15 @@ import pulumi
 from components.secure_webhooks import SecureWebhooks, SecureWebhooksArgs
 from components.stack_config import read_stack_config
 
-settings, jwt_secret = read_stack_config()
+settings, secrets = read_stack_config()
 
 webhooks = SecureWebhooks(
     "secure-webhooks",
     SecureWebhooksArgs(
         settings=settings,
         owner=f"{pulumi.get_project()}/{pulumi.get_stack()}",
-        jwt_secret=jwt_secret,
+        jwt_secret=secrets.jwt,
+        webhook_secret=secrets.webhook,
     ),
 )
 

@@ -39,15 +39,21 @@ INPUTS = (
     "mode",
     "bind_request",
     "audience",
+    "webhook_secret_name",
     "owner",
 )
 IDENTITY = ("schema", "name")
 
 
 def function_props(
-    spec: FunctionSpec, owner: str, *, secret_managed: bool = False, extensions_managed: bool = True
+    spec: FunctionSpec,
+    owner: str,
+    *,
+    secret_managed: bool = False,
+    webhook_secret_managed: bool = False,
+    extensions_managed: bool = True,
 ) -> dict[str, Any]:
-    """The provider's inputs for `spec`; `secret_managed`/`extensions_managed` only steer preflight."""
+    """The provider's inputs for `spec`; the `*_managed` flags only steer preflight."""
     return {
         "schema": spec.schema,
         "name": spec.name,
@@ -59,8 +65,10 @@ def function_props(
         "mode": spec.mode,
         "bind_request": spec.bind_request,
         "audience": spec.audience,
+        "webhook_secret_name": spec.webhook_secret_name,
         "owner": owner,
         "secret_managed": secret_managed,
+        "webhook_secret_managed": webhook_secret_managed,
         "extensions_managed": extensions_managed,
     }
 
@@ -79,6 +87,7 @@ def spec_from(props: dict[str, Any]) -> FunctionSpec:
         # ... and its tokens were not bound to their requests.
         bind_request=props.get("bind_request", False),
         audience=props.get("audience", False),
+        webhook_secret_name=props.get("webhook_secret_name"),
     )
 
 
@@ -273,10 +282,16 @@ class SecureFunction(pulumi.dynamic.Resource, module="secure-webhooks", name="Se
         owner: str,
         secret_managed: bool,
         extensions_managed: bool = True,
+        webhook_secret_managed: bool = False,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        managed = {
+            "secret_managed": secret_managed,
+            "webhook_secret_managed": webhook_secret_managed,
+            "extensions_managed": extensions_managed,
+        }
         props = {
-            **function_props(spec, owner, secret_managed=secret_managed, extensions_managed=extensions_managed),
+            **function_props(spec, owner, **managed),
             "body_sha256": None,
             "security_definer": None,
         }

@@ -66,14 +66,20 @@ def preflight_failures(cur: psycopg.Cursor, props: dict[str, Any]) -> list[Check
     cur.execute("SELECT pg_catalog.to_regclass('vault.secrets') IS NOT NULL")
     if not cur.fetchone()[0]:
         failures.append(CheckFailure("secret_name", "Supabase Vault is not installed (no table vault.secrets)"))
-    elif not props.get("secret_managed"):
-        cur.execute("SELECT EXISTS (SELECT FROM vault.secrets WHERE name = %s)", (props["secret_name"],))
-        if not cur.fetchone()[0]:
-            failures.append(
-                CheckFailure(
-                    "secret_name",
-                    f"Vault secret {props['secret_name']!r} (secure-webhooks:secretName) does not exist; "
-                    "create it in the Vault, or set it with `pulumi config set --secret jwtSecret ...`",
-                )
+    else:
+        wanted = [("secret_name", "secretName", "jwtSecret", props.get("secret_managed"))]
+        if props.get("webhook_secret_name"):
+            wanted.append(
+                ("webhook_secret_name", "webhookSecretName", "webhookSecret", props.get("webhook_secret_managed"))
             )
+        for prop, name_key, value_key, managed in wanted:
+            cur.execute("SELECT EXISTS (SELECT FROM vault.secrets WHERE name = %s)", (props[prop],))
+            if not managed and not cur.fetchone()[0]:
+                failures.append(
+                    CheckFailure(
+                        prop,
+                        f"Vault secret {props[prop]!r} (secure-webhooks:{name_key}) does not exist; "
+                        f"create it in the Vault, or set it with `pulumi config set --secret {value_key} ...`",
+                    )
+                )
     return failures

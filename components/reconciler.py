@@ -33,7 +33,15 @@ from dataclasses import dataclass, field
 
 from components.delivery_settings import DeliverySettings
 from components.outbox import ATTEMPTS, EVENTS, PG_NET_EPOCH, SCHEMA
-from components.trigger_function import FunctionSpec, claims_expression, sign_statement, sql_literal
+from components.trigger_function import (
+    FunctionSpec,
+    claims_expression,
+    missing_secret_error,
+    read_webhook_key,
+    sign_statement,
+    sql_literal,
+    standard_webhook_headers,
+)
 
 #: Function names (all in the outbox schema) and their identity arguments.
 RECONCILE = "reconcile"
@@ -87,7 +95,7 @@ def render_reconcile(spec: ReconcilerSpec) -> str:
     f = spec.function
     events = f"{SCHEMA}.{EVENTS}"
     attempts = f"{SCHEMA}.{ATTEMPTS}"
-    missing = sql_literal(f"{f.secret_name} not found in vault")
+    note_missing_webhook_key = f"failure := COALESCE(failure, {missing_secret_error(f.webhook_secret_name or '')});"
     # Retry-After when the response has one, else the backoff; never beyond retryMaxSeconds.
     # (LEAST ignores NULLs, so the COALESCE must come first.)
     retry_delay = (
@@ -106,6 +114,8 @@ DECLARE
   token text;
   headers jsonb;
   request bigint;
+  webhook_key bytea;
+  failure text;
 BEGIN
   INSERT INTO {SCHEMA}.{PG_NET_EPOCH} DEFAULT VALUES ON CONFLICT DO NOTHING;
   SELECT p.epoch INTO epoch FROM {SCHEMA}.{PG_NET_EPOCH} AS p;
@@ -160,6 +170,10 @@ BEGIN
   -- 2. Due events: a fresh token each, then pg_net.
   SELECT s.decrypted_secret INTO secret FROM vault.decrypted_secrets AS s WHERE s.name = {sql_literal(f.secret_name)};
   IF secret IS NULL THEN
+    failure := {missing_secret_error(f.secret_name)};
+  END IF;
+  {read_webhook_key(f, note_missing_webhook_key)}
+  IF failure IS NOT NULL THEN
     -- A failed attempt, logged and retried like any other: the event waits for the key.
     WITH due_events AS (
       SELECT e.id FROM {events} AS e
@@ -174,17 +188,17 @@ BEGIN
              dead_at = CASE WHEN e.attempts + 1 >= {int(d.max_attempts)} THEN pg_catalog.now() END,
              next_attempt_at = pg_catalog.now() + pg_catalog.make_interval(secs => {_backoff("e.attempts + 1", d)}),
              last_status_code = NULL,
-             last_error = {missing}
+             last_error = failure
         FROM due_events
        WHERE e.id = due_events.id
       RETURNING e.id, e.attempts
     )
     INSERT INTO {attempts} (event_id, attempt, sent_at, finished_at, error)
-    SELECT failed.id, failed.attempts, pg_catalog.now(), pg_catalog.now(), {missing} FROM failed;
+    SELECT failed.id, failed.attempts, pg_catalog.now(), pg_catalog.now(), failure FROM failed;
     GET DIAGNOSTICS n = ROW_COUNT;
     IF n > 0 THEN
-      RAISE WARNING USING MESSAGE = {missing} || ': ' || n || ' webhook events will be retried',
-        HINT = 'Create it with vault.create_secret() or set secure-webhooks:jwtSecret and run pulumi up.';
+      RAISE WARNING USING MESSAGE = failure || ': ' || n || ' webhook events will be retried',
+        HINT = 'Create it with vault.create_secret() or set it in the stack config and run pulumi up.';
     END IF;
     RETURN handled + n;
   END IF;
@@ -202,7 +216,7 @@ BEGIN
     headers := pg_catalog.jsonb_build_object(
       'Content-Type', 'application/json',
       'Authorization', 'Bearer ' || token,
-      'webhook-id', due.id);
+      'webhook-id', due.id{standard_webhook_headers(f, "due.id", "due.payload")});
     request := net.http_post(due.url, due.payload, '{{}}'::jsonb, headers, {int(f.timeout_ms)});
     UPDATE {events} AS e
        SET state = 'sending', attempts = e.attempts + 1, request_id = request, request_epoch = epoch,

@@ -28,6 +28,8 @@ class SecureWebhooksArgs:
     owner: str
     #: The HS256 key to keep in the Vault; None when the secret is managed elsewhere.
     jwt_secret: pulumi.Input[str] | None = None
+    #: The Standard Webhooks secret (whsec_...) to keep in the Vault; None when managed elsewhere or unused.
+    webhook_secret: pulumi.Input[str] | None = None
 
 
 def function_spec(settings: Settings) -> FunctionSpec:
@@ -40,6 +42,7 @@ def function_spec(settings: Settings) -> FunctionSpec:
         mode=settings.delivery.mode,
         bind_request=settings.token_binding,
         audience=settings.token_audience,
+        webhook_secret_name=settings.webhook_secret_name,
     )
 
 
@@ -80,6 +83,17 @@ class SecureWebhooks(pulumi.ComponentResource):
                     opts=pulumi.ResourceOptions(parent=self),
                 )
             )
+        if args.webhook_secret is not None and settings.webhook_secret_name is not None:
+            function_depends.append(
+                VaultSecret(
+                    f"{name}-webhook-secret",
+                    secret_name=settings.webhook_secret_name,
+                    value=args.webhook_secret,
+                    owner=args.owner,
+                    kind="webhook",
+                    opts=pulumi.ResourceOptions(parent=self),
+                )
+            )
 
         if settings.delivery.at_least_once:
             # Created before the function switches to the outbox body, so no insert goes unrecorded.
@@ -114,6 +128,7 @@ class SecureWebhooks(pulumi.ComponentResource):
             spec=spec,
             owner=args.owner,
             secret_managed=args.jwt_secret is not None,
+            webhook_secret_managed=args.webhook_secret is not None,
             extensions_managed=settings.manage_extensions,
             opts=pulumi.ResourceOptions(parent=self, depends_on=function_depends),
         )

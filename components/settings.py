@@ -7,6 +7,7 @@ config key and touches nothing in the database.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -101,6 +102,9 @@ class Settings:
     manages_secret: bool = False
     token_binding: bool = True
     token_audience: bool = False
+    #: The Vault secret (whsec_...) signing Standard Webhooks headers; None: no such headers.
+    webhook_secret_name: str | None = None
+    manages_webhook_secret: bool = False
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
 
 
@@ -176,6 +180,24 @@ def check_jwt_secret(secret: str) -> str:
     return secret
 
 
+#: Standard Webhooks: `whsec_` then the base64 of a 24 to 64 byte key.
+MIN_WEBHOOK_KEY_BYTES, MAX_WEBHOOK_KEY_BYTES = 24, 64
+
+
+def check_webhook_secret(secret: str) -> str:
+    """Raise ConfigError unless `secret` is a Standard Webhooks secret; never echoes it."""
+    key = _key("webhookSecret")
+    if not secret.startswith("whsec_"):
+        raise ConfigError(key, "must be a Standard Webhooks secret: whsec_ followed by a base64 key")
+    try:
+        size = len(base64.b64decode(secret.removeprefix("whsec_"), validate=True))
+    except ValueError:
+        raise ConfigError(key, "is not whsec_ followed by valid base64") from None
+    if not MIN_WEBHOOK_KEY_BYTES <= size <= MAX_WEBHOOK_KEY_BYTES:
+        raise ConfigError(key, f"holds a {size}-byte key; use {MIN_WEBHOOK_KEY_BYTES} to {MAX_WEBHOOK_KEY_BYTES} bytes")
+    return secret
+
+
 def _check_events(key: str, value: Any) -> tuple[str, ...]:
     if value is None:
         return ("INSERT",)
@@ -240,7 +262,24 @@ def check_webhooks(value: Any, base_url: str) -> tuple[Webhook, ...]:
     return webhooks
 
 
-def parse_settings(raw: Mapping[str, Any], *, jwt_secret_set: bool = False) -> Settings:
+def _check_webhook_signing(raw: Mapping[str, Any], token_binding: bool, secret_set: bool) -> str | None:
+    """The Vault secret name signing Standard Webhooks headers, or None when they are off."""
+    key = _key("standardWebhooks")
+    if not _check_bool(key, raw.get("standardWebhooks")):
+        if secret_set:
+            raise ConfigError(_key("webhookSecret"), "is set but secure-webhooks:standardWebhooks is false")
+        return None
+    if not token_binding:
+        raise ConfigError(key, "needs secure-webhooks:tokenBinding: the signature covers the webhook-id")
+    name = raw.get("webhookSecretName") or "app_webhook_secret"
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise ConfigError(_key("webhookSecretName"), "must be a non-empty Vault secret name of at most 200 characters")
+    return name
+
+
+def parse_settings(
+    raw: Mapping[str, Any], *, jwt_secret_set: bool = False, webhook_secret_set: bool = False
+) -> Settings:
     """Build Settings from raw config values keyed by their short names (orchestratorUrl, ...)."""
     production = _check_bool(_key("production"), raw.get("production"))
     url_key = _key("orchestratorUrl")
@@ -259,6 +298,7 @@ def parse_settings(raw: Mapping[str, Any], *, jwt_secret_set: bool = False) -> S
     if not isinstance(secret_name, str) or not secret_name.strip() or len(secret_name) > 200:
         raise ConfigError(_key("secretName"), "must be a non-empty Vault secret name of at most 200 characters")
 
+    token_binding = _check_bool(_key("tokenBinding"), raw.get("tokenBinding"), default=True)
     return Settings(
         orchestrator_url=base_url,
         webhooks=check_webhooks(raw.get("webhooks"), base_url),
@@ -273,6 +313,8 @@ def parse_settings(raw: Mapping[str, Any], *, jwt_secret_set: bool = False) -> S
         manage_extensions=_check_bool(_key("manageExtensions"), raw.get("manageExtensions"), default=True),
         manages_secret=jwt_secret_set,
         delivery=check_delivery(raw.get("delivery")),
-        token_binding=_check_bool(_key("tokenBinding"), raw.get("tokenBinding"), default=True),
+        token_binding=token_binding,
         token_audience=_check_bool(_key("tokenAudience"), raw.get("tokenAudience"), default=False),
+        webhook_secret_name=_check_webhook_signing(raw, token_binding, webhook_secret_set),
+        manages_webhook_secret=webhook_secret_set,
     )

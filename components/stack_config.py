@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pulumi
 from pulumi.runtime.config import is_config_secret
 
-from components.settings import NAMESPACE, ConfigError, Settings, check_jwt_secret, parse_settings
+from components.settings import (
+    NAMESPACE,
+    ConfigError,
+    Settings,
+    check_jwt_secret,
+    check_webhook_secret,
+    parse_settings,
+)
 
 SETTING_KEYS = (
     "orchestratorUrl",
@@ -20,14 +29,24 @@ SETTING_KEYS = (
     "delivery",
     "tokenBinding",
     "tokenAudience",
+    "standardWebhooks",
+    "webhookSecretName",
 )
 
 #: Secrets we refuse to accept in plaintext config: they would sit unencrypted in Pulumi.<stack>.yaml.
-SECRET_KEYS = (f"{NAMESPACE}:jwtSecret", "postgresql:password")
+SECRET_KEYS = (f"{NAMESPACE}:jwtSecret", f"{NAMESPACE}:webhookSecret", "postgresql:password")
 
 
-def read_stack_config() -> tuple[Settings, pulumi.Output[str] | None]:
-    """Settings plus the JWT secret as a Pulumi secret (None when the Vault secret is managed elsewhere).
+@dataclass(frozen=True)
+class ManagedSecrets:
+    """The Vault values this stack manages, as Pulumi secrets (None: managed elsewhere)."""
+
+    jwt: pulumi.Output[str] | None = None
+    webhook: pulumi.Output[str] | None = None
+
+
+def read_stack_config() -> tuple[Settings, ManagedSecrets]:
+    """Settings plus the Vault values the stack manages, as Pulumi secrets.
 
     Raises pulumi.RunError, which the CLI prints as a one-line error without a
     stack trace, naming the offending key.
@@ -40,7 +59,17 @@ def read_stack_config() -> tuple[Settings, pulumi.Output[str] | None]:
         jwt_secret = config.get("jwtSecret")
         if jwt_secret is not None:
             check_jwt_secret(jwt_secret)
-        settings = parse_settings({key: config.get(key) for key in SETTING_KEYS}, jwt_secret_set=jwt_secret is not None)
+        webhook_secret = config.get("webhookSecret")
+        if webhook_secret is not None:
+            check_webhook_secret(webhook_secret)
+        settings = parse_settings(
+            {key: config.get(key) for key in SETTING_KEYS},
+            jwt_secret_set=jwt_secret is not None,
+            webhook_secret_set=webhook_secret is not None,
+        )
     except ConfigError as exc:
         raise pulumi.RunError(f"invalid configuration: {exc}") from None
-    return settings, (pulumi.Output.secret(jwt_secret) if jwt_secret is not None else None)
+    return settings, ManagedSecrets(
+        jwt=pulumi.Output.secret(jwt_secret) if jwt_secret is not None else None,
+        webhook=pulumi.Output.secret(webhook_secret) if webhook_secret is not None else None,
+    )

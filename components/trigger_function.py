@@ -65,6 +65,8 @@ class FunctionSpec:
     bind_request: bool = True
     #: Also `aud`: the exact URL the request is posted to (README, "Hardening").
     audience: bool = False
+    #: The Vault secret (whsec_...) for Standard Webhooks' webhook-timestamp/-signature; None: not sent.
+    webhook_secret_name: str | None = None
 
     @property
     def qualified_name(self) -> str:
@@ -169,6 +171,34 @@ def _post(record_expr: str, old_expr: str, timeout_ms: int, source: str = "") ->
     )
 
 
+def standard_webhook_headers(spec: FunctionSpec, event_id: str, body: str) -> str:
+    """Extra jsonb_build_object pairs: Standard Webhooks' timestamp and v1 signature of "id.timestamp.body".
+
+    Uses the `issued_at` and `webhook_key` (the decoded whsec_ key) variables; empty when off.
+    """
+    if spec.webhook_secret_name is None:
+        return ""
+    signed = f"pg_catalog.convert_to({event_id} || '.' || issued_at || '.' || ({body})::text, 'UTF8')"
+    signature = f"pg_catalog.encode(extensions.hmac({signed}, webhook_key, 'sha256'), 'base64')"
+    return f", 'webhook-timestamp', issued_at::text, 'webhook-signature', 'v1,' || {signature}"
+
+
+def read_webhook_key(spec: FunctionSpec, on_missing: str) -> str:
+    """PL/pgSQL that sets `webhook_key` from the Vault's whsec_ secret, then runs `on_missing` if absent."""
+    if spec.webhook_secret_name is None:
+        return ""
+    return f"""SELECT pg_catalog.decode(pg_catalog.substr(s.decrypted_secret, 7), 'base64') INTO webhook_key
+    FROM vault.decrypted_secrets AS s
+   WHERE s.name = {sql_literal(spec.webhook_secret_name)};
+  IF webhook_key IS NULL THEN
+    {on_missing}
+  END IF;"""
+
+
+def missing_secret_error(name: str) -> str:
+    return sql_literal(f"{name} not found in vault")
+
+
 def _post_bound(spec: FunctionSpec, record_expr: str, old_expr: str, rows: str = "") -> str:
     """One request per row, each with its own token bound to that row's body and a fresh id.
 
@@ -183,7 +213,8 @@ def _post_bound(spec: FunctionSpec, record_expr: str, old_expr: str, rows: str =
         "      p.body,\n"
         "      '{}'::jsonb,\n"
         "      pg_catalog.jsonb_build_object(\n"
-        "        'Content-Type', 'application/json', 'Authorization', 'Bearer ' || t.token, 'webhook-id', p.id),\n"
+        "        'Content-Type', 'application/json', 'Authorization', 'Bearer ' || t.token, 'webhook-id', p.id"
+        f"{standard_webhook_headers(spec, 'p.id', 'p.body')}),\n"
         f"      {int(spec.timeout_ms)}\n"
         "    )\n"
         # The id is drawn with the row's payload: a LATERAL of its own that named no row would be
@@ -204,7 +235,7 @@ DECLARATIONS = """  secret text;
 
 def read_secret(spec: FunctionSpec) -> str:
     """PL/pgSQL that sets `secret` from the Vault, raising the seed's error when it is missing."""
-    missing = sql_literal(f"{spec.secret_name} not found in vault")
+    missing = missing_secret_error(spec.secret_name)
     return f"""SELECT s.decrypted_secret INTO secret
     FROM vault.decrypted_secrets AS s
    WHERE s.name = {sql_literal(spec.secret_name)};
@@ -286,12 +317,18 @@ END
 
 def render_bound_body(spec: FunctionSpec) -> str:
     """The direct body with one token per request: still one Vault read per statement."""
+    raise_missing = (
+        f"RAISE EXCEPTION USING MESSAGE = {missing_secret_error(spec.webhook_secret_name or '')},\n"
+        "      HINT = 'Create it with vault.create_secret() or set secure-webhooks:webhookSecret and run pulumi up.';"
+    )
     return f"""
 DECLARE
   secret text;
+  webhook_key bytea;
   issued_at bigint;
 BEGIN
   {read_secret(spec)}
+  {read_webhook_key(spec, raise_missing)}
   issued_at := pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()))::bigint;
 
   IF TG_LEVEL = 'ROW' THEN

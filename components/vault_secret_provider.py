@@ -1,6 +1,6 @@
 """Dynamic provider for the JWT signing secret in Supabase Vault (optional).
 
-Only used when `secure-webhooks:jwtSecret` is set. The value travels as a
+Only used when `secure-webhooks:jwtSecret` (or `webhookSecret`) is set. The value travels as a
 Pulumi secret input and as a query parameter, never in SQL text, logs or
 plaintext state. `read` compares the Vault's value with the configured one
 inside PostgreSQL, so drift is seen without the value leaving the database.
@@ -18,7 +18,7 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 
 from components.database import DatabaseProvider
 from components.ownership import claim, marker, owner_of, refusal
-from components.settings import ConfigError, check_jwt_secret
+from components.settings import ConfigError, check_jwt_secret, check_webhook_secret
 
 INPUTS = ("name", "secret", "owner")
 
@@ -41,7 +41,8 @@ class VaultSecretProvider(DatabaseProvider):
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures: list[CheckFailure] = []
         try:
-            check_jwt_secret(news["secret"])
+            # "kind" is absent from state written before webhook secrets existed: those are JWT keys.
+            (check_webhook_secret if news.get("kind") == "webhook" else check_jwt_secret)(news["secret"])
         except ConfigError as exc:
             failures.append(CheckFailure("secret", str(exc)))
         with self.db.transaction() as cur:
@@ -125,8 +126,11 @@ class VaultSecret(pulumi.dynamic.Resource, module="secure-webhooks", name="Vault
         secret_name: str,
         value: pulumi.Input[str],
         owner: str,
+        kind: str = "jwt",
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props = {"name": secret_name, "secret": pulumi.Output.secret(value), "owner": owner, "secret_id": None}
+        if kind != "jwt":  # JWT keys keep the props they had before other kinds existed
+            props["kind"] = kind
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["secret"]))
         super().__init__(VaultSecretProvider(), name, props, opts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -43,3 +44,16 @@ def insert_resumes(conn: psycopg.Connection, *names: str) -> None:
 
 def authorization(request: Received) -> str:
     return next(value for key, value in request.headers.items() if key.lower() == "authorization")
+
+
+#: A Standard Webhooks secret: whsec_ and the base64 of a 31-byte key.
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"standard-webhooks-test-key-0123").decode()
+
+
+def ensure_webhook_secret(cluster: LocalSupabase) -> str:
+    """WEBHOOK_SECRET in the Vault as app_webhook_secret (the default webhookSecretName)."""
+    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+        missing = "SELECT NOT EXISTS (SELECT FROM vault.secrets WHERE name = 'app_webhook_secret')"
+        if conn.execute(missing).fetchone()[0]:
+            conn.execute("SELECT vault.create_secret(%s, 'app_webhook_secret')", (WEBHOOK_SECRET,))
+    return WEBHOOK_SECRET

@@ -221,3 +221,29 @@ def test_bad_delivery_config_names_its_key():
     with pytest.raises(pulumi.RunError) as info:
         run_program("dev", {**stack_config("dev"), "secure-webhooks:delivery": {"maxAttempts": 0}})
     assert "invalid configuration: secure-webhooks:delivery.maxAttempts: must be between 1 and 100" in str(info.value)
+
+
+def test_standard_webhooks_secret_adds_a_second_vault_secret():
+    whsec = "whsec_" + "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3"
+    config = {
+        **stack_config("dev"),
+        "secure-webhooks:jwtSecret": SECRET,
+        "secure-webhooks:standardWebhooks": "true",
+        "secure-webhooks:webhookSecret": whsec,
+    }
+    mocks = run_program("dev", config, secret_keys=("secure-webhooks:jwtSecret", "secure-webhooks:webhookSecret"))
+    secrets = {v.inputs["name"]: v.inputs for v in mocks.of_type(VAULT_SECRET)}
+    assert set(secrets) == {"app_jwt_secret", "app_webhook_secret"}
+    assert secrets["app_webhook_secret"]["kind"] == "webhook" and "kind" not in secrets["app_jwt_secret"]
+    (function,) = mocks.of_type(FUNCTION)
+    assert function.inputs["webhook_secret_name"] == "app_webhook_secret"
+    assert function.inputs["webhook_secret_managed"] is True
+    (reconciler,) = mocks.of_type(RECONCILER)
+    assert reconciler.inputs["webhook_secret_name"] == "app_webhook_secret"
+
+
+def test_a_plaintext_webhook_secret_is_refused():
+    config = {**stack_config("dev"), "secure-webhooks:standardWebhooks": "true", "secure-webhooks:webhookSecret": "x"}
+    with pytest.raises(pulumi.RunError) as info:
+        run_program("dev", config)
+    assert "secure-webhooks:webhookSecret: must be set as a secret" in str(info.value)

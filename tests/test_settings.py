@@ -11,6 +11,7 @@ from components.settings import (
     DEFAULT_WEBHOOKS,
     ConfigError,
     check_jwt_secret,
+    check_webhook_secret,
     parse_settings,
 )
 from components.urls import is_tunnel_host
@@ -267,3 +268,35 @@ def test_tokens_are_bound_by_default_and_aud_is_opt_in():
     assert (declared["tokenBinding"]["default"], declared["tokenAudience"]["default"]) == (True, False)
     prod = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())["config"]
     assert prod["secure-webhooks:tokenTtlSeconds"] == "300"
+
+
+WHSEC = "whsec_" + "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3"  # base64 of a 24-byte key
+
+
+def test_standard_webhooks_are_opt_in_and_need_binding():
+    assert settings().webhook_secret_name is None
+    assert settings(standardWebhooks="true").webhook_secret_name == "app_webhook_secret"
+    assert settings(standardWebhooks=True, webhookSecretName="hooks").webhook_secret_name == "hooks"
+    assert error_of(standardWebhooks=True, tokenBinding=False).key == "secure-webhooks:standardWebhooks"
+    with pytest.raises(ConfigError) as info:
+        parse_settings(BASE, webhook_secret_set=True)
+    assert info.value.key == "secure-webhooks:webhookSecret"
+
+
+@pytest.mark.parametrize(
+    ("secret", "problem"),
+    [
+        ("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3", "must be a Standard Webhooks secret"),
+        ("whsec_not base64!", "not whsec_ followed by valid base64"),
+        ("whsec_c2hvcnQ=", "holds a 5-byte key"),
+    ],
+)
+def test_webhook_secret_errors_never_echo_it(secret, problem):
+    with pytest.raises(ConfigError) as info:
+        check_webhook_secret(secret)
+    assert info.value.key == "secure-webhooks:webhookSecret" and problem in info.value.problem
+    assert secret.removeprefix("whsec_") not in str(info.value)
+
+
+def test_a_valid_webhook_secret_passes():
+    assert check_webhook_secret(WHSEC) == WHSEC

@@ -13,7 +13,8 @@ import json
 
 import jwt
 import pytest
-from binding_support import PATH, authorization, direct_webhook, insert_resumes
+import standardwebhooks
+from binding_support import PATH, authorization, direct_webhook, ensure_webhook_secret, insert_resumes
 from outbox_support import all_delivered, insert_rows, install_pipeline, reconcile, settle
 
 from local_supabase.pg_net_worker import PgNetWorker
@@ -121,3 +122,49 @@ def test_direct_requests_carry_their_jti_as_webhook_id(supabase_ready, pg_net_wo
     for request in requests:
         verified = Verifier(receiver_secret).verify(request.headers, request.body)
         assert verified.event_id == next(v for k, v in request.headers.items() if k.lower() == "webhook-id")
+
+
+@pytest.fixture
+def webhook_secret(supabase_ready) -> str:
+    return ensure_webhook_secret(supabase_ready)
+
+
+def check_standard_webhooks(request, secret: str, jwt_secret: str) -> None:
+    """The reference library (standardwebhooks) and our verifier both accept the signature."""
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    assert standardwebhooks.Webhook(secret).verify(request.body, headers) == json.loads(request.body)
+    verified = Verifier(jwt_secret, webhook_secret=secret).verify(request.headers, request.body)
+    assert verified.event_id == headers["webhook-id"]
+    tampered = {**headers, "webhook-signature": "v1," + base64.b64encode(b"x" * 32).decode()}
+    with pytest.raises(VerificationError) as refused:
+        Verifier(jwt_secret, webhook_secret=secret).verify(tampered, request.body)
+    assert refused.value.reason == "webhook_signature"
+
+
+def test_standard_webhooks_signatures_in_direct_mode(
+    supabase_ready, pg_net_worker, postgres_conn, receiver_secret, webhook_secret
+):
+    with (
+        ScriptedServer() as endpoint,
+        direct_webhook(supabase_ready, endpoint.url + PATH, webhook_secret_name="app_webhook_secret"),
+    ):
+        insert_resumes(postgres_conn, "signed-1.pdf", "signed-2.pdf")
+        requests = endpoint.wait_for(2)
+    for request in requests:
+        check_standard_webhooks(request, webhook_secret, receiver_secret)
+
+
+def test_standard_webhooks_signatures_in_at_least_once_mode(supabase_ready, receiver_secret, webhook_secret):
+    with ScriptedServer() as endpoint:
+        pipeline = install_pipeline(supabase_ready, webhook_secret_name="app_webhook_secret")
+        try:
+            pipeline.add_trigger("resumes", endpoint.url + PATH)
+            with pipeline.connect() as conn, PgNetWorker(supabase_ready.admin_dsn) as worker:
+                insert_rows(conn, "resumes", 2, prefix="signed")
+                settle(conn, worker, all_delivered(conn))
+        finally:
+            pipeline.remove()
+        requests = endpoint.received
+    assert len(requests) == 2
+    for request in requests:
+        check_standard_webhooks(request, webhook_secret, receiver_secret)

@@ -18,7 +18,7 @@ from typing import Any
 import jwt
 import psycopg
 import pytest
-from binding_support import PATH, authorization, direct_webhook, insert_resumes
+from binding_support import PATH, authorization, direct_webhook, ensure_webhook_secret, insert_resumes
 from outbox_support import all_delivered, insert_rows, install_pipeline, settle
 
 from local_supabase.pg_net_worker import PgNetWorker
@@ -51,8 +51,12 @@ def with_token(request: Received, token: str) -> Received:
     return Received(request.method, request.path, headers, request.body)
 
 
+#: Every vector carries Standard Webhooks headers too, so both verifiers check those as well.
+SIGNED = {"webhook_secret_name": "app_webhook_secret"}
+
+
 def capture_direct(cluster, conn, **spec: Any) -> tuple[Received, str]:
-    with ScriptedServer() as endpoint, direct_webhook(cluster, endpoint.url + PATH, **spec):
+    with ScriptedServer() as endpoint, direct_webhook(cluster, endpoint.url + PATH, **SIGNED, **spec):
         insert_resumes(conn, f"vector-{spec.get('signer', 'pgcrypto')}.pdf")
         (request,) = endpoint.wait_for(1)
         return request, endpoint.url + PATH
@@ -60,7 +64,7 @@ def capture_direct(cluster, conn, **spec: Any) -> tuple[Received, str]:
 
 def capture_at_least_once(cluster) -> tuple[Received, str]:
     with ScriptedServer() as endpoint:
-        pipeline = install_pipeline(cluster)
+        pipeline = install_pipeline(cluster, **SIGNED)
         try:
             pipeline.add_trigger("resumes", endpoint.url + PATH)
             with pipeline.connect() as conn, PgNetWorker(cluster.admin_dsn) as worker:
@@ -73,6 +77,7 @@ def capture_at_least_once(cluster) -> tuple[Received, str]:
 
 
 def make_vectors(cluster, conn: psycopg.Connection, secret: str) -> dict[str, Any]:
+    webhook_secret = ensure_webhook_secret(cluster)
     plain, url = capture_direct(cluster, conn, signer="pgcrypto")
     pgjwt, pgjwt_url = capture_direct(cluster, conn, signer="pgjwt")
     with_aud, aud_url = capture_direct(cluster, conn, audience=True)
@@ -89,6 +94,13 @@ def make_vectors(cluster, conn: psycopg.Connection, secret: str) -> dict[str, An
     claims = jwt.decode(token, secret, algorithms=["HS256"])
     hs512 = jwt.encode(claims, secret, algorithm="HS512", headers={"typ": "JWT"})
     tampered_body = Received(plain.method, plain.path, plain.headers, plain.body.replace(b"vector", b"forged"))
+    forged_signature = "v1," + base64.b64encode(b"\0" * 32).decode()
+    tampered_signature = Received(
+        plain.method,
+        plain.path,
+        {k: (forged_signature if k.lower() == "webhook-signature" else v) for k, v in plain.headers.items()},
+        plain.body,
+    )
     cases = [
         case("valid-pgcrypto", plain, url),
         case("valid-pgjwt", pgjwt, pgjwt_url),
@@ -109,13 +121,22 @@ def make_vectors(cluster, conn: psycopg.Connection, secret: str) -> dict[str, An
         case("replayed-jti", plain, url, expect="reject", reason="replay", replay_of="valid-pgcrypto"),
         case("alg-none", with_token(plain, f"{none_header}.{claims_part}."), url, expect="reject", reason="algorithm"),
         case("alg-hs512", with_token(plain, hs512), url, expect="reject", reason="algorithm"),
+        case("webhook-signature-forged", tampered_signature, url, expect="reject", reason="webhook_signature"),
+        case(
+            "webhook-timestamp-stale", plain, url, now=claims["iat"] + 301, expect="reject", reason="webhook_timestamp"
+        ),
     ]
-    return {"secret": secret, "webhook_secret": None, "cases": cases}
+    return {"secret": secret, "webhook_secret": webhook_secret, "cases": cases}
 
 
 def python_outcome(vectors: dict[str, Any], case: dict[str, Any]) -> tuple[str, str | None]:
     """("accept" | "reject", reason) for one case, after its replay_of chain, with a verifier of its own."""
-    verifier = Verifier(vectors["secret"], audience=case["audience"], clock=lambda: case["now"])
+    verifier = Verifier(
+        vectors["secret"],
+        audience=case["audience"],
+        webhook_secret=vectors["webhook_secret"],
+        clock=lambda: case["now"],
+    )
     by_name = {c["name"]: c for c in vectors["cases"]}
     earlier = by_name.get(case["replay_of"]) if case["replay_of"] else None
     if earlier is not None:
