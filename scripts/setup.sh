@@ -35,6 +35,13 @@ venv/bin/python -m pip install --quiet --disable-pip-version-check -r requiremen
 say "local Supabase stand-in extensions (the first run compiles their C libraries)"
 venv/bin/python -m local_supabase install
 
+# The Rust verifier (verifiers/rust) needs Rust >= 1.85 (rust-version in its Cargo.toml); Debian's own
+# cargo is older, so it is not installed from there.
+if ! command -v cargo >/dev/null; then
+	say "error: cargo not found; install Rust >= 1.85 (https://rustup.rs) to build verifiers/rust"
+	exit 1
+fi
+
 say "Pulumi engine"
 scripts/pulumi-toolchain.sh
 say "done"

@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# The project's test command (README): lint, every test, and a smoke run of the benchmark.
+# The project's test command (README): lint, every test, a smoke run of the benchmark, the Rust verifier.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 pulumi_bin=$(scripts/setup.sh | tail -n 1)
 export PATH="$pulumi_bin:$PATH"
+# tests/test_verifier_vectors.py records vectors from real database requests here, and the Rust verifier's
+# tests check them too (they fail if the file is missing). With pytest arguments (a partial run) only the
+# crate's own sample vectors run. Relative paths are made absolute: cargo runs tests from the crate folder.
+if [ $# -eq 0 ]; then export WEBHOOK_VECTORS="${WEBHOOK_VECTORS:-$PWD/.local/webhook-vectors.json}"; fi
+if [ -n "${WEBHOOK_VECTORS:-}" ] && [ "${WEBHOOK_VECTORS#/}" = "$WEBHOOK_VECTORS" ]; then
+	export WEBHOOK_VECTORS="$PWD/$WEBHOOK_VECTORS"
+fi
 venv/bin/ruff check .
 venv/bin/ruff format --check .
 venv/bin/pytest -q "$@"
 venv/bin/python -m bench --smoke
 venv/bin/python -m bench.pulumi_scaling --smoke
-# The Rust verifier crate (verifiers/rust/README.md): unit, axum Router and test-vector tests, built in a target dir
-# kept between runs. After a full pytest run it also checks the vectors tests/test_verifier_vectors.py made from real
-# database requests (and fails if that file is missing); with pytest arguments, only the crate's sample vectors.
-if [ $# -eq 0 ]; then export WEBHOOK_VECTORS="${WEBHOOK_VECTORS:-$PWD/.local/webhook-vectors.json}"; fi
-if [ -n "${WEBHOOK_VECTORS:-}" ] && [ "${WEBHOOK_VECTORS#/}" = "$WEBHOOK_VECTORS" ]; then export WEBHOOK_VECTORS="$PWD/$WEBHOOK_VECTORS"; fi
+# The Rust verifier crate (verifiers/rust/README.md): unit, axum Router and vector tests, built in a target
+# directory kept between runs.
 CARGO_TARGET_DIR="${HOME}/.cache/secure-webhooks/cargo-target" cargo test --locked --manifest-path verifiers/rust/Cargo.toml
