@@ -10,14 +10,15 @@ use http::{HeaderValue, StatusCode, header};
 /// The variants follow the order of the checks (see the crate docs). Every variant maps to one
 /// HTTP status ([`VerifyError::status`]) and one stable machine-readable code
 /// ([`VerifyError::code`]); as an axum response it is that status with a JSON body
-/// `{"error": "<code>", "message": "<Display text>"}`. Messages never contain secrets, tokens or
+/// `{"error": "<code>", "message": "<Display text>"}` (except [`VerifyError::Replayed`], which is
+/// an acknowledgement, see there). Messages never contain secrets, tokens or
 /// body bytes.
 ///
-/// Statuses: **401** for every authentication failure, **409 Conflict** for a replayed event id,
-/// **400** for a malformed request, **413** for a body over the limit, **415** for a wrong
-/// content type, **503** when the replay store cannot answer. The database's reconciler retries
-/// every non-2xx status except 410 (which it treats as dead at once, so this crate never sends
-/// 410); see the README about answering 2xx for a replay of an event you already processed.
+/// Statuses: **401** for every authentication failure, **400** for a malformed request, **413**
+/// for a body over the limit, **415** for a wrong content type, **503** when the replay store
+/// cannot answer, and **200 OK** for a replayed event id ([`VerifyError::Replayed`]: a duplicate
+/// delivery to acknowledge, by design). The database's reconciler retries every non-2xx status
+/// except 410 (which it treats as dead at once, so this crate never sends 410).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum VerifyError {
@@ -121,8 +122,29 @@ pub enum VerifyError {
     /// No `v1,` signature in `webhook-signature` matches any configured secret.
     InvalidWebhookSignature,
 
-    // -- replay (409 / 503) --
-    /// This event id was already accepted and its entry has not expired (409 Conflict).
+    // -- replay (200 / 503) --
+    /// This event id was already accepted and its entry has not expired: a duplicate delivery.
+    ///
+    /// It is an error for [`Verifier::verify`](crate::Verifier::verify) callers (the request is
+    /// not handed over for processing), but its response status is **200 OK, by design**, with
+    /// the body `{"ok": true, "duplicate": true, "event_id": "<id>"}`. The database delivers at
+    /// least once: when it did not see the 2xx for an attempt (a timeout, a lost connection) it
+    /// retries with a fresh token and the same `jti` / `webhook-id` until it gets a 2xx. A
+    /// repeat of an accepted event id is therefore almost always such a retry of an event the
+    /// orchestrator already has, and acknowledging it with 2xx lets the database record the
+    /// event as delivered instead of retrying it for days and marking it dead. As an axum
+    /// extractor rejection this means the handler is simply not run for a duplicate.
+    ///
+    /// Security: a replay is only reported after every other check passed, i.e. for a valid,
+    /// unexpired token presented with the exact body it signs, on the endpoint it names (with
+    /// `aud` on). A stolen token replayed that way gets a harmless 200 and nothing is processed
+    /// again; any other body or endpoint is refused with 401 before the replay cache is
+    /// consulted.
+    ///
+    /// If the handler fails after the id was recorded, the id must be forgotten so that the
+    /// retry is processed rather than acknowledged: use the
+    /// [`forget_on_failure`](crate::forget_on_failure) middleware, or call
+    /// [`Verifier::forget`](crate::Verifier::forget) before answering non-2xx.
     Replayed {
         /// the `jti` / `webhook-id`
         event_id: String,
@@ -139,10 +161,16 @@ impl VerifyError {
             MissingWebhookId | BodyRead(_) | MalformedHeader { .. } => StatusCode::BAD_REQUEST,
             UnsupportedContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Replayed { .. } => StatusCode::CONFLICT,
+            Replayed { .. } => StatusCode::OK,
             ReplayStore(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNAUTHORIZED,
         }
+    }
+
+    /// Whether this is a duplicate delivery to acknowledge ([`VerifyError::Replayed`]) rather
+    /// than a refusal.
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, VerifyError::Replayed { .. })
     }
 
     /// A stable snake_case code naming the variant (the `error` field of the JSON response).
@@ -236,7 +264,13 @@ impl std::error::Error for VerifyError {}
 impl IntoResponse for VerifyError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
+        let body = match &self {
+            // 200 by design: acknowledge the duplicate so the database stops retrying.
+            VerifyError::Replayed { event_id } => {
+                serde_json::json!({ "ok": true, "duplicate": true, "event_id": event_id })
+            }
+            _ => serde_json::json!({ "error": self.code(), "message": self.to_string() }),
+        };
         let mut response = (status, body.to_string()).into_response();
         let headers = response.headers_mut();
         headers.insert(

@@ -8,12 +8,16 @@ use http::header;
 use http_body_util::Limited;
 
 use crate::error::VerifyError;
+use crate::forget::AcceptedSlot;
 use crate::verifier::{VerifiedWebhook, Verifier};
 
 /// Verifies the request with the [`Verifier`] in the router's state (the state itself, or a
 /// field of it through [`FromRef`]). It consumes the body, so it must be the handler's last
 /// extractor. Rejections are [`VerifyError`] responses; take `Result<VerifiedWebhook,
-/// VerifyError>` instead to answer them yourself.
+/// VerifyError>` instead to answer them yourself. A replayed event id is rejected with **200
+/// OK** (see [`VerifyError::Replayed`]), so the handler does not run for a duplicate delivery.
+/// Under the [`forget_on_failure`](crate::forget_on_failure) middleware, the event id is
+/// forgotten again when the handler does not answer 2xx.
 ///
 /// The token is checked before the body is read, so an unauthenticated request is refused
 /// without buffering its body. The body is read up to [`Verifier::max_body_bytes`] (and axum's
@@ -42,6 +46,7 @@ where
         if declared.is_some_and(|length| length > limit as u64) {
             return Err(VerifyError::PayloadTooLarge { limit });
         }
+        let slot = req.extensions().get::<AcceptedSlot>().cloned();
         let (parts, body) = req.into_parts();
         let limited = Request::from_parts(parts, Body::new(Limited::new(body, limit)));
         let body =
@@ -53,6 +58,10 @@ where
                     }
                     other => VerifyError::BodyRead(other.body_text()),
                 })?;
-        verifier.check_body(pending, body).await
+        let webhook = verifier.check_body(pending, body).await?;
+        if let Some(slot) = slot {
+            slot.set(verifier, webhook.event_id.clone());
+        }
+        Ok(webhook)
     }
 }

@@ -14,11 +14,15 @@
 //!    base64url SHA-256 of its exact bytes;
 //! 6. when a `whsec_` secret is configured, the Standard Webhooks timestamp (±5 min) and
 //!    signature (constant-time);
-//! 7. `jti` not accepted before within its token's lifetime ([`ReplayStore`]).
+//! 7. `jti` not accepted before within its token's lifetime ([`ReplayStore`]). A repeat is
+//!    [`VerifyError::Replayed`]: a duplicate delivery, which axum answers with **200 OK** (the
+//!    database delivers at least once, so it must see a 2xx to stop retrying), without running
+//!    the handler. Add the [`forget_on_failure`] middleware so that a handler that fails (non-2xx)
+//!    gets the retry instead of it being acknowledged as a duplicate.
 //!
 //! ```no_run
-//! use axum::{Router, routing::post};
-//! use secure_webhook_verifier::{VerifiedWebhook, Verifier};
+//! use axum::{Router, middleware, routing::post};
+//! use secure_webhook_verifier::{VerifiedWebhook, Verifier, forget_on_failure};
 //!
 //! async fn ingest(webhook: VerifiedWebhook) -> &'static str {
 //!     let _row: serde_json::Value = serde_json::from_slice(&webhook.body).unwrap();
@@ -31,6 +35,7 @@
 //!     .unwrap();
 //! let app: Router = Router::new()
 //!     .route("/ingest/resumes/batch", post(ingest))
+//!     .layer(middleware::from_fn(forget_on_failure))
 //!     .with_state(verifier);
 //! ```
 #![deny(missing_docs)]
@@ -38,11 +43,13 @@
 mod clock;
 mod error;
 mod extract;
+mod forget;
 mod replay;
 mod verifier;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ConfigError, VerifyError};
+pub use forget::forget_on_failure;
 pub use replay::{
     DEFAULT_MAX_ENTRIES, MemoryReplayStore, ReplayStore, ReplayStoreError, StoreFuture,
 };

@@ -379,8 +379,10 @@ impl Verifier {
         self.check_body(pending, body).await
     }
 
-    /// Forget an accepted event id, so that the database's next delivery of it is accepted:
-    /// call it when the handler could not process the event and answers 5xx.
+    /// Forget an accepted event id, so that the database's next delivery of it is accepted (and
+    /// processed) instead of being acknowledged as a duplicate ([`VerifyError::Replayed`]):
+    /// call it when the handler could not process the event and answers non-2xx. The
+    /// [`forget_on_failure`](crate::forget_on_failure) middleware does this for axum handlers.
     pub async fn forget(&self, event_id: &str) -> Result<(), VerifyError> {
         self.inner
             .replay_store

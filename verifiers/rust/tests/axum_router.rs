@@ -5,12 +5,17 @@ mod common;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::middleware;
 use axum::routing::post;
 use common::*;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use secure_webhook_verifier::{VerifiedWebhook, Verifier, VerifyError};
+use secure_webhook_verifier::{VerifiedWebhook, Verifier, VerifyError, forget_on_failure};
 use serde_json::{Value, json};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Waker};
 use tower::ServiceExt;
 
 async fn ingest(webhook: VerifiedWebhook) -> String {
@@ -51,19 +56,176 @@ fn error_code(body: &str) -> String {
         .to_owned()
 }
 
+/// A fresh token for `EVENT_ID`, as each retry of the database carries (`iat` shifted by `n`).
+fn attempt(n: u64) -> String {
+    let mut claims = claims(BODY);
+    claims["iat"] = json!(NOW - 60 + n);
+    claims["exp"] = json!(NOW + 3600 + n);
+    sign(&claims)
+}
+
 #[tokio::test]
-async fn accepts_then_refuses_the_replay_with_409() {
-    let app = app(verifier());
+async fn accepts_then_acknowledges_the_replay_with_200_without_running_the_handler() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let app = Router::new()
+        .route(
+            PATH,
+            post(move |webhook: VerifiedWebhook| async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                ingest(webhook).await
+            }),
+        )
+        .with_state(verifier());
     let token = sign(&claims(BODY));
     let (status, _, body) = send(&app, request(PATH, &token, BODY)).await;
     assert_eq!(
         (status, body.as_str()),
         (StatusCode::OK, &*format!("{EVENT_ID} resumes"))
     );
-    let (status, headers, body) = send(&app, request(PATH, &token, BODY)).await;
-    assert_eq!(status, StatusCode::CONFLICT);
-    assert_eq!(headers["content-type"], "application/json");
-    assert_eq!(error_code(&body), "replayed");
+    // the same token again, then a retry with a fresh token and the same event id
+    for token in [token, attempt(1)] {
+        let (status, headers, body) = send(&app, request(PATH, &token, BODY)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["content-type"], "application/json");
+        assert!(!headers.contains_key("www-authenticate"));
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap(),
+            json!({"ok": true, "duplicate": true, "event_id": EVENT_ID})
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // the replayed token with another body is still refused
+    let changed = BODY.replace("Ada", "Eve");
+    let (status, _, body) = send(&app, request(PATH, &attempt(2), changed)).await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (StatusCode::UNAUTHORIZED, "body_hash_mismatch")
+    );
+}
+
+/// A handler that answers 500 to its first call and 200 afterwards, under `forget_on_failure`
+/// when `layered`.
+fn flaky_app(layered: bool) -> (Router, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let router = Router::new().route(
+        PATH,
+        post(move |webhook: VerifiedWebhook| async move {
+            match counted.fetch_add(1, Ordering::SeqCst) {
+                0 => (StatusCode::INTERNAL_SERVER_ERROR, "try again".to_owned()),
+                _ => (StatusCode::OK, format!("processed {}", webhook.event_id)),
+            }
+        }),
+    );
+    let router = if layered {
+        router.layer(middleware::from_fn(forget_on_failure))
+    } else {
+        router
+    };
+    (router.with_state(verifier()), calls)
+}
+
+#[tokio::test]
+async fn forget_on_failure_lets_the_retry_of_a_failed_event_reach_the_handler() {
+    let (app, calls) = flaky_app(true);
+    let (status, _, body) = send(&app, request(PATH, &attempt(0), BODY)).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "try again")
+    );
+    // the database retries with a fresh token: processed this time
+    let (status, _, body) = send(&app, request(PATH, &attempt(1), BODY)).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, format!("processed {EVENT_ID}"))
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // a third delivery (the 200 was lost) is acknowledged as a duplicate, not processed
+    let (status, _, body) = send(&app, request(PATH, &attempt(2), BODY)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["duplicate"],
+        true
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn without_forget_on_failure_the_retry_of_a_failed_event_is_acknowledged() {
+    // why the layer exists: the event id stays recorded after the 500
+    let (app, calls) = flaky_app(false);
+    let (status, _, _) = send(&app, request(PATH, &attempt(0), BODY)).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let (status, _, body) = send(&app, request(PATH, &attempt(1), BODY)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["duplicate"],
+        true
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn refused_requests_under_forget_on_failure_forget_nothing() {
+    let (app, calls) = flaky_app(true);
+    calls.store(1, Ordering::SeqCst); // the handler succeeds from the start
+    let (status, _, _) = send(&app, request(PATH, &attempt(0), BODY)).await;
+    assert_eq!(status, StatusCode::OK);
+    // a forged request with the accepted event id: 401, and the id stays recorded
+    let forged = sign_with(
+        &claims(BODY),
+        jsonwebtoken::Algorithm::HS256,
+        b"another key of 32 bytes or more!!",
+    );
+    let (status, _, _) = send(&app, request(PATH, &forged, BODY)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = send(&app, request(PATH, &attempt(1), BODY.replace("Ada", "Eve"))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // a duplicate answered 200 by the rejection is not a failure either
+    for n in 2..4 {
+        let (status, _, body) = send(&app, request(PATH, &attempt(n), BODY)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["duplicate"],
+            true
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn forget_on_failure_forgets_when_the_handler_is_cancelled() {
+    // the client hangs up (the database's timeout) while the handler is still working
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let app = Router::new()
+        .route(
+            PATH,
+            post(move |_webhook: VerifiedWebhook| async move {
+                if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                    std::future::pending::<()>().await;
+                }
+                "processed"
+            }),
+        )
+        .layer(middleware::from_fn(forget_on_failure))
+        .with_state(verifier());
+    {
+        let mut first = std::pin::pin!(app.clone().oneshot(request(PATH, &attempt(0), BODY)));
+        let mut context = Context::from_waker(Waker::noop());
+        for _ in 0..100 {
+            if calls.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            assert!(first.as_mut().poll(&mut context).is_pending());
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "the handler never ran");
+    } // dropped here, as hyper drops it when the connection closes
+    let (status, _, body) = send(&app, request(PATH, &attempt(1), BODY)).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "processed"));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
@@ -167,7 +329,7 @@ async fn nested_router_with_app_state_checks_aud_against_the_original_path() {
                 StatusCode::OK,
                 format!("{} {}", state.name, webhook.event_id),
             ),
-            // answer a replay of an already processed event with 200, so the database stops
+            // a duplicate is acknowledged with 2xx (error.status() is 200 for it too)
             Err(VerifyError::Replayed { event_id }) => (StatusCode::OK, format!("dup {event_id}")),
             Err(error) => (error.status(), error.code().to_owned()),
         }

@@ -642,8 +642,13 @@ fn errors_have_statuses_and_codes() {
             event_id: "x".into()
         }
         .status(),
-        StatusCode::CONFLICT
+        StatusCode::OK
     );
+    let replayed = VerifyError::Replayed {
+        event_id: "x".into(),
+    };
+    assert!(replayed.is_duplicate() && !VerifyError::InvalidSignature.is_duplicate());
+    assert_eq!(replayed.code(), "replayed");
     assert_eq!(
         VerifyError::MissingWebhookId.status(),
         StatusCode::BAD_REQUEST
