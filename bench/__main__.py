@@ -53,7 +53,7 @@ class Sizes:
 
 
 FULL = Sizes(
-    rounds=11, transactions=3000, bulk_rows=10_000, profiled_statements=1000, warmup_rows=100, piece_iterations=300
+    rounds=9, transactions=2000, bulk_rows=10_000, profiled_statements=1000, warmup_rows=100, piece_iterations=300
 )
 SMOKE = Sizes(
     rounds=1,
@@ -108,8 +108,11 @@ def _sizes(args: argparse.Namespace) -> Sizes:
     )
 
 
+_STARTED = time.monotonic()
+
+
 def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    print(f"[{time.monotonic() - _STARTED:5.0f} s] {message}", file=sys.stderr, flush=True)
 
 
 def interleaved(round_no: int) -> Iterator[Variant]:

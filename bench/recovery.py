@@ -68,6 +68,8 @@ class Recovery:
     #: after the orchestrator had accepted every event.
     attempts: int
     attempts_after_all_arrived: int
+    #: Those attempts by the outcome the reconciler logged: "delivered", or its error text.
+    attempt_outcomes: dict[str, int]
     #: The request timeout pg_net was given (ms).
     timeout_ms: int
 
@@ -107,6 +109,7 @@ def measure(conn: psycopg.Connection, variant: Variant, events: int, secret: str
     per_event = Counter(delivery.header("webhook-id") for delivery in accepted)
     handed, attempts, late = conn.execute(_ATTEMPTS_AFTER, {"replayed": replayed_db, "arrived": arrived}).fetchone()
     responses = dict(conn.execute(_RESPONSES_AFTER, {"replayed": replayed_db}).fetchall())
+    outcomes = dict(conn.execute(_ATTEMPT_OUTCOMES, {"replayed": replayed_db}).fetchall())
     return Recovery(
         events,
         replayed,
@@ -121,6 +124,7 @@ def measure(conn: psycopg.Connection, variant: Variant, events: int, secret: str
         responses=responses,
         attempts=attempts,
         attempts_after_all_arrived=late,
+        attempt_outcomes=outcomes,
         timeout_ms=FunctionSpec().timeout_ms,
     )
 
@@ -133,6 +137,12 @@ _ATTEMPTS_AFTER = """
            count(*) FILTER (WHERE sent_at > %(replayed)s + make_interval(secs => %(arrived)s))
       FROM secure_webhooks.attempts
      WHERE sent_at >= %(replayed)s
+"""
+_ATTEMPT_OUTCOMES = """
+    SELECT CASE WHEN finished_at IS NULL THEN 'unfinished' ELSE coalesce(left(error, 60), 'delivered') END, count(*)
+      FROM secure_webhooks.attempts
+     WHERE sent_at >= %(replayed)s
+     GROUP BY 1
 """
 _RESPONSES_AFTER = """
     SELECT CASE WHEN status_code BETWEEN 200 AND 299 THEN '2xx'
@@ -167,12 +177,14 @@ def render(result: Recovery) -> str:
         f"{result.events / PG_NET_DOCUMENTED_PER_SECOND:.0f} s"
     )
     responses = ", ".join(f"{count} {kind}" for kind, count in sorted(result.responses.items())) or "none"
+    outcomes = "; ".join(f"{count} {kind}" for kind, count in sorted(result.attempt_outcomes.items()))
     lines += [
         f"from the replay on: the reconciler made {result.attempts} attempts for {result.events} events, "
         f"{result.attempts_after_all_arrived} of them after the",
         f"orchestrator had every event; pg_net's responses (request timeout {result.timeout_ms} ms): {responses};",
         f"the orchestrator received {result.received} requests, accepted {result.accepted}, of which "
         f"{result.duplicates} duplicates (an event id",
-        f"it had accepted before; {result.events_received_twice} events arrived more than once)",
+        f"it had accepted before; {result.events_received_twice} events arrived more than once);",
+        f"the attempts' outcomes as the reconciler logged them: {outcomes}",
     ]
     return "\n".join(lines)
