@@ -121,8 +121,21 @@ BEGIN
   SELECT p.epoch INTO epoch FROM {SCHEMA}.{PG_NET_EPOCH} AS p;
 
   -- 1. Outcomes of the attempts in flight.
+  -- A request neither queued nor answered may be on the wire (pg_net deletes before sending) or
+  -- gone (deleted by another role, its response expired). Only after it has been seen missing for a
+  -- whole grace period is it taken as vanished: the time it waited in a long queue does not count.
+  UPDATE {events} AS e
+     SET missing_since = pg_catalog.now()
+    FROM (SELECT m.id FROM {events} AS m
+           WHERE m.state = 'sending' AND m.missing_since IS NULL AND m.request_epoch = epoch
+             AND NOT EXISTS (SELECT FROM net.http_request_queue AS q WHERE q.id = m.request_id)
+             AND NOT EXISTS (SELECT FROM net._http_response AS r WHERE r.id = m.request_id AND r.created >= m.sent_at)
+           LIMIT batch_size
+             FOR UPDATE OF m SKIP LOCKED) AS missing
+   WHERE e.id = missing.id;
+
   WITH in_flight AS (
-    SELECT e.id, e.request_id, e.request_epoch, e.sent_at
+    SELECT e.id, e.request_id, e.request_epoch, e.sent_at, e.missing_since
       FROM {events} AS e
      WHERE e.state = 'sending'
      ORDER BY e.sent_at
@@ -144,8 +157,7 @@ BEGIN
         ON r.id = i.request_id AND i.request_epoch = epoch AND r.created >= i.sent_at
      WHERE r.id IS NOT NULL
         OR i.request_epoch IS DISTINCT FROM epoch
-        OR (i.sent_at < pg_catalog.now() - interval '{spec.grace_seconds} seconds'
-            AND NOT EXISTS (SELECT FROM net.http_request_queue AS q WHERE q.id = i.request_id))
+        OR i.missing_since < pg_catalog.now() - interval '{spec.grace_seconds} seconds'
   ), logged AS (
     UPDATE {attempts} AS a
        SET finished_at = COALESCE(o.finished_at, pg_catalog.now()), status_code = o.status_code, error = o.error
@@ -220,7 +232,7 @@ BEGIN
     request := net.http_post(due.url, due.payload, '{{}}'::jsonb, headers, {int(f.timeout_ms)});
     UPDATE {events} AS e
        SET state = 'sending', attempts = e.attempts + 1, request_id = request, request_epoch = epoch,
-           sent_at = pg_catalog.now()
+           sent_at = pg_catalog.now(), missing_since = NULL
      WHERE e.id = due.id
     RETURNING e.attempts INTO n;
     INSERT INTO {attempts} (event_id, attempt, request_id, sent_at) VALUES (due.id, n, request, pg_catalog.now());

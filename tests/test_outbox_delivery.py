@@ -231,3 +231,21 @@ def test_two_concurrent_reconciler_runs_send_each_event_once(conn, pipeline, wor
         reconcile(conn)  # idempotent once everything is delivered
     worker.drain()
     assert len(receiver.deliveries) == before
+
+
+def test_a_request_that_waited_long_in_the_queue_is_not_taken_as_vanished(conn, cluster, receiver):
+    """Found by the recovery benchmark: time spent queued behind a backlog used to count as missing."""
+    inserted = insert_rows(conn, "resumes", 1)
+    reconcile(conn)  # queued; no worker yet, so it waits longer than the vanish grace period
+    time.sleep(2 * TIMEOUT_MS / 1000 + 5 + 1)
+    receiver.plan(PlannedResponse(200, delay=0.8))  # on the wire: out of the queue, no response yet
+    with PgNetWorker(cluster.admin_dsn) as worker:
+        deadline = time.monotonic() + 10
+        while conn.execute("SELECT count(*) FROM net.http_request_queue").fetchone() != (0,):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        reconcile(conn)  # sees it neither queued nor answered: only starts its grace period
+        settle(conn, worker, all_delivered(conn))
+    counts = report("queued longer than the grace period", inserted, receiver)
+    assert counts.duplicated == 0
+    assert conn.execute("SELECT count(*) FROM secure_webhooks.attempts").fetchone() == (1,)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import heapq
 import hmac
 import threading
 import time
@@ -60,19 +61,26 @@ def body_sha256(body: bytes) -> str:
 
 @dataclass
 class SeenEvents:
-    """Event ids accepted within their tokens' lifetimes (one process; replicas need a shared store)."""
+    """Event ids accepted within their tokens' lifetimes (one process; replicas need a shared store).
+
+    Expired ids leave through a heap ordered by expiry, so each request costs O(log n), not a scan.
+    """
 
     _expiry: dict[str, float] = field(default_factory=dict)
+    _by_expiry: list[tuple[float, str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def first_time(self, event_id: str, expires_at: float, now: float) -> bool:
         """Record `event_id` until `expires_at`; False when it was already there."""
         with self._lock:
-            for stale in [key for key, expiry in self._expiry.items() if expiry < now]:
-                del self._expiry[stale]
+            while self._by_expiry and self._by_expiry[0][0] < now:
+                _, stale = heapq.heappop(self._by_expiry)
+                if self._expiry.get(stale, now) < now:
+                    del self._expiry[stale]
             if event_id in self._expiry:
                 return False
             self._expiry[event_id] = expires_at
+            heapq.heappush(self._by_expiry, (expires_at, event_id))
             return True
 
 
