@@ -116,4 +116,12 @@ def test_switching_modes_is_an_in_place_update_of_the_function(engine, first, se
     insert(engine, 1)
     (delivery,) = engine.orchestrator.wait_for(1)
     assert delivery.status == 200
-    assert (delivery.header("webhook-id") is not None) == (second == "at-least-once")
+    with engine.connect() as conn:
+        outbox = conn.execute("SELECT to_regclass('secure_webhooks.events')").fetchone()[0]
+        if second == "at-least-once":
+            engine.wait_until_delivered()
+            assert conn.execute("SELECT event_id::text FROM secure_webhooks.deliveries").fetchone() == (
+                delivery.header("webhook-id"),
+            )
+        else:
+            assert outbox is None  # direct: the outbox, reconciler and job are gone

@@ -15,7 +15,7 @@ import jwt
 import pytest
 import standardwebhooks
 from binding_support import PATH, authorization, direct_webhook, ensure_webhook_secret, insert_resumes
-from outbox_support import all_delivered, insert_rows, install_pipeline, reconcile, settle
+from outbox_support import all_delivered, insert_rows, install_pipeline, reconcile, settle, supabase_with_secret
 
 from local_supabase.pg_net_worker import PgNetWorker
 from local_supabase.scripted_server import Reply, ScriptedServer
@@ -84,13 +84,17 @@ def test_a_token_read_from_the_queue_in_the_inserting_transaction_is_worthless(
     assert other_url.value.reason == "audience"
 
 
-def test_a_redirected_queued_request_gives_the_attacker_nothing(supabase_ready, receiver_secret):
-    """At-least-once: the attacker re-points a queued request; the event still reaches the orchestrator."""
+def test_a_redirected_queued_request_gives_the_attacker_nothing(receiver_secret):
+    """At-least-once: the attacker re-points a queued request; the event still reaches the orchestrator.
+
+    A cluster of its own: no other worker may pick the request up before the attacker moves it.
+    """
     with (
+        supabase_with_secret(receiver_secret) as cluster,
         ScriptedServer() as orchestrator_endpoint,
         ScriptedServer(Reply(status=500)) as attacker,
     ):
-        pipeline = install_pipeline(supabase_ready)
+        pipeline = install_pipeline(cluster)
         try:
             pipeline.add_trigger("resumes", orchestrator_endpoint.url + PATH)
             with pipeline.connect() as conn:
@@ -100,7 +104,7 @@ def test_a_redirected_queued_request_gives_the_attacker_nothing(supabase_ready, 
                     conn.execute("SET LOCAL ROLE authenticated")
                     moved = conn.execute("UPDATE net.http_request_queue SET url = %s", (attacker.url + PATH,)).rowcount
                 assert moved == 1
-                with PgNetWorker(supabase_ready.admin_dsn) as worker:
+                with PgNetWorker(cluster.admin_dsn) as worker:
                     settle(conn, worker, all_delivered(conn))  # the 500 made the reconciler retry, to the real URL
         finally:
             pipeline.remove()
