@@ -216,12 +216,24 @@ BEGIN
   END IF;
 
   issued_at := pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()))::bigint;
+  -- Each attempt goes to the URL the webhook's trigger has now (`pulumi up` of a new
+  -- orchestratorUrl re-points pending events too); the URL stored at insert is the fallback
+  -- once the trigger is gone.
   FOR due IN
-    SELECT e.id, e.url, e.payload FROM {events} AS e
+    SELECT e.id, COALESCE(live.url, e.url) AS url, e.payload FROM {events} AS e
+      LEFT JOIN LATERAL (
+        SELECT pg_catalog.convert_from(
+                 pg_catalog.substring(t.tgargs, 1, pg_catalog.position(t.tgargs, '\\x00'::bytea) - 1),
+                 'UTF8') AS url
+          FROM pg_catalog.pg_trigger AS t
+         WHERE t.tgname = e.webhook AND t.tgnargs = 1
+           AND t.tgrelid = pg_catalog.to_regclass(
+                 pg_catalog.quote_ident(e.payload ->> 'schema') || '.' || pg_catalog.quote_ident(e.payload ->> 'table'))
+      ) AS live ON true
      WHERE e.state = 'pending' AND e.next_attempt_at <= pg_catalog.now()
      ORDER BY e.next_attempt_at
      LIMIT batch_size
-       FOR UPDATE SKIP LOCKED
+       FOR UPDATE OF e SKIP LOCKED
   LOOP
     claims := {claims_expression(f, jti="due.id", body="due.payload", url="due.url")};
     {sign_statement(f.signer)}
@@ -232,7 +244,7 @@ BEGIN
     request := net.http_post(due.url, due.payload, '{{}}'::jsonb, headers, {int(f.timeout_ms)});
     UPDATE {events} AS e
        SET state = 'sending', attempts = e.attempts + 1, request_id = request, request_epoch = epoch,
-           sent_at = pg_catalog.now(), missing_since = NULL
+           sent_at = pg_catalog.now(), missing_since = NULL, url = due.url
      WHERE e.id = due.id
     RETURNING e.attempts INTO n;
     INSERT INTO {attempts} (event_id, attempt, request_id, sent_at) VALUES (due.id, n, request, pg_catalog.now());

@@ -28,6 +28,7 @@ from outbox_support import (
     supabase_with_secret,
     tally,
 )
+from providers import trigger_props
 
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
@@ -249,3 +250,20 @@ def test_a_request_that_waited_long_in_the_queue_is_not_taken_as_vanished(conn, 
     counts = report("queued longer than the grace period", inserted, receiver)
     assert counts.duplicated == 0
     assert conn.execute("SELECT count(*) FROM secure_webhooks.attempts").fetchone() == (1,)
+
+
+def test_pending_events_follow_the_webhooks_new_url(pipeline, worker):
+    """`pulumi up` with a new orchestratorUrl re-points the trigger; events already waiting follow it."""
+    with WebhookReceiver(SECRET) as gone:
+        old_url = gone.url + "/ingest/interns/individual"
+    pipeline.add_trigger("resumes", old_url, name="moving_hook")
+    triggers, created = pipeline.installed[-1]
+    with pipeline.connect() as conn, WebhookReceiver(SECRET) as new_home:
+        inserted = insert_rows(conn, "resumes", 3)
+        settle(conn, worker, lambda: statuses(conn) == {"failed": 3})
+        moved = trigger_props("resumes", "moving_hook", new_home.url + "/ingest/interns/individual", pipeline.spec)
+        triggers.update(created.id, created.outs, moved)
+        settle(conn, worker, all_delivered(conn))
+        report("events pending while the URL changed", inserted, new_home)
+        urls = {row[0] for row in conn.execute("SELECT url FROM secure_webhooks.deliveries")}
+    assert urls == {new_home.url + "/ingest/interns/individual"}
