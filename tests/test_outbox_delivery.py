@@ -8,6 +8,7 @@ went in and what came out.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import time
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from outbox_support import (
+    TEST_DELIVERY,
     TIMEOUT_MS,
     Pipeline,
     all_delivered,
@@ -267,3 +269,22 @@ def test_pending_events_follow_the_webhooks_new_url(pipeline, worker):
         report("events pending while the URL changed", inserted, new_home)
         urls = {row[0] for row in conn.execute("SELECT url FROM secure_webhooks.deliveries")}
     assert urls == {new_home.url + "/ingest/interns/individual"}
+
+
+def test_retention_purges_delivered_and_dead_events(cluster, receiver):
+    delivery = dataclasses.replace(TEST_DELIVERY, keep_delivered_hours=0, keep_dead_hours=1)
+    pipeline = install_pipeline(cluster, delivery=delivery)
+    try:
+        pipeline.add_trigger("resumes", receiver.url + "/ingest/interns/individual")
+        receiver.plan(PlannedResponse(410))
+        with pipeline.connect() as conn, PgNetWorker(cluster.admin_dsn) as worker:
+            insert_rows(conn, "resumes", 3)
+            settle(conn, worker, lambda: statuses(conn) == {"dead": 1, "delivered": 2})
+            assert conn.execute("SELECT secure_webhooks.purge_expired()").fetchone() == (2,)
+            assert statuses(conn) == {"dead": 1}  # dead events are kept for keepDeadHours
+            conn.execute("UPDATE secure_webhooks.events SET dead_at = now() - interval '61 minutes'")
+            assert conn.execute("SELECT secure_webhooks.purge_expired()").fetchone() == (1,)
+            assert statuses(conn) == {}
+            assert conn.execute("SELECT count(*) FROM secure_webhooks.attempts").fetchone() == (0,)
+    finally:
+        pipeline.remove()
