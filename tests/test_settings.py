@@ -300,3 +300,63 @@ def test_webhook_secret_errors_never_echo_it(secret, problem):
 
 def test_a_valid_webhook_secret_passes():
     assert check_webhook_secret(WHSEC) == WHSEC
+
+
+URL_KEY = "secure-webhooks:orchestratorUrl"
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9000?", "https://orchestrator.example.com#", "https://o.example.com/a?"]
+)
+def test_an_empty_query_or_fragment_is_refused(url):
+    """Issue 10 #9: `http://host?` would turn every webhook path into a query string."""
+    error = error_of(orchestratorUrl=url)
+    assert error.key == URL_KEY and "query string or fragment" in error.problem
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("https://abc.ngrok-free.dev.", "tunnel host"),
+        ("https://xyz.trycloudflare.com.", "tunnel host"),
+        ("https://ABC.NGROK-FREE.DEV", "tunnel host"),
+        ("https://127.1", "loopback"),
+        ("https://2130706433", "loopback"),
+        ("https://0x7f000001", "loopback"),
+        ("https://0177.0.0.1", "loopback"),
+        ("https://[::ffff:127.0.0.1]", "loopback"),
+        ("https://0.0.0.0", "loopback"),
+        ("https://[::]", "loopback"),
+        ("https://localhost.", "loopback"),
+        ("https://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54", "loopback"),  # fullwidth, IDNA
+    ],
+)
+def test_production_guard_checks_the_normalised_host(url, fragment):
+    """Issue 10 #10: trailing dots, case, IDNA, inet_aton shorthand and IPv4-mapped IPv6."""
+    error = error_of(orchestratorUrl=url, production=True)
+    assert error.key == URL_KEY and fragment in error.problem
+
+
+def test_plain_http_rule_uses_the_same_normalised_host():
+    for url in ("http://127.1:9000", "http://[::ffff:127.0.0.1]:9000", "http://localhost.:9000"):
+        assert settings(orchestratorUrl=url).webhooks[0].url == url + "/ingest/interns/individual"
+    for url in ("http://example.com.", "http://127.0.0.1.example.com", "http://256.1"):
+        assert "plain http" in error_of(orchestratorUrl=url).problem
+    assert "empty label" in error_of(orchestratorUrl="https://a..example.com").problem
+
+
+def test_non_ascii_hosts_and_paths_are_encoded_and_nul_is_refused_naming_the_key():
+    """Issue 10 #11: pg_net/libcurl get an ASCII URL; a NUL never reaches `up`."""
+    s = settings(
+        orchestratorUrl="https://bücher.example/ü/",
+        webhooks=[{"name": "n", "table": "t", "path": "/ingest/résumé%20x"}],
+    )
+    assert s.webhooks[0].path == "/ingest/r%C3%A9sum%C3%A9%20x"
+    assert s.webhooks[0].url == "https://xn--bcher-kva.example/%C3%BC/ingest/r%C3%A9sum%C3%A9%20x"
+    for path, problem in (("/a\x00b", "NUL"), ("/a\x7fb", "control"), ("/100%", "%XX")):
+        error = error_of(
+            webhooks=[{"name": "n", "table": "t", "path": "/ok"}, {"name": "m", "table": "t", "path": path}]
+        )
+        assert error.key == "secure-webhooks:webhooks[1].path" and problem in error.problem
+    error = error_of(orchestratorUrl="https://o.example.com/a\x00")
+    assert error.key == URL_KEY and "NUL" in error.problem
