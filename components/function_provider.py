@@ -20,7 +20,14 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 from components.database import DatabaseProvider
 from components.ownership import claim, marker, owner_of, refusal
 from components.preflight import preflight_failures
-from components.trigger_function import FunctionSpec, body_sha256, create_statement, render_body
+from components.trigger_function import (
+    FunctionSpec,
+    body_sha256,
+    canonical_claims,
+    claims_from_props,
+    create_statement,
+    render_body,
+)
 
 #: Roles that must never be able to call a SECURITY DEFINER function directly
 #: (Supabase linter rules anon_/authenticated_security_definer_function_executable).
@@ -59,7 +66,8 @@ def function_props(
         "name": spec.name,
         "secret_name": spec.secret_name,
         "signer": spec.signer,
-        "claims": dict(spec.claims),
+        # JSON text, not a map: Pulumi would turn 42 into 42.0 and drop nulls (canonical_claims).
+        "claims": canonical_claims(spec.claims),
         "token_ttl_seconds": spec.token_ttl_seconds,
         "timeout_ms": spec.timeout_ms,
         "mode": spec.mode,
@@ -79,7 +87,8 @@ def spec_from(props: dict[str, Any]) -> FunctionSpec:
         name=props["name"],
         secret_name=props["secret_name"],
         signer=props["signer"],
-        claims=props["claims"],
+        # Older state holds a map; its floats are what that version installed, so it is kept as is.
+        claims=claims_from_props(props["claims"]),
         token_ttl_seconds=int(props["token_ttl_seconds"]),
         timeout_ms=int(props["timeout_ms"]),
         # State written before delivery modes existed is the seed's direct mode.

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -157,7 +159,30 @@ def _load_json(key: str, value: Any) -> Any:
     return value
 
 
-def check_claims(value: Any) -> dict[str, Any]:
+def _check_claim_value(key: str, value: Any) -> None:
+    """Refuse what JSON cannot carry exactly: NaN, infinities, non-string keys."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(key, f"is {value!r}, which JSON cannot represent; use a finite number or a string")
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if not isinstance(name, str):
+                raise ConfigError(key, f"has the non-string key {name!r}; JSON object keys are strings")
+            _check_claim_value(f"{key}.{name}", item)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_claim_value(f"{key}[{index}]", item)
+    elif value is not None and not isinstance(value, (str, bool, int, float)):
+        raise ConfigError(key, f"is a {type(value).__name__}, not a JSON value")
+
+
+def check_claims(value: Any, *, now: float | None = None) -> dict[str, Any]:
+    """The configured claims, each value kept exactly (integers of any size stay integers, null stays null).
+
+    They reach the providers as their canonical JSON text (components/trigger_function.py,
+    `canonical_claims`), never as a Pulumi map, whose numbers are floats and whose nulls are dropped.
+    `nbf` is refused when it is not an integer or lies in the future: every token would be
+    rejected until then (the trigger sets `iat` itself at signing time).
+    """
     key = _key("claims")
     claims = _load_json(key, value)
     if claims is None:
@@ -167,7 +192,27 @@ def check_claims(value: Any) -> dict[str, Any]:
     for name in claims:
         if name in RESERVED_CLAIMS:
             raise ConfigError(f"{key}.{name}", "is set by the trigger for every token; remove it")
+    _check_claim_value(key, claims)
+    if "nbf" in claims:
+        nbf = claims["nbf"]
+        if isinstance(nbf, bool) or not isinstance(nbf, int):
+            raise ConfigError(f"{key}.nbf", f"must be an integer NumericDate (seconds since 1970), got {nbf!r}")
+        current = time.time() if now is None else now
+        if nbf > current:
+            raise ConfigError(
+                f"{key}.nbf",
+                f"is {nbf}, {int(nbf - current)} s in the future: every token would be rejected until then; "
+                "remove it (tokens are valid from their iat)",
+            )
     return dict(claims)
+
+
+def check_claims_against_binding(claims: Mapping[str, Any], token_binding: bool, token_audience: bool) -> None:
+    """Refuse a configured claim that the trigger also writes: the token would carry the name twice."""
+    added = (("jti", "body_sha256") if token_binding else ()) + (("aud",) if token_audience else ())
+    for name in added:
+        if name in claims:
+            raise ConfigError(f"{_key('claims')}.{name}", "is set by the trigger for every token; remove it")
 
 
 def check_jwt_secret(secret: str) -> str:
@@ -299,6 +344,9 @@ def parse_settings(
         raise ConfigError(_key("secretName"), "must be a non-empty Vault secret name of at most 200 characters")
 
     token_binding = _check_bool(_key("tokenBinding"), raw.get("tokenBinding"), default=True)
+    token_audience = _check_bool(_key("tokenAudience"), raw.get("tokenAudience"), default=False)
+    claims = check_claims(raw.get("claims"))
+    check_claims_against_binding(claims, token_binding, token_audience)
     return Settings(
         orchestrator_url=base_url,
         webhooks=check_webhooks(raw.get("webhooks"), base_url),
@@ -307,14 +355,14 @@ def parse_settings(
             _key("tokenTtlSeconds"), raw.get("tokenTtlSeconds"), 3600, 1, MAX_TOKEN_TTL_SECONDS
         ),
         timeout_ms=_check_int(_key("timeoutMs"), raw.get("timeoutMs"), 5000, 1, MAX_TIMEOUT_MS),
-        claims=check_claims(raw.get("claims")),
+        claims=claims,
         signer=signer,
         production=production,
         manage_extensions=_check_bool(_key("manageExtensions"), raw.get("manageExtensions"), default=True),
         manages_secret=jwt_secret_set,
         delivery=check_delivery(raw.get("delivery")),
         token_binding=token_binding,
-        token_audience=_check_bool(_key("tokenAudience"), raw.get("tokenAudience"), default=False),
+        token_audience=token_audience,
         webhook_secret_name=_check_webhook_signing(raw, token_binding, webhook_secret_set),
         manages_webhook_secret=webhook_secret_set,
     )

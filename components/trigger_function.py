@@ -96,6 +96,28 @@ def body_sha256_expression(body: str) -> str:
     return _urlsafe_base64(f"pg_catalog.sha256(pg_catalog.convert_to(({body})::text, 'UTF8'))")
 
 
+def canonical_claims(claims: Mapping[str, Any]) -> str:
+    """The configured claims as the compact JSON the token carries: keys sorted, no spaces.
+
+    This text, not a map, is what the program hands the providers: Pulumi carries a
+    map's numbers as floats (42 would be signed as 42.0, a 23-digit integer as
+    1.2345678901234568e+22) and drops its null values, so the claims travel as this
+    string and are parsed back with `claims_from_props`, exact.
+    """
+    return json.dumps(dict(claims), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def claims_from_props(value: str | Mapping[str, Any]) -> dict[str, Any]:
+    """The claims from provider inputs or state: canonical JSON text, or (state written by
+    older versions) a map, used as it stands so that their installed bodies still compare equal."""
+    if isinstance(value, str):
+        claims = json.loads(value)
+        if not isinstance(claims, dict):
+            raise ValueError("claims must be a JSON object")
+        return claims
+    return dict(value)
+
+
 def claims_expression(spec: FunctionSpec, *, jti: str | None = None, body: str | None = None, url: str = "") -> str:
     """SQL text of the claims as compact JSON, with `iat`/`exp` from the `issued_at` variable.
 
@@ -105,7 +127,7 @@ def claims_expression(spec: FunctionSpec, *, jti: str | None = None, body: str |
     With binding, `jti` (an SQL uuid, JSON-safe as it stands) and `body` (an SQL
     jsonb) add `jti` and `body_sha256`, and with `spec.audience`, `url` adds `aud`.
     """
-    configured = json.dumps(dict(spec.claims), sort_keys=True, separators=(",", ":"))
+    configured = canonical_claims(spec.claims)
     opening = sql_literal(configured[:-1] + ',"iat":')
     extra = ""
     if jti is not None:

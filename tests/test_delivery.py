@@ -7,13 +7,22 @@ token the way the orchestrator does.
 
 from __future__ import annotations
 
+import base64
+import json
+
 import jwt
 import psycopg
 import pytest
-from providers import configured, function_props, trigger_props, unique
+from outbox_support import TEST_DELIVERY, Pipeline, all_delivered, settle
+from providers import OWNER, configured, function_props, trigger_props, unique
 from psycopg import sql
+from test_claims_wire import over_the_wire
 
 from components.function_provider import SecureFunctionProvider
+from components.outbox import script_sha256
+from components.outbox_provider import OutboxProvider
+from components.reconciler import ReconcilerSpec
+from components.reconciler_provider import ReconcilerProvider, reconciler_props
 from components.settings import DEFAULT_CLAIMS, DEFAULT_WEBHOOKS, check_webhooks
 from components.trigger_function import FunctionSpec, sign_statement
 from components.trigger_provider import WebhookTriggerProvider
@@ -33,7 +42,7 @@ def install(supabase_ready, pg_net_worker, postgres_conn):
 
     def _install(base_url: str, signer: str = "pgjwt", webhooks=DEFAULT_WEBHOOKS, **spec_overrides) -> FunctionSpec:
         spec = FunctionSpec(name=unique("notify"), signer=signer, token_ttl_seconds=TTL, **spec_overrides)
-        installed.append((functions, functions.create(function_props(spec))))
+        installed.append((functions, functions.create(over_the_wire(function_props(spec)))))
         for webhook in check_webhooks([dict(w) for w in webhooks], base_url):
             for event, trigger_name in webhook.triggers:
                 props = trigger_props(webhook.table, trigger_name, webhook.url, spec, event=event)
@@ -90,8 +99,32 @@ def test_inserts_into_both_tables_arrive_signed(install, orchestrator, postgres_
     assert statuses == [(200,), (200,)]
 
 
-#: Configured claims that JSON and SQL quoting both have to get right.
-AWKWARD_CLAIMS = {"sub": 'o\'brien \\ "ü" ☃', "role": "worker", "scopes": ["ingest", "read"], "tier": 2, "beta": True}
+#: Configured claims that JSON and SQL quoting both have to get right, and numbers and nulls that
+#: must survive Pulumi's wire exactly (issue 10 #8): a map's numbers travel as floats.
+AWKWARD_CLAIMS = {
+    "sub": 'o\'brien \\ "ü" ☃',
+    "role": "worker",
+    "scopes": ["ingest", "read", 7],
+    "tier": 2,
+    "beta": True,
+    "org_id": 42,
+    "big": 12345678901234567890123,
+    "ratio": 1.5,
+    "revoked": None,
+    "limits": {"rows": 1000, "nothing": None, "negative": -9007199254740993},
+}
+
+
+def assert_signed_exactly(delivery, claims: dict) -> None:
+    """The token carries `claims` to the byte (42, not 42.0; the big integer in full; null kept)
+    before the claims the function adds; the receiver checked those binding claims."""
+    assert delivery.status == 200, delivery.rejection
+    bound = ("iat", "exp", "jti", "body_sha256")
+    assert {name: value for name, value in delivery.claims.items() if name not in bound} == claims
+    payload = base64.urlsafe_b64decode(delivery.header("Authorization").split(".")[1] + "==").decode()
+    configured = json.dumps(claims, sort_keys=True, separators=(",", ":"))
+    assert payload.startswith(configured[:-1] + ',"iat":'), payload
+    assert all(type(delivery.claims[name]) is type(value) for name, value in claims.items())
 
 
 @pytest.mark.parametrize("signer", ["pgjwt", "pgcrypto"])
@@ -100,9 +133,36 @@ def test_configured_claims_arrive_exactly(install, receiver_secret, postgres_con
         install(receiver.url, signer=signer, claims=AWKWARD_CLAIMS)
         insert(postgres_conn, "resumes", "claims.pdf")
         (delivery,) = receiver.wait_for(1)
-    assert delivery.status == 200, delivery.rejection
-    bound = ("iat", "exp", "jti", "body_sha256")  # the receiver checked the binding claims
-    assert {name: value for name, value in delivery.claims.items() if name not in bound} == AWKWARD_CLAIMS
+    assert_signed_exactly(delivery, AWKWARD_CLAIMS)
+
+
+def test_the_reconciler_signs_the_configured_claims_exactly(supabase_ready, pg_net_worker, receiver_secret):
+    """At-least-once mode: the reconciler, rendered from the same props, signs the same exact claims."""
+    function = FunctionSpec(
+        name=unique("notify"), mode="at-least-once", claims=AWKWARD_CLAIMS, token_ttl_seconds=TTL, timeout_ms=1000
+    )
+    pipeline = Pipeline(supabase_ready, function)
+    steps = [
+        (OutboxProvider, {"owner": OWNER, "script_sha256": script_sha256()}),
+        (ReconcilerProvider, reconciler_props(ReconcilerSpec(function=function, delivery=TEST_DELIVERY), OWNER)),
+        (SecureFunctionProvider, function_props(function)),
+    ]
+    with WebhookReceiver(receiver_secret, expected_claims=AWKWARD_CLAIMS, expected_ttl=TTL) as receiver:
+        try:
+            with pipeline.connect() as conn:
+                create_demo_tables(conn)
+            for provider_class, props in steps:
+                provider = configured(provider_class, supabase_ready)
+                pipeline.installed.append((provider, provider.create(over_the_wire(props))))
+            pipeline.add_trigger("resumes", receiver.url + "/ingest/interns/individual", name=unique("hook"))
+            with pipeline.connect() as conn:
+                insert(conn, "resumes", "reconciled.pdf")
+                settle(conn, None, all_delivered(conn))
+            (delivery,) = receiver.wait_for(1)
+        finally:
+            pg_net_worker.drain()
+            pipeline.remove()
+    assert_signed_exactly(delivery, AWKWARD_CLAIMS)
 
 
 def test_a_wrong_secret_is_rejected_by_the_orchestrator(install, postgres_conn):
