@@ -163,6 +163,14 @@ def _check_claim_value(key: str, value: Any) -> None:
     """Refuse what JSON cannot carry exactly: NaN, infinities, non-string keys."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(key, f"is {value!r}, which JSON cannot represent; use a finite number or a string")
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 2**53:
+        # The Pulumi CLI reads a YAML integer beyond int64 as a 64-bit float: the digits are gone.
+        raise ConfigError(
+            key,
+            f"is {value!r}, an integer that lost digits as a 64-bit float (Pulumi's YAML config keeps integers "
+            "exact only within int64); set the claims as JSON text to keep it exact: "
+            "pulumi config set secure-webhooks:claims '{...}'",
+        )
     if isinstance(value, dict):
         for name, item in value.items():
             if not isinstance(name, str):
@@ -180,6 +188,8 @@ def check_claims(value: Any, *, now: float | None = None) -> dict[str, Any]:
 
     They reach the providers as their canonical JSON text (components/trigger_function.py,
     `canonical_claims`), never as a Pulumi map, whose numbers are floats and whose nulls are dropped.
+    The Pulumi CLI itself keeps a YAML integer exact only within int64 (a bigger one reaches the
+    program as a float, which is refused); set the claims as JSON text to carry any integer exactly.
     `nbf` is refused when it is not an integer or lies in the future: every token would be
     rejected until then (the trigger sets `iat` itself at signing time).
     """

@@ -101,6 +101,9 @@ def test_config_claims_keep_big_integers_and_nulls():
         ('{"x": NaN}', "secure-webhooks:claims.x", "JSON cannot represent"),
         ('{"x": {"y": [1, Infinity]}}', "secure-webhooks:claims.x.y[1]", "JSON cannot represent"),
         ('{"x": 1e400}', "secure-webhooks:claims.x", "JSON cannot represent"),
+        # What the Pulumi CLI makes of `big: 12345678901234567890123` in Pulumi.<stack>.yaml:
+        ('{"big": 1.2345678901234568e+22}', "secure-webhooks:claims.big", "lost digits"),
+        ('{"l": [-9007199254740992.0]}', "secure-webhooks:claims.l[0]", "lost digits"),
         ('{"nbf": 99999999999}', "secure-webhooks:claims.nbf", "in the future"),
         ('{"nbf": "now"}', "secure-webhooks:claims.nbf", "must be an integer"),
         ('{"nbf": 1.5}', "secure-webhooks:claims.nbf", "must be an integer"),
