@@ -8,19 +8,34 @@ the Pulumi state.
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import psycopg
-from pulumi.dynamic import ConfigureRequest, ResourceProvider
+from pulumi.dynamic import CheckFailure, CheckResult, ConfigureRequest, ResourceProvider
 
 #: DDL on a busy table waits for its lock while new inserts queue behind it; a
 #: short lock timeout makes `pulumi up` fail fast instead of stalling the app.
 LOCK_TIMEOUT = "5s"
 APPLICATION_NAME = "secure-webhooks (pulumi)"
+
+
+class DatabaseError(ConnectionError):
+    """The database could not be reached or did not let us finish: one clear line, never a secret.
+
+    Pulumi's dynamic-provider server still prints a traceback above it for a
+    create, update, read or delete (`_abort_with_traceback`); the message is
+    the traceback's last line. In `check` it becomes a plain check failure.
+    """
+
+
+def one_line(text: str) -> str:
+    """libpq's messages span lines (a DETAIL, a HINT after a tab): join them for a one-line error."""
+    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
 class ConfigSource(Protocol):
@@ -71,7 +86,12 @@ class ConnectionSettings:
                 connect_timeout=10,
             )
         except psycopg.OperationalError as exc:
-            raise ConnectionError(f"cannot connect to PostgreSQL as {self.describe()}: {exc}") from None
+            raise DatabaseError(
+                f"cannot connect to PostgreSQL as {self.describe()}: {self._without_password(one_line(exc))}"
+            ) from None
+
+    def _without_password(self, text: str) -> str:
+        return text.replace(self.password, "***") if self.password else text
 
 
 class Database:
@@ -88,13 +108,33 @@ class Database:
         self._conn: psycopg.Connection | None = None
 
     @contextmanager
-    def transaction(self) -> Iterator[psycopg.Cursor]:
-        """A cursor inside one transaction: everything in it commits or nothing does."""
+    def transaction(self, purpose: str | None = None) -> Iterator[psycopg.Cursor]:
+        """A cursor inside one transaction: everything in it commits or nothing does.
+
+        `purpose` ("create trigger x on public.t") names the change in the one-line
+        DatabaseError raised when a lock timeout or a lost connection stops it.
+        """
         with self._lock:
             if self._conn is None or self._conn.closed or self._conn.broken:
                 self._conn = self.settings.connect()
-            with self._conn.transaction(), self._conn.cursor() as cur:
-                yield cur
+            where = self.settings.describe()
+            try:
+                with self._conn.transaction(), self._conn.cursor() as cur:
+                    yield cur
+            except psycopg.errors.LockNotAvailable:
+                raise DatabaseError(
+                    f"{purpose or 'a change'} timed out after lock_timeout {LOCK_TIMEOUT} waiting for a lock "
+                    f"that another session holds (PostgreSQL {where}); nothing was changed. Retry once that "
+                    "session's transaction has ended (pg_stat_activity shows it)."
+                ) from None
+            except psycopg.OperationalError as exc:
+                if not self._conn.broken:
+                    raise
+                raise DatabaseError(
+                    f"{purpose or 'a change'} failed: lost the connection to PostgreSQL {where} "
+                    f"({self.settings._without_password(one_line(exc))}); if it was committing, check the "
+                    "object and run `pulumi refresh`, then retry."
+                ) from None
 
 
 class DatabaseProvider(ResourceProvider):
@@ -107,5 +147,24 @@ class DatabaseProvider(ResourceProvider):
 
     db: Database
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A database that cannot be reached in `check` is a check failure (one line), not a traceback."""
+        super().__init_subclass__(**kwargs)
+        if "check" in cls.__dict__:
+            cls.check = _reporting_database_errors(cls.__dict__["check"])  # type: ignore[method-assign]
+
     def configure(self, req: ConfigureRequest) -> None:
         self.db = Database(ConnectionSettings.from_config(req.config))
+
+
+def _reporting_database_errors(
+    check: Callable[[Any, dict[str, Any], dict[str, Any]], CheckResult],
+) -> Callable[[Any, dict[str, Any], dict[str, Any]], CheckResult]:
+    @functools.wraps(check)
+    def wrapper(self: Any, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        try:
+            return check(self, olds, news)
+        except DatabaseError as exc:
+            return CheckResult(news, [CheckFailure("", str(exc))])
+
+    return wrapper

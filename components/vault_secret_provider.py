@@ -1,9 +1,11 @@
 """Dynamic provider for the JWT signing secret in Supabase Vault (optional).
 
 Only used when `secure-webhooks:jwtSecret` (or `webhookSecret`) is set. The value travels as a
-Pulumi secret input and as a query parameter, never in SQL text, logs or
-plaintext state. `read` compares the Vault's value with the configured one
-inside PostgreSQL, so drift is seen without the value leaving the database.
+Pulumi secret input and reaches PostgreSQL only as `COPY ... FROM STDIN` data
+(binary) into a temporary table that the transaction drops: never as SQL text
+or a bind parameter, which `log_statement = all` would write to the server log.
+`read` compares the Vault's value with the configured one inside PostgreSQL,
+so drift is seen without the value leaving the database or entering a log.
 A secret this stack created is deleted on destroy; one it adopted is left in
 place (the orchestrator verifies with it) with its description restored.
 """
@@ -23,13 +25,34 @@ from components.settings import ConfigError, check_jwt_secret, check_webhook_sec
 INPUTS = ("name", "secret", "owner")
 
 
-def find_secret(cur: psycopg.Cursor, name: str, value: str) -> tuple[str, str | None, bool] | None:
-    """(id, description, value matches) of the named secret, or None."""
-    cur.execute(
-        "SELECT id::text, description, decrypted_secret = %s FROM vault.decrypted_secrets WHERE name = %s",
-        (value, name),
-    )
+#: The temporary table the configured value is copied into, once per transaction (ON COMMIT DROP).
+VALUE_TABLE = "pg_temp.secure_webhooks_secret_value"
+
+
+def load_value(cur: psycopg.Cursor, value: str) -> None:
+    """Hand `value` to this transaction as COPY data, which no log_statement setting logs.
+
+    Binary COPY, so even an error's CONTEXT line names only the column, never the row.
+    """
+    cur.execute(f"CREATE TEMPORARY TABLE {VALUE_TABLE.split('.')[1]} (value text NOT NULL) ON COMMIT DROP")
+    with cur.copy(f"COPY {VALUE_TABLE} (value) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(["text"])
+        copy.write_row((value,))
+
+
+def find_secret(cur: psycopg.Cursor, name: str, compare: bool = True) -> tuple[str, str | None, bool | None] | None:
+    """(id, description, value matches the loaded one) of the named secret, or None.
+
+    `compare` needs `load_value` earlier in the same transaction; without it the match is None.
+    """
+    matches = f"decrypted_secret = (SELECT value FROM {VALUE_TABLE})" if compare else "NULL::boolean"
+    cur.execute(f"SELECT id::text, description, {matches} FROM vault.decrypted_secrets WHERE name = %s", (name,))
     return cur.fetchone()
+
+
+def _set_value(cur: psycopg.Cursor, secret_id: str, description: str) -> None:
+    """Give the secret the loaded value and `description` (vault.update_secret keeps its name)."""
+    cur.execute(f"SELECT vault.update_secret(%s::uuid, value, NULL, %s) FROM {VALUE_TABLE}", (secret_id, description))
 
 
 def _state(row: tuple[str, str | None, bool]) -> dict[str, Any]:
@@ -58,26 +81,27 @@ class VaultSecretProvider(DatabaseProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         adopted_description = None
-        with self.db.transaction() as cur:
-            existing = find_secret(cur, props["name"], props["secret"])
+        with self.db.transaction(f"creating Vault secret {props['name']!r}") as cur:
+            load_value(cur, props["secret"])
+            existing = find_secret(cur, props["name"])
             if existing is None:
                 cur.execute(
-                    "SELECT vault.create_secret(%s, %s, %s)", (props["secret"], props["name"], marker(props["owner"]))
+                    f"SELECT vault.create_secret(value, %s, %s) FROM {VALUE_TABLE}",
+                    (props["name"], marker(props["owner"])),
                 )
             else:
                 if claim("Vault secret", repr(props["name"]), existing[1], props["owner"]):
                     adopted_description = existing[1] or ""
-                    pulumi.log.info(f"adopting existing Vault secret {props['name']!r}; destroy will leave it")
-                cur.execute(
-                    "SELECT vault.update_secret(%s::uuid, %s, NULL, %s)",
-                    (existing[0], props["secret"], marker(props["owner"])),
-                )
-            row = find_secret(cur, props["name"], props["secret"])
+                _set_value(cur, existing[0], marker(props["owner"]))
+            row = find_secret(cur, props["name"])
+        if adopted_description is not None:  # only now: the adoption has committed
+            pulumi.log.info(f"adopted existing Vault secret {props['name']!r}; destroy will leave it")
         return CreateResult(row[0], {**props, **_state(row), "adopted_description": adopted_description})
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        with self.db.transaction() as cur:
-            row = find_secret(cur, props["name"], props["secret"])
+        with self.db.transaction(f"reading Vault secret {props['name']!r}") as cur:
+            load_value(cur, props["secret"])
+            row = find_secret(cur, props["name"])
         if row is None:
             return ReadResult(None, {})
         return ReadResult(id_, {**props, **_state(row)})
@@ -90,21 +114,19 @@ class VaultSecretProvider(DatabaseProvider):
         return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        with self.db.transaction() as cur:
-            existing = find_secret(cur, news["name"], news["secret"])
+        with self.db.transaction(f"updating Vault secret {news['name']!r}") as cur:
+            load_value(cur, news["secret"])
+            existing = find_secret(cur, news["name"])
             if existing is None:
                 raise RuntimeError(f"Vault secret {news['name']!r} disappeared; run `pulumi refresh` and retry")
             claim("Vault secret", repr(news["name"]), existing[1], news["owner"])
-            cur.execute(
-                "SELECT vault.update_secret(%s::uuid, %s, NULL, %s)",
-                (existing[0], news["secret"], marker(news["owner"])),
-            )
-            row = find_secret(cur, news["name"], news["secret"])
+            _set_value(cur, existing[0], marker(news["owner"]))
+            row = find_secret(cur, news["name"])
         return UpdateResult({**news, **_state(row), "adopted_description": olds.get("adopted_description")})
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
-        with self.db.transaction() as cur:
-            existing = find_secret(cur, props["name"], props["secret"])
+        with self.db.transaction(f"deleting Vault secret {props['name']!r}") as cur:
+            existing = find_secret(cur, props["name"], compare=False)
             if existing is None or owner_of(existing[1]) != props["owner"]:
                 return
             if props.get("adopted_description") is not None:
