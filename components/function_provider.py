@@ -231,7 +231,7 @@ class SecureFunctionProvider(DatabaseProvider):
     def create(self, props: dict[str, Any]) -> CreateResult:
         spec = spec_from(props)
         adopted = None
-        with self.db.transaction() as cur:
+        with self.db.transaction(f"creating function {spec.qualified_name}()") as cur:
             existing = find_function(cur, spec)
             if existing is not None and claim("function", f"{spec.qualified_name}()", existing.comment, props["owner"]):
                 adopted = {
@@ -239,8 +239,9 @@ class SecureFunctionProvider(DatabaseProvider):
                     "grants": _grants(cur, existing.oid),
                     "comment": existing.comment,
                 }
-                pulumi.log.info(f"adopting existing function {spec.qualified_name}(); destroy will restore it")
             installed = install(cur, spec, props["owner"])
+        if adopted is not None:  # only now: the replacement has committed
+            pulumi.log.info(f"adopted existing function {spec.qualified_name}(); destroy will restore it")
         return CreateResult(f"{spec.qualified_name}()", {**props, **installed.state, "adopted": adopted})
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
@@ -259,7 +260,7 @@ class SecureFunctionProvider(DatabaseProvider):
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         spec = spec_from(news)
-        with self.db.transaction() as cur:
+        with self.db.transaction(f"updating function {spec.qualified_name}()") as cur:
             existing = find_function(cur, spec)
             if existing is not None:
                 claim("function", f"{spec.qualified_name}()", existing.comment, news["owner"])
@@ -268,7 +269,7 @@ class SecureFunctionProvider(DatabaseProvider):
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         spec = spec_from(props)
-        with self.db.transaction() as cur:
+        with self.db.transaction(f"deleting function {spec.qualified_name}()") as cur:
             existing = find_function(cur, spec)
             if existing is None or owner_of(existing.comment) != props["owner"]:
                 return
@@ -276,6 +277,8 @@ class SecureFunctionProvider(DatabaseProvider):
                 restore(cur, spec, props["adopted"])
             else:
                 cur.execute(sql.SQL("DROP FUNCTION {}").format(_signature(spec)))
+        if props.get("adopted"):
+            pulumi.log.info(f"restored the adopted function {spec.qualified_name}()")
 
 
 class SecureFunction(pulumi.dynamic.Resource, module="secure-webhooks", name="SecureFunction"):
@@ -304,4 +307,6 @@ class SecureFunction(pulumi.dynamic.Resource, module="secure-webhooks", name="Se
             "body_sha256": None,
             "security_definer": None,
         }
+        # The adopted definition may hold a hard-coded secret: keep it a Pulumi secret.
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["adopted"]))
         super().__init__(SecureFunctionProvider(), name, props, opts)

@@ -211,7 +211,7 @@ class WebhookTriggerProvider(DatabaseProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         adopted = None
-        with self.db.transaction() as cur:
+        with self.db.transaction(f"creating {_describe(props)}") as cur:
             existing = find_trigger(cur, props)
             if existing is not None and claim("trigger", _name(props), existing.comment, props["owner"]):
                 adopted = {
@@ -219,13 +219,14 @@ class WebhookTriggerProvider(DatabaseProvider):
                     "enabled_flag": existing.enabled_flag,
                     "comment": existing.comment,
                 }
-                pulumi.log.info(f"adopting existing {_describe(props)}; destroy will restore it")
             installed = install(cur, props)
+        if adopted is not None:  # only now: the swap has committed
+            pulumi.log.info(f"adopted existing {_describe(props)}; destroy will restore it")
         trigger_id = f"{props['schema']}.{props['table']}/{props['name']}"
         return CreateResult(trigger_id, {**props, **installed.state, "adopted": adopted})
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        with self.db.transaction() as cur:
+        with self.db.transaction(f"reading {_describe(props)}") as cur:
             installed = find_trigger(cur, props)
         if installed is None:
             return ReadResult(None, {})
@@ -238,7 +239,7 @@ class WebhookTriggerProvider(DatabaseProvider):
         return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=False)
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        with self.db.transaction() as cur:
+        with self.db.transaction(f"updating {_describe(news)}") as cur:
             existing = find_trigger(cur, news)
             if existing is not None:
                 claim("trigger", _name(news), existing.comment, news["owner"])
@@ -246,7 +247,8 @@ class WebhookTriggerProvider(DatabaseProvider):
         return UpdateResult({**news, **installed.state, "adopted": olds.get("adopted")})
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
-        with self.db.transaction() as cur:
+        restored = False
+        with self.db.transaction(f"deleting {_describe(props)}") as cur:
             if not table_exists(cur, props):
                 return
             existing = find_trigger(cur, props)
@@ -258,6 +260,9 @@ class WebhookTriggerProvider(DatabaseProvider):
                 cur.execute(sql.SQL("DROP TRIGGER {} ON {}").format(name, table))
             if props.get("adopted"):
                 restore(cur, props, props["adopted"])
+                restored = True
+        if restored:
+            pulumi.log.info(f"restored the adopted {_describe(props)}")
 
 
 class WebhookTrigger(pulumi.dynamic.Resource, module="secure-webhooks", name="WebhookTrigger"):
@@ -285,4 +290,6 @@ class WebhookTrigger(pulumi.dynamic.Resource, module="secure-webhooks", name="We
             ),
             "enabled": None,
         }
+        # The adopted legacy definition may carry a static secret header: keep it a Pulumi secret.
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["adopted"]))
         super().__init__(WebhookTriggerProvider(), name, props, opts)
