@@ -11,6 +11,7 @@ database passwords, the secrets or any `Authorization: Bearer` token.
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import Iterator
 
@@ -18,12 +19,13 @@ import psycopg
 import pytest
 from outbox_support import all_delivered, install_pipeline, settle
 from providers import OWNER, configured, function_props, trigger_props, unique
+from test_engine_stacks import database_objects, managed_resources
 
 from components.function_provider import SecureFunctionProvider
 from components.trigger_function import FunctionSpec
 from components.trigger_provider import WebhookTriggerProvider
 from components.vault_secret_provider import VaultSecretProvider
-from local_supabase.bootstrap import create_demo_tables
+from local_supabase.bootstrap import create_demo_tables, install_legacy_webhooks
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
@@ -131,3 +133,48 @@ def test_vault_secret_lifecycle_and_deliveries_log_no_secret(logged_cluster):
     log = log_since(cluster, offset)
     assert "vault.create_secret" in log and "secure_webhooks.reconcile()" in log, "log_statement = all logged nothing?"
     assert_no_secret(log, cluster, FIRST_SECRET, JWT_SECRET, WEBHOOK_SECRET, ROTATED_WEBHOOK_SECRET)
+
+
+SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"
+
+
+def plaintext_adoption_records(stack) -> str:
+    """The stack's deployment as older code wrote it: every adoption record in plaintext."""
+    deployment = stack.export()
+    shown = json.loads(stack.run("stack", "export", "--show-secrets").stdout)
+    plain = {r["urn"]: r.get("outputs", {}) for r in shown["deployment"]["resources"]}
+    for resource in deployment["deployment"]["resources"]:
+        adopted = plain[resource["urn"]].get("adopted")
+        if isinstance(adopted, dict) and SECRET_SIG_KEY in adopted:
+            resource["outputs"]["adopted"] = json.loads(adopted["plaintext"])
+    return json.dumps(deployment)
+
+
+def test_adopted_legacy_header_is_a_pulumi_secret_in_state(engine):
+    """Issue 10 #7: the seed's `x-webhook-secret: static` header never sits in the state in plaintext.
+
+    State that older code wrote (the record in plaintext) still restores on
+    destroy, and the next `up` turns its record into a secret.
+    """
+    with engine.connect() as conn:
+        install_legacy_webhooks(conn, engine.orchestrator.url)
+        legacy = database_objects(conn)
+    assert any("static" in trigger[2] for trigger in legacy["triggers"])
+    stack = engine.stack("dev")
+    stack.up()
+    assert "static" not in json.dumps(stack.export())
+    adopted = [r for r in managed_resources(stack).values() if "adopted" in r.get("outputs", {})]
+    assert adopted and all(SECRET_SIG_KEY in r["outputs"]["adopted"] for r in adopted if r["outputs"]["adopted"])
+
+    older = plaintext_adoption_records(stack)
+    assert "static" in older
+    stack.run("stack", "import", stdin=older)
+    assert "static" in json.dumps(stack.export())
+    stack.up()
+    assert "static" not in json.dumps(stack.export())
+
+    stack.run("stack", "import", stdin=plaintext_adoption_records(stack))
+    engine.wait_until_delivered()
+    stack.destroy()
+    with engine.connect() as conn:
+        assert database_objects(conn) == legacy
