@@ -139,7 +139,7 @@ class SecureWebhooks(pulumi.ComponentResource):
         for webhook in settings.webhooks:
             for event, trigger_name in webhook.triggers:
                 trigger = WebhookTrigger(
-                    f"{name}-{webhook.qualified_table}-{trigger_name}",
+                    f"{name}-{webhook.resource_suffix(trigger_name)}",
                     schema=webhook.schema,
                     table=webhook.table,
                     trigger_name=trigger_name,

@@ -77,6 +77,14 @@ class Webhook:
     def qualified_table(self) -> str:
         return f"{self.schema}.{self.table}"
 
+    def resource_suffix(self, trigger_name: str) -> str:
+        """The part of a trigger's Pulumi resource name that comes from config: `schema.table-trigger`.
+
+        Distinct webhooks can render the same suffix (`x-y` on `t1` and `y` on `t1-x`); the
+        engine would refuse the duplicate URN halfway through `up`, so check_webhooks refuses it.
+        """
+        return f"{self.qualified_table}-{trigger_name}"
+
     @property
     def triggers(self) -> tuple[tuple[str, str], ...]:
         """(event, trigger name) pairs: one trigger per event.
@@ -305,6 +313,7 @@ def check_webhooks(value: Any, base_url: str) -> tuple[Webhook, ...]:
         raise ConfigError(key, "must be a non-empty list of {name, schema, table, path, events} objects")
     webhooks = tuple(_check_webhook(index, item, base_url) for index, item in enumerate(raw))
     seen: dict[tuple[str, str, str], int] = {}
+    resources: dict[str, tuple[int, str, str]] = {}
     for index, webhook in enumerate(webhooks):
         for _, trigger_name in webhook.triggers:
             ident = (webhook.schema, webhook.table, trigger_name)
@@ -314,6 +323,16 @@ def check_webhooks(value: Any, base_url: str) -> tuple[Webhook, ...]:
                     f"trigger {trigger_name!r} on {webhook.qualified_table} is already defined by {key}[{seen[ident]}]",
                 )
             seen[ident] = index
+            suffix = webhook.resource_suffix(trigger_name)
+            if suffix in resources:
+                other, other_trigger, other_table = resources[suffix]
+                raise ConfigError(
+                    f"{key}[{index}].name",
+                    f"trigger {trigger_name!r} on {webhook.qualified_table} gets the same Pulumi resource name "
+                    f"(...-{suffix}) as trigger {other_trigger!r} on {other_table} of {key}[{other}]; "
+                    "rename one of them",
+                )
+            resources[suffix] = (index, trigger_name, webhook.qualified_table)
     return webhooks
 
 

@@ -165,6 +165,28 @@ def test_base_url_with_a_path_and_trailing_slash_joins_cleanly():
             "secure-webhooks:webhooks[1].name",
             "'n-delete' on public.t is already defined",
         ),
+        (
+            # Issue 10 #15: both render the resource name secure-webhooks-public.t1-x-y (a duplicate URN).
+            {
+                "webhooks": [
+                    {"name": "x-y", "table": "t1", "path": "/a"},
+                    {"name": "y", "table": "t1-x", "path": "/b"},
+                ]
+            },
+            "secure-webhooks:webhooks[1].name",
+            "resource name (...-public.t1-x-y) as trigger 'x-y' on public.t1 of secure-webhooks:webhooks[0]",
+        ),
+        (
+            # ... also through a schema holding a dot, and through an event suffix.
+            {
+                "webhooks": [
+                    {"name": "d", "schema": "a.b", "table": "c", "path": "/a", "events": ["INSERT", "DELETE"]},
+                    {"name": "delete", "schema": "a", "table": "b.c-d", "path": "/b"},
+                ]
+            },
+            "secure-webhooks:webhooks[1].name",
+            "same Pulumi resource name (...-a.b.c-d-delete)",
+        ),
     ],
 )
 def test_every_bad_value_names_its_key(raw, key, fragment):
