@@ -8,6 +8,9 @@ or a bind parameter, which `log_statement = all` would write to the server log.
 so drift is seen without the value leaving the database or entering a log.
 A secret this stack created is deleted on destroy; one it adopted is left in
 place (the orchestrator verifies with it) with its description restored.
+Neither is deleted while a function this stack manages still reads it (e.g. after
+`pulumi config rm secure-webhooks:jwtSecret`): it is left in place, no longer
+marked as ours, with a warning; in `pulumi destroy` those functions go first.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 from components.database import DatabaseProvider
 from components.ownership import claim, marker, owner_of, refusal
 from components.settings import ConfigError, check_jwt_secret, check_webhook_secret
+from components.trigger_function import sql_literal
 
 INPUTS = ("name", "secret", "owner")
 
@@ -60,6 +64,39 @@ def _state(row: tuple[str, str | None, bool]) -> dict[str, Any]:
     return {"secret_id": secret_id, "managed_by": owner_of(description), "value_matches": bool(matches)}
 
 
+def readers(cur: psycopg.Cursor, name: str, owner: str) -> list[str]:
+    """Functions managed by `owner` (marker in their COMMENT) whose body names the secret `name`.
+
+    The trigger function and the reconciler read the Vault by the secret's name written as a
+    literal in their body (trigger_function.py, reconciler.py), so the body tells who still needs it.
+    """
+    cur.execute(
+        """
+        SELECT pg_catalog.format('%%I.%%I()', n.nspname, p.proname), pg_catalog.obj_description(p.oid, 'pg_proc')
+          FROM pg_catalog.pg_proc p
+          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+         WHERE pg_catalog.strpos(p.prosrc, %s) > 0
+         ORDER BY 1
+        """,
+        (sql_literal(name),),
+    )
+    return [function for function, comment in cur.fetchall() if owner_of(comment) == owner]
+
+
+def _kept_prefix(owner: str) -> str:
+    return f"Kept by secure-webhooks: Pulumi stack {owner} stopped managing it while "
+
+
+def kept_description(owner: str, functions: list[str]) -> str:
+    """The description of a secret left in place for `functions`: it no longer carries our marker."""
+    return f"{_kept_prefix(owner)}{', '.join(functions)} still read it; delete it by hand once nothing uses it."
+
+
+def kept_for(description: str | None, owner: str) -> bool:
+    """True for a secret this stack created and then left in place (setting jwtSecret again takes it back)."""
+    return (description or "").startswith(_kept_prefix(owner))
+
+
 class VaultSecretProvider(DatabaseProvider):
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures: list[CheckFailure] = []
@@ -90,7 +127,8 @@ class VaultSecretProvider(DatabaseProvider):
                     (props["name"], marker(props["owner"])),
                 )
             else:
-                if claim("Vault secret", repr(props["name"]), existing[1], props["owner"]):
+                adopting = claim("Vault secret", repr(props["name"]), existing[1], props["owner"])
+                if adopting and not kept_for(existing[1], props["owner"]):
                     adopted_description = existing[1] or ""
                 _set_value(cur, existing[0], marker(props["owner"]))
             row = find_secret(cur, props["name"])
@@ -133,8 +171,23 @@ class VaultSecretProvider(DatabaseProvider):
                 cur.execute(
                     "SELECT vault.update_secret(%s::uuid, NULL, NULL, %s)", (existing[0], props["adopted_description"])
                 )
+                return
+            # Deleting the key under a live function would fail every insert (direct mode) or every
+            # delivery (at-least-once) from then on: keep it, but stop claiming it.
+            still_read_by = readers(cur, props["name"], props["owner"])
+            if still_read_by:
+                cur.execute(
+                    "SELECT vault.update_secret(%s::uuid, NULL, NULL, %s)",
+                    (existing[0], kept_description(props["owner"], still_read_by)),
+                )
             else:
                 cur.execute("DELETE FROM vault.secrets WHERE id = %s::uuid", (existing[0],))
+        if still_read_by:  # only now: the change has committed
+            pulumi.log.warn(
+                f"kept Vault secret {props['name']!r} in place: {', '.join(still_read_by)} managed by this stack "
+                "still read it, and deleting it would make every webhook fail. This stack no longer manages it; "
+                "delete it by hand once nothing uses it (`pulumi destroy` deletes it with the function)."
+            )
 
 
 class VaultSecret(pulumi.dynamic.Resource, module="secure-webhooks", name="VaultSecret"):
