@@ -11,10 +11,10 @@ from __future__ import annotations
 import base64
 
 import pytest
+import test_providers
 from providers import OWNER, configured, function_props, trigger_props, unique
 from psycopg import sql
 
-from components.function_provider import SecureFunctionProvider
 from components.ownership import owner_of
 from components.trigger_function import FunctionSpec
 from components.trigger_provider import WebhookTriggerProvider
@@ -24,24 +24,12 @@ URL = "http://127.0.0.1:9/ingest/a"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 
 
-@pytest.fixture
-def functions(supabase_ready):
-    return configured(SecureFunctionProvider, supabase_ready)
+functions, table = test_providers.functions, test_providers.table  # the same fixtures
 
 
 @pytest.fixture
 def secrets(supabase_ready):
     return configured(VaultSecretProvider, supabase_ready)
-
-
-@pytest.fixture
-def table(postgres_conn):
-    name = unique("events")
-    postgres_conn.execute(
-        sql.SQL("CREATE TABLE public.{} (id bigserial PRIMARY KEY, note text)").format(sql.Identifier(name))
-    )
-    yield name
-    postgres_conn.execute(sql.SQL("DROP TABLE public.{} CASCADE").format(sql.Identifier(name)))
 
 
 def vault_row(conn, name: str):
