@@ -68,7 +68,28 @@ def desired_state(props: dict[str, Any]) -> dict[str, Any]:
         "enabled": True,
         "function": f"{props['function_schema']}.{props['function_name']}",
         "managed_by": props["owner"],
+        # The whole definition, so an out-of-band WHEN clause, another transition-table name or a
+        # column list is drift too, not only the fields above.
+        "definition_matches": True,
     }
+
+
+#: pg_get_triggerdef of the trigger `install` creates from these props, rendered with PostgreSQL's
+#: own quote_ident (and its literal quoting, which only doubles quotes) so it matches byte for byte.
+_EXPECTED_DEFINITION = (
+    "'CREATE TRIGGER ' || pg_catalog.quote_ident(%(name)s) || ' AFTER ' || %(event)s"
+    " || ' ON ' || pg_catalog.quote_ident(%(schema)s) || '.' || pg_catalog.quote_ident(%(table)s) || ' '"
+    " || %(referencing)s || 'FOR EACH ' || %(level)s || ' EXECUTE FUNCTION '"
+    " || pg_catalog.quote_ident(%(function_schema)s) || '.' || pg_catalog.quote_ident(%(function_name)s)"
+    " || '(' || pg_catalog.quote_literal(%(url)s) || ')'"
+)
+
+
+def _definition_params(props: dict[str, Any]) -> dict[str, Any]:
+    level, _ = FIRING[props["event"]]
+    referencing = {"INSERT": f"REFERENCING NEW TABLE AS {NEW_ROWS} ", "DELETE": f"REFERENCING OLD TABLE AS {OLD_ROWS} "}
+    names = ("schema", "table", "name", "event", "url", "function_schema", "function_name")
+    return {**{key: props[key] for key in names}, "level": level, "referencing": referencing.get(props["event"], "")}
 
 
 @dataclass(frozen=True)
@@ -100,20 +121,21 @@ def find_trigger(cur: psycopg.Cursor, props: dict[str, Any]) -> InstalledTrigger
     cur.execute(
         """
         SELECT pg_catalog.pg_get_triggerdef(t.oid), t.tgenabled, t.tgtype, t.tgnargs, t.tgargs,
-               fn.nspname || '.' || f.proname, pg_catalog.obj_description(t.oid, 'pg_trigger')
+               fn.nspname || '.' || f.proname, pg_catalog.obj_description(t.oid, 'pg_trigger'),
+               pg_catalog.pg_get_triggerdef(t.oid) = (%(expected)s)
           FROM pg_catalog.pg_trigger t
           JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
           JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid
           JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace
-         WHERE n.nspname = %s AND c.relname = %s AND t.tgname = %s AND NOT t.tgisinternal
-        """,
-        (props["schema"], props["table"], props["name"]),
+         WHERE n.nspname = %(schema)s AND c.relname = %(table)s AND t.tgname = %(name)s AND NOT t.tgisinternal
+        """.replace("%(expected)s", _EXPECTED_DEFINITION),
+        _definition_params(props),
     )
     row = cur.fetchone()
     if row is None:
         return None
-    definition, enabled_flag, tgtype, nargs, args, function, comment = row
+    definition, enabled_flag, tgtype, nargs, args, function, comment, definition_matches = row
     arguments = [arg.decode() for arg in bytes(args).split(b"\x00")[:nargs]]
     return InstalledTrigger(
         definition=definition,
@@ -127,6 +149,7 @@ def find_trigger(cur: psycopg.Cursor, props: dict[str, Any]) -> InstalledTrigger
             "enabled": enabled_flag in ("O", "A"),
             "function": function,
             "managed_by": owner_of(comment),
+            "definition_matches": bool(definition_matches),
         },
     )
 

@@ -235,6 +235,19 @@ def test_trigger_create_read_update_in_place(triggers, spec, table, admin_conn):
             "events",
             ["INSERT", "UPDATE"],
         ),
+        # Issue 10 #5: both passed as unchanged when only a handful of fields was compared.
+        (
+            "CREATE OR REPLACE TRIGGER hook AFTER INSERT ON public.{table} REFERENCING NEW TABLE AS new_rows "
+            "FOR EACH STATEMENT WHEN (false) EXECUTE FUNCTION public.{function}('" + URL + "')",
+            "definition_matches",
+            False,
+        ),
+        (
+            "CREATE OR REPLACE TRIGGER hook AFTER INSERT ON public.{table} REFERENCING NEW TABLE AS other_rows "
+            "FOR EACH STATEMENT EXECUTE FUNCTION public.{function}('" + URL + "')",
+            "definition_matches",
+            False,
+        ),
     ],
 )
 def test_trigger_drift_is_read_and_repaired(triggers, spec, table, admin_conn, tamper, field, value):
