@@ -59,8 +59,9 @@ def function_props(
     secret_managed: bool = False,
     webhook_secret_managed: bool = False,
     extensions_managed: bool = True,
+    webhook_tables: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """The provider's inputs for `spec`; the `*_managed` flags only steer preflight."""
+    """The provider's inputs for `spec`; the `*_managed` flags and `webhook_tables` only steer preflight."""
     return {
         "schema": spec.schema,
         "name": spec.name,
@@ -78,6 +79,8 @@ def function_props(
         "secret_managed": secret_managed,
         "webhook_secret_managed": webhook_secret_managed,
         "extensions_managed": extensions_managed,
+        # Every webhook's table, with its config key: checked before anything is created.
+        "webhook_tables": list(webhook_tables or []),
     }
 
 
@@ -153,6 +156,9 @@ def find_function(cur: psycopg.Cursor, spec: FunctionSpec) -> InstalledFunction 
             "settings": list(settings),
             "executable_by": (["PUBLIC"] if public_executes else []) + list(client_executors),
             "managed_by": owner_of(comment),
+            # The whole CREATE FUNCTION as PostgreSQL prints it (volatility, cost, language, ...):
+            # compared with what was installed, so a change no field above names is drift too.
+            "definition_sha256": body_sha256(definition),
         },
     )
 
@@ -242,7 +248,10 @@ class SecureFunctionProvider(DatabaseProvider):
             installed = install(cur, spec, props["owner"])
         if adopted is not None:  # only now: the replacement has committed
             pulumi.log.info(f"adopted existing function {spec.qualified_name}(); destroy will restore it")
-        return CreateResult(f"{spec.qualified_name}()", {**props, **installed.state, "adopted": adopted})
+        outs = {**props, **installed.state, "adopted": adopted}
+        return CreateResult(
+            f"{spec.qualified_name}()", {**outs, "installed_definition_sha256": outs["definition_sha256"]}
+        )
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         with self.db.transaction() as cur:
@@ -255,6 +264,9 @@ class SecureFunctionProvider(DatabaseProvider):
         desired = desired_state(spec_from(news), news["owner"])
         changed = [key for key in INPUTS if olds.get(key) != news.get(key)]
         changed += [key for key, value in desired.items() if olds.get(key) != value]
+        installed = olds.get("installed_definition_sha256")  # absent from state of older code
+        if installed is not None and olds.get("definition_sha256") != installed:
+            changed.append("definition")
         replaces = [key for key in IDENTITY if olds.get(key) != news.get(key)]
         return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=False)
 
@@ -265,7 +277,8 @@ class SecureFunctionProvider(DatabaseProvider):
             if existing is not None:
                 claim("function", f"{spec.qualified_name}()", existing.comment, news["owner"])
             installed = install(cur, spec, news["owner"])
-        return UpdateResult({**news, **installed.state, "adopted": olds.get("adopted")})
+        outs = {**news, **installed.state, "adopted": olds.get("adopted")}
+        return UpdateResult({**outs, "installed_definition_sha256": outs["definition_sha256"]})
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         spec = spec_from(props)
@@ -295,6 +308,7 @@ class SecureFunction(pulumi.dynamic.Resource, module="secure-webhooks", name="Se
         secret_managed: bool,
         extensions_managed: bool = True,
         webhook_secret_managed: bool = False,
+        webhook_tables: list[dict[str, str]] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         managed = {
@@ -303,7 +317,7 @@ class SecureFunction(pulumi.dynamic.Resource, module="secure-webhooks", name="Se
             "extensions_managed": extensions_managed,
         }
         props = {
-            **function_props(spec, owner, **managed),
+            **function_props(spec, owner, **managed, webhook_tables=webhook_tables),
             "body_sha256": None,
             "security_definer": None,
         }

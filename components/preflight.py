@@ -56,8 +56,57 @@ def extension_problem(cur: psycopg.Cursor, extension: str, signer: str, managed:
     return None
 
 
+#: Schemas of the system catalogs: no webhook can be installed on them.
+SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
+#: pg_class.relkind of what each kind of relation is called in a message.
+RELKINDS = {"v": "a view", "m": "a materialized view", "f": "a foreign table", "S": "a sequence", "i": "an index"}
+
+
+def target_problem(cur: psycopg.Cursor, schema: str, table: str) -> str | None:
+    """Why no webhook trigger can be installed on `schema.table` by the connecting role, or None."""
+    name = f"{schema}.{table}"
+    if schema in SYSTEM_SCHEMAS or schema.startswith("pg_toast"):
+        return f"{name} is a system catalog; webhooks can only watch your own tables"
+    cur.execute(
+        """
+        SELECT c.relkind::text, pg_catalog.pg_get_userbyid(c.relowner),
+               pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE'), current_user
+          FROM pg_catalog.pg_class c
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = %s AND c.relname = %s
+        """,
+        (schema, table),
+    )
+    row = cur.fetchone()
+    if row is None:
+        return f"table {name} does not exist"
+    relkind, owner, owns, role = row
+    if relkind not in ("r", "p"):
+        return f"{name} is {RELKINDS.get(relkind, 'not a table')}; webhooks can only watch tables"
+    if not owns:
+        return (
+            f"table {name} is owned by {owner}, not {role} (the role this stack connects as): "
+            f"it cannot install or comment a trigger there; ALTER TABLE {name} OWNER TO {role}, or drop this webhook"
+        )
+    return None
+
+
+def target_failures(cur: psycopg.Cursor, targets: list[dict[str, Any]]) -> list[CheckFailure]:
+    """One failure per webhook whose table `up` could not hook, naming its config key.
+
+    The function's check sees every webhook, and the triggers depend on the function: a bad
+    webhook fails the check before the function or any good webhook's trigger is created.
+    """
+    return [
+        CheckFailure("webhook_tables", f"{target['key']}: {reason}")
+        for target in targets
+        if (reason := target_problem(cur, target["schema"], target["table"])) is not None
+    ]
+
+
 def preflight_failures(cur: psycopg.Cursor, props: dict[str, Any]) -> list[CheckFailure]:
-    failures = [
+    failures = target_failures(cur, props.get("webhook_tables") or [])
+    failures += [
         CheckFailure("signer", reason)
         for extension in required_extensions(props["signer"])
         if (reason := extension_problem(cur, extension, props["signer"], props.get("extensions_managed", True)))

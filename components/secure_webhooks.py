@@ -130,6 +130,10 @@ class SecureWebhooks(pulumi.ComponentResource):
             secret_managed=args.jwt_secret is not None,
             webhook_secret_managed=args.webhook_secret is not None,
             extensions_managed=settings.manage_extensions,
+            webhook_tables=[
+                {"schema": webhook.schema, "table": webhook.table, "key": f"secure-webhooks:webhooks[{index}].table"}
+                for index, webhook in enumerate(settings.webhooks)
+            ],
             opts=pulumi.ResourceOptions(parent=self, depends_on=function_depends),
         )
 

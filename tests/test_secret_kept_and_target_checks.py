@@ -84,3 +84,32 @@ def test_a_secret_read_only_by_another_stacks_function_is_deleted(secrets, funct
         assert vault_row(postgres_conn, name) is None
     finally:
         functions.delete(function.id, function.outs)
+
+
+def test_function_check_refuses_webhook_targets_up_could_not_hook(functions, table, postgres_conn, admin_conn):
+    view, foreign = unique("events_view"), unique("not_ours")
+    postgres_conn.execute(sql.SQL("CREATE VIEW public.{} AS SELECT 1 AS x").format(sql.Identifier(view)))
+    admin_conn.execute(sql.SQL("CREATE TABLE public.{} (id int)").format(sql.Identifier(foreign)))
+    targets = [("public", table), ("public", view), ("pg_catalog", "pg_class"), ("public", foreign)]
+    targets += [("information_schema", "tables"), ("public", "no_such_table")]
+    props = function_props(FunctionSpec(name=unique("notify")), secret_managed=True)
+    props["webhook_tables"] = [
+        {"schema": schema, "table": name, "key": f"secure-webhooks:webhooks[{index}].table"}
+        for index, (schema, name) in enumerate(targets)
+    ]
+    try:
+        reasons = [failure.reason for failure in functions.check({}, props).failures]
+    finally:
+        postgres_conn.execute(sql.SQL("DROP VIEW public.{}").format(sql.Identifier(view)))
+        admin_conn.execute(sql.SQL("DROP TABLE public.{}").format(sql.Identifier(foreign)))
+    assert reasons == [
+        f"secure-webhooks:webhooks[1].table: public.{view} is a view; webhooks can only watch tables",
+        "secure-webhooks:webhooks[2].table: pg_catalog.pg_class is a system catalog; "
+        "webhooks can only watch your own tables",
+        f"secure-webhooks:webhooks[3].table: table public.{foreign} is owned by supabase_admin, not postgres "
+        "(the role this stack connects as): it cannot install or comment a trigger there; "
+        f"ALTER TABLE public.{foreign} OWNER TO postgres, or drop this webhook",
+        "secure-webhooks:webhooks[4].table: information_schema.tables is a system catalog; "
+        "webhooks can only watch your own tables",
+        "secure-webhooks:webhooks[5].table: table public.no_such_table does not exist",
+    ]
