@@ -247,3 +247,23 @@ def test_a_plaintext_webhook_secret_is_refused():
     with pytest.raises(pulumi.RunError) as info:
         run_program("dev", config)
     assert "secure-webhooks:webhookSecret: must be set as a secret" in str(info.value)
+
+
+def test_the_function_sees_every_webhook_table_with_its_config_key():
+    """Issue 10 #15: its check refuses a bad target before the function or any trigger is created."""
+    (function,) = run_program("dev", stack_config("dev")).of_type(FUNCTION)
+    assert function.inputs["webhook_tables"] == [
+        {"schema": "public", "table": "resumes", "key": "secure-webhooks:webhooks[0].table"},
+        {"schema": "public", "table": "zip_archives", "key": "secure-webhooks:webhooks[1].table"},
+    ]
+
+
+def test_colliding_resource_names_fail_before_any_resource():
+    config = {
+        **stack_config("dev"),
+        "secure-webhooks:webhooks": json.dumps(
+            [{"name": "x-y", "table": "t1", "path": "/a"}, {"name": "y", "table": "t1-x", "path": "/b"}]
+        ),
+    }
+    with pytest.raises(Exception, match=r"secure-webhooks:webhooks\[1\]\.name"):
+        run_program("dev", config)
