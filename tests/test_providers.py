@@ -107,6 +107,9 @@ def test_function_create_read_update_and_lint(functions, admin_conn):
             "SET search_path = '' AS 'BEGIN RETURN NULL; END'",
             "body_sha256",
         ),
+        # Issue 10 #5: changes none of the fields above name, caught by the whole definition.
+        ("ALTER FUNCTION public.{}() COST 10000", "definition_sha256"),
+        ("ALTER FUNCTION public.{}() STABLE", "definition_sha256"),
     ],
 )
 def test_function_drift_is_read_and_repaired(functions, spec, admin_conn, tamper, field):
