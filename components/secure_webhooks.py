@@ -73,27 +73,23 @@ class SecureWebhooks(pulumi.ComponentResource):
             )
 
         function_depends: list[pulumi.Resource] = list(extensions.values())
-        if args.jwt_secret is not None:
-            function_depends.append(
-                VaultSecret(
-                    f"{name}-secret",
-                    secret_name=settings.secret_name,
-                    value=args.jwt_secret,
-                    owner=args.owner,
-                    opts=pulumi.ResourceOptions(parent=self),
+        # The Vault values this stack manages: the HS256 key, and the Standard Webhooks secret.
+        managed_secrets = (
+            ("secret", settings.secret_name, args.jwt_secret, "jwt"),
+            ("webhook-secret", settings.webhook_secret_name, args.webhook_secret, "webhook"),
+        )
+        for suffix, secret_name, value, kind in managed_secrets:
+            if value is not None and secret_name is not None:
+                function_depends.append(
+                    VaultSecret(
+                        f"{name}-{suffix}",
+                        secret_name=secret_name,
+                        value=value,
+                        owner=args.owner,
+                        kind=kind,
+                        opts=pulumi.ResourceOptions(parent=self),
+                    )
                 )
-            )
-        if args.webhook_secret is not None and settings.webhook_secret_name is not None:
-            function_depends.append(
-                VaultSecret(
-                    f"{name}-webhook-secret",
-                    secret_name=settings.webhook_secret_name,
-                    value=args.webhook_secret,
-                    owner=args.owner,
-                    kind="webhook",
-                    opts=pulumi.ResourceOptions(parent=self),
-                )
-            )
 
         if settings.delivery.at_least_once:
             # Created before the function switches to the outbox body, so no insert goes unrecorded.

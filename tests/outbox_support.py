@@ -157,3 +157,15 @@ def check_ids(deliveries: list[Delivery]) -> None:
         if delivery.body:
             ids_by_row.setdefault(delivery.body["record"]["id"], set()).add(delivery.header("webhook-id"))
     assert all(len(ids) == 1 for ids in ids_by_row.values()), ids_by_row
+
+
+def deliver_once(cluster: LocalSupabase, url: str, rows: int, prefix: str, **spec: Any) -> None:
+    """Install the pipeline with one trigger on public.resumes posting to `url`, deliver `rows` inserts, remove it."""
+    pipeline = install_pipeline(cluster, **spec)
+    try:
+        pipeline.add_trigger("resumes", url)
+        with pipeline.connect() as conn, PgNetWorker(cluster.admin_dsn) as worker:
+            insert_rows(conn, "resumes", rows, prefix=prefix)
+            settle(conn, worker, all_delivered(conn))
+    finally:
+        pipeline.remove()

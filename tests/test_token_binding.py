@@ -15,7 +15,15 @@ import jwt
 import pytest
 import standardwebhooks
 from binding_support import PATH, authorization, direct_webhook, ensure_webhook_secret, insert_resumes
-from outbox_support import all_delivered, insert_rows, install_pipeline, reconcile, settle, supabase_with_secret
+from outbox_support import (
+    all_delivered,
+    deliver_once,
+    insert_rows,
+    install_pipeline,
+    reconcile,
+    settle,
+    supabase_with_secret,
+)
 
 from local_supabase.pg_net_worker import PgNetWorker
 from local_supabase.scripted_server import Reply, ScriptedServer
@@ -160,14 +168,7 @@ def test_standard_webhooks_signatures_in_direct_mode(
 
 def test_standard_webhooks_signatures_in_at_least_once_mode(supabase_ready, receiver_secret, webhook_secret):
     with ScriptedServer() as endpoint:
-        pipeline = install_pipeline(supabase_ready, webhook_secret_name="app_webhook_secret")
-        try:
-            pipeline.add_trigger("resumes", endpoint.url + PATH)
-            with pipeline.connect() as conn, PgNetWorker(supabase_ready.admin_dsn) as worker:
-                insert_rows(conn, "resumes", 2, prefix="signed")
-                settle(conn, worker, all_delivered(conn))
-        finally:
-            pipeline.remove()
+        deliver_once(supabase_ready, endpoint.url + PATH, 2, "signed", webhook_secret_name="app_webhook_secret")
         requests = endpoint.received
     assert len(requests) == 2
     for request in requests:

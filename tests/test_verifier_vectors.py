@@ -19,9 +19,8 @@ import jwt
 import psycopg
 import pytest
 from binding_support import PATH, authorization, direct_webhook, ensure_webhook_secret, insert_resumes
-from outbox_support import all_delivered, insert_rows, install_pipeline, settle
+from outbox_support import deliver_once
 
-from local_supabase.pg_net_worker import PgNetWorker
 from local_supabase.scripted_server import Received, ScriptedServer
 from webhook_verifier import VerificationError, Verifier
 
@@ -64,14 +63,7 @@ def capture_direct(cluster, conn, **spec: Any) -> tuple[Received, str]:
 
 def capture_at_least_once(cluster) -> tuple[Received, str]:
     with ScriptedServer() as endpoint:
-        pipeline = install_pipeline(cluster, **SIGNED)
-        try:
-            pipeline.add_trigger("resumes", endpoint.url + PATH)
-            with pipeline.connect() as conn, PgNetWorker(cluster.admin_dsn) as worker:
-                insert_rows(conn, "resumes", 1, prefix="vector-outbox")
-                settle(conn, worker, all_delivered(conn))
-        finally:
-            pipeline.remove()
+        deliver_once(cluster, endpoint.url + PATH, 1, "vector-outbox", **SIGNED)
         (request,) = endpoint.received
         return request, endpoint.url + PATH
 
