@@ -15,13 +15,22 @@ from typing import Any
 import psycopg
 import pulumi
 from psycopg import sql
-from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    ConfigureRequest,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    UpdateResult,
+)
 
 from components.database import DatabaseProvider
 from components.ownership import claim, marker, owner_of, refusal
 from components.trigger_function import NEW_ROWS, OLD_ROWS, FunctionSpec
 
 INPUTS = ("schema", "table", "name", "event", "url", "function_schema", "function_name", "owner")
+RESTORE_ON_DESTROY = "secure-webhooks:restoreOnDestroy"
 IDENTITY = ("schema", "table", "name")
 
 #: INSERT and DELETE fire once per statement over a transition table (one Vault
@@ -269,8 +278,17 @@ class WebhookTriggerProvider(DatabaseProvider):
             installed = install(cur, news)
         return UpdateResult({**news, **installed.state, "adopted": olds.get("adopted")})
 
+    def configure(self, req: ConfigureRequest) -> None:
+        """`secure-webhooks:restoreOnDestroy: false` drops ours without giving an adopted trigger back.
+
+        The way out when the legacy trigger cannot come back, e.g. its function is gone.
+        """
+        super().configure(req)
+        self.restore_on_destroy = str(req.config.get(RESTORE_ON_DESTROY) or "true").lower() != "false"
+
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         restored = False
+        skipped = False
         with self.db.transaction(f"deleting {_describe(props)}") as cur:
             if not table_exists(cur, props):
                 return
@@ -281,11 +299,25 @@ class WebhookTriggerProvider(DatabaseProvider):
                     return
                 name, table = _target(props)
                 cur.execute(sql.SQL("DROP TRIGGER {} ON {}").format(name, table))
-            if props.get("adopted"):
-                restore(cur, props, props["adopted"])
+            if props.get("adopted") and not self.restore_on_destroy:
+                skipped = True
+            elif props.get("adopted"):
+                try:
+                    restore(cur, props, props["adopted"])
+                except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName) as exc:
+                    # Raised inside the transaction: our trigger is not dropped either.
+                    raise RuntimeError(
+                        f"cannot restore the adopted {_describe(props)}: {str(exc).splitlines()[0]}. Nothing was "
+                        "changed. Recreate that function and run destroy again, or drop ours without restoring "
+                        f"the legacy trigger: `pulumi config set {RESTORE_ON_DESTROY} false`, then destroy"
+                    ) from None
                 restored = True
         if restored:
             pulumi.log.info(f"restored the adopted {_describe(props)}")
+        if skipped:
+            pulumi.log.warn(
+                f"dropped {_describe(props)} without restoring the trigger it replaced ({RESTORE_ON_DESTROY})"
+            )
 
 
 class WebhookTrigger(pulumi.dynamic.Resource, module="secure-webhooks", name="WebhookTrigger"):

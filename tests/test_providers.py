@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from providers import OWNER, as_stored, configured, function_props, trigger_props, unique
+from providers import OWNER, as_stored, configured, function_props, stack_config, trigger_props, unique
 from psycopg import sql
+from pulumi.dynamic import ConfigureRequest
+from pulumi.dynamic.config import Config
 from supabase_lints import EXTENSION_IN_PUBLIC, lint
 
 from components.function_provider import SecureFunctionProvider
@@ -357,3 +359,39 @@ def test_vault_secret_adoption_leaves_the_secret_and_restores_its_description(su
     ).fetchone()
     assert kept == ("n" * 40, "created by hand")
     postgres_conn.execute("DELETE FROM vault.secrets WHERE name = %s", (name,))
+
+
+def test_destroy_when_the_legacy_triggers_function_is_gone_says_how_to_proceed(
+    triggers, spec, table, postgres_conn, supabase_ready
+):
+    """Issue 10 #4: it used to fail with a traceback and stay stuck."""
+    legacy_function = unique("legacy_fn")
+    postgres_conn.execute(
+        sql.SQL("CREATE FUNCTION public.{}() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END'").format(
+            sql.Identifier(legacy_function)
+        )
+    )
+    postgres_conn.execute(
+        sql.SQL("CREATE TRIGGER hook AFTER INSERT ON public.{} FOR EACH ROW EXECUTE FUNCTION public.{}()").format(
+            sql.Identifier(table), sql.Identifier(legacy_function)
+        )
+    )
+    created = triggers.create(trigger_props(table, "hook", URL, spec))
+    assert created.outs["adopted"] is not None
+    postgres_conn.execute(sql.SQL("DROP FUNCTION public.{}()").format(sql.Identifier(legacy_function)))
+
+    with pytest.raises(RuntimeError) as refused:
+        triggers.delete(created.id, created.outs)
+    message = str(refused.value)
+    assert f"public.{legacy_function}() does not exist" in message and "Nothing was changed" in message
+    assert "secure-webhooks:restoreOnDestroy false" in message
+    assert trigger_def(postgres_conn, table, "hook") is not None  # ours is still there
+
+    without_restore = WebhookTriggerProvider()
+    without_restore.configure(
+        ConfigureRequest(
+            Config({**stack_config(supabase_ready), "secure-webhooks:restoreOnDestroy": "false"}, "secure-webhooks")
+        )
+    )
+    without_restore.delete(created.id, created.outs)
+    assert trigger_def(postgres_conn, table, "hook") is None
