@@ -87,10 +87,11 @@ class ConnectionSettings:
             )
         except psycopg.OperationalError as exc:
             raise DatabaseError(
-                f"cannot connect to PostgreSQL as {self.describe()}: {self._without_password(one_line(exc))}"
+                f"cannot connect to PostgreSQL as {self.describe()}: {self.redact(one_line(exc))}"
             ) from None
 
-    def _without_password(self, text: str) -> str:
+    def redact(self, text: str) -> str:
+        """`text` with the password masked, for messages built from driver errors."""
         return text.replace(self.password, "***") if self.password else text
 
 
@@ -132,7 +133,7 @@ class Database:
                     raise
                 raise DatabaseError(
                     f"{purpose or 'a change'} failed: lost the connection to PostgreSQL {where} "
-                    f"({self.settings._without_password(one_line(exc))}); if it was committing, check the "
+                    f"({self.settings.redact(one_line(exc))}); if it was committing, check the "
                     "object and run `pulumi refresh`, then retry."
                 ) from None
 

@@ -27,7 +27,6 @@ class CronJobRunner:
         self._conn: psycopg.Connection | None = None
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self.runs = 0
         self.failures: list[str] = []
 
     def start(self) -> CronJobRunner:
@@ -67,7 +66,6 @@ class CronJobRunner:
                             self._stopping.wait(self._poll_interval)
                             continue
                         conn.execute(row[0])
-                        self.runs += 1
             except psycopg.Error as error:
                 # The job's functions dropped mid-run, the server restarting, a cancel: as with
                 # pg_cron, a failed run is recorded and the next one starts later.
