@@ -1,9 +1,7 @@
 """secure-webhooks: signed (JWT) Supabase database webhooks, one Pulumi stack per environment."""
 
 import pulumi
-
-from components.secure_webhooks import SecureWebhooks, SecureWebhooksArgs
-from components.stack_config import read_stack_config
+from secure_webhooks import SecureWebhooks, SecureWebhooksArgs, read_stack_config
 
 settings, secrets = read_stack_config()
 

@@ -21,12 +21,12 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from secure_webhooks.database import ConnectionSettings, Database
+from secure_webhooks.reconciler import JOB_NAME
+from secure_webhooks.schedule_provider import ScheduleProvider
 
 from bench.measure import APP_ROLE, BenchError, insert_one
 from bench.variants import OWNER, Variant
-from components.database import ConnectionSettings, Database
-from components.reconciler import JOB_NAME
-from components.schedule_provider import ScheduleProvider
 from local_supabase.cluster import LocalSupabase
 from local_supabase.cron_runner import CronJobRunner
 from local_supabase.orchestrator import Delivery, WebhookReceiver

@@ -21,10 +21,10 @@ from pathlib import Path
 import jwt
 import psycopg
 from psycopg import sql
+from secure_webhooks.outbox import ATTEMPTS, EVENTS, SCHEMA
+from secure_webhooks.settings import DEFAULT_CLAIMS
 
 from bench.variants import TRIGGER_NAME, VARIANTS, VARIANTS_BY_KEY, Variant
-from components.outbox import ATTEMPTS, EVENTS, SCHEMA
-from components.settings import DEFAULT_CLAIMS
 from local_supabase.cluster import LocalSupabase
 from webhook_verifier import VerificationError, Verifier
 

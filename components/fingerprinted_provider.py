@@ -13,8 +13,8 @@ from typing import Any
 import psycopg
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 
-from components.catalog import drifted
-from components.database import DatabaseProvider
+from .catalog import drifted
+from .database import DatabaseProvider
 
 
 class FingerprintedProvider(DatabaseProvider):

@@ -17,10 +17,10 @@ import pulumi
 from psycopg import sql
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
 
-from components.database import DatabaseProvider
-from components.ownership import claim, marker, owner_of, refusal
-from components.preflight import preflight_failures
-from components.trigger_function import (
+from .database import DatabaseProvider
+from .ownership import claim, marker, owner_of, refusal
+from .preflight import preflight_failures
+from .trigger_function import (
     FunctionSpec,
     body_sha256,
     canonical_claims,

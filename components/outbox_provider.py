@@ -16,9 +16,9 @@ import pulumi
 from psycopg import sql
 from pulumi.dynamic import CheckFailure, CheckResult
 
-from components.catalog import drifted, fingerprint
-from components.fingerprinted_provider import FingerprintedProvider
-from components.outbox import (
+from .catalog import drifted, fingerprint
+from .fingerprinted_provider import FingerprintedProvider
+from .outbox import (
     CLIENT_ROLES,
     FUNCTIONS,
     OPERATOR_ROLES,
@@ -27,7 +27,7 @@ from components.outbox import (
     install_statements,
     script_sha256,
 )
-from components.ownership import OwnershipError, marker, owner_of, refusal
+from .ownership import OwnershipError, marker, owner_of, refusal
 
 OPERATOR_COMMAND = "python -m webhook_deliveries"
 
@@ -104,7 +104,7 @@ class OutboxProvider(FingerprintedProvider):
             raise RuntimeError(
                 f"schema {SCHEMA} changed out of band in a way `pulumi up` cannot repair without touching "
                 f"stored events ({str(exc).splitlines()[0]}); restore the definition by hand "
-                "(see components/outbox.py)"
+                "(see secure_webhooks/outbox.py)"
             ) from None
         comment_on = sql.SQL("COMMENT ON SCHEMA {} IS {}")
         cur.execute(comment_on.format(sql.Identifier(SCHEMA), sql.Literal(marker(props["owner"]))))
@@ -117,7 +117,7 @@ class OutboxProvider(FingerprintedProvider):
             if broken:
                 raise RuntimeError(
                     f"{', '.join(broken)} changed out of band in a way `pulumi up` cannot repair without "
-                    f"touching stored events; restore the definition by hand (see components/outbox.py)"
+                    f"touching stored events; restore the definition by hand (see secure_webhooks/outbox.py)"
                 )
 
     def fingerprint(self, cur: psycopg.Cursor, props: dict[str, Any]) -> dict[str, str] | None:

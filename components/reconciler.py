@@ -31,9 +31,9 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
-from components.delivery_settings import DeliverySettings
-from components.outbox import ATTEMPTS, EVENTS, PG_NET_EPOCH, SCHEMA
-from components.trigger_function import (
+from .delivery_settings import DeliverySettings
+from .outbox import ATTEMPTS, EVENTS, PG_NET_EPOCH, SCHEMA
+from .trigger_function import (
     FunctionSpec,
     claims_expression,
     missing_secret_error,

@@ -15,13 +15,13 @@ import psycopg
 import pulumi
 from psycopg import sql
 
-from components.catalog import fingerprint
-from components.delivery_settings import DeliverySettings
-from components.fingerprinted_provider import FingerprintedProvider
-from components.function_provider import function_props, spec_from
-from components.outbox import CLIENT_ROLES, SCHEMA
-from components.ownership import claim, marker, owner_of
-from components.reconciler import FUNCTIONS, RECONCILE, RETRY_AFTER, ReconcilerSpec, function_sources, sources_sha256
+from .catalog import fingerprint
+from .delivery_settings import DeliverySettings
+from .fingerprinted_provider import FingerprintedProvider
+from .function_provider import function_props, spec_from
+from .outbox import CLIENT_ROLES, SCHEMA
+from .ownership import claim, marker, owner_of
+from .reconciler import FUNCTIONS, RECONCILE, RETRY_AFTER, ReconcilerSpec, function_sources, sources_sha256
 
 #: SECURITY DEFINER: the job runs as postgres, but an operator's service_role session may call a round too.
 _DEFINER = {RECONCILE: True, RETRY_AFTER: False}

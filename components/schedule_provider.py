@@ -20,11 +20,11 @@ import psycopg
 import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
 
-from components.database import DatabaseProvider
-from components.delivery_settings import AUTO_SCHEDULE
-from components.outbox_provider import OPERATOR_COMMAND, describe_counts, undelivered
-from components.ownership import OwnershipError, marker, owner_of
-from components.reconciler import JOB_NAME, cron_command
+from .database import DatabaseProvider
+from .delivery_settings import AUTO_SCHEDULE
+from .outbox_provider import OPERATOR_COMMAND, describe_counts, undelivered
+from .ownership import OwnershipError, marker, owner_of
+from .reconciler import JOB_NAME, cron_command
 
 INPUTS = ("owner", "schedule", "job_name")
 MINUTE_SCHEDULE = "* * * * *"

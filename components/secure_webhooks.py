@@ -7,18 +7,18 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_postgresql as postgresql
 
-from components.function_provider import SecureFunction
-from components.outbox import DELIVERIES_VIEW
-from components.outbox import SCHEMA as OUTBOX_SCHEMA
-from components.outbox_provider import Outbox
-from components.preflight import EXTENSION_SCHEMA, required_extensions
-from components.reconciler import JOB_NAME, ReconcilerSpec
-from components.reconciler_provider import Reconciler
-from components.schedule_provider import ReconcilerSchedule
-from components.settings import Settings
-from components.trigger_function import FunctionSpec
-from components.trigger_provider import WebhookTrigger
-from components.vault_secret_provider import VaultSecret
+from .function_provider import SecureFunction
+from .outbox import DELIVERIES_VIEW
+from .outbox import SCHEMA as OUTBOX_SCHEMA
+from .outbox_provider import Outbox
+from .preflight import EXTENSION_SCHEMA, required_extensions
+from .reconciler import JOB_NAME, ReconcilerSpec
+from .reconciler_provider import Reconciler
+from .schedule_provider import ReconcilerSchedule
+from .settings import Settings
+from .trigger_function import FunctionSpec
+from .trigger_provider import WebhookTrigger
+from .vault_secret_provider import VaultSecret
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.config_errors import ConfigError
-from components.delivery_settings import DeliverySettings, check_delivery
-from components.urls import UrlPolicyError, check_base_url, check_path, join_url
+from .config_errors import ConfigError
+from .delivery_settings import DeliverySettings, check_delivery
+from .urls import UrlPolicyError, check_base_url, check_path, join_url
 
 NAMESPACE = "secure-webhooks"
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pulumi
 from pulumi.runtime.config import is_config_secret
 
-from components.settings import (
+from .settings import (
     NAMESPACE,
     ConfigError,
     Settings,

@@ -28,8 +28,8 @@ from typing import Any
 
 from psycopg import sql
 
-from components.outbox import EVENTS as OUTBOX_EVENTS
-from components.outbox import SCHEMA as OUTBOX_SCHEMA
+from .outbox import EVENTS as OUTBOX_EVENTS
+from .outbox import SCHEMA as OUTBOX_SCHEMA
 
 #: The transition tables our statement-level triggers pass to the function.
 NEW_ROWS = "new_rows"

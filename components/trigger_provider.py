@@ -25,9 +25,9 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
-from components.database import DatabaseProvider
-from components.ownership import claim, marker, owner_of, refusal
-from components.trigger_function import NEW_ROWS, OLD_ROWS, FunctionSpec
+from .database import DatabaseProvider
+from .ownership import claim, marker, owner_of, refusal
+from .trigger_function import NEW_ROWS, OLD_ROWS, FunctionSpec
 
 INPUTS = ("schema", "table", "name", "event", "url", "function_schema", "function_name", "owner")
 RESTORE_ON_DESTROY = "secure-webhooks:restoreOnDestroy"

@@ -21,10 +21,10 @@ import psycopg
 import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
 
-from components.database import DatabaseProvider
-from components.ownership import claim, marker, owner_of, refusal
-from components.settings import ConfigError, check_jwt_secret, check_webhook_secret
-from components.trigger_function import sql_literal
+from .database import DatabaseProvider
+from .ownership import claim, marker, owner_of, refusal
+from .settings import ConfigError, check_jwt_secret, check_webhook_secret
+from .trigger_function import sql_literal
 
 INPUTS = ("name", "secret", "owner")
 

@@ -20,8 +20,8 @@ import sys
 import time
 
 import psycopg
+from secure_webhooks.reconciler import JOB_NAME
 
-from components.reconciler import JOB_NAME
 from devtools.pulumi_cli import REPO, Stack, Workspace, toolchain_bin
 from local_supabase.bootstrap import create_demo_tables, install_legacy_webhooks
 from local_supabase.cluster import LocalSupabase

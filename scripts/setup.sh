@@ -31,6 +31,8 @@ if [[ ! -x venv/bin/python ]]; then
 fi
 say "installing Python packages from requirements.txt"
 venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt >&2
+say "installing this repository's package (secure_webhooks, editable: components/ is its source)"
+venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . >&2
 
 say "local Supabase stand-in extensions (the first run compiles their C libraries)"
 venv/bin/python -m local_supabase install

@@ -8,10 +8,10 @@ from contextlib import contextmanager
 
 import psycopg
 from providers import configured, function_props, trigger_props, unique
+from secure_webhooks.function_provider import SecureFunctionProvider
+from secure_webhooks.trigger_function import FunctionSpec
+from secure_webhooks.trigger_provider import WebhookTriggerProvider
 
-from components.function_provider import SecureFunctionProvider
-from components.trigger_function import FunctionSpec
-from components.trigger_provider import WebhookTriggerProvider
 from local_supabase.bootstrap import create_demo_tables
 from local_supabase.cluster import LocalSupabase
 from local_supabase.scripted_server import Received

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from secure_webhooks.reconciler import JOB_NAME
 
-from components.reconciler import JOB_NAME
 from devtools.pulumi_cli import REPO, Stack, Workspace, copy_project, toolchain_bin
 from local_supabase.bootstrap import create_demo_tables
 from local_supabase.cluster import LocalSupabase

@@ -12,15 +12,15 @@ from typing import Any
 import psycopg
 from providers import OWNER, configured, function_props, trigger_props
 from psycopg import sql
+from secure_webhooks.delivery_settings import DeliverySettings
+from secure_webhooks.function_provider import SecureFunctionProvider
+from secure_webhooks.outbox import script_sha256
+from secure_webhooks.outbox_provider import OutboxProvider
+from secure_webhooks.reconciler import ReconcilerSpec
+from secure_webhooks.reconciler_provider import ReconcilerProvider, reconciler_props
+from secure_webhooks.trigger_function import FunctionSpec
+from secure_webhooks.trigger_provider import WebhookTriggerProvider
 
-from components.delivery_settings import DeliverySettings
-from components.function_provider import SecureFunctionProvider
-from components.outbox import script_sha256
-from components.outbox_provider import OutboxProvider
-from components.reconciler import ReconcilerSpec
-from components.reconciler_provider import ReconcilerProvider, reconciler_props
-from components.trigger_function import FunctionSpec
-from components.trigger_provider import WebhookTriggerProvider
 from local_supabase.bootstrap import create_demo_tables
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import Delivery

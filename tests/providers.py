@@ -7,11 +7,11 @@ from typing import Any
 
 from pulumi.dynamic import ConfigureRequest
 from pulumi.dynamic.config import Config
+from secure_webhooks.database import DatabaseProvider
+from secure_webhooks.function_provider import function_props as props_for_function
+from secure_webhooks.trigger_function import FunctionSpec
+from secure_webhooks.trigger_provider import trigger_props as props_for_trigger
 
-from components.database import DatabaseProvider
-from components.function_provider import function_props as props_for_function
-from components.trigger_function import FunctionSpec
-from components.trigger_provider import trigger_props as props_for_trigger
 from local_supabase.cluster import LocalSupabase
 
 OWNER = "secure-webhooks/test"

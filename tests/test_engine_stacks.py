@@ -18,8 +18,8 @@ import psycopg
 import pytest
 import yaml
 from engine_support import JWT_SECRET, PASSPHRASE
+from secure_webhooks.settings import DEFAULT_WEBHOOKS
 
-from components.settings import DEFAULT_WEBHOOKS
 from devtools.pulumi_cli import REPO, Stack, Workspace
 from local_supabase.bootstrap import create_demo_tables, install_legacy_webhooks
 from local_supabase.cluster import LocalSupabase
@@ -231,6 +231,16 @@ def checkout_project(commit: str, target: Path) -> Path:
     return target
 
 
+def upgrade_to_current_code(project: Path) -> None:
+    """The upgrade a user runs: today's program files over yesterday's, the stack's state untouched."""
+    for name in OLD_PROJECT_FILES:
+        if (project / name).is_dir():
+            shutil.rmtree(project / name)
+            shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(REPO / name, project / name)
+
+
 def pickled_providers(stack: Stack) -> dict[str, str]:
     """Each dynamic resource's serialized provider (a Pulumi secret, hence --show-secrets)."""
     resources = json.loads(stack.run("stack", "export", "--show-secrets").stdout)["deployment"]["resources"]
@@ -245,7 +255,8 @@ def test_stack_created_by_older_providers_previews_refreshes_updates_and_destroy
     """Users upgrade this repo under live stacks; the new code must drive the old state.
 
     A dynamic provider is pickled into the state by reference to its module
-    (`components.trigger_provider.WebhookTriggerProvider`), so after an upgrade
+    (`components.trigger_provider.WebhookTriggerProvider` then,
+    `secure_webhooks.trigger_provider...` now), so after an upgrade
     every operation, including `refresh` and `destroy` of resources created
     earlier, runs the *current* code against what the old code recorded. The
     old stack adopted the legacy webhooks; the new code must still give them
@@ -272,19 +283,16 @@ def test_stack_created_by_older_providers_previews_refreshes_updates_and_destroy
     for blob in old_blobs.values():
         assert b"components." in base64.b64decode(json.loads(blob)), "pickled by module path, not by value"
 
-    for name in OLD_PROJECT_FILES:  # the upgrade: today's program over yesterday's stack
-        if (old_project / name).is_dir():
-            shutil.rmtree(old_project / name)
-            shutil.copytree(REPO / name, old_project / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(REPO / name, old_project / name)
+    upgrade_to_current_code(old_project)
 
     stack.preview()
     stack.refresh()
     stack.up()
     stack.preview("--expect-no-changes")
     blobs = pickled_providers(stack)
-    assert {name: blobs[name] for name in old_blobs} == old_blobs, "the pickled providers name classes, not code"
+    for name in old_blobs:  # the state now names the installed package's classes
+        decoded = base64.b64decode(json.loads(blobs[name]))
+        assert b"secure_webhooks." in decoded and b"components." not in decoded, name
     assert set(blobs) - set(old_blobs) == {  # the upgrade switched the stack to at-least-once
         "secure-webhooks-outbox",
         "secure-webhooks-reconciler",
@@ -299,4 +307,57 @@ def test_stack_created_by_older_providers_previews_refreshes_updates_and_destroy
     stack.destroy()
     with engine.connect() as conn:
         assert database_objects(conn) == legacy
+    assert not stack.export()["deployment"].get("resources")
+
+
+#: The last commit before components/ became the installable `secure_webhooks` package: its state names
+#: the providers `components.<module>.<Class>`.
+PRE_PACKAGE_COMMIT = "d0d9c75"
+
+
+def test_state_written_before_the_package_existed_keeps_working_and_migrates(engine, tmp_path):
+    """Stacks deployed before `pip install`-able packaging must not notice the rename (issue 11 #2).
+
+    Their state unpickles `components.*` classes, which the repository still
+    has (components/ is the package's source), while today's program pickles
+    `secure_webhooks.*`. Every operation must work on such a state, and each
+    resource the new code writes moves to the new name.
+    """
+    old_project = checkout_project(PRE_PACKAGE_COMMIT, tmp_path / "old-project")
+    assert "from components." in (old_project / "__main__.py").read_text()
+    old_engine = dataclasses.replace(
+        engine,
+        workspace=Workspace(old_project, tmp_path / "old-pulumi", PASSPHRASE, engine.workspace.bin_dir),
+    )
+    stack = old_engine.stack("dev")
+    stack.up()
+    old_blobs = pickled_providers(stack)
+    assert len(old_blobs) == 6, sorted(old_blobs)
+    for blob in old_blobs.values():
+        assert b"components." in base64.b64decode(json.loads(blob))
+
+    upgrade_to_current_code(old_project)
+    stack.preview("--expect-no-changes")
+    stack.refresh("--expect-no-changes")
+    stack.set_config({"tokenTtlSeconds": 600})  # an update of the function, through the old state
+    steps = stack.preview_steps()
+    assert any(op == "update" and urn.endswith("::secure-webhooks-function") for op, urn in steps), steps
+    stack.up()
+    stack.preview("--expect-no-changes")
+    blobs = pickled_providers(stack)
+    assert set(blobs) == set(old_blobs)
+    function_blob = base64.b64decode(json.loads(blobs["secure-webhooks-function"]))
+    assert b"secure_webhooks." in function_blob and b"components." not in function_blob
+
+    with engine.connect() as conn:
+        insert(conn, "resumes", "after-packaging.pdf")
+    (delivery,) = engine.orchestrator.wait_for(1)
+    assert delivery.status == 200 and delivery.body["record"]["name"] == "after-packaging.pdf"
+    assert 0 < delivery.claims["exp"] - delivery.claims["iat"] <= 600
+
+    engine.wait_until_delivered()
+    stack.destroy()
+    with engine.connect() as conn:
+        assert conn.execute(FUNCTION_DEF, (FUNCTION,)).fetchone() is None
+        assert conn.execute(TRIGGERS).fetchall() == []
     assert not stack.export()["deployment"].get("resources")

@@ -19,14 +19,14 @@ from outbox_support import (
     tally,
 )
 from providers import OWNER, configured, function_props
+from secure_webhooks.catalog import drifted
+from secure_webhooks.function_provider import SecureFunctionProvider
+from secure_webhooks.outbox import script_sha256
+from secure_webhooks.outbox_provider import OutboxProvider
+from secure_webhooks.reconciler import JOB_NAME
+from secure_webhooks.schedule_provider import ScheduleProvider
 from supabase_lints import lint
 
-from components.catalog import drifted
-from components.function_provider import SecureFunctionProvider
-from components.outbox import script_sha256
-from components.outbox_provider import OutboxProvider
-from components.reconciler import JOB_NAME
-from components.schedule_provider import ScheduleProvider
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
@@ -67,7 +67,7 @@ def schedule_props(schedule: str = "auto") -> dict:
 
 
 def test_an_edited_reconciler_body_is_drift_and_up_repairs_it(pipeline, conn):
-    from components.reconciler_provider import ReconcilerProvider
+    from secure_webhooks.reconciler_provider import ReconcilerProvider
 
     provider, created = provider_of(pipeline, ReconcilerProvider)
     outs, diff = refreshed(provider, created)

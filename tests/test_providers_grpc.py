@@ -16,11 +16,10 @@ import pytest
 from dynamic_grpc import DynamicProviderServer, secret
 from providers import OWNER, function_props, stack_config, trigger_props, unique
 from psycopg import sql
-
-from components.function_provider import SecureFunctionProvider
-from components.trigger_function import FunctionSpec
-from components.trigger_provider import WebhookTriggerProvider
-from components.vault_secret_provider import VaultSecretProvider
+from secure_webhooks.function_provider import SecureFunctionProvider
+from secure_webhooks.trigger_function import FunctionSpec
+from secure_webhooks.trigger_provider import WebhookTriggerProvider
+from secure_webhooks.vault_secret_provider import VaultSecretProvider
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "secure-webhooks"

@@ -14,11 +14,10 @@ import pytest
 import test_providers
 from providers import OWNER, configured, function_props, trigger_props, unique
 from psycopg import sql
-
-from components.ownership import owner_of
-from components.trigger_function import FunctionSpec
-from components.trigger_provider import WebhookTriggerProvider
-from components.vault_secret_provider import VaultSecretProvider
+from secure_webhooks.ownership import owner_of
+from secure_webhooks.trigger_function import FunctionSpec
+from secure_webhooks.trigger_provider import WebhookTriggerProvider
+from secure_webhooks.vault_secret_provider import VaultSecretProvider
 
 URL = "http://127.0.0.1:9/ingest/a"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()

@@ -4,9 +4,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from components.delivery_settings import DeliverySettings, check_delivery
-from components.settings import (
+from secure_webhooks.delivery_settings import DeliverySettings, check_delivery
+from secure_webhooks.settings import (
     DEFAULT_CLAIMS,
     DEFAULT_WEBHOOKS,
     ConfigError,
@@ -14,7 +13,7 @@ from components.settings import (
     check_webhook_secret,
     parse_settings,
 )
-from components.urls import is_tunnel_host
+from secure_webhooks.urls import is_tunnel_host
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = {"orchestratorUrl": "https://orchestrator.example.com"}

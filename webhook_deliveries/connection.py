@@ -8,8 +8,7 @@ import subprocess
 from pathlib import Path
 
 import psycopg
-
-from components.database import ConnectionSettings
+from secure_webhooks.database import ConnectionSettings
 
 
 class OperatorError(RuntimeError):

@@ -1,0 +1,99 @@
+"""The repository builds one wheel, `secure-webhooks`, as a new user would (issue 11 #1).
+
+It ships the component as `secure_webhooks` (the source of components/), the
+operator command and the Python verifier, and nothing the repository only
+needs for itself: no tests, bench/, devtools/, local_supabase/ or verifiers/.
+"""
+
+from __future__ import annotations
+
+import email
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+from devtools.pulumi_cli import REPO
+
+SHIPPED = {"secure_webhooks", "webhook_deliveries", "webhook_verifier"}
+
+
+def fresh_tree(target: Path) -> Path:
+    """What a fresh clone holds (tracked files, plus untracked ones not ignored) in `target`."""
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        check=True,
+        capture_output=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, (entry.decode() for entry in listed)):
+        if (REPO / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, target / name)
+    return target
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tree = fresh_tree(tmp_path_factory.mktemp("clone"))
+    out = tmp_path_factory.mktemp("dist")
+    # The command from the issue, as a user types it: pip fetches the build backend itself.
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-w", str(out), "."],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    (path,) = out.glob("secure_webhooks-*.whl")
+    return path
+
+
+def test_the_wheel_ships_the_component_under_its_own_name_and_nothing_else(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {name.split("/", 1)[0] for name in names if not name.split("/", 1)[0].endswith(".dist-info")}
+    assert top_level == SHIPPED
+    component = {Path(name).name for name in names if name.startswith("secure_webhooks/")}
+    repo_modules = {path.name for path in (REPO / "components").glob("*.py")}
+    assert component == repo_modules, "every module of components/ ships, under secure_webhooks/"
+    assert not [name for name in names if name.startswith(("tests/", "bench/", "devtools/", "local_supabase/"))]
+
+
+def test_the_wheel_declares_what_it_imports(wheel):
+    archive = zipfile.ZipFile(wheel)
+    (metadata_name,) = [name for name in archive.namelist() if name.endswith(".dist-info/METADATA")]
+    metadata = email.message_from_bytes(archive.read(metadata_name))
+    required = {Requirement(entry).name.lower() for entry in metadata.get_all("Requires-Dist")}
+    assert required == {"pulumi", "pulumi-postgresql", "psycopg", "pyjwt"}
+    (entry_points,) = [name for name in archive.namelist() if name.endswith(".dist-info/entry_points.txt")]
+    assert "webhook-deliveries = webhook_deliveries.__main__:main" in archive.read(entry_points).decode()
+
+
+def test_the_installed_wheel_imports_without_the_repository(wheel, tmp_path):
+    """Installed elsewhere, the package stands alone: nothing imports components/ or the repo's folders."""
+    target = tmp_path / "site"
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "-t", str(target), wheel],
+        capture_output=True,
+        text=True,
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    probe = (
+        "import sys, secure_webhooks, webhook_deliveries.__main__, webhook_verifier\n"
+        "from secure_webhooks import SecureWebhooks, SecureWebhooksArgs, parse_settings, read_stack_config\n"
+        "assert secure_webhooks.__file__.startswith(sys.argv[1]), secure_webhooks.__file__\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('components', 'devtools', 'local_supabase')]\n"
+        "settings = parse_settings({'orchestratorUrl': 'https://api.example.com', 'webhooks': "
+        "[{'name': 'w', 'table': 'resumes', 'path': '/ingest/x'}]})\n"
+        "print(settings.webhooks[0].url)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    ran = subprocess.run(
+        [sys.executable, "-c", probe, str(target)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "https://api.example.com/ingest/x"
