@@ -1,6 +1,7 @@
 """secure-webhooks: signed (JWT) Supabase database webhooks, one Pulumi stack per environment."""
 
 import pulumi
+
 from secure_webhooks import SecureWebhooks, SecureWebhooksArgs, read_stack_config
 
 settings, secrets = read_stack_config()

@@ -21,9 +21,6 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from secure_webhooks.database import ConnectionSettings, Database
-from secure_webhooks.reconciler import JOB_NAME
-from secure_webhooks.schedule_provider import ScheduleProvider
 
 from bench.measure import APP_ROLE, BenchError, insert_one
 from bench.variants import OWNER, Variant
@@ -31,6 +28,9 @@ from local_supabase.cluster import LocalSupabase
 from local_supabase.cron_runner import CronJobRunner
 from local_supabase.orchestrator import Delivery, WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
+from secure_webhooks.database import ConnectionSettings, Database
+from secure_webhooks.reconciler import JOB_NAME
+from secure_webhooks.schedule_provider import ScheduleProvider
 
 #: Where the re-pointed triggers post (any path: the receiver accepts every one).
 PATH = "/ingest/bench"

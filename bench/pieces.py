@@ -27,6 +27,10 @@ from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
+
+from bench.measure import APP_ROLE, insert_many, insert_one
+from bench.variants import DIRECT, SECRET_NAME, TRIGGER_NAME, UNBOUND, VARIANTS_BY_KEY, Variant
+from local_supabase.cluster import LocalSupabase
 from secure_webhooks.trigger_function import (
     DECLARATIONS,
     FunctionSpec,
@@ -35,10 +39,6 @@ from secure_webhooks.trigger_function import (
     read_secret,
     token_joins,
 )
-
-from bench.measure import APP_ROLE, insert_many, insert_one
-from bench.variants import DIRECT, SECRET_NAME, TRIGGER_NAME, UNBOUND, VARIANTS_BY_KEY, Variant
-from local_supabase.cluster import LocalSupabase
 
 PROCEDURE = "public.bench_piece_{}"
 #: Untimed iterations in each new session before the timed CALL: its first transaction compiles

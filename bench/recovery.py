@@ -28,11 +28,11 @@ from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
-from secure_webhooks.trigger_function import FunctionSpec
 
 from bench.delivery import TimedReceiver
 from bench.measure import BenchError, insert_many
 from bench.variants import Variant
+from secure_webhooks.trigger_function import FunctionSpec
 
 #: What Supabase's pg_net documentation says the extension reliably executes.
 PG_NET_DOCUMENTED_PER_SECOND = 200

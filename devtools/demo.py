@@ -20,7 +20,6 @@ import sys
 import time
 
 import psycopg
-from secure_webhooks.reconciler import JOB_NAME
 
 from devtools.pulumi_cli import REPO, Stack, Workspace, toolchain_bin
 from local_supabase.bootstrap import create_demo_tables, install_legacy_webhooks
@@ -28,6 +27,7 @@ from local_supabase.cluster import LocalSupabase
 from local_supabase.cron_runner import CronJobRunner
 from local_supabase.orchestrator import WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
+from secure_webhooks.reconciler import JOB_NAME
 
 STACK = "local"
 STATE_DIR = REPO / ".pulumi-local"

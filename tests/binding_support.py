@@ -8,13 +8,13 @@ from contextlib import contextmanager
 
 import psycopg
 from providers import configured, function_props, trigger_props, unique
-from secure_webhooks.function_provider import SecureFunctionProvider
-from secure_webhooks.trigger_function import FunctionSpec
-from secure_webhooks.trigger_provider import WebhookTriggerProvider
 
 from local_supabase.bootstrap import create_demo_tables
 from local_supabase.cluster import LocalSupabase
 from local_supabase.scripted_server import Received
+from secure_webhooks.function_provider import SecureFunctionProvider
+from secure_webhooks.trigger_function import FunctionSpec
+from secure_webhooks.trigger_provider import WebhookTriggerProvider
 
 PATH = "/ingest/interns/individual"
 

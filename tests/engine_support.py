@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from secure_webhooks.reconciler import JOB_NAME
 
 from devtools.pulumi_cli import REPO, Stack, Workspace, copy_project, toolchain_bin
 from local_supabase.bootstrap import create_demo_tables
@@ -25,6 +24,7 @@ from local_supabase.cluster import LocalSupabase
 from local_supabase.cron_runner import CronJobRunner
 from local_supabase.orchestrator import WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
+from secure_webhooks.reconciler import JOB_NAME
 
 JWT_SECRET = "engine-test-jwt-secret-" + "e" * 24
 PASSPHRASE = "engine-tests"

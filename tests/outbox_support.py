@@ -12,6 +12,11 @@ from typing import Any
 import psycopg
 from providers import OWNER, configured, function_props, trigger_props
 from psycopg import sql
+
+from local_supabase.bootstrap import create_demo_tables
+from local_supabase.cluster import LocalSupabase
+from local_supabase.orchestrator import Delivery
+from local_supabase.pg_net_worker import PgNetWorker
 from secure_webhooks.delivery_settings import DeliverySettings
 from secure_webhooks.function_provider import SecureFunctionProvider
 from secure_webhooks.outbox import script_sha256
@@ -20,11 +25,6 @@ from secure_webhooks.reconciler import ReconcilerSpec
 from secure_webhooks.reconciler_provider import ReconcilerProvider, reconciler_props
 from secure_webhooks.trigger_function import FunctionSpec
 from secure_webhooks.trigger_provider import WebhookTriggerProvider
-
-from local_supabase.bootstrap import create_demo_tables
-from local_supabase.cluster import LocalSupabase
-from local_supabase.orchestrator import Delivery
-from local_supabase.pg_net_worker import PgNetWorker
 
 #: Fast retries for tests: 1 s, 2 s, 4 s, ... capped at 5 s, no jitter, 6 attempts.
 TEST_DELIVERY = DeliverySettings(

@@ -7,12 +7,12 @@ from typing import Any
 
 from pulumi.dynamic import ConfigureRequest
 from pulumi.dynamic.config import Config
+
+from local_supabase.cluster import LocalSupabase
 from secure_webhooks.database import DatabaseProvider
 from secure_webhooks.function_provider import function_props as props_for_function
 from secure_webhooks.trigger_function import FunctionSpec
 from secure_webhooks.trigger_provider import trigger_props as props_for_trigger
-
-from local_supabase.cluster import LocalSupabase
 
 OWNER = "secure-webhooks/test"
 

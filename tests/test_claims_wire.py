@@ -13,6 +13,7 @@ import pytest
 from google.protobuf import struct_pb2
 from providers import OWNER, as_stored
 from pulumi.runtime import rpc
+
 from secure_webhooks.delivery_settings import DeliverySettings
 from secure_webhooks.function_provider import SecureFunctionProvider, desired_state, function_props, spec_from
 from secure_webhooks.reconciler import ReconcilerSpec, function_sources, sources_sha256

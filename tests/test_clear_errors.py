@@ -20,6 +20,7 @@ import pytest
 from dynamic_grpc import DynamicProviderServer, ProviderCallError, secret
 from providers import OWNER, configured, function_props, stack_config, trigger_props, unique
 from psycopg import sql
+
 from secure_webhooks.database import LOCK_TIMEOUT, DatabaseError
 from secure_webhooks.function_provider import SecureFunctionProvider
 from secure_webhooks.trigger_function import FunctionSpec

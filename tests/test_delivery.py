@@ -16,6 +16,10 @@ import pytest
 from outbox_support import TEST_DELIVERY, Pipeline, all_delivered, settle
 from providers import OWNER, configured, function_props, trigger_props, unique
 from psycopg import sql
+from test_claims_wire import over_the_wire
+
+from local_supabase.bootstrap import create_demo_tables
+from local_supabase.orchestrator import WebhookReceiver
 from secure_webhooks.function_provider import SecureFunctionProvider
 from secure_webhooks.outbox import script_sha256
 from secure_webhooks.outbox_provider import OutboxProvider
@@ -24,10 +28,6 @@ from secure_webhooks.reconciler_provider import ReconcilerProvider, reconciler_p
 from secure_webhooks.settings import DEFAULT_CLAIMS, DEFAULT_WEBHOOKS, check_webhooks
 from secure_webhooks.trigger_function import FunctionSpec, sign_statement
 from secure_webhooks.trigger_provider import WebhookTriggerProvider
-from test_claims_wire import over_the_wire
-
-from local_supabase.bootstrap import create_demo_tables
-from local_supabase.orchestrator import WebhookReceiver
 
 TTL = 600
 

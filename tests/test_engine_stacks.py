@@ -18,11 +18,11 @@ import psycopg
 import pytest
 import yaml
 from engine_support import JWT_SECRET, PASSPHRASE
-from secure_webhooks.settings import DEFAULT_WEBHOOKS
 
 from devtools.pulumi_cli import REPO, Stack, Workspace
 from local_supabase.bootstrap import create_demo_tables, install_legacy_webhooks
 from local_supabase.cluster import LocalSupabase
+from secure_webhooks.settings import DEFAULT_WEBHOOKS
 
 FUNCTION = "public.notify_orchestrator_secure()"
 NGROK_URL = "https://heliochromic-isenthalpic-aidyn.ngrok-free.dev"

@@ -6,11 +6,11 @@ import time
 
 from outbox_support import insert_rows, install_pipeline, statuses, supabase_with_secret, tally
 from providers import OWNER, configured
-from secure_webhooks.reconciler import JOB_NAME
-from secure_webhooks.schedule_provider import ScheduleProvider
 
 from local_supabase.orchestrator import WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
+from secure_webhooks.reconciler import JOB_NAME
+from secure_webhooks.schedule_provider import ScheduleProvider
 
 SECRET = "cron-test-signing-secret-" + "0123456789abcdef" * 2
 

@@ -19,17 +19,17 @@ from outbox_support import (
     tally,
 )
 from providers import OWNER, configured, function_props
+from supabase_lints import lint
+
+from local_supabase.cluster import LocalSupabase
+from local_supabase.orchestrator import WebhookReceiver
+from local_supabase.pg_net_worker import PgNetWorker
 from secure_webhooks.catalog import drifted
 from secure_webhooks.function_provider import SecureFunctionProvider
 from secure_webhooks.outbox import script_sha256
 from secure_webhooks.outbox_provider import OutboxProvider
 from secure_webhooks.reconciler import JOB_NAME
 from secure_webhooks.schedule_provider import ScheduleProvider
-from supabase_lints import lint
-
-from local_supabase.cluster import LocalSupabase
-from local_supabase.orchestrator import WebhookReceiver
-from local_supabase.pg_net_worker import PgNetWorker
 
 SECRET = "resource-test-signing-secret-" + "0123456789abcdef" * 2
 

@@ -8,15 +8,15 @@ from providers import OWNER, as_stored, configured, function_props, stack_config
 from psycopg import sql
 from pulumi.dynamic import ConfigureRequest
 from pulumi.dynamic.config import Config
+from supabase_lints import EXTENSION_IN_PUBLIC, lint
+
+from local_supabase.bootstrap import LEGACY_WEBHOOK_HEADERS
 from secure_webhooks.function_provider import SecureFunctionProvider
 from secure_webhooks.ownership import OwnershipError
 from secure_webhooks.preflight import extension_problem
 from secure_webhooks.trigger_function import FunctionSpec
 from secure_webhooks.trigger_provider import WebhookTriggerProvider
 from secure_webhooks.vault_secret_provider import VaultSecretProvider
-from supabase_lints import EXTENSION_IN_PUBLIC, lint
-
-from local_supabase.bootstrap import LEGACY_WEBHOOK_HEADERS
 
 URL = "http://127.0.0.1:9/ingest/a"
 

@@ -16,6 +16,7 @@ import pytest
 from dynamic_grpc import DynamicProviderServer, secret
 from providers import OWNER, function_props, stack_config, trigger_props, unique
 from psycopg import sql
+
 from secure_webhooks.function_provider import SecureFunctionProvider
 from secure_webhooks.trigger_function import FunctionSpec
 from secure_webhooks.trigger_provider import WebhookTriggerProvider

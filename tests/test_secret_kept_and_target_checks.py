@@ -14,6 +14,7 @@ import pytest
 import test_providers
 from providers import OWNER, configured, function_props, trigger_props, unique
 from psycopg import sql
+
 from secure_webhooks.ownership import owner_of
 from secure_webhooks.trigger_function import FunctionSpec
 from secure_webhooks.trigger_provider import WebhookTriggerProvider

@@ -19,16 +19,16 @@ import psycopg
 import pytest
 from outbox_support import all_delivered, install_pipeline, settle
 from providers import OWNER, configured, function_props, trigger_props, unique
-from secure_webhooks.function_provider import SecureFunctionProvider
-from secure_webhooks.trigger_function import FunctionSpec
-from secure_webhooks.trigger_provider import WebhookTriggerProvider
-from secure_webhooks.vault_secret_provider import VaultSecretProvider
 from test_engine_stacks import database_objects, managed_resources
 
 from local_supabase.bootstrap import create_demo_tables, install_legacy_webhooks
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
+from secure_webhooks.function_provider import SecureFunctionProvider
+from secure_webhooks.trigger_function import FunctionSpec
+from secure_webhooks.trigger_provider import WebhookTriggerProvider
+from secure_webhooks.vault_secret_provider import VaultSecretProvider
 
 FIRST_SECRET = "logs-test-first-jwt-secret-" + "f" * 24
 JWT_SECRET = "logs-test-jwt-secret-" + "a1" * 16

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from secure_webhooks.delivery_settings import DeliverySettings, check_delivery
 from secure_webhooks.settings import (
     DEFAULT_CLAIMS,

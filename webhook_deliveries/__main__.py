@@ -9,8 +9,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import psycopg
-from secure_webhooks.outbox import DELIVERIES_VIEW, SCHEMA, STATUSES
 
+from secure_webhooks.outbox import DELIVERIES_VIEW, SCHEMA, STATUSES
 from webhook_deliveries.connection import OperatorError, connect
 
 VIEW = f"{SCHEMA}.{DELIVERIES_VIEW}"

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import psycopg
+
 from secure_webhooks.database import ConnectionSettings
 
 
