@@ -226,7 +226,7 @@ BEGIN
                  pg_catalog.substring(t.tgargs, 1, pg_catalog.position(t.tgargs, '\\x00'::bytea) - 1),
                  'UTF8') AS url
           FROM pg_catalog.pg_trigger AS t
-         WHERE t.tgname = e.webhook AND t.tgnargs = 1
+         WHERE t.tgname = e.webhook AND t.tgnargs >= 1
            AND t.tgrelid = pg_catalog.to_regclass(
                  pg_catalog.quote_ident(e.payload ->> 'schema') || '.' || pg_catalog.quote_ident(e.payload ->> 'table'))
       ) AS live ON true

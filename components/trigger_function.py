@@ -174,10 +174,16 @@ def token_joins(signer: str, claims: str) -> str:
 
 
 def _payload(record_expr: str, old_expr: str) -> str:
-    """The seed's payload; pg_net sends the jsonb's text form of it."""
+    """The seed's payload; pg_net sends the jsonb's text form of it.
+
+    `table` and `schema` name the table the webhook was configured on: a trigger on a partitioned
+    table fires on the partition holding the row and passes the configured names as its second and
+    third arguments (trigger_provider.firing).
+    """
     return (
         f"pg_catalog.jsonb_build_object('old_record', {old_expr}, 'record', {record_expr},\n"
-        "        'type', TG_OP, 'table', TG_TABLE_NAME, 'schema', TG_TABLE_SCHEMA)"
+        "        'type', TG_OP, 'table', COALESCE(TG_ARGV[2], TG_TABLE_NAME),"
+        " 'schema', COALESCE(TG_ARGV[1], TG_TABLE_SCHEMA))"
     )
 
 

@@ -33,15 +33,41 @@ INPUTS = ("schema", "table", "name", "event", "url", "function_schema", "functio
 RESTORE_ON_DESTROY = "secure-webhooks:restoreOnDestroy"
 IDENTITY = ("schema", "table", "name")
 
-#: INSERT and DELETE fire once per statement over a transition table (one Vault
-#: read and one signature per statement); UPDATE needs OLD and NEW paired, which
-#: transition tables cannot do, so it fires per row. PostgreSQL allows
-#: transition tables on single-event triggers only: one trigger per event.
-FIRING = {
-    "INSERT": ("STATEMENT", sql.SQL("REFERENCING NEW TABLE AS {} ").format(sql.Identifier(NEW_ROWS))),
-    "DELETE": ("STATEMENT", sql.SQL("REFERENCING OLD TABLE AS {} ").format(sql.Identifier(OLD_ROWS))),
-    "UPDATE": ("ROW", sql.SQL("")),
-}
+#: The transition table each statement-level event reads (UPDATE fires per row: it needs OLD and NEW
+#: paired, which transition tables cannot do). PostgreSQL allows transition tables on single-event
+#: triggers only: one trigger per event.
+TRANSITION_TABLES = {"INSERT": f"NEW TABLE AS {NEW_ROWS}", "DELETE": f"OLD TABLE AS {OLD_ROWS}", "UPDATE": None}
+EVENTS = tuple(TRANSITION_TABLES)
+
+
+@dataclass(frozen=True)
+class Firing:
+    """How the trigger for one event fires, and the arguments it passes to the function."""
+
+    level: str
+    transition_table: str | None
+    arguments: tuple[str, ...]
+
+    @property
+    def referencing(self) -> str:
+        return f"REFERENCING {self.transition_table} " if self.transition_table else ""
+
+
+def firing(props: dict[str, Any], partitioned: bool) -> Firing:
+    """INSERT and DELETE fire once per statement over a transition table (one Vault read and one
+    signature per statement), except on a partitioned table.
+
+    There a statement trigger fires only for statements naming the parent, so a write straight into a
+    partition would send nothing, and partitions allow no transition tables. So every event fires per
+    row, on a trigger PostgreSQL clones onto every partition, present and future. A row trigger runs
+    on the partition holding the row, so the configured schema and table ride along as arguments and
+    the payload names the table the webhook was configured on (trigger_function._payload).
+    """
+    if partitioned:
+        return Firing("ROW", None, (props["url"], props["schema"], props["table"]))
+    transition_table = TRANSITION_TABLES[props["event"]]
+    return Firing("STATEMENT" if transition_table else "ROW", transition_table, (props["url"],))
+
 
 # pg_trigger.tgtype bits (src/include/catalog/pg_trigger.h)
 _ROW, _BEFORE, _INSTEAD = 1, 2, 64
@@ -67,12 +93,12 @@ def trigger_props(
     }
 
 
-def desired_state(props: dict[str, Any]) -> dict[str, Any]:
-    """What `read` must observe when the trigger is exactly as configured."""
+def desired_state(props: dict[str, Any], partitioned: bool) -> dict[str, Any]:
+    """What `read` must observe when the trigger is exactly as configured on a table of that kind."""
     return {
         "url": props["url"],
         "events": [props["event"]],
-        "level": FIRING[props["event"]][0],
+        "level": firing(props, partitioned).level,
         "timing": "AFTER",
         "enabled": True,
         "function": f"{props['function_schema']}.{props['function_name']}",
@@ -90,15 +116,20 @@ _EXPECTED_DEFINITION = (
     " || ' ON ' || pg_catalog.quote_ident(%(schema)s) || '.' || pg_catalog.quote_ident(%(table)s) || ' '"
     " || %(referencing)s || 'FOR EACH ' || %(level)s || ' EXECUTE FUNCTION '"
     " || pg_catalog.quote_ident(%(function_schema)s) || '.' || pg_catalog.quote_ident(%(function_name)s)"
-    " || '(' || pg_catalog.quote_literal(%(url)s) || ')'"
+    " || '(' || (SELECT pg_catalog.string_agg(pg_catalog.quote_literal(a.arg), ', ' ORDER BY a.n)"
+    "              FROM pg_catalog.unnest(%(arguments)s::text[]) WITH ORDINALITY AS a(arg, n)) || ')'"
 )
 
 
-def _definition_params(props: dict[str, Any]) -> dict[str, Any]:
-    level, _ = FIRING[props["event"]]
-    referencing = {"INSERT": f"REFERENCING NEW TABLE AS {NEW_ROWS} ", "DELETE": f"REFERENCING OLD TABLE AS {OLD_ROWS} "}
-    names = ("schema", "table", "name", "event", "url", "function_schema", "function_name")
-    return {**{key: props[key] for key in names}, "level": level, "referencing": referencing.get(props["event"], "")}
+def _definition_params(props: dict[str, Any], partitioned: bool) -> dict[str, Any]:
+    fires = firing(props, partitioned)
+    names = ("schema", "table", "name", "event", "function_schema", "function_name")
+    return {
+        **{key: props[key] for key in names},
+        "level": fires.level,
+        "referencing": fires.referencing,
+        "arguments": list(fires.arguments),
+    }
 
 
 @dataclass(frozen=True)
@@ -115,18 +146,26 @@ def _target(props: dict[str, Any]) -> tuple[sql.Identifier, sql.Composed]:
     )
 
 
-def table_exists(cur: psycopg.Cursor, props: dict[str, Any]) -> bool:
+def table_kind(cur: psycopg.Cursor, props: dict[str, Any]) -> str | None:
+    """'table', 'partitioned' or None (no table of that name)."""
     cur.execute(
         """
-        SELECT EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                        WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p'))
+        SELECT CASE c.relkind WHEN 'p' THEN 'partitioned' ELSE 'table' END
+          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
         """,
         (props["schema"], props["table"]),
     )
-    return cur.fetchone()[0]
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def table_exists(cur: psycopg.Cursor, props: dict[str, Any]) -> bool:
+    return table_kind(cur, props) is not None
 
 
 def find_trigger(cur: psycopg.Cursor, props: dict[str, Any]) -> InstalledTrigger | None:
+    partitioned = table_kind(cur, props) == "partitioned"
     cur.execute(
         """
         SELECT pg_catalog.pg_get_triggerdef(t.oid), t.tgenabled, t.tgtype, t.tgnargs, t.tgargs,
@@ -139,7 +178,7 @@ def find_trigger(cur: psycopg.Cursor, props: dict[str, Any]) -> InstalledTrigger
           JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace
          WHERE n.nspname = %(schema)s AND c.relname = %(table)s AND t.tgname = %(name)s AND NOT t.tgisinternal
         """.replace("%(expected)s", _EXPECTED_DEFINITION),
-        _definition_params(props),
+        _definition_params(props, partitioned),
     )
     row = cur.fetchone()
     if row is None:
@@ -151,7 +190,8 @@ def find_trigger(cur: psycopg.Cursor, props: dict[str, Any]) -> InstalledTrigger
         enabled_flag=enabled_flag,
         comment=comment,
         state={
-            "url": arguments[0] if len(arguments) == 1 else arguments,
+            # Any other argument shows in definition_matches.
+            "url": arguments[0] if arguments else None,
             "events": [event for event, bit in _EVENT_BITS.items() if tgtype & bit],
             "level": "ROW" if tgtype & _ROW else "STATEMENT",
             "timing": "INSTEAD OF" if tgtype & _INSTEAD else "BEFORE" if tgtype & _BEFORE else "AFTER",
@@ -159,6 +199,7 @@ def find_trigger(cur: psycopg.Cursor, props: dict[str, Any]) -> InstalledTrigger
             "function": function,
             "managed_by": owner_of(comment),
             "definition_matches": bool(definition_matches),
+            "partitioned": partitioned,
         },
     )
 
@@ -175,21 +216,21 @@ def _comment(cur: psycopg.Cursor, props: dict[str, Any], comment: str | None) ->
 
 def install(cur: psycopg.Cursor, props: dict[str, Any]) -> InstalledTrigger:
     name, table = _target(props)
-    level, referencing = FIRING[props["event"]]
+    fires = firing(props, table_kind(cur, props) == "partitioned")
     cur.execute(
         sql.SQL(
             "CREATE OR REPLACE TRIGGER {name} AFTER {event} ON {table} {referencing}"
-            "FOR EACH {level} EXECUTE FUNCTION {function}({url})"
+            "FOR EACH {level} EXECUTE FUNCTION {function}({arguments})"
         ).format(
             name=name,
             event=sql.SQL(props["event"]),
             table=table,
-            referencing=referencing,
-            level=sql.SQL(level),
+            referencing=sql.SQL(fires.referencing),
+            level=sql.SQL(fires.level),
             function=sql.SQL("{}.{}").format(
                 sql.Identifier(props["function_schema"]), sql.Identifier(props["function_name"])
             ),
-            url=sql.Literal(props["url"]),
+            arguments=sql.SQL(", ").join(map(sql.Literal, fires.arguments)),
         )
     )
     _set_enabled(cur, props, "O")
@@ -223,8 +264,8 @@ def _describe(props: dict[str, Any]) -> str:
 class WebhookTriggerProvider(DatabaseProvider):
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures: list[CheckFailure] = []
-        if news.get("event") not in FIRING:
-            failures.append(CheckFailure("event", f"must be one of {sorted(FIRING)}"))
+        if news.get("event") not in EVENTS:
+            failures.append(CheckFailure("event", f"must be one of {sorted(EVENTS)}"))
             return CheckResult(news, failures)
         with self.db.transaction() as cur:
             if not table_exists(cur, news):
@@ -266,7 +307,8 @@ class WebhookTriggerProvider(DatabaseProvider):
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         changed = [key for key in INPUTS if olds.get(key) != news.get(key)]
-        changed += [key for key, value in desired_state(news).items() if olds.get(key) != value]
+        desired = desired_state(news, partitioned=olds.get("partitioned", False))
+        changed += [key for key, value in desired.items() if olds.get(key) != value]
         replaces = [key for key in IDENTITY if olds.get(key) != news.get(key)]
         return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=False)
 
