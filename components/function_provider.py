@@ -19,7 +19,6 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 
 from .database import DatabaseProvider
 from .ownership import claim, marker, owner_of, refusal
-from .preflight import preflight_failures
 from .trigger_function import (
     FunctionSpec,
     body_sha256,
@@ -52,16 +51,8 @@ INPUTS = (
 IDENTITY = ("schema", "name")
 
 
-def function_props(
-    spec: FunctionSpec,
-    owner: str,
-    *,
-    secret_managed: bool = False,
-    webhook_secret_managed: bool = False,
-    extensions_managed: bool = True,
-    webhook_tables: list[dict[str, str]] | None = None,
-) -> dict[str, Any]:
-    """The provider's inputs for `spec`; the `*_managed` flags and `webhook_tables` only steer preflight."""
+def function_props(spec: FunctionSpec, owner: str) -> dict[str, Any]:
+    """The provider's inputs for `spec` (preflight checks run in the stack's Installation, before this)."""
     return {
         "schema": spec.schema,
         "name": spec.name,
@@ -76,11 +67,6 @@ def function_props(
         "audience": spec.audience,
         "webhook_secret_name": spec.webhook_secret_name,
         "owner": owner,
-        "secret_managed": secret_managed,
-        "webhook_secret_managed": webhook_secret_managed,
-        "extensions_managed": extensions_managed,
-        # Every webhook's table, with its config key: checked before anything is created.
-        "webhook_tables": list(webhook_tables or []),
     }
 
 
@@ -226,8 +212,8 @@ def restore(cur: psycopg.Cursor, spec: FunctionSpec, adopted: dict[str, Any]) ->
 class SecureFunctionProvider(DatabaseProvider):
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         spec = spec_from(news)
+        failures: list[CheckFailure] = []
         with self.db.transaction() as cur:
-            failures = preflight_failures(cur, news)
             installed = find_function(cur, spec)
         name = f"{spec.qualified_name}()"
         if installed is not None and (reason := refusal("function", name, installed.comment, news["owner"])):
@@ -305,19 +291,10 @@ class SecureFunction(pulumi.dynamic.Resource, module="secure-webhooks", name="Se
         name: str,
         spec: FunctionSpec,
         owner: str,
-        secret_managed: bool,
-        extensions_managed: bool = True,
-        webhook_secret_managed: bool = False,
-        webhook_tables: list[dict[str, str]] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        managed = {
-            "secret_managed": secret_managed,
-            "webhook_secret_managed": webhook_secret_managed,
-            "extensions_managed": extensions_managed,
-        }
         props = {
-            **function_props(spec, owner, **managed, webhook_tables=webhook_tables),
+            **function_props(spec, owner),
             "body_sha256": None,
             "security_definer": None,
         }

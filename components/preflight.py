@@ -1,7 +1,8 @@
 """Checks that make `pulumi preview` fail clearly instead of `up` failing halfway.
 
-They run in the function provider's `check`, which the engine calls during
-preview and before every create or update, and they only read the catalog.
+They run in the Installation's `check` (components/installation_provider.py),
+which the engine calls during preview and before every create or update, and
+which every other resource of the stack waits for; they only read the catalog.
 """
 
 from __future__ import annotations
@@ -94,14 +95,37 @@ def target_problem(cur: psycopg.Cursor, schema: str, table: str) -> str | None:
 def target_failures(cur: psycopg.Cursor, targets: list[dict[str, Any]]) -> list[CheckFailure]:
     """One failure per webhook whose table `up` could not hook, naming its config key.
 
-    The function's check sees every webhook, and the triggers depend on the function: a bad
-    webhook fails the check before the function or any good webhook's trigger is created.
+    The Installation's check sees every webhook, and every other resource depends on it: a bad
+    webhook fails the check before anything, a good webhook's trigger included, is created.
     """
     return [
         CheckFailure("webhook_tables", f"{target['key']}: {reason}")
         for target in targets
         if (reason := target_problem(cur, target["schema"], target["table"])) is not None
     ]
+
+
+def preflight_props(
+    *,
+    signer: str,
+    secret_name: str,
+    secret_managed: bool,
+    webhook_secret_name: str | None,
+    webhook_secret_managed: bool,
+    extensions_managed: bool,
+    webhook_tables: list[dict[str, str]],
+) -> dict[str, Any]:
+    """preflight_failures' inputs: the signer, the Vault secrets (and whether this stack manages them),
+    whether extensions are installed by the stack, and every webhook's table with its config key."""
+    return {
+        "signer": signer,
+        "secret_name": secret_name,
+        "secret_managed": secret_managed,
+        "webhook_secret_name": webhook_secret_name,
+        "webhook_secret_managed": webhook_secret_managed,
+        "extensions_managed": extensions_managed,
+        "webhook_tables": webhook_tables,
+    }
 
 
 def preflight_failures(cur: psycopg.Cursor, props: dict[str, Any]) -> list[CheckFailure]:

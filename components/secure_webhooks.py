@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_postgresql as postgresql
 
 from .function_provider import SecureFunction
+from .installation_provider import Installation, installation_props
 from .outbox import DELIVERIES_VIEW
 from .outbox import SCHEMA as OUTBOX_SCHEMA
 from .outbox_provider import Outbox
-from .preflight import EXTENSION_SCHEMA, required_extensions
+from .preflight import EXTENSION_SCHEMA, preflight_props, required_extensions
 from .reconciler import JOB_NAME, ReconcilerSpec
 from .reconciler_provider import Reconciler
 from .schedule_provider import ReconcilerSchedule
@@ -46,17 +48,67 @@ def function_spec(settings: Settings) -> FunctionSpec:
     )
 
 
+def installation_inputs(args: SecureWebhooksArgs, spec: FunctionSpec) -> dict[str, Any]:
+    """What the stack's Installation checks before any change: every object it will touch, and preflight."""
+    return installation_props(
+        owner=args.owner,
+        function_schema=spec.schema,
+        function_name=spec.name,
+        replaces_instance=args.settings.replaces_instance,
+        triggers=[
+            {"schema": webhook.schema, "table": webhook.table, "name": trigger_name}
+            for webhook in args.settings.webhooks
+            for _, trigger_name in webhook.triggers
+        ],
+        vault_secrets=[
+            secret_name
+            for secret_name, value in (
+                (args.settings.secret_name, args.jwt_secret),
+                (args.settings.webhook_secret_name, args.webhook_secret),
+            )
+            if secret_name is not None and value is not None
+        ],
+        outbox_schema=OUTBOX_SCHEMA if args.settings.delivery.at_least_once else None,
+        cron_job=JOB_NAME if args.settings.delivery.at_least_once else None,
+        preflight=preflight_props(
+            signer=spec.signer,
+            secret_name=spec.secret_name,
+            secret_managed=args.jwt_secret is not None,
+            webhook_secret_name=spec.webhook_secret_name,
+            webhook_secret_managed=args.webhook_secret is not None,
+            extensions_managed=args.settings.manage_extensions,
+            webhook_tables=[
+                {"schema": w.schema, "table": w.table, "key": f"secure-webhooks:webhooks[{i}].table"}
+                for i, w in enumerate(args.settings.webhooks)
+            ],
+        ),
+    )
+
+
 class SecureWebhooks(pulumi.ComponentResource):
     """Extensions, the Vault secret (optional), the signing function and one trigger per webhook event."""
 
     function_name: pulumi.Output[str]
     webhooks: pulumi.Output[list[dict[str, str]]]
     delivery: pulumi.Output[dict[str, str]]
+    #: This stack instance's id, minted at its first `up` and held in the database's claim.
+    instance: pulumi.Output[str]
 
     def __init__(self, name: str, args: SecureWebhooksArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("secure-webhooks:index:SecureWebhooks", name, None, opts)
         settings = args.settings
         spec = function_spec(settings)
+
+        # First, and everything else depends on it: the checks that must pass and the claim this
+        # stack instance must hold before any change (components/installation_provider.py).
+        installation = Installation(
+            f"{name}-installation",
+            installation_inputs(args, spec),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+        def child(*depends: pulumi.Resource, **options: Any) -> pulumi.ResourceOptions:
+            return pulumi.ResourceOptions(parent=self, depends_on=[installation, *depends], **options)
 
         # Extensions are shared with the rest of the database (Supabase itself
         # relies on pgcrypto and pg_net), so destroy leaves them installed. With
@@ -69,7 +121,7 @@ class SecureWebhooks(pulumi.ComponentResource):
                 f"{name}-{extension}",
                 name=extension,
                 schema=EXTENSION_SCHEMA,
-                opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True, depends_on=depends),
+                opts=child(*depends, retain_on_delete=True),
             )
 
         function_depends: list[pulumi.Resource] = list(extensions.values())
@@ -87,24 +139,24 @@ class SecureWebhooks(pulumi.ComponentResource):
                         value=value,
                         owner=args.owner,
                         kind=kind,
-                        opts=pulumi.ResourceOptions(parent=self),
+                        opts=child(),
                     )
                 )
 
         if settings.delivery.at_least_once:
             # Created before the function switches to the outbox body, so no insert goes unrecorded.
-            outbox = Outbox(f"{name}-outbox", owner=args.owner, opts=pulumi.ResourceOptions(parent=self))
+            outbox = Outbox(f"{name}-outbox", owner=args.owner, opts=child())
             reconciler = Reconciler(
                 f"{name}-reconciler",
                 spec=ReconcilerSpec(function=spec, delivery=settings.delivery),
                 owner=args.owner,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[outbox, *function_depends]),
+                opts=child(outbox, *function_depends),
             )
             schedule = ReconcilerSchedule(
                 f"{name}-reconciler-schedule",
                 schedule=settings.delivery.schedule,
                 owner=args.owner,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[reconciler]),
+                opts=child(reconciler),
             )
             function_depends.append(outbox)
             self.delivery = pulumi.Output.all(schedule.id, schedule.live_schedule).apply(
@@ -123,14 +175,7 @@ class SecureWebhooks(pulumi.ComponentResource):
             f"{name}-function",
             spec=spec,
             owner=args.owner,
-            secret_managed=args.jwt_secret is not None,
-            webhook_secret_managed=args.webhook_secret is not None,
-            extensions_managed=settings.manage_extensions,
-            webhook_tables=[
-                {"schema": webhook.schema, "table": webhook.table, "key": f"secure-webhooks:webhooks[{index}].table"}
-                for index, webhook in enumerate(settings.webhooks)
-            ],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=function_depends),
+            opts=child(*function_depends),
         )
 
         # Outputs come from the created resources, not from config, so a failed
@@ -147,7 +192,7 @@ class SecureWebhooks(pulumi.ComponentResource):
                     url=webhook.url,
                     function=spec,
                     owner=args.owner,
-                    opts=pulumi.ResourceOptions(parent=self, depends_on=[function]),
+                    opts=child(function),
                 )
                 outputs.append(
                     trigger.url.apply(
@@ -161,6 +206,7 @@ class SecureWebhooks(pulumi.ComponentResource):
                 )
 
         self.function_name = function.id
+        self.instance = installation.instance
         self.webhooks = pulumi.Output.all(*outputs)
         self.register_outputs(
             {
@@ -168,5 +214,6 @@ class SecureWebhooks(pulumi.ComponentResource):
                 "signer": settings.signer,
                 "webhooks": self.webhooks,
                 "delivery": self.delivery,
+                "instance": self.instance,
             }
         )

@@ -11,6 +11,7 @@ import base64
 import json
 import math
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,6 +117,8 @@ class Settings:
     webhook_secret_name: str | None = None
     manages_webhook_secret: bool = False
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    #: The instance id of a stack whose state is gone, whose database claim this stack takes over.
+    replaces_instance: str | None = None
 
 
 def _key(name: str) -> str:
@@ -351,6 +354,17 @@ def _check_webhook_signing(raw: Mapping[str, Any], token_binding: bool, secret_s
     return name
 
 
+def _check_instance(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise ConfigError(
+            _key("replacesInstance"), f"must be the instance id another stack's claim names (a UUID), got {value!r}"
+        ) from None
+
+
 def parse_settings(
     raw: Mapping[str, Any], *, jwt_secret_set: bool = False, webhook_secret_set: bool = False
 ) -> Settings:
@@ -394,4 +408,5 @@ def parse_settings(
         token_audience=token_audience,
         webhook_secret_name=_check_webhook_signing(raw, token_binding, webhook_secret_set),
         manages_webhook_secret=webhook_secret_set,
+        replaces_instance=_check_instance(raw.get("replacesInstance")),
     )

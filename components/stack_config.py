@@ -31,6 +31,7 @@ SETTING_KEYS = (
     "tokenAudience",
     "standardWebhooks",
     "webhookSecretName",
+    "replacesInstance",
 )
 
 #: Secrets we refuse to accept in plaintext config: they would sit unencrypted in Pulumi.<stack>.yaml.

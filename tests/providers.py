@@ -11,6 +11,8 @@ from pulumi.dynamic.config import Config
 from local_supabase.cluster import LocalSupabase
 from secure_webhooks.database import DatabaseProvider
 from secure_webhooks.function_provider import function_props as props_for_function
+from secure_webhooks.installation_provider import installation_props as props_for_installation
+from secure_webhooks.preflight import preflight_props
 from secure_webhooks.trigger_function import FunctionSpec
 from secure_webhooks.trigger_provider import trigger_props as props_for_trigger
 
@@ -39,8 +41,35 @@ def unique(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:8]}"
 
 
-def function_props(spec: FunctionSpec, owner: str = OWNER, secret_managed: bool = False) -> dict[str, Any]:
-    return props_for_function(spec, owner, secret_managed=secret_managed)
+def function_props(spec: FunctionSpec, owner: str = OWNER) -> dict[str, Any]:
+    return props_for_function(spec, owner)
+
+
+def installation_props(
+    spec: FunctionSpec,
+    owner: str = OWNER,
+    *,
+    secret_managed: bool = False,
+    webhook_tables: list[dict[str, str]] | None = None,
+    **touched: Any,
+) -> dict[str, Any]:
+    """An Installation's inputs for a stack with `spec`'s function; `touched` overrides what it would touch."""
+    return props_for_installation(
+        owner=owner,
+        function_schema=spec.schema,
+        function_name=spec.name,
+        **{"replaces_instance": None, "triggers": [], "vault_secrets": [], "outbox_schema": None, "cron_job": None}
+        | touched,
+        preflight=preflight_props(
+            signer=spec.signer,
+            secret_name=spec.secret_name,
+            secret_managed=secret_managed,
+            webhook_secret_name=spec.webhook_secret_name,
+            webhook_secret_managed=False,
+            extensions_managed=True,
+            webhook_tables=webhook_tables or [],
+        ),
+    )
 
 
 def trigger_props(

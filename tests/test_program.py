@@ -24,6 +24,7 @@ EXTENSION = "postgresql:index/extension:Extension"
 OUTBOX = "pulumi-python:dynamic/secure-webhooks:Outbox"
 RECONCILER = "pulumi-python:dynamic/secure-webhooks:Reconciler"
 SCHEDULE = "pulumi-python:dynamic/secure-webhooks:ReconcilerSchedule"
+INSTALLATION = "pulumi-python:dynamic/secure-webhooks:Installation"
 
 
 class RecordingMocks(pulumi.runtime.Mocks):
@@ -73,7 +74,8 @@ def test_dev_stack_graph():
     assert function.inputs["schema"] == "public" and function.inputs["name"] == "notify_orchestrator_secure"
     assert function.inputs["signer"] == "pgcrypto"
     assert function.inputs["owner"] == "secure-webhooks/dev"
-    assert function.inputs["secret_managed"] is False
+    (installation,) = mocks.of_type(INSTALLATION)
+    assert installation.inputs["secret_managed"] is False
     triggers = mocks.of_type(TRIGGER)
     assert sorted(
         (t.inputs["schema"], t.inputs["table"], t.inputs["name"], t.inputs["event"], t.inputs["url"]) for t in triggers
@@ -118,8 +120,8 @@ def test_the_pgjwt_signer_also_installs_pgjwt():
 def test_extensions_left_to_the_database_are_only_verified():
     mocks = run_program("dev", {**stack_config("dev"), "secure-webhooks:manageExtensions": "false"})
     assert mocks.of_type(EXTENSION) == []
-    (function,) = mocks.of_type(FUNCTION)
-    assert function.inputs["extensions_managed"] is False
+    (installation,) = mocks.of_type(INSTALLATION)
+    assert installation.inputs["extensions_managed"] is False
 
 
 def test_every_resource_is_a_child_of_the_component():
@@ -153,8 +155,9 @@ def test_jwt_secret_adds_a_vault_secret_resource_as_a_secret():
         pulumi.runtime.rpc._special_sig_key: pulumi.runtime.rpc._special_secret_sig,
         "value": SECRET,
     }
-    (function,) = mocks.of_type(FUNCTION)
-    assert function.inputs["secret_managed"] is True
+    (installation,) = mocks.of_type(INSTALLATION)
+    assert installation.inputs["secret_managed"] is True
+    assert installation.inputs["vault_secrets"] == ["app_jwt_secret"]
 
 
 @pytest.mark.parametrize(
@@ -237,7 +240,8 @@ def test_standard_webhooks_secret_adds_a_second_vault_secret():
     assert secrets["app_webhook_secret"]["kind"] == "webhook" and "kind" not in secrets["app_jwt_secret"]
     (function,) = mocks.of_type(FUNCTION)
     assert function.inputs["webhook_secret_name"] == "app_webhook_secret"
-    assert function.inputs["webhook_secret_managed"] is True
+    (installation,) = mocks.of_type(INSTALLATION)
+    assert installation.inputs["webhook_secret_managed"] is True
     (reconciler,) = mocks.of_type(RECONCILER)
     assert reconciler.inputs["webhook_secret_name"] == "app_webhook_secret"
 
@@ -249,13 +253,20 @@ def test_a_plaintext_webhook_secret_is_refused():
     assert "secure-webhooks:webhookSecret: must be set as a secret" in str(info.value)
 
 
-def test_the_function_sees_every_webhook_table_with_its_config_key():
-    """Issue 10 #15: its check refuses a bad target before the function or any trigger is created."""
-    (function,) = run_program("dev", stack_config("dev")).of_type(FUNCTION)
-    assert function.inputs["webhook_tables"] == [
+def test_the_installation_sees_every_webhook_table_and_every_object_first():
+    """Issue 10 #14, #15: its check refuses a bad target, and its create a foreign claim, before any change."""
+    mocks = run_program("dev", stack_config("dev"))
+    (installation,) = mocks.of_type(INSTALLATION)
+    assert installation.inputs["webhook_tables"] == [
         {"schema": "public", "table": "resumes", "key": "secure-webhooks:webhooks[0].table"},
         {"schema": "public", "table": "zip_archives", "key": "secure-webhooks:webhooks[1].table"},
     ]
+    assert installation.inputs["triggers"] == [
+        {"schema": "public", "table": "resumes", "name": "orchestrator-ingest-interns-individual"},
+        {"schema": "public", "table": "zip_archives", "name": "orchestrator-injest-resumes-batch"},
+    ]
+    assert installation.inputs["schemas"] == ["secure_webhooks"]
+    assert installation.inputs["cron_job"] == "secure_webhooks_reconciler"
 
 
 def test_colliding_resource_names_fail_before_any_resource():

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from providers import OWNER, as_stored, configured, function_props, stack_config, trigger_props, unique
+from providers import (
+    OWNER,
+    as_stored,
+    configured,
+    function_props,
+    installation_props,
+    stack_config,
+    trigger_props,
+    unique,
+)
 from psycopg import sql
 from pulumi.dynamic import ConfigureRequest
 from pulumi.dynamic.config import Config
@@ -12,6 +21,7 @@ from supabase_lints import EXTENSION_IN_PUBLIC, lint
 
 from local_supabase.bootstrap import LEGACY_WEBHOOK_HEADERS
 from secure_webhooks.function_provider import SecureFunctionProvider
+from secure_webhooks.installation_provider import InstallationProvider
 from secure_webhooks.ownership import OwnershipError
 from secure_webhooks.preflight import extension_problem
 from secure_webhooks.trigger_function import FunctionSpec
@@ -184,12 +194,13 @@ def test_function_owned_by_another_stack_is_refused(functions, spec, admin_conn)
     )
 
 
-def test_function_check_reports_a_missing_vault_secret(functions):
-    props = function_props(FunctionSpec(name=unique("notify"), secret_name="no_such_secret"))
-    (failure,) = functions.check({}, props).failures
+def test_installation_check_reports_a_missing_vault_secret(supabase_ready):
+    installations = configured(InstallationProvider, supabase_ready)
+    spec = FunctionSpec(name=unique("notify"), secret_name="no_such_secret")
+    (failure,) = installations.check({}, installation_props(spec)).failures
     assert failure.property == "secret_name"
     assert "'no_such_secret' (secure-webhooks:secretName) does not exist" in failure.reason
-    assert functions.check({}, {**props, "secret_managed": True}).failures == []
+    assert installations.check({}, installation_props(spec, secret_managed=True)).failures == []
 
 
 def test_trigger_create_read_update_in_place(triggers, spec, table, admin_conn):

@@ -12,9 +12,10 @@ import base64
 
 import pytest
 import test_providers
-from providers import OWNER, configured, function_props, trigger_props, unique
+from providers import OWNER, configured, function_props, installation_props, trigger_props, unique
 from psycopg import sql
 
+from secure_webhooks.installation_provider import InstallationProvider
 from secure_webhooks.ownership import owner_of
 from secure_webhooks.trigger_function import FunctionSpec
 from secure_webhooks.trigger_provider import WebhookTriggerProvider
@@ -46,7 +47,7 @@ def test_a_secret_the_function_still_reads_is_kept_not_deleted(
     jwt = secrets.create({"name": jwt_name, "secret": "j" * 40, "owner": OWNER})
     webhook = secrets.create({"name": webhook_name, "secret": WEBHOOK_SECRET, "owner": OWNER, "kind": "webhook"})
     spec = FunctionSpec(name=unique("notify"), secret_name=jwt_name, webhook_secret_name=webhook_name)
-    function = functions.create(function_props(spec, secret_managed=True))
+    function = functions.create(function_props(spec))
     triggers = configured(WebhookTriggerProvider, supabase_ready)
     trigger = triggers.create(trigger_props(table, "hook", URL, spec))
     removed, other = (jwt, webhook) if kind == "jwt" else (webhook, jwt)
@@ -78,7 +79,7 @@ def test_a_secret_read_only_by_another_stacks_function_is_deleted(secrets, funct
     name = unique("jwt")
     created = secrets.create({"name": name, "secret": "j" * 40, "owner": OWNER})
     spec = FunctionSpec(name=unique("notify"), secret_name=name)
-    function = functions.create(function_props(spec, owner="secure-webhooks/other", secret_managed=True))
+    function = functions.create(function_props(spec, owner="secure-webhooks/other"))
     try:
         secrets.delete(created.id, created.outs)
         assert vault_row(postgres_conn, name) is None
@@ -86,19 +87,19 @@ def test_a_secret_read_only_by_another_stacks_function_is_deleted(secrets, funct
         functions.delete(function.id, function.outs)
 
 
-def test_function_check_refuses_webhook_targets_up_could_not_hook(functions, table, postgres_conn, admin_conn):
+def test_installation_check_refuses_webhook_targets_up_could_not_hook(supabase_ready, table, postgres_conn, admin_conn):
     view, foreign = unique("events_view"), unique("not_ours")
     postgres_conn.execute(sql.SQL("CREATE VIEW public.{} AS SELECT 1 AS x").format(sql.Identifier(view)))
     admin_conn.execute(sql.SQL("CREATE TABLE public.{} (id int)").format(sql.Identifier(foreign)))
     targets = [("public", table), ("public", view), ("pg_catalog", "pg_class"), ("public", foreign)]
     targets += [("information_schema", "tables"), ("public", "no_such_table")]
-    props = function_props(FunctionSpec(name=unique("notify")), secret_managed=True)
-    props["webhook_tables"] = [
+    tables = [
         {"schema": schema, "table": name, "key": f"secure-webhooks:webhooks[{index}].table"}
         for index, (schema, name) in enumerate(targets)
     ]
+    props = installation_props(FunctionSpec(name=unique("notify")), secret_managed=True, webhook_tables=tables)
     try:
-        reasons = [failure.reason for failure in functions.check({}, props).failures]
+        reasons = [f.reason for f in configured(InstallationProvider, supabase_ready).check({}, props).failures]
     finally:
         postgres_conn.execute(sql.SQL("DROP VIEW public.{}").format(sql.Identifier(view)))
         admin_conn.execute(sql.SQL("DROP TABLE public.{}").format(sql.Identifier(foreign)))

@@ -1,0 +1,285 @@
+"""The stack instance's claim on the database, checked and taken before anything else changes.
+
+Why a claim: every object a stack installs has a fixed name (the function, the
+outbox schema, the reconciler's cron job, the Vault secrets), and the ownership
+marker in their comments names a stack as project/stack only, which a
+same-named stack in another backend shares. So the stack's first create mints
+an instance id and records (function, owner, instance) in a private table, in
+one transaction under an advisory lock, and every other resource of the stack
+depends on this one. Another instance, or a second stack racing this one's
+`up`, fails here, before it has changed anything, with a message naming both.
+
+Why the checks live here too: the engine checks each resource when the
+program registers it, and under `up --skip-preview` it creates those
+registered before a failing one. Everything the stack creates waits for this
+resource, so its check (every webhook's table, the extensions, the Vault, the
+owners of the objects it would touch, the claim) stops a bad configuration
+before the first change.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import pulumi
+from psycopg import sql
+from psycopg.types.json import Jsonb
+from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
+
+from .database import DatabaseProvider
+from .ownership import OwnershipError, owner_of
+from .preflight import preflight_failures
+
+SCHEMA = "secure_webhooks_installation"
+TABLE = "claims"
+INPUTS = ("owner", "function_schema", "function_name", "replaces_instance")
+REPLACES_KEY = "secure-webhooks:replacesInstance"
+COMMENT = (
+    "secure-webhooks: which Pulumi stack instance owns this database's webhooks. "
+    "Written by `pulumi up`, removed by `pulumi destroy`; do not edit by hand."
+)
+
+
+@dataclass(frozen=True)
+class Claim:
+    owner: str
+    instance: str
+    claimed_at: datetime
+
+    def describe(self) -> str:
+        return f"Pulumi stack {self.owner} (instance {self.instance}, since {self.claimed_at:%Y-%m-%d %H:%M} UTC)"
+
+
+def _claims() -> sql.Composed:
+    return sql.SQL("{}.{}").format(sql.Identifier(SCHEMA), sql.Identifier(TABLE))
+
+
+def _function(props: dict[str, Any]) -> str:
+    return f"{props['function_schema']}.{props['function_name']}()"
+
+
+def lock(cur: psycopg.Cursor) -> None:
+    """Serialise claims across stacks and provider processes: the second `up` waits, then sees the first."""
+    cur.execute("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext(%s))", (SCHEMA,))
+
+
+def find_claim(cur: psycopg.Cursor, props: dict[str, Any]) -> Claim | None:
+    cur.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.{TABLE}",))
+    if not cur.fetchone()[0]:
+        return None
+    cur.execute(
+        sql.SQL("SELECT owner, instance::text, claimed_at FROM {} WHERE function = %s").format(_claims()),
+        (_function(props),),
+    )
+    row = cur.fetchone()
+    return Claim(*row) if row else None
+
+
+def _ensure_store(cur: psycopg.Cursor) -> None:
+    schema = sql.Identifier(SCHEMA)
+    cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+    cur.execute(sql.SQL("COMMENT ON SCHEMA {} IS {}").format(schema, sql.Literal(COMMENT)))
+    cur.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(schema))
+    cur.execute(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (function text PRIMARY KEY, owner text NOT NULL, instance uuid NOT NULL,"
+            " claimed_at timestamptz NOT NULL DEFAULT pg_catalog.now())"
+        ).format(_claims())
+    )
+    cur.execute(sql.SQL("REVOKE ALL ON {} FROM PUBLIC").format(_claims()))
+
+
+def claim_refusal(claim: Claim | None, props: dict[str, Any], instance: str | None) -> str | None:
+    """Why this stack instance may not change the database another instance claimed, or None."""
+    if claim is None or claim.instance in (instance, props.get("replaces_instance")):
+        return None
+    this = f"instance {instance}" if instance else "a new instance"
+    return (
+        f"the secure-webhooks installation of function {_function(props)} in this database belongs to "
+        f"{claim.describe()}, not to this stack {props['owner']} ({this}); nothing was changed. Run `pulumi` "
+        f"from that stack (one database is one stack). If that stack's state is gone for good, take its objects "
+        f"over with `pulumi config set {REPLACES_KEY} {claim.instance}`."
+    )
+
+
+#: The stack's fixed-name objects, each with its comment (or a cron job's first command line).
+_OWNED_OBJECTS = """
+SELECT 'function ' || f.name, pg_catalog.obj_description(pg_catalog.to_regprocedure(f.name), 'pg_proc')
+  FROM (SELECT pg_catalog.quote_ident(%(function_schema)s) || '.' || pg_catalog.quote_ident(%(function_name)s)
+               || '()' AS name) AS f
+ WHERE pg_catalog.to_regprocedure(f.name) IS NOT NULL
+UNION ALL
+SELECT 'schema ' || n.nspname, pg_catalog.obj_description(n.oid, 'pg_namespace')
+  FROM pg_catalog.pg_namespace AS n WHERE n.nspname = ANY (%(schemas)s)
+UNION ALL
+SELECT 'trigger ' || t.tgname || ' on ' || n.nspname || '.' || c.relname,
+       pg_catalog.obj_description(t.oid, 'pg_trigger')
+  FROM pg_catalog.pg_trigger AS t
+  JOIN pg_catalog.pg_class AS c ON c.oid = t.tgrelid
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+  JOIN pg_catalog.jsonb_to_recordset(%(triggers)s::jsonb) AS w(schema text, "table" text, name text)
+    ON w.schema = n.nspname AND w."table" = c.relname AND w.name = t.tgname
+ WHERE NOT t.tgisinternal AND t.tgparentid = 0
+"""
+_VAULT_SECRETS = (
+    "SELECT 'Vault secret ' || pg_catalog.quote_literal(name), description FROM vault.secrets WHERE name = ANY (%s)"
+)
+_CRON_JOB = (
+    "SELECT 'pg_cron job ' || jobname, pg_catalog.split_part(command, E'\\n', 1) FROM cron.job WHERE jobname = %s"
+)
+
+
+def foreign_objects(cur: psycopg.Cursor, props: dict[str, Any]) -> list[str]:
+    """The objects this stack would touch that another stack's marker claims, each with that stack."""
+    cur.execute(
+        _OWNED_OBJECTS,
+        {
+            "function_schema": props["function_schema"],
+            "function_name": props["function_name"],
+            "schemas": list(props.get("schemas") or []),
+            "triggers": Jsonb(list(props.get("triggers") or [])),
+        },
+    )
+    owned = cur.fetchall()
+    for relation, query, argument in (
+        ("vault.secrets", _VAULT_SECRETS, list(props.get("vault_secrets") or [])),
+        ("cron.job", _CRON_JOB, props.get("cron_job")),
+    ):
+        cur.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (relation,))
+        if argument and cur.fetchone()[0]:
+            cur.execute(query, (argument,))
+            owned += cur.fetchall()
+    return [
+        f"{name} is managed by Pulumi stack {owner}"
+        for name, comment in owned
+        if (owner := owner_of(comment)) is not None and owner != props["owner"]
+    ]
+
+
+class InstallationProvider(DatabaseProvider):
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        """Everything `up` could fail on later, before it changes anything.
+
+        `check` sees inputs only, not the instance id minted at create. A new resource (no old
+        inputs) is a new instance, so any claim is another's; an existing one is refused here when
+        the claim names another stack, and by create/update, which know the id, when it names
+        another instance of this one.
+        """
+        with self.db.transaction() as cur:
+            failures = preflight_failures(cur, news)
+            failures += [
+                CheckFailure("owner", f"{problem}, not {news['owner']}") for problem in foreign_objects(cur, news)
+            ]
+            claim = find_claim(cur, news)
+        another_stack = claim is not None and (not olds or claim.owner != news["owner"])
+        if another_stack and (reason := claim_refusal(claim, news, None)):
+            failures.append(CheckFailure("owner", reason))
+        return CheckResult(news, failures)
+
+    def _take(self, props: dict[str, Any], instance: str, purpose: str) -> Claim:
+        """Check everything and write the claim, in one transaction under the claims lock."""
+        with self.db.transaction(purpose) as cur:
+            lock(cur)
+            claim = find_claim(cur, props)
+            if reason := claim_refusal(claim, props, instance):
+                raise OwnershipError(reason)
+            if problems := foreign_objects(cur, props):
+                raise OwnershipError(f"{'; '.join(problems)}, not {props['owner']}; nothing was changed")
+            _ensure_store(cur)
+            cur.execute(
+                sql.SQL(
+                    "INSERT INTO {} AS c (function, owner, instance) VALUES (%s, %s, %s) ON CONFLICT (function)"
+                    " DO UPDATE SET owner = excluded.owner, instance = excluded.instance,"
+                    " claimed_at = CASE WHEN c.instance = excluded.instance THEN c.claimed_at ELSE pg_catalog.now() END"
+                ).format(_claims()),
+                (_function(props), props["owner"], instance),
+            )
+            taken = find_claim(cur, props)
+        assert taken is not None
+        if claim is not None and claim.instance != instance:
+            pulumi.log.info(f"took over the installation from {claim.describe()} ({REPLACES_KEY})")
+        return taken
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        instance = str(uuid.uuid4())
+        claim = self._take(props, instance, f"claiming the database for {props['owner']}")
+        return CreateResult(instance, {**props, **_state(claim, instance)})
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        with self.db.transaction() as cur:
+            claim = find_claim(cur, props)
+        if claim is None:
+            return ReadResult(None, {})
+        return ReadResult(id_, {**props, **_state(claim, id_)})
+
+    def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        changed = [key for key in INPUTS if olds.get(key) != news.get(key)]
+        if olds.get("claimed_by") != id_:
+            changed.append("claimed_by")
+        replaces = [key for key in ("function_schema", "function_name") if olds.get(key) != news.get(key)]
+        return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
+
+    def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        claim = self._take(news, id_, f"renewing the database claim of {news['owner']}")
+        return UpdateResult({**news, **_state(claim, id_)})
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        with self.db.transaction(f"releasing the database claim of {props['owner']}") as cur:
+            lock(cur)
+            claim = find_claim(cur, props)
+            if claim is None:
+                return
+            if claim.instance != id_:
+                pulumi.log.warn(f"the database is now claimed by {claim.describe()}; leaving its claim in place")
+                return
+            cur.execute(sql.SQL("DELETE FROM {} WHERE function = %s").format(_claims()), (_function(props),))
+            cur.execute(sql.SQL("SELECT NOT EXISTS (SELECT FROM {})").format(_claims()))
+            if cur.fetchone()[0]:
+                cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(SCHEMA)))
+
+
+def _state(claim: Claim, instance: str) -> dict[str, Any]:
+    return {"instance": instance, "claimed_by": claim.instance, "claimed_at": claim.claimed_at.isoformat()}
+
+
+class Installation(pulumi.dynamic.Resource, module="secure-webhooks", name="Installation"):
+    """This stack instance's claim on the database; every other resource of the stack depends on it."""
+
+    instance: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(InstallationProvider(), name, {**props, "instance": None}, opts)
+
+
+def installation_props(
+    *,
+    owner: str,
+    function_schema: str,
+    function_name: str,
+    replaces_instance: str | None,
+    triggers: list[dict[str, str]],
+    vault_secrets: list[str],
+    outbox_schema: str | None,
+    cron_job: str | None,
+    preflight: dict[str, Any],
+) -> dict[str, Any]:
+    """The provider's inputs: whose claim, what the stack will touch, and what preflight checks.
+
+    `preflight` holds preflight_failures' inputs (signer, Vault secret names and whether this stack
+    manages them, extensions_managed, and webhook_tables: every webhook's table with its config key).
+    """
+    return {
+        "owner": owner,
+        "function_schema": function_schema,
+        "function_name": function_name,
+        "replaces_instance": replaces_instance,
+        "triggers": triggers,
+        "vault_secrets": vault_secrets,
+        "schemas": [outbox_schema] if outbox_schema else [],
+        "cron_job": cron_job,
+        **preflight,
+    }

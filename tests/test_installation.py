@@ -1,0 +1,143 @@
+"""The stack instance's claim on the database (issue 10 #12, #14), with our provider on a real server.
+
+One stack instance claims the database's installation at its first create;
+another instance (a same-named stack in another backend, a lost state, a
+second stack racing the first) is refused before it changes anything, with a
+message naming both. `replacesInstance` is the deliberate way to take over.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+import pytest
+from providers import OWNER, configured, function_props, installation_props, unique
+from psycopg import sql
+
+from secure_webhooks.function_provider import SecureFunctionProvider
+from secure_webhooks.installation_provider import SCHEMA, TABLE, InstallationProvider
+from secure_webhooks.ownership import OwnershipError
+from secure_webhooks.trigger_function import FunctionSpec
+
+CLAIMS = f"SELECT function, owner, instance::text FROM {SCHEMA}.{TABLE} ORDER BY 1"
+
+
+@pytest.fixture
+def installations(supabase_ready):
+    return configured(InstallationProvider, supabase_ready)
+
+
+@pytest.fixture
+def spec(postgres_conn):
+    spec = FunctionSpec(name=unique("notify"))
+    yield spec
+    claims = postgres_conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.{TABLE}",)).fetchone()[0]
+    if claims:
+        postgres_conn.execute(
+            sql.SQL("DELETE FROM {}.{} WHERE function = %s").format(sql.Identifier(SCHEMA), sql.Identifier(TABLE)),
+            (f"public.{spec.name}()",),
+        )
+
+
+def claims(conn: psycopg.Connection) -> list[tuple[str, str, str]]:
+    if conn.execute("SELECT to_regclass(%s) IS NULL", (f"{SCHEMA}.{TABLE}",)).fetchone()[0]:
+        return []
+    return conn.execute(CLAIMS).fetchall()
+
+
+def test_one_instance_claims_and_another_is_refused_naming_both(installations, spec, postgres_conn):
+    props = installation_props(spec)
+    first = installations.create(props)
+    assert claims(postgres_conn) == [(f"public.{spec.name}()", OWNER, first.id)]
+    read = installations.read(first.id, first.outs)
+    assert installations.diff(first.id, read.outs, props).changes is False
+
+    # The same project/stack from another backend: a new instance, refused at preview and at create.
+    (failure,) = installations.check({}, props).failures
+    assert first.id in failure.reason and "a new instance" in failure.reason and OWNER in failure.reason
+    assert "secure-webhooks:replacesInstance" in failure.reason
+    with pytest.raises(OwnershipError, match=first.id):
+        installations.create(props)
+    assert claims(postgres_conn) == [(f"public.{spec.name}()", OWNER, first.id)]
+    # This instance's own later runs pass.
+    assert installations.check(props, props).failures == []
+    installations.update(first.id, read.outs, props)
+
+    installations.delete(first.id, first.outs)
+    assert postgres_conn.execute("SELECT to_regnamespace(%s)", (SCHEMA,)).fetchone()[0] is None
+
+
+def test_replaces_instance_takes_over_and_the_old_instance_is_then_refused(installations, spec, postgres_conn):
+    props = installation_props(spec)
+    lost = installations.create(props)
+    successor = installations.create(installation_props(spec, replaces_instance=lost.id))
+    assert claims(postgres_conn) == [(f"public.{spec.name}()", OWNER, successor.id)]
+    # The old instance, if its state comes back: its refresh shows the claim moved, its update is refused.
+    read = installations.read(lost.id, lost.outs)
+    assert read.outs["claimed_by"] == successor.id
+    assert installations.diff(lost.id, read.outs, props).changes is True
+    with pytest.raises(OwnershipError, match=successor.id):
+        installations.update(lost.id, read.outs, props)
+    installations.delete(lost.id, lost.outs)  # leaves the successor's claim
+    assert claims(postgres_conn) == [(f"public.{spec.name}()", OWNER, successor.id)]
+    installations.delete(successor.id, successor.outs)
+
+
+def test_racing_creates_of_two_stacks_leave_exactly_one_claim(supabase_ready, spec, postgres_conn):
+    outcomes: dict[str, object] = {}
+    start = threading.Barrier(2)
+
+    def run(owner: str) -> None:
+        provider = configured(InstallationProvider, supabase_ready)  # a connection per provider process
+        start.wait()
+        try:
+            outcomes[owner] = provider.create(installation_props(spec, owner=owner)).id
+        except OwnershipError as exc:
+            outcomes[owner] = exc
+
+    threads = [threading.Thread(target=run, args=(owner,)) for owner in ("secure-webhooks/a", "secure-webhooks/b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    won = {owner: value for owner, value in outcomes.items() if isinstance(value, str)}
+    lost = {owner: value for owner, value in outcomes.items() if isinstance(value, OwnershipError)}
+    print(f"\nracing claims: 2 creates, {len(won)} claimed, {len(lost)} refused")
+    assert len(won) == 1 and len(lost) == 1
+    ((winner, instance),) = won.items()
+    assert claims(postgres_conn) == [(f"public.{spec.name}()", winner, instance)]
+    assert winner in str(next(iter(lost.values())))
+
+
+def test_an_object_another_stack_marks_is_refused_before_the_claim(supabase_ready, installations, spec, postgres_conn):
+    functions = configured(SecureFunctionProvider, supabase_ready)
+    other = functions.create(function_props(spec, owner="secure-webhooks/other"))
+    try:
+        props = installation_props(spec)
+        (failure,) = installations.check({}, props).failures
+        assert failure.reason == (
+            f"function public.{spec.name}() is managed by Pulumi stack secure-webhooks/other, not {OWNER}"
+        )
+        with pytest.raises(OwnershipError, match="nothing was changed"):
+            installations.create(props)
+        assert not [c for c in claims(postgres_conn) if c[0] == f"public.{spec.name}()"]
+    finally:
+        functions.delete(other.id, other.outs)
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated", "service_role"])
+def test_api_roles_cannot_read_the_claims(installations, spec, postgres_conn, role):
+    created = installations.create(installation_props(spec))
+    try:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), postgres_conn.transaction():
+            postgres_conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+            postgres_conn.execute(CLAIMS)
+    finally:
+        installations.delete(created.id, created.outs)
+
+
+def test_a_deleted_claim_reads_as_gone_so_up_claims_again(installations, spec, postgres_conn):
+    created = installations.create(installation_props(spec))
+    postgres_conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(SCHEMA)))
+    assert installations.read(created.id, created.outs).id is None
