@@ -3,11 +3,12 @@
 Why a claim: every object a stack installs has a fixed name (the function, the
 outbox schema, the reconciler's cron job, the Vault secrets), and the ownership
 marker in their comments names a stack as project/stack only, which a
-same-named stack in another backend shares. So the stack's first create mints
-an instance id and records (function, owner, instance) in a private table, in
-one transaction under an advisory lock, and every other resource of the stack
-depends on this one. Another instance, or a second stack racing this one's
-`up`, fails here, before it has changed anything, with a message naming both.
+same-named stack in another backend shares. So the stack's first check mints
+an instance id (kept in its inputs, so in the state), and its create records
+(function, owner, instance) in a private table, in one transaction under an
+advisory lock; every other resource of the stack depends on this one. Another
+instance, or a second stack racing this one's `up`, fails here, before it has
+changed anything, with a message naming both.
 
 Why the checks live here too: the engine checks each resource when the
 program registers it, and under `up --skip-preview` it creates those
@@ -36,7 +37,7 @@ from .preflight import preflight_failures
 
 SCHEMA = "secure_webhooks_installation"
 TABLE = "claims"
-INPUTS = ("owner", "function_schema", "function_name", "replaces_instance")
+INPUTS = ("owner", "function_schema", "function_name", "replaces_instance", "instance")
 REPLACES_KEY = "secure-webhooks:replacesInstance"
 COMMENT = (
     "secure-webhooks: which Pulumi stack instance owns this database's webhooks. "
@@ -93,16 +94,16 @@ def _ensure_store(cur: psycopg.Cursor) -> None:
     cur.execute(sql.SQL("REVOKE ALL ON {} FROM PUBLIC").format(_claims()))
 
 
-def claim_refusal(claim: Claim | None, props: dict[str, Any], instance: str | None) -> str | None:
+def claim_refusal(claim: Claim | None, props: dict[str, Any], instance: str, new: bool = False) -> str | None:
     """Why this stack instance may not change the database another instance claimed, or None."""
     if claim is None or claim.instance in (instance, props.get("replaces_instance")):
         return None
-    this = f"instance {instance}" if instance else "a new instance"
+    this = f"a new instance, {instance}" if new else f"instance {instance}"
     return (
         f"the secure-webhooks installation of function {_function(props)} in this database belongs to "
         f"{claim.describe()}, not to this stack {props['owner']} ({this}); nothing was changed. Run `pulumi` "
-        f"from that stack (one database is one stack). If that stack's state is gone for good, take its objects "
-        f"over with `pulumi config set {REPLACES_KEY} {claim.instance}`."
+        f"from that stack (one database is one stack). If that stack's state is gone for good, or an interrupted "
+        f"`up` of this stack left the claim, take it over with `pulumi config set {REPLACES_KEY} {claim.instance}`."
     )
 
 
@@ -164,19 +165,17 @@ class InstallationProvider(DatabaseProvider):
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         """Everything `up` could fail on later, before it changes anything.
 
-        `check` sees inputs only, not the instance id minted at create. A new resource (no old
-        inputs) is a new instance, so any claim is another's; an existing one is refused here when
-        the claim names another stack, and by create/update, which know the id, when it names
-        another instance of this one.
+        The instance id is minted here, at the first check, and kept from the old inputs ever
+        after: so it is in the state with the inputs, and every preview can tell this instance's
+        claim from another's.
         """
+        news = {**news, "instance": olds.get("instance") or str(uuid.uuid4())}
         with self.db.transaction() as cur:
             failures = preflight_failures(cur, news)
-            failures += [
-                CheckFailure("owner", f"{problem}, not {news['owner']}") for problem in foreign_objects(cur, news)
-            ]
+            problems = foreign_objects(cur, news)
             claim = find_claim(cur, news)
-        another_stack = claim is not None and (not olds or claim.owner != news["owner"])
-        if another_stack and (reason := claim_refusal(claim, news, None)):
+        failures += [CheckFailure("owner", f"{problem}, not {news['owner']}") for problem in problems]
+        if reason := claim_refusal(claim, news, news["instance"], new=not olds):
             failures.append(CheckFailure("owner", reason))
         return CheckResult(news, failures)
 
@@ -184,12 +183,14 @@ class InstallationProvider(DatabaseProvider):
         """Check everything and write the claim, in one transaction under the claims lock."""
         with self.db.transaction(purpose) as cur:
             lock(cur)
+            # Before the claim is read: a store another session created while this one waited is only
+            # seen once a statement locks it (to_regclass alone can miss it). Rolled back if refused.
+            _ensure_store(cur)
             claim = find_claim(cur, props)
             if reason := claim_refusal(claim, props, instance):
                 raise OwnershipError(reason)
             if problems := foreign_objects(cur, props):
                 raise OwnershipError(f"{'; '.join(problems)}, not {props['owner']}; nothing was changed")
-            _ensure_store(cur)
             cur.execute(
                 sql.SQL(
                     "INSERT INTO {} AS c (function, owner, instance) VALUES (%s, %s, %s) ON CONFLICT (function)"
@@ -205,27 +206,27 @@ class InstallationProvider(DatabaseProvider):
         return taken
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        instance = str(uuid.uuid4())
+        instance = props["instance"]
         claim = self._take(props, instance, f"claiming the database for {props['owner']}")
-        return CreateResult(instance, {**props, **_state(claim, instance)})
+        return CreateResult(instance, {**props, **_state(claim)})
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         with self.db.transaction() as cur:
             claim = find_claim(cur, props)
         if claim is None:
             return ReadResult(None, {})
-        return ReadResult(id_, {**props, **_state(claim, id_)})
+        return ReadResult(id_, {**props, **_state(claim)})
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         changed = [key for key in INPUTS if olds.get(key) != news.get(key)]
-        if olds.get("claimed_by") != id_:
+        if olds.get("claimed_by") != news["instance"]:
             changed.append("claimed_by")
         replaces = [key for key in ("function_schema", "function_name") if olds.get(key) != news.get(key)]
         return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        claim = self._take(news, id_, f"renewing the database claim of {news['owner']}")
-        return UpdateResult({**news, **_state(claim, id_)})
+        claim = self._take(news, news["instance"], f"renewing the database claim of {news['owner']}")
+        return UpdateResult({**news, **_state(claim)})
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         with self.db.transaction(f"releasing the database claim of {props['owner']}") as cur:
@@ -233,7 +234,7 @@ class InstallationProvider(DatabaseProvider):
             claim = find_claim(cur, props)
             if claim is None:
                 return
-            if claim.instance != id_:
+            if claim.instance != props["instance"]:
                 pulumi.log.warn(f"the database is now claimed by {claim.describe()}; leaving its claim in place")
                 return
             cur.execute(sql.SQL("DELETE FROM {} WHERE function = %s").format(_claims()), (_function(props),))
@@ -242,8 +243,8 @@ class InstallationProvider(DatabaseProvider):
                 cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(SCHEMA)))
 
 
-def _state(claim: Claim, instance: str) -> dict[str, Any]:
-    return {"instance": instance, "claimed_by": claim.instance, "claimed_at": claim.claimed_at.isoformat()}
+def _state(claim: Claim) -> dict[str, Any]:
+    return {"claimed_by": claim.instance, "claimed_at": claim.claimed_at.isoformat()}
 
 
 class Installation(pulumi.dynamic.Resource, module="secure-webhooks", name="Installation"):

@@ -40,6 +40,11 @@ def spec(postgres_conn):
         )
 
 
+def checked(provider: InstallationProvider, props: dict, olds: dict | None = None) -> dict:
+    """The inputs as the engine records them: check mints the instance id (or keeps the old one)."""
+    return provider.check(olds or {}, props).inputs
+
+
 def claims(conn: psycopg.Connection) -> list[tuple[str, str, str]]:
     if conn.execute("SELECT to_regclass(%s) IS NULL", (f"{SCHEMA}.{TABLE}",)).fetchone()[0]:
         return []
@@ -47,33 +52,40 @@ def claims(conn: psycopg.Connection) -> list[tuple[str, str, str]]:
 
 
 def test_one_instance_claims_and_another_is_refused_naming_both(installations, spec, postgres_conn):
-    props = installation_props(spec)
+    props = checked(installations, installation_props(spec))
     first = installations.create(props)
+    assert first.id == props["instance"]
     assert claims(postgres_conn) == [(f"public.{spec.name}()", OWNER, first.id)]
+    # This instance's later runs keep its id and pass.
+    again = installations.check(props, installation_props(spec))
+    assert again.failures == [] and again.inputs["instance"] == first.id
     read = installations.read(first.id, first.outs)
-    assert installations.diff(first.id, read.outs, props).changes is False
+    assert installations.diff(first.id, read.outs, again.inputs).changes is False
+    installations.update(first.id, read.outs, again.inputs)
 
     # The same project/stack from another backend: a new instance, refused at preview and at create.
-    (failure,) = installations.check({}, props).failures
-    assert first.id in failure.reason and "a new instance" in failure.reason and OWNER in failure.reason
-    assert "secure-webhooks:replacesInstance" in failure.reason
+    other = installations.check({}, installation_props(spec))
+    (failure,) = other.failures
+    assert f"instance {first.id}" in failure.reason and f"a new instance, {other.inputs['instance']}" in failure.reason
+    assert OWNER in failure.reason and "secure-webhooks:replacesInstance" in failure.reason
     with pytest.raises(OwnershipError, match=first.id):
-        installations.create(props)
+        installations.create(other.inputs)
     assert claims(postgres_conn) == [(f"public.{spec.name}()", OWNER, first.id)]
-    # This instance's own later runs pass.
-    assert installations.check(props, props).failures == []
-    installations.update(first.id, read.outs, props)
 
     installations.delete(first.id, first.outs)
     assert postgres_conn.execute("SELECT to_regnamespace(%s)", (SCHEMA,)).fetchone()[0] is None
 
 
 def test_replaces_instance_takes_over_and_the_old_instance_is_then_refused(installations, spec, postgres_conn):
-    props = installation_props(spec)
+    props = checked(installations, installation_props(spec))
     lost = installations.create(props)
-    successor = installations.create(installation_props(spec, replaces_instance=lost.id))
+    taking_over = installations.check({}, installation_props(spec, replaces_instance=lost.id))
+    assert taking_over.failures == []
+    successor = installations.create(taking_over.inputs)
     assert claims(postgres_conn) == [(f"public.{spec.name}()", OWNER, successor.id)]
-    # The old instance, if its state comes back: its refresh shows the claim moved, its update is refused.
+    # The old instance, if its state comes back: its preview is refused, and so is its update.
+    (failure,) = installations.check(props, installation_props(spec)).failures
+    assert f"belongs to Pulumi stack {OWNER} (instance {successor.id}" in failure.reason
     read = installations.read(lost.id, lost.outs)
     assert read.outs["claimed_by"] == successor.id
     assert installations.diff(lost.id, read.outs, props).changes is True
@@ -92,7 +104,7 @@ def test_racing_creates_of_two_stacks_leave_exactly_one_claim(supabase_ready, sp
         provider = configured(InstallationProvider, supabase_ready)  # a connection per provider process
         start.wait()
         try:
-            outcomes[owner] = provider.create(installation_props(spec, owner=owner)).id
+            outcomes[owner] = provider.create(checked(provider, installation_props(spec, owner=owner))).id
         except OwnershipError as exc:
             outcomes[owner] = exc
 
@@ -114,7 +126,7 @@ def test_an_object_another_stack_marks_is_refused_before_the_claim(supabase_read
     functions = configured(SecureFunctionProvider, supabase_ready)
     other = functions.create(function_props(spec, owner="secure-webhooks/other"))
     try:
-        props = installation_props(spec)
+        props = checked(installations, installation_props(spec))
         (failure,) = installations.check({}, props).failures
         assert failure.reason == (
             f"function public.{spec.name}() is managed by Pulumi stack secure-webhooks/other, not {OWNER}"
@@ -128,7 +140,7 @@ def test_an_object_another_stack_marks_is_refused_before_the_claim(supabase_read
 
 @pytest.mark.parametrize("role", ["anon", "authenticated", "service_role"])
 def test_api_roles_cannot_read_the_claims(installations, spec, postgres_conn, role):
-    created = installations.create(installation_props(spec))
+    created = installations.create(checked(installations, installation_props(spec)))
     try:
         with pytest.raises(psycopg.errors.InsufficientPrivilege), postgres_conn.transaction():
             postgres_conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
@@ -138,6 +150,6 @@ def test_api_roles_cannot_read_the_claims(installations, spec, postgres_conn, ro
 
 
 def test_a_deleted_claim_reads_as_gone_so_up_claims_again(installations, spec, postgres_conn):
-    created = installations.create(installation_props(spec))
+    created = installations.create(checked(installations, installation_props(spec)))
     postgres_conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(SCHEMA)))
     assert installations.read(created.id, created.outs).id is None
