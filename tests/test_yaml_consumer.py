@@ -2,8 +2,8 @@
 
 The engine runs plugin/ (PulumiPlugin.yaml, runtime python) through our language host, the
 component provider host constructs `secure-webhooks:index:Webhooks`, and its children, all
-dynamic-provider resources, are created, refreshed and deleted by the engine's pulumi-python
-provider. Everything goes through the real engine and pulumi-language-yaml against the stand-in.
+dynamic-provider resources, are created, refreshed, updated in place and deleted by the engine's
+pulumi-python provider. Everything goes through the real engine and pulumi-language-yaml against the stand-in.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def test_yaml_program_creates_signed_webhooks_through_the_plugin_and_destroys_th
         comments = conn.execute("SELECT obj_description(oid, 'pg_trigger') FROM pg_trigger WHERE tgname LIKE 'yaml-%'")
         assert all(c.startswith(f"Managed by Pulumi stack {PROJECT}/dev;") for (c,) in comments)
 
-        conn.execute("SET ROLE authenticated")
+        conn.execute("SET ROLE authenticated")  # as the app inserts, through the Data API
         conn.execute("INSERT INTO public.resumes (name, storage_path) VALUES ('cv.pdf', 'p/')")
         conn.execute("INSERT INTO public.zip_archives (name, storage_path) VALUES ('batch.zip', 'p/')")
         conn.execute("UPDATE public.zip_archives SET storage_path = 'q/' WHERE name = 'batch.zip'")
@@ -118,6 +118,20 @@ def test_yaml_program_creates_signed_webhooks_through_the_plugin_and_destroys_th
     state = json.dumps(stack.export())
     for text in (state, up.stdout + up.stderr, refresh.stdout + refresh.stderr):
         assert JWT_SECRET not in text
+
+    # A property changed in the YAML program: the plugin's children update in place, nothing is replaced.
+    program = workspace.project_dir / "Pulumi.yaml"
+    program.write_text(program.read_text().replace("tokenTtlSeconds: 300", "tokenTtlSeconds: 600"))
+    operations = Counter(op for op, _ in stack.preview_steps())
+    assert set(operations) == {"same", "update"}, operations
+    stack.up()
+    with engine.connect() as conn:
+        conn.execute("SET ROLE authenticated")
+        conn.execute("INSERT INTO public.resumes (name, storage_path) VALUES ('cv-2.pdf', 'p/')")
+    (delivery,) = engine.orchestrator.wait_for(4)[3:]
+    assert delivery.body["record"]["name"] == "cv-2.pdf" and delivery.status == 200
+    assert delivery.claims["exp"] - delivery.claims["iat"] == 600
+    engine.wait_until_delivered()
 
     destroy = stack.destroy()
     assert f"- {RESOURCES.total()} deleted" in destroy.stdout
