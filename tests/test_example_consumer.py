@@ -94,11 +94,14 @@ def test_the_example_program_installs_the_wheel_and_runs_up_and_destroy(engine, 
         {f"{PROJECT}:orchestratorUrl": engine.orchestrator.url, f"{PROJECT}:manageExtensions": "false"},
     )
     stack.set_secret(f"{PROJECT}:jwtSecret", JWT_SECRET)
-    stack.up()
+    printed = stack.up().stdout
     # Converged, and the program's own resource leaves nothing the component's drift checks would see.
-    stack.preview("--refresh", "--expect-no-changes")
+    printed += stack.preview("--refresh", "--expect-no-changes").stdout
+    state = stack.export()
+    for secret in (JWT_SECRET, engine.cluster.password_for("postgres")):
+        assert secret not in printed and secret not in json.dumps(state)
 
-    resources = Counter(resource["type"] for resource in stack.export()["deployment"]["resources"])
+    resources = Counter(resource["type"] for resource in state["deployment"]["resources"])
     assert resources == {
         "pulumi:pulumi:Stack": 1,
         "pulumi:providers:pulumi-python": 1,
