@@ -111,7 +111,8 @@ finish() {
 # and the dynamic-provider script next to it, and downloads provider plugins on demand) is used as is.
 if installed=$(command -v pulumi) && [[ $("$installed" version 2>/dev/null) == "v$pulumi_version" ]]; then
 	installed_dir=$(dirname "$(readlink -f "$installed")")
-	if [[ -x $installed_dir/pulumi-language-python && -x $installed_dir/pulumi-resource-pulumi-python ]]; then
+	if [[ -x $installed_dir/pulumi-language-python && -x $installed_dir/pulumi-resource-pulumi-python &&
+		-x $installed_dir/pulumi-language-yaml ]]; then
 		say "using the installed pulumi v$pulumi_version in $installed_dir"
 		printf '%s\n' "$installed_dir"
 		exit 0
