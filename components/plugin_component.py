@@ -7,11 +7,15 @@ package schema from `Webhooks`: its inputs from the TypedDict annotation of
 component it wraps (`secure-webhooks:index:SecureWebhooks`): the two take
 different arguments, and one token must mean one schema.
 
-The argument keys are spelled exactly like the `secure-webhooks:*` stack config
-keys (hence camelCase), so the dict that arrives is handed to `parse_settings`
-unchanged and a YAML program gets the same checks and messages as a stack's
-config. The Vault values must arrive as Pulumi secrets: a component's inputs are
-recorded in the stack's state, where a plain value would be stored unencrypted.
+The package is named after the project, so its tokens sit beside the Python
+component's. It reads no configuration: `secure-webhooks:*` keys in a consumer's
+stack would be this package's provider config, and are ignored; the settings come
+as inputs. Their keys are spelled exactly like those stack config keys (hence
+camelCase), so the dict that arrives goes to `parse_settings` as it is (integers
+aside, see `_exact_integers`) and a YAML program gets the same checks and messages
+as a stack's config. The Vault values must arrive as Pulumi secrets: a
+component's inputs are recorded in the stack's state, where a plain value would be
+stored unencrypted.
 """
 
 # No `from __future__ import annotations`: the host's analyzer reads the annotations as objects, not strings.
