@@ -136,7 +136,8 @@ def recorded(cur: psycopg.Cursor, kind: str, key: list[str]) -> dict[str, Any] |
 
 
 def execute_definition(cur: psycopg.Cursor, kind: str, key: list[str]) -> None:
-    """Run the record's `definition` (a CREATE statement) inside the server: its text is never logged."""
+    """Run the record's `definition` (a CREATE statement) inside the server: its text is never logged,
+    nor shown in an error."""
     cur.execute("SELECT pg_catalog.set_config(%s, %s, true)", (_KEY_SETTING, json.dumps([kind, key])))
     cur.execute(
         sql.SQL(
@@ -148,6 +149,9 @@ def execute_definition(cur: psycopg.Cursor, kind: str, key: list[str]) -> None:
               EXECUTE (SELECT a.record ->> 'definition' FROM {store} a
                         WHERE a.kind = wanted ->> 0
                           AND a.object = ARRAY(SELECT pg_catalog.jsonb_array_elements_text(wanted -> 1)));
+            EXCEPTION WHEN OTHERS THEN
+              -- Raised again without the failed statement's text, which an error's CONTEXT would show.
+              RAISE EXCEPTION USING ERRCODE = SQLSTATE, MESSAGE = SQLERRM;
             END
             $restore$
             """

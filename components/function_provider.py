@@ -276,8 +276,16 @@ class SecureFunctionProvider(DatabaseProvider):
         )
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        spec = spec_from(props)
         with self.db.transaction() as cur:
-            installed = find_function(cur, spec_from(props))
+            installed = find_function(cur, spec)
+            if installed is None:
+                adoption.lock(cur)
+                owed = adoption.recorded(cur, adoption.FUNCTION, adoption_key(spec)) is not None
+        if installed is None and owed:
+            # Gone, but the seed's function is still owed back: kept in the state as drift (`up`
+            # re-creates ours), so that a refresh followed by destroy still restores it.
+            return ReadResult(id_, {**props, "managed_by": None})
         if installed is None:
             return ReadResult(None, {})
         return ReadResult(id_, {**props, **installed.state})

@@ -280,6 +280,13 @@ class WebhookTriggerProvider(DatabaseProvider):
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         with self.db.transaction(f"reading {_describe(props)}") as cur:
             installed = find_trigger(cur, props)
+            if installed is None:
+                adoption.lock(cur)
+                owed = adoption.recorded(cur, adoption.TRIGGER, adoption_key(props)) is not None
+        if installed is None and owed:
+            # Gone, but the trigger it replaced is still owed back: kept in the state as drift (`up`
+            # re-creates it), so that a refresh followed by destroy still restores the legacy one.
+            return ReadResult(id_, {**props, "managed_by": None, "definition_matches": False})
         if installed is None:
             return ReadResult(None, {})
         return ReadResult(id_, {**props, **installed.state})

@@ -94,6 +94,21 @@ def test_trigger_record_only_in_older_state_still_restores(triggers, spec, table
     assert not store_exists(admin_conn)
 
 
+def test_refresh_keeps_a_dropped_trigger_that_owes_a_rollback_so_destroy_restores_it(
+    triggers, spec, table, postgres_conn, admin_conn
+):
+    legacy = install_legacy(postgres_conn, table)
+    props = trigger_props(table, LEGACY, URL, spec)
+    created = triggers.create(props)
+    postgres_conn.execute(sql.SQL("DROP TRIGGER {} ON public.{}").format(sql.Identifier(LEGACY), sql.Identifier(table)))
+    refreshed = triggers.read(created.id, created.outs)
+    assert refreshed.id == created.id, "a refresh must not drop it from the state"
+    assert triggers.diff(created.id, refreshed.outs, props).changes is True  # drift: `up` re-creates it
+    triggers.delete(created.id, refreshed.outs)  # or destroy right away
+    assert trigger_def(admin_conn, table, LEGACY) == legacy
+    assert not store_exists(admin_conn)
+
+
 def test_store_is_private_to_its_owner(triggers, spec, table, postgres_conn, admin_conn, supabase_ready):
     install_legacy(postgres_conn, table)
     created = triggers.create(trigger_props(table, LEGACY, URL, spec))
@@ -140,6 +155,8 @@ def test_function_record_survives_a_re_create_and_a_lost_state(functions, postgr
     assert ["service_role", False] in created.outs["adopted"]["grants"]
 
     postgres_conn.execute(sql.SQL("DROP FUNCTION public.{}()").format(sql.Identifier(name)))
+    refreshed = functions.read(created.id, created.outs)
+    assert refreshed.id == created.id and functions.diff(created.id, refreshed.outs, props).changes is True
     recreated = functions.create(props)
     assert recreated.outs["adopted"] == created.outs["adopted"]
     functions.delete(recreated.id, without_record(recreated.outs))

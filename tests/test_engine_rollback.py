@@ -68,7 +68,7 @@ def test_drift_repair_and_a_lost_state_keep_every_rollback(engine):
     """Issue 10 #1: ours dropped out of band, `up --refresh` re-creates it, destroy restores the legacy one.
 
     The same for the seed's function and the Vault secret, then once more after the state is lost
-    altogether (`stack rm --force` and a new stack of that name).
+    altogether (`stack rm --force` and a new stack of that name), and after a refresh alone.
     """
     with engine.connect() as conn:
         install_legacy_webhooks(conn, engine.orchestrator.url)
@@ -103,6 +103,9 @@ def test_drift_repair_and_a_lost_state_keep_every_rollback(engine):
     stack.up()
     with engine.connect() as conn:
         assert records(conn) == adopted
+        conn.execute('DROP TRIGGER "orchestrator-ingest-interns-individual" ON public.resumes')
+    stack.refresh()  # and no `up`: the trigger stays in the state, so destroy still restores the legacy one
+    assert "static" not in json.dumps(stack.export())
 
     stack.destroy()
     with engine.connect() as conn:
