@@ -190,6 +190,7 @@ def _grants(cur: psycopg.Cursor, oid: int) -> list[list[Any]]:
 
 
 def adoption_key(spec: FunctionSpec) -> list[str]:
+    """The function's name in the adoption store, with its (empty) argument list as PostgreSQL names it."""
     return [spec.schema, f"{spec.name}()"]
 
 

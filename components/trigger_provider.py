@@ -207,6 +207,7 @@ SELECT pg_catalog.jsonb_build_object('definition', pg_catalog.pg_get_triggerdef(
 
 
 def adoption_key(props: dict[str, Any]) -> list[str]:
+    """The trigger's name in the adoption store: a trigger is named within its table."""
     return [props["schema"], props["table"], props["name"]]
 
 
@@ -261,13 +262,13 @@ class WebhookTriggerProvider(DatabaseProvider):
             # A re-create (after a refresh dropped our state, or a killed CLI) finds the record
             # of the first adoption and keeps it.
             adopted = adoption.recorded(cur, adoption.TRIGGER, key)
-            replacing_unrecorded = adopting and adopted is not None
+            earlier_record_kept = adopting and adopted is not None
             if adopting and adopted is None:
                 adoption.record_from_catalog(cur, adoption.TRIGGER, key, props["owner"], _RECORD, {"oid": existing.oid})
                 adopted = adoption.recorded(cur, adoption.TRIGGER, key)
             installed = install(cur, props)
         # Only now, the swap has committed:
-        if replacing_unrecorded:
+        if earlier_record_kept:
             pulumi.log.warn(
                 f"replaced {_describe(props)}, which was not ours; destroy restores the trigger adopted there "
                 "first (its record is kept in the database), not this one"
@@ -316,8 +317,10 @@ class WebhookTriggerProvider(DatabaseProvider):
         self.restore_on_destroy = str(req.config.get(RESTORE_ON_DESTROY) or "true").lower() != "false"
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
-        """Drop ours and restore what the database records as adopted (state written by older code
-        holds the only copy of its record: it moves into the database first), then forget the record."""
+        """Drop ours, restore what the database records as adopted, and forget the record.
+
+        State written by older code holds the only copy of its record: it moves into the database first.
+        """
         restored = False
         skipped = False
         key = adoption_key(props)

@@ -187,8 +187,10 @@ class VaultSecretProvider(DatabaseProvider):
         return UpdateResult({**news, **_state(row), "adopted_description": adopted_description})
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
-        """Give an adopted secret back its description (as the database records it; state written by
-        older code holds the only copy), else delete ours."""
+        """Give an adopted secret back its description, else delete ours (unless a function still reads it).
+
+        The description comes from the database's record; state written by older code holds the only copy.
+        """
         key = [props["name"]]
         with self.db.transaction(f"deleting Vault secret {props['name']!r}") as cur:
             existing = find_secret(cur, props["name"], compare=False)
