@@ -9,7 +9,12 @@ the Pulumi state.
 from __future__ import annotations
 
 import functools
+import os
+import socket
+import sys
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +27,8 @@ from pulumi.dynamic import CheckFailure, CheckResult, ConfigureRequest, Resource
 #: short lock timeout makes `pulumi up` fail fast instead of stalling the app.
 LOCK_TIMEOUT = "5s"
 APPLICATION_NAME = "secure-webhooks (pulumi)"
+#: How often the provider process checks that the engine that started it is still there.
+ENGINE_POLL_SECONDS = 1.0
 
 
 class DatabaseError(ConnectionError):
@@ -95,6 +102,61 @@ class ConnectionSettings:
         return text.replace(self.password, "***") if self.password else text
 
 
+class EngineGone(DatabaseError):
+    """The Pulumi CLI that started this provider has died; the change is rolled back, not committed."""
+
+
+def engine_address() -> tuple[str, int] | None:
+    """(host, port) of the engine when this process is Pulumi's dynamic-provider server, else None.
+
+    The engine starts `python -m pulumi.dynamic` with its own gRPC address as the last argument.
+    """
+    main = sys.modules.get("__main__")
+    if getattr(getattr(main, "__spec__", None), "name", None) != "pulumi.dynamic.__main__" or len(sys.argv) < 2:
+        return None
+    host, _, port = sys.argv[-1].rpartition(":")
+    return (host.strip("[]"), int(port)) if port.isdigit() and host else None
+
+
+def engine_alive(address: tuple[str, int]) -> bool:
+    """False once nothing listens at the engine's address: the CLI is gone (e.g. killed with SIGKILL)."""
+    try:
+        socket.create_connection(address, timeout=2).close()
+    except ConnectionRefusedError:
+        return False
+    except OSError:
+        return True  # a slow answer is not a dead engine
+    return True
+
+
+#: Every Database of this process, so a dead engine's watchdog can cancel what they are running.
+_DATABASES: weakref.WeakSet[Database] = weakref.WeakSet()
+_watchdog_started = threading.Lock()
+
+
+def watch_engine() -> None:
+    """Exit this provider process once its engine is gone, cancelling any statement in flight first.
+
+    Pulumi's Python dynamic-provider server never exits on its own, so a CLI killed while
+    we wait for a table lock would leave an orphan (ppid 1) that still holds its place in
+    the lock queue and commits the change later. Started once per process, by `configure`.
+    """
+    address = engine_address()
+    if address is None or not _watchdog_started.acquire(blocking=False):
+        return
+
+    def watch() -> None:
+        while engine_alive(address):
+            time.sleep(ENGINE_POLL_SECONDS)
+        for database in list(_DATABASES):
+            database.cancel()
+        sys.stderr.write("secure-webhooks: the Pulumi engine is gone; rolled back and exiting\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="secure-webhooks-engine-watchdog", daemon=True).start()
+
+
 class Database:
     """One connection per provider process, shared by the engine's parallel calls.
 
@@ -107,6 +169,14 @@ class Database:
         self.settings = settings
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
+        self._engine = engine_address()
+        _DATABASES.add(self)
+
+    def cancel(self) -> None:
+        """Cancel the statement running on our connection, if any (safe from another thread)."""
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            conn.cancel_safe(timeout=5)
 
     @contextmanager
     def transaction(self, purpose: str | None = None) -> Iterator[psycopg.Cursor]:
@@ -122,6 +192,10 @@ class Database:
             try:
                 with self._conn.transaction(), self._conn.cursor() as cur:
                     yield cur
+                    # A change the CLI can no longer record must not commit (it would leave the
+                    # state behind the database); the watchdog then ends this process.
+                    if self._engine is not None and not engine_alive(self._engine):
+                        raise EngineGone(f"{purpose or 'a change'} rolled back: the Pulumi engine is gone")
             except psycopg.errors.LockNotAvailable:
                 raise DatabaseError(
                     f"{purpose or 'a change'} timed out after lock_timeout {LOCK_TIMEOUT} waiting for a lock "
@@ -156,6 +230,7 @@ class DatabaseProvider(ResourceProvider):
 
     def configure(self, req: ConfigureRequest) -> None:
         self.db = Database(ConnectionSettings.from_config(req.config))
+        watch_engine()
 
 
 def _reporting_database_errors(

@@ -4,7 +4,8 @@ pulumi-postgresql's Function resource cannot set `search_path`, so the
 function is managed here: created and replaced atomically with
 CREATE OR REPLACE, read back from the catalog so `pulumi refresh` sees an
 edited body or loosened security, adopted if it already exists (the seed's
-manual migration) and given back on destroy.
+manual migration: recorded in the database, see adoption.py) and given back
+from that record on destroy.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pulumi
 from psycopg import sql
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
 
+from . import adoption
 from .database import DatabaseProvider
 from .ownership import claim, marker, owner_of, refusal
 from .trigger_function import (
@@ -149,20 +151,33 @@ def find_function(cur: psycopg.Cursor, spec: FunctionSpec) -> InstalledFunction 
     )
 
 
+#: Every EXECUTE grant of the function `p` as [grantee or PUBLIC, grantable], but its owner's.
+_GRANTS = """
+SELECT coalesce(r.rolname, 'PUBLIC'), a.is_grantable
+  FROM pg_catalog.aclexplode(coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner))) a
+  LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+ WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner"""
+
+#: The adoption record of the seed's function, copied from the catalog inside the server
+#: (its definition may hold a hard-coded secret).
+_RECORD = f"""
+SELECT pg_catalog.jsonb_build_object(
+         'definition', pg_catalog.pg_get_functiondef(p.oid),
+         'grants', (SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(g.grantee, g.grantable)
+                                                         ORDER BY g.grantee), '[]')
+                      FROM ({_GRANTS}) AS g (grantee, grantable)),
+         'comment', pg_catalog.obj_description(p.oid, 'pg_proc'))
+  FROM pg_catalog.pg_proc p WHERE p.oid = %(oid)s"""
+
+
 def _grants(cur: psycopg.Cursor, oid: int) -> list[list[Any]]:
-    """Every EXECUTE grant as [grantee or PUBLIC, grantable], to give back an adopted function."""
-    cur.execute(
-        """
-        SELECT coalesce(r.rolname, 'PUBLIC'), a.is_grantable
-          FROM pg_catalog.pg_proc p,
-               pg_catalog.aclexplode(coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner))) a
-          LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
-         WHERE p.oid = %s AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner
-         ORDER BY 1
-        """,
-        (oid,),
-    )
+    cur.execute(f"SELECT g.* FROM pg_catalog.pg_proc p, LATERAL ({_GRANTS}) AS g WHERE p.oid = %s", (oid,))
     return [[grantee, grantable] for grantee, grantable in cur.fetchall()]
+
+
+def adoption_key(spec: FunctionSpec) -> list[str]:
+    """The function's name in the adoption store, with its (empty) argument list as PostgreSQL names it."""
+    return [spec.schema, f"{spec.name}()"]
 
 
 def _grantee(name: str) -> sql.Composable:
@@ -195,8 +210,11 @@ def install(cur: psycopg.Cursor, spec: FunctionSpec, owner: str) -> InstalledFun
 
 
 def restore(cur: psycopg.Cursor, spec: FunctionSpec, adopted: dict[str, Any]) -> None:
-    """Put an adopted function back exactly: body, settings, grants and comment."""
-    cur.execute(sql.SQL(adopted["definition"]))
+    """Put an adopted function back exactly from its record: body, settings, grants and comment.
+
+    The definition runs from the store inside the server; `adopted` is the record as read back.
+    """
+    adoption.execute_definition(cur, adoption.FUNCTION, adoption_key(spec))
     installed = find_function(cur, spec)
     assert installed is not None
     _revoke_all(cur, spec, installed.oid)
@@ -222,17 +240,22 @@ class SecureFunctionProvider(DatabaseProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         spec = spec_from(props)
-        adopted = None
+        key = adoption_key(spec)
         with self.db.transaction(f"creating function {spec.qualified_name}()") as cur:
             existing = find_function(cur, spec)
-            if existing is not None and claim("function", f"{spec.qualified_name}()", existing.comment, props["owner"]):
-                adopted = {
-                    "definition": existing.definition,
-                    "grants": _grants(cur, existing.oid),
-                    "comment": existing.comment,
-                }
+            adopting = existing is not None and claim(
+                "function", f"{spec.qualified_name}()", existing.comment, props["owner"]
+            )
+            adoption.lock(cur)
+            # A re-create (after a refresh dropped our state, or a killed CLI) keeps the first record.
+            adopted = adoption.recorded(cur, adoption.FUNCTION, key)
+            if adopting and adopted is None:
+                adoption.record_from_catalog(
+                    cur, adoption.FUNCTION, key, props["owner"], _RECORD, {"oid": existing.oid}
+                )
+                adopted = adoption.recorded(cur, adoption.FUNCTION, key)
             installed = install(cur, spec, props["owner"])
-        if adopted is not None:  # only now: the replacement has committed
+        if adopting:  # only now: the replacement has committed
             pulumi.log.info(f"adopted existing function {spec.qualified_name}(); destroy will restore it")
         outs = {**props, **installed.state, "adopted": adopted}
         return CreateResult(
@@ -240,8 +263,16 @@ class SecureFunctionProvider(DatabaseProvider):
         )
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        spec = spec_from(props)
         with self.db.transaction() as cur:
-            installed = find_function(cur, spec_from(props))
+            installed = find_function(cur, spec)
+            if installed is None:
+                adoption.lock(cur)
+                owed = adoption.recorded(cur, adoption.FUNCTION, adoption_key(spec)) is not None
+        if installed is None and owed:
+            # Gone, but the seed's function is still owed back: kept in the state as drift (`up`
+            # re-creates ours), so that a refresh followed by destroy still restores it.
+            return ReadResult(id_, {**props, "managed_by": None})
         if installed is None:
             return ReadResult(None, {})
         return ReadResult(id_, {**props, **installed.state})
@@ -262,21 +293,34 @@ class SecureFunctionProvider(DatabaseProvider):
             existing = find_function(cur, spec)
             if existing is not None:
                 claim("function", f"{spec.qualified_name}()", existing.comment, news["owner"])
+            adoption.lock(cur)
+            adopted = adoption.recorded(cur, adoption.FUNCTION, adoption_key(spec)) or olds.get("adopted")
             installed = install(cur, spec, news["owner"])
-        outs = {**news, **installed.state, "adopted": olds.get("adopted")}
+        outs = {**news, **installed.state, "adopted": adopted}
         return UpdateResult({**outs, "installed_definition_sha256": outs["definition_sha256"]})
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
+        """Restore what the database records as adopted, or drop ours; then forget the record.
+
+        State written by older code holds the only copy of its record: it moves into the database first.
+        """
         spec = spec_from(props)
+        key = adoption_key(spec)
         with self.db.transaction(f"deleting function {spec.qualified_name}()") as cur:
             existing = find_function(cur, spec)
-            if existing is None or owner_of(existing.comment) != props["owner"]:
+            if existing is not None and owner_of(existing.comment) != props["owner"]:
                 return
-            if props.get("adopted"):
-                restore(cur, spec, props["adopted"])
-            else:
+            adoption.lock(cur)
+            adopted = adoption.recorded(cur, adoption.FUNCTION, key)
+            if adopted is None and props.get("adopted"):
+                adoption.record_from_state(cur, adoption.FUNCTION, key, props["owner"], props["adopted"])
+                adopted = adoption.recorded(cur, adoption.FUNCTION, key)
+            if adopted:  # even when ours was dropped out of band: destroy gives the seed's back
+                restore(cur, spec, adopted)
+                adoption.forget(cur, adoption.FUNCTION, key)
+            elif existing is not None:
                 cur.execute(sql.SQL("DROP FUNCTION {}").format(_signature(spec)))
-        if props.get("adopted"):
+        if adopted:
             pulumi.log.info(f"restored the adopted function {spec.qualified_name}()")
 
 

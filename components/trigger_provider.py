@@ -4,7 +4,8 @@ Each trigger is replaced in a single transaction with CREATE OR REPLACE
 TRIGGER, so no insert ever runs while the table has no webhook: concurrent
 inserts wait for the swap and fire the new trigger. A trigger of the same
 name that is not ours (the legacy static-header webhook) is recorded
-verbatim, swapped out in that same transaction, and put back on destroy.
+verbatim in the database (adoption.py), swapped out in that same
+transaction, and put back from that record on destroy.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
+from . import adoption
 from .database import DatabaseProvider
 from .ownership import claim, marker, owner_of, refusal
 from .trigger_function import NEW_ROWS, OLD_ROWS, FunctionSpec
@@ -134,8 +136,7 @@ def _definition_params(props: dict[str, Any], partitioned: bool) -> dict[str, An
 
 @dataclass(frozen=True)
 class InstalledTrigger:
-    definition: str
-    enabled_flag: str
+    oid: int
     comment: str | None
     state: dict[str, Any]
 
@@ -168,7 +169,7 @@ def find_trigger(cur: psycopg.Cursor, props: dict[str, Any]) -> InstalledTrigger
     partitioned = table_kind(cur, props) == "partitioned"
     cur.execute(
         """
-        SELECT pg_catalog.pg_get_triggerdef(t.oid), t.tgenabled, t.tgtype, t.tgnargs, t.tgargs,
+        SELECT t.oid, t.tgenabled, t.tgtype, t.tgnargs, t.tgargs,
                fn.nspname || '.' || f.proname, pg_catalog.obj_description(t.oid, 'pg_trigger'),
                pg_catalog.pg_get_triggerdef(t.oid) = (%(expected)s)
           FROM pg_catalog.pg_trigger t
@@ -183,11 +184,10 @@ def find_trigger(cur: psycopg.Cursor, props: dict[str, Any]) -> InstalledTrigger
     row = cur.fetchone()
     if row is None:
         return None
-    definition, enabled_flag, tgtype, nargs, args, function, comment, definition_matches = row
+    oid, enabled_flag, tgtype, nargs, args, function, comment, definition_matches = row
     arguments = [arg.decode() for arg in bytes(args).split(b"\x00")[:nargs]]
     return InstalledTrigger(
-        definition=definition,
-        enabled_flag=enabled_flag,
+        oid=oid,
         comment=comment,
         state={
             # Any other argument shows in definition_matches.
@@ -240,13 +240,25 @@ def install(cur: psycopg.Cursor, props: dict[str, Any]) -> InstalledTrigger:
     return installed
 
 
-def restore(cur: psycopg.Cursor, props: dict[str, Any], adopted: dict[str, Any]) -> None:
-    """Recreate the adopted trigger from its recorded pg_get_triggerdef, firing state and comment.
+#: The adoption record of a legacy trigger, copied from the catalog inside the server.
+_RECORD = """
+SELECT pg_catalog.jsonb_build_object('definition', pg_catalog.pg_get_triggerdef(t.oid), 'enabled_flag', t.tgenabled,
+                                     'comment', pg_catalog.obj_description(t.oid, 'pg_trigger'))
+  FROM pg_catalog.pg_trigger t WHERE t.oid = %(oid)s"""
 
-    Pulumi drops null values inside maps when it stores state, so an absent
-    comment arrives as a missing key.
+
+def adoption_key(props: dict[str, Any]) -> list[str]:
+    """The trigger's name in the adoption store: a trigger is named within its table."""
+    return [props["schema"], props["table"], props["name"]]
+
+
+def restore(cur: psycopg.Cursor, props: dict[str, Any], adopted: dict[str, Any]) -> None:
+    """Recreate the adopted trigger from its record: pg_get_triggerdef, firing state and comment.
+
+    The definition runs from the store inside the server (it may hold a secret header);
+    `adopted` is that record as read back, for the firing state and comment.
     """
-    cur.execute(sql.SQL(adopted["definition"]))
+    adoption.execute_definition(cur, adoption.TRIGGER, adoption_key(props))
     if adopted["enabled_flag"] != "O":
         _set_enabled(cur, props, adopted["enabled_flag"])
     if adopted.get("comment") is not None:
@@ -283,17 +295,26 @@ class WebhookTriggerProvider(DatabaseProvider):
         return CheckResult(news, failures)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        adopted = None
+        key = adoption_key(props)
         with self.db.transaction(f"creating {_describe(props)}") as cur:
             existing = find_trigger(cur, props)
-            if existing is not None and claim("trigger", _name(props), existing.comment, props["owner"]):
-                adopted = {
-                    "definition": existing.definition,
-                    "enabled_flag": existing.enabled_flag,
-                    "comment": existing.comment,
-                }
+            adopting = existing is not None and claim("trigger", _name(props), existing.comment, props["owner"])
+            adoption.lock(cur)
+            # A re-create (after a refresh dropped our state, or a killed CLI) finds the record
+            # of the first adoption and keeps it.
+            adopted = adoption.recorded(cur, adoption.TRIGGER, key)
+            earlier_record_kept = adopting and adopted is not None
+            if adopting and adopted is None:
+                adoption.record_from_catalog(cur, adoption.TRIGGER, key, props["owner"], _RECORD, {"oid": existing.oid})
+                adopted = adoption.recorded(cur, adoption.TRIGGER, key)
             installed = install(cur, props)
-        if adopted is not None:  # only now: the swap has committed
+        # Only now, the swap has committed:
+        if earlier_record_kept:
+            pulumi.log.warn(
+                f"replaced {_describe(props)}, which was not ours; destroy restores the trigger adopted there "
+                "first (its record is kept in the database), not this one"
+            )
+        elif adopting:
             pulumi.log.info(f"adopted existing {_describe(props)}; destroy will restore it")
         trigger_id = f"{props['schema']}.{props['table']}/{props['name']}"
         return CreateResult(trigger_id, {**props, **installed.state, "adopted": adopted})
@@ -301,6 +322,13 @@ class WebhookTriggerProvider(DatabaseProvider):
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         with self.db.transaction(f"reading {_describe(props)}") as cur:
             installed = find_trigger(cur, props)
+            if installed is None:
+                adoption.lock(cur)
+                owed = adoption.recorded(cur, adoption.TRIGGER, adoption_key(props)) is not None
+        if installed is None and owed:
+            # Gone, but the trigger it replaced is still owed back: kept in the state as drift (`up`
+            # re-creates it), so that a refresh followed by destroy still restores the legacy one.
+            return ReadResult(id_, {**props, "managed_by": None, "definition_matches": False})
         if installed is None:
             return ReadResult(None, {})
         return ReadResult(id_, {**props, **installed.state})
@@ -317,8 +345,10 @@ class WebhookTriggerProvider(DatabaseProvider):
             existing = find_trigger(cur, news)
             if existing is not None:
                 claim("trigger", _name(news), existing.comment, news["owner"])
+            adoption.lock(cur)
+            adopted = adoption.recorded(cur, adoption.TRIGGER, adoption_key(news)) or olds.get("adopted")
             installed = install(cur, news)
-        return UpdateResult({**news, **installed.state, "adopted": olds.get("adopted")})
+        return UpdateResult({**news, **installed.state, "adopted": adopted})
 
     def configure(self, req: ConfigureRequest) -> None:
         """`secure-webhooks:restoreOnDestroy: false` drops ours without giving an adopted trigger back.
@@ -329,23 +359,35 @@ class WebhookTriggerProvider(DatabaseProvider):
         self.restore_on_destroy = str(req.config.get(RESTORE_ON_DESTROY) or "true").lower() != "false"
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
+        """Drop ours, restore what the database records as adopted, and forget the record.
+
+        State written by older code holds the only copy of its record: it moves into the database first.
+        """
         restored = False
         skipped = False
+        key = adoption_key(props)
         with self.db.transaction(f"deleting {_describe(props)}") as cur:
-            if not table_exists(cur, props):
-                return
             existing = find_trigger(cur, props)
+            if existing is not None and owner_of(existing.comment) != props["owner"]:
+                pulumi.log.warn(f"{_describe(props)} is no longer ours; leaving it in place")
+                return
+            adoption.lock(cur)
+            # A trigger goes with its table: without the table there is nothing to drop or give back.
+            if not table_exists(cur, props):
+                adoption.forget(cur, adoption.TRIGGER, key)
+                return
+            adopted = adoption.recorded(cur, adoption.TRIGGER, key)
+            if adopted is None and props.get("adopted"):
+                adoption.record_from_state(cur, adoption.TRIGGER, key, props["owner"], props["adopted"])
+                adopted = adoption.recorded(cur, adoption.TRIGGER, key)
             if existing is not None:
-                if owner_of(existing.comment) != props["owner"]:
-                    pulumi.log.warn(f"{_describe(props)} is no longer ours; leaving it in place")
-                    return
                 name, table = _target(props)
                 cur.execute(sql.SQL("DROP TRIGGER {} ON {}").format(name, table))
-            if props.get("adopted") and not self.restore_on_destroy:
+            if adopted and not self.restore_on_destroy:
                 skipped = True
-            elif props.get("adopted"):
+            elif adopted:
                 try:
-                    restore(cur, props, props["adopted"])
+                    restore(cur, props, adopted)
                 except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName) as exc:
                     # Raised inside the transaction: our trigger is not dropped either.
                     raise RuntimeError(
@@ -354,6 +396,7 @@ class WebhookTriggerProvider(DatabaseProvider):
                         f"the legacy trigger: `pulumi config set {RESTORE_ON_DESTROY} false`, then destroy"
                     ) from None
                 restored = True
+            adoption.forget(cur, adoption.TRIGGER, key)
         if restored:
             pulumi.log.info(f"restored the adopted {_describe(props)}")
         if skipped:

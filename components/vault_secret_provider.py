@@ -7,7 +7,8 @@ or a bind parameter, which `log_statement = all` would write to the server log.
 `read` compares the Vault's value with the configured one inside PostgreSQL,
 so drift is seen without the value leaving the database or entering a log.
 A secret this stack created is deleted on destroy; one it adopted is left in
-place (the orchestrator verifies with it) with its description restored.
+place (the orchestrator verifies with it) with its description restored from
+the adoption record in the database (adoption.py).
 Neither is deleted while a function this stack manages still reads it (e.g. after
 `pulumi config rm secure-webhooks:jwtSecret`): it is left in place, no longer
 marked as ours, with a warning; in `pulumi destroy` those functions go first.
@@ -21,6 +22,7 @@ import psycopg
 import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
 
+from . import adoption
 from .database import DatabaseProvider
 from .ownership import claim, marker, owner_of, refusal
 from .settings import ConfigError, check_jwt_secret, check_webhook_secret
@@ -57,6 +59,17 @@ def find_secret(cur: psycopg.Cursor, name: str, compare: bool = True) -> tuple[s
 def _set_value(cur: psycopg.Cursor, secret_id: str, description: str) -> None:
     """Give the secret the loaded value and `description` (vault.update_secret keeps its name)."""
     cur.execute(f"SELECT vault.update_secret(%s::uuid, value, NULL, %s) FROM {VALUE_TABLE}", (secret_id, description))
+
+
+#: The adoption record of an existing secret: only its description, which destroy gives back.
+_RECORD = """
+SELECT pg_catalog.jsonb_build_object('description', coalesce(s.description, ''))
+  FROM vault.secrets s WHERE s.id = %(id)s::uuid"""
+
+
+def _adopted_description(cur: psycopg.Cursor, name: str) -> str | None:
+    record = adoption.recorded(cur, adoption.VAULT_SECRET, [name])
+    return None if record is None else record["description"]
 
 
 def _state(row: tuple[str, str | None, bool]) -> dict[str, Any]:
@@ -117,10 +130,13 @@ class VaultSecretProvider(DatabaseProvider):
         return CheckResult(news, failures)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        adopted_description = None
+        adopting = False
         with self.db.transaction(f"creating Vault secret {props['name']!r}") as cur:
             load_value(cur, props["secret"])
             existing = find_secret(cur, props["name"])
+            adoption.lock(cur)
+            # A re-create (after a refresh dropped our state, or a killed CLI) keeps the first record.
+            recorded = _adopted_description(cur, props["name"]) is not None
             if existing is None:
                 cur.execute(
                     f"SELECT vault.create_secret(value, %s, %s) FROM {VALUE_TABLE}",
@@ -128,11 +144,15 @@ class VaultSecretProvider(DatabaseProvider):
                 )
             else:
                 adopting = claim("Vault secret", repr(props["name"]), existing[1], props["owner"])
-                if adopting and not kept_for(existing[1], props["owner"]):
-                    adopted_description = existing[1] or ""
+                adopting = adopting and not kept_for(existing[1], props["owner"]) and not recorded
+                if adopting:
+                    adoption.record_from_catalog(
+                        cur, adoption.VAULT_SECRET, [props["name"]], props["owner"], _RECORD, {"id": existing[0]}
+                    )
                 _set_value(cur, existing[0], marker(props["owner"]))
             row = find_secret(cur, props["name"])
-        if adopted_description is not None:  # only now: the adoption has committed
+            adopted_description = _adopted_description(cur, props["name"])
+        if adopting:  # only now: the adoption has committed
             pulumi.log.info(f"adopted existing Vault secret {props['name']!r}; destroy will leave it")
         return CreateResult(row[0], {**props, **_state(row), "adopted_description": adopted_description})
 
@@ -160,17 +180,32 @@ class VaultSecretProvider(DatabaseProvider):
             claim("Vault secret", repr(news["name"]), existing[1], news["owner"])
             _set_value(cur, existing[0], marker(news["owner"]))
             row = find_secret(cur, news["name"])
-        return UpdateResult({**news, **_state(row), "adopted_description": olds.get("adopted_description")})
+            adoption.lock(cur)
+            adopted_description = _adopted_description(cur, news["name"])
+        if adopted_description is None:  # state written before the database kept records
+            adopted_description = olds.get("adopted_description")
+        return UpdateResult({**news, **_state(row), "adopted_description": adopted_description})
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
+        """Give an adopted secret back its description, else delete ours (unless a function still reads it).
+
+        The description comes from the database's record; state written by older code holds the only copy.
+        """
+        key = [props["name"]]
         with self.db.transaction(f"deleting Vault secret {props['name']!r}") as cur:
             existing = find_secret(cur, props["name"], compare=False)
-            if existing is None or owner_of(existing[1]) != props["owner"]:
+            if existing is not None and owner_of(existing[1]) != props["owner"]:
                 return
-            if props.get("adopted_description") is not None:
-                cur.execute(
-                    "SELECT vault.update_secret(%s::uuid, NULL, NULL, %s)", (existing[0], props["adopted_description"])
-                )
+            adoption.lock(cur)
+            description = _adopted_description(cur, props["name"])
+            if description is None:
+                description = props.get("adopted_description")
+            if existing is None:  # gone: nothing to give back or delete
+                adoption.forget(cur, adoption.VAULT_SECRET, key)
+                return
+            if description is not None:
+                cur.execute("SELECT vault.update_secret(%s::uuid, NULL, NULL, %s)", (existing[0], description))
+                adoption.forget(cur, adoption.VAULT_SECRET, key)
                 return
             # Deleting the key under a live function would fail every insert (direct mode) or every
             # delivery (at-least-once) from then on: keep it, but stop claiming it.

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Build the Pulumi engine pieces this project needs from Go modules (the official
-# Pulumi downloads are not reachable here), at the versions pinned in requirements.txt.
+# Pulumi downloads are not reachable here), at the versions pinned in requirements.txt
+# (pulumi-language-yaml: below).
 #
 # Usage: PATH="$(scripts/pulumi-toolchain.sh):$PATH"
 #   stdout: one line, the absolute path of a bin directory holding
 #           pulumi, pulumi-language-python, pulumi-language-python-exec,
-#           pulumi-resource-pulumi-python and pulumi-resource-postgresql
+#           pulumi-resource-pulumi-python, pulumi-language-yaml and pulumi-resource-postgresql
 #   stderr: progress, one line per step with elapsed seconds
 #
 # Results are cached per version under
@@ -16,6 +17,8 @@
 # - pulumi-language-python is built from scripts/toolchain/pulumi-language-python
 #   (a small host of our own): the upstream host module is not served by the Go
 #   module proxy. The two Python scripts next to it come from the sdk/v3 module.
+# - pulumi-language-yaml runs Pulumi YAML programs (examples/yaml): `go install` of
+#   the pulumi-yaml module, which needs no replace directives.
 # - pulumi-resource-postgresql: if its Go module cannot be downloaded, the step is
 #   skipped with a warning and the bin directory lacks that plugin.
 set -euo pipefail
@@ -60,6 +63,8 @@ pulumi_version=$(pin pulumi)
 postgresql_version=$(pin pulumi-postgresql)
 [[ -n $pulumi_version ]] || die "no 'pulumi==X' pin in $requirements"
 [[ -n $postgresql_version ]] || die "no 'pulumi_postgresql==X' pin in $requirements"
+# The newest pulumi-yaml the Go module proxy lists; requirements.txt pins Python packages only.
+yaml_version=v1.25.0
 
 # The provider module (github.com/pulumi/pulumi-postgresql/provider/v3) has no tags of
 # its own: map each Python package version to pseudo-versions of its release commit and
@@ -76,8 +81,9 @@ host_source="$here/toolchain/pulumi-language-python/main.go"
 host_hash=$(sha256sum "$host_source" | cut -c1-16)
 stamp_text="pulumi v$pulumi_version
 pulumi-language-python $host_hash
+pulumi-language-yaml $yaml_version
 pulumi-resource-postgresql $postgresql_version"
-tools=(pulumi pulumi-language-python pulumi-language-python-exec pulumi-resource-pulumi-python)
+tools=(pulumi pulumi-language-python pulumi-language-python-exec pulumi-resource-pulumi-python pulumi-language-yaml)
 
 cache=${SECURE_WEBHOOKS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/secure-webhooks}/toolchain
 dest="$cache/pulumi-$pulumi_version-postgresql-$postgresql_version"
@@ -87,8 +93,8 @@ logs="$cache/logs/${dest##*/}"
 complete() {
 	local tool
 	[[ -f $1/stamp ]] || return 1
-	# the postgresql line may say 'unavailable' (see build_postgresql)
-	[[ $(head -n 2 "$1/stamp") == "$(head -n 2 <<<"$stamp_text")" ]] || return 1
+	# the postgresql line (the last) may say 'unavailable' (see build_postgresql)
+	[[ $(head -n 3 "$1/stamp") == "$(head -n 3 <<<"$stamp_text")" ]] || return 1
 	for tool in "${tools[@]}"; do [[ -x $1/bin/$tool ]] || return 1; done
 }
 
@@ -105,7 +111,8 @@ finish() {
 # and the dynamic-provider script next to it, and downloads provider plugins on demand) is used as is.
 if installed=$(command -v pulumi) && [[ $("$installed" version 2>/dev/null) == "v$pulumi_version" ]]; then
 	installed_dir=$(dirname "$(readlink -f "$installed")")
-	if [[ -x $installed_dir/pulumi-language-python && -x $installed_dir/pulumi-resource-pulumi-python ]]; then
+	if [[ -x $installed_dir/pulumi-language-python && -x $installed_dir/pulumi-resource-pulumi-python &&
+		-x $installed_dir/pulumi-language-yaml ]]; then
 		say "using the installed pulumi v$pulumi_version in $installed_dir"
 		printf '%s\n' "$installed_dir"
 		exit 0
@@ -127,8 +134,9 @@ trap 'rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM HUP # so that the EXIT trap cleans up
 out="$work/out"
 mkdir -p "$out/bin"
-build=(go build -trimpath -tags osusergo,grpcnotrace)
-say "building pulumi v$pulumi_version and pulumi-resource-postgresql $postgresql_version into $dest (go: $(go env GOVERSION), module cache: $(go env GOMODCACHE))"
+go_flags=(-trimpath -tags osusergo,grpcnotrace)
+build=(go build "${go_flags[@]}")
+say "building pulumi v$pulumi_version, pulumi-language-yaml $yaml_version and pulumi-resource-postgresql $postgresql_version into $dest (go: $(go env GOVERSION), module cache: $(go env GOMODCACHE))"
 
 # ---------------------------------------------------------------- pulumi CLI + language host
 # A wrapper module requiring pkg/v3 and sdk/v3 at the same version. pkg's go.mod has
@@ -161,6 +169,12 @@ run "install python executor scripts" install -m 0755 \
 
 check_version() { "$out/bin/pulumi" version && [[ $("$out/bin/pulumi" version) == "v$pulumi_version" ]]; }
 run "check pulumi version" check_version
+
+# ---------------------------------------------------------------- pulumi-language-yaml
+cd "$work"
+run "build pulumi-language-yaml" env GOBIN="$out/bin" go install "${go_flags[@]}" \
+	-ldflags "-s -w -X github.com/pulumi/pulumi-yaml/pkg/version.Version=$yaml_version" \
+	"github.com/pulumi/pulumi-yaml/cmd/pulumi-language-yaml@$yaml_version"
 
 # ---------------------------------------------------------------- pulumi-resource-postgresql
 build_postgresql() {
@@ -207,7 +221,7 @@ postgresql_state=""
 build_postgresql
 
 # ---------------------------------------------------------------- publish
-printf '%s\n' "$(head -n 2 <<<"$stamp_text")" "pulumi-resource-postgresql $postgresql_state" >"$out/stamp"
+printf '%s\n' "$(head -n 3 <<<"$stamp_text")" "pulumi-resource-postgresql $postgresql_state" >"$out/stamp"
 rm -rf "$dest"
 mv -T "$out" "$dest" || complete "$dest" || die "cannot move the build into $dest"
 finish

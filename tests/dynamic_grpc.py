@@ -200,6 +200,14 @@ class DynamicProviderServer:
             self._proc.wait()
         self._engine.stop(None)
 
+    def stop_engine(self) -> None:
+        """Stop the fake engine's gRPC server, as when the Pulumi CLI dies (SIGKILL) mid-operation."""
+        self._engine.stop(None)
+
+    def wait_for_exit(self, timeout: float) -> int:
+        """The provider process's exit code once it has exited; subprocess.TimeoutExpired if it has not."""
+        return self._proc.wait(timeout=timeout)
+
     def configure(self, config: Mapping[str, str], secret_keys: Sequence[str] = ()) -> None:
         """Send stack config as the engine does for a dynamic provider.
 

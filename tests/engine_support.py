@@ -65,19 +65,32 @@ class Engine:
                 time.sleep(0.1)
 
     def stack(self, name: str, url: str | None = None, **config: Any) -> Stack:
-        """A new stack pointed at the local cluster; `config` keys without a namespace are ours."""
-        stack = self.workspace.stack(name).init()
-        stack.set_config(
+        """A new stack of this project pointed at the local cluster; `config` keys without a namespace are ours."""
+        return self.database_stack(
+            self.workspace,
+            name,
             {
                 "secure-webhooks:orchestratorUrl": url or self.orchestrator.url,
                 "secure-webhooks:manageExtensions": "false",
+                **{key if ":" in key else f"secure-webhooks:{key}": value for key, value in config.items()},
+            },
+        )
+
+    def database_stack(self, workspace: Workspace, name: str, config: dict[str, Any]) -> Stack:
+        """A new stack of any project in `workspace` with the `postgresql:*` config of the local cluster.
+
+        The password goes in as a secret, as a user sets it; `config` holds the project's own keys.
+        """
+        stack = workspace.stack(name).init()
+        stack.set_config(
+            {
                 "postgresql:host": self.cluster.host,
                 "postgresql:port": str(self.cluster.port),
                 "postgresql:database": self.cluster.dbname,
                 "postgresql:username": "postgres",
                 "postgresql:sslmode": "disable",
                 "postgresql:superuser": "false",
-                **{key if ":" in key else f"secure-webhooks:{key}": value for key, value in config.items()},
+                **config,
             }
         )
         stack.set_secret("postgresql:password", self.cluster.password_for("postgres"))

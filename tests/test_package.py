@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import email
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+from package_support import build_wheel, fresh_tree
 from packaging.requirements import Requirement
 
 from devtools.pulumi_cli import REPO
@@ -23,34 +23,9 @@ from devtools.pulumi_cli import REPO
 SHIPPED = {"secure_webhooks", "webhook_deliveries", "webhook_verifier"}
 
 
-def fresh_tree(target: Path) -> Path:
-    """What a fresh clone holds (tracked files, plus untracked ones not ignored) in `target`."""
-    listed = subprocess.run(
-        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        check=True,
-        capture_output=True,
-    ).stdout.split(b"\0")
-    for name in filter(None, (entry.decode() for entry in listed)):
-        if (REPO / name).is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, target / name)
-    return target
-
-
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tree = fresh_tree(tmp_path_factory.mktemp("clone"))
-    out = tmp_path_factory.mktemp("dist")
-    # The command from the issue, as a user types it: pip fetches the build backend itself.
-    built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-w", str(out), "."],
-        cwd=tree,
-        capture_output=True,
-        text=True,
-    )
-    assert built.returncode == 0, built.stdout + built.stderr
-    (path,) = out.glob("secure_webhooks-*.whl")
-    return path
+    return build_wheel(fresh_tree(tmp_path_factory.mktemp("clone")), tmp_path_factory.mktemp("dist"))
 
 
 def test_the_wheel_ships_the_component_under_its_own_name_and_nothing_else(wheel):

@@ -364,7 +364,11 @@ def test_vault_secret_adoption_leaves_the_secret_and_restores_its_description(su
     with pytest.raises(OwnershipError):
         secrets.create(intruder)
 
-    secrets.delete(created.id, created.outs)
+    # Issue 10 #2: a killed CLI loses the create's outputs; the next create finds the secret ours,
+    # and the record in the database still says what it was. Destroy reads it from there.
+    again = secrets.create(props)
+    assert again.outs["adopted_description"] == "created by hand"
+    secrets.delete(again.id, {**again.outs, "adopted_description": None})
     kept = postgres_conn.execute(
         "SELECT decrypted_secret, description FROM vault.decrypted_secrets WHERE name = %s", (name,)
     ).fetchone()

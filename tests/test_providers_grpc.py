@@ -9,11 +9,14 @@ the password nor the JWT secret shows up in anything the provider prints.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg
 import pytest
-from dynamic_grpc import DynamicProviderServer, secret
+from dynamic_grpc import DynamicProviderServer, ProviderCallError, secret
 from providers import OWNER, function_props, stack_config, trigger_props, unique
 from psycopg import sql
 
@@ -123,3 +126,65 @@ def test_vault_secret_stays_secret_across_the_wire(serve, postgres_conn):
 
     secrets.delete(created.id, secret_urn, updated.state())
     assert postgres_conn.execute("SELECT count(*) FROM vault.secrets WHERE name = %s", (name,)).fetchone()[0] == 0
+
+
+LOCKED = """
+SELECT count(*) FROM pg_stat_activity
+ WHERE application_name = 'secure-webhooks (pulumi)' AND wait_event_type = 'Lock'"""
+
+
+def test_provider_whose_engine_dies_while_it_waits_for_a_lock_commits_nothing_and_exits(
+    serve, supabase_ready, postgres_conn
+):
+    """Issue 10 #2: the CLI killed (SIGKILL) while the provider waits for a table lock.
+
+    The orphaned provider used to wait on, take the lock and commit the adoption that no state
+    would ever record. Now it cancels its statement and exits within about a second.
+    """
+    functions = serve(SecureFunctionProvider)
+    spec = FunctionSpec(name=unique("notify"))
+    function_urn = urn("SecureFunction", spec.name)
+    function = functions.create(function_urn, functions.check(function_urn, {}, function_props(spec)).state())
+    table = unique("events")
+    postgres_conn.execute(sql.SQL("CREATE TABLE public.{} (id bigserial PRIMARY KEY)").format(sql.Identifier(table)))
+    postgres_conn.execute(
+        sql.SQL("CREATE TRIGGER hook AFTER INSERT ON public.{} FOR EACH ROW EXECUTE FUNCTION public.{}()").format(
+            sql.Identifier(table), sql.Identifier(spec.name)
+        )
+    )
+    legacy = postgres_conn.execute(
+        "SELECT tgfoid, obj_description(oid, 'pg_trigger') FROM pg_trigger WHERE tgname = 'hook'"
+    ).fetchone()
+
+    server = DynamicProviderServer(WebhookTriggerProvider(), ROOT, project=PROJECT).__enter__()
+    try:
+        server.configure(stack_config(supabase_ready), secret_keys=["postgresql:password"])
+        trigger_urn = urn("WebhookTrigger", table)
+        props = trigger_props(table, "hook", "https://orchestrator.example.com/a", spec)
+        checked = server.check(trigger_urn, {}, props).state()
+        with psycopg.connect(supabase_ready.dsn("postgres")) as locker:
+            locker.execute(sql.SQL("LOCK TABLE public.{} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table)))
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                create = pool.submit(server.create, trigger_urn, checked)
+                deadline = time.monotonic() + 4  # well inside lock_timeout (5 s)
+                while postgres_conn.execute(LOCKED).fetchone()[0] == 0:
+                    assert time.monotonic() < deadline, "the provider never waited for the lock"
+                    time.sleep(0.05)
+                server.stop_engine()
+                assert server.wait_for_exit(timeout=4) != 0
+                assert postgres_conn.execute(LOCKED).fetchone()[0] == 0, "its statement was cancelled"
+                with pytest.raises(ProviderCallError):
+                    create.result()
+            locker.rollback()
+    finally:
+        server.__exit__(None, None, None)
+    time.sleep(0.2)
+    assert (
+        postgres_conn.execute(
+            "SELECT tgfoid, obj_description(oid, 'pg_trigger') FROM pg_trigger WHERE tgname = 'hook'"
+        ).fetchone()
+        == legacy
+    ), "nothing was committed"
+    assert postgres_conn.execute("SELECT to_regclass('secure_webhooks_rollback.adopted')").fetchone()[0] is None
+    postgres_conn.execute(sql.SQL("DROP TABLE public.{}").format(sql.Identifier(table)))
+    functions.delete(function.id, function_urn, function.state())

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from outbox_support import all_delivered, install_pipeline, settle
 from providers import OWNER, configured, function_props, trigger_props, unique
+from psycopg import sql
 from test_engine_stacks import database_objects, managed_resources
 
 from local_supabase.bootstrap import create_demo_tables, install_legacy_webhooks
@@ -133,6 +134,54 @@ def test_vault_secret_lifecycle_and_deliveries_log_no_secret(logged_cluster):
     log = log_since(cluster, offset)
     assert "vault.create_secret" in log and "secure_webhooks.reconcile()" in log, "log_statement = all logged nothing?"
     assert_no_secret(log, cluster, FIRST_SECRET, JWT_SECRET, WEBHOOK_SECRET, ROTATED_WEBHOOK_SECRET)
+
+
+def test_an_adopted_legacy_header_never_reaches_the_server_log(logged_cluster):
+    """Issue 10 #1: adoption records are copied from the catalog and restored inside the server.
+
+    Recording, restoring from the database and restoring a record that only older state holds
+    (it enters as COPY data) must not write a legacy static header into the log, nor must a restore
+    that fails (its error names no statement).
+    """
+    cluster = logged_cluster
+    header = "x-webhook-secret: " + "legacy-static-" + "5" * 20
+    functions = configured(SecureFunctionProvider, cluster)
+    triggers = configured(WebhookTriggerProvider, cluster)
+    spec = FunctionSpec(name=unique("notify"), mode="direct")
+    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+        create_demo_tables(conn)
+        function = functions.create(function_props(spec))
+        legacy = sql.SQL(
+            "CREATE OR REPLACE TRIGGER {} AFTER INSERT ON public.resumes FOR EACH ROW EXECUTE FUNCTION {}({})"
+        )
+        conn.execute(
+            legacy.format(sql.Identifier("hook"), sql.SQL("supabase_functions.http_request"), sql.Literal(header))
+        )
+        conn.execute(
+            "CREATE FUNCTION public.gone_legacy() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END'"
+        )
+        conn.execute(legacy.format(sql.Identifier("gone"), sql.SQL("public.gone_legacy"), sql.Literal(header)))
+        offset = cluster.log_file.stat().st_size
+
+        hook = triggers.create(trigger_props("resumes", "hook", "http://127.0.0.1:9/a", spec))
+        triggers.delete(hook.id, hook.outs)  # from the database's record
+        hook = triggers.create(trigger_props("resumes", "hook", "http://127.0.0.1:9/a", spec))
+        conn.execute("DELETE FROM secure_webhooks_rollback.adopted")
+        triggers.delete(hook.id, hook.outs)  # from the state's copy, as older code left it
+        gone = triggers.create(trigger_props("resumes", "gone", "http://127.0.0.1:9/a", spec))
+        conn.execute("DROP FUNCTION public.gone_legacy()")
+        with pytest.raises(RuntimeError, match="gone_legacy\\(\\) does not exist"):
+            triggers.delete(gone.id, gone.outs)
+        log = log_since(cluster, offset)
+        assert header in hook.outs["adopted"]["definition"]  # what was recorded did hold it
+
+        without_restore = configured(WebhookTriggerProvider, cluster)
+        without_restore.restore_on_destroy = False
+        without_restore.delete(gone.id, gone.outs)
+        conn.execute('DROP TRIGGER "hook" ON public.resumes')
+        functions.delete(function.id, function.outs)
+    assert "secure_webhooks_rollback" in log, "log_statement = all logged nothing?"
+    assert "legacy-static-" not in log
 
 
 SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"

@@ -7,8 +7,14 @@
 // program with the `pulumi-language-python-exec` script that sits next to this
 // binary (copied from the sdk/v3 module), using the Python of the
 // `virtualenv` option in Pulumi.yaml (or PULUMI_PYTHON_CMD / python3).
-// Plugin requirements are not reported ahead of time: the engine loads each
-// provider plugin when the program first uses it.
+// It also runs source-based plugin packages (a PulumiPlugin.yaml with
+// `runtime: python`, e.g. plugin/ in this repository): RunPlugin starts the
+// plugin's __main__.py with the same interpreter resolution. Dependencies are
+// not installed from here: plugin/ runs in the repository's virtualenv, which
+// scripts/setup.sh fills, so InstallDependencies (`pulumi install`) only checks
+// that the configured virtualenv exists. Plugin requirements are not reported
+// ahead of time: the engine loads each provider plugin when the program first
+// uses it.
 package main
 
 import (
@@ -25,6 +31,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/pulumi/pulumi/sdk/v3/go/common/apitype"
 	"github.com/pulumi/pulumi/sdk/v3/go/common/util/rpcutil"
 	"github.com/pulumi/pulumi/sdk/v3/go/common/version"
 	pulumirpc "github.com/pulumi/pulumi/sdk/v3/proto/go"
@@ -184,4 +191,64 @@ func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.R
 	default:
 		return &pulumirpc.RunResponse{Error: fmt.Sprintf("could not run the language executor: %v", err)}, nil
 	}
+}
+
+// InstallDependencies checks the virtualenv instead of populating it: scripts/setup.sh installs
+// what plugin/ needs into the repository's virtualenv (upstream's host would also upgrade pip,
+// setuptools and wheel in it from the package index on every install).
+func (h *host) InstallDependencies(
+	req *pulumirpc.InstallDependenciesRequest, server pulumirpc.LanguageRuntime_InstallDependenciesServer,
+) error {
+	tc, err := python(req.GetInfo())
+	if err != nil {
+		return err
+	}
+	if err := tc.ValidateVenv(server.Context()); err != nil {
+		return fmt.Errorf("%w (scripts/setup.sh installs this repository's virtualenv)", err)
+	}
+	return nil
+}
+
+// RunPlugin runs a source-based plugin: `python <plugin directory> <engine args>`, which executes
+// its __main__.py in the working directory the engine asks for. Its output is streamed back, and
+// the engine reads the provider's port from the first line of stdout.
+func (h *host) RunPlugin(req *pulumirpc.RunPluginRequest, server pulumirpc.LanguageRuntime_RunPluginServer) error {
+	if req.GetKind() != string(apitype.ResourcePlugin) {
+		return fmt.Errorf("plugins of kind %q are not supported by this host", req.GetKind())
+	}
+	ctx := server.Context()
+	tc, err := python(req.GetInfo())
+	if err != nil {
+		return err
+	}
+	if err := tc.ValidateVenv(ctx); err != nil {
+		return err
+	}
+	args := append([]string{"-u", req.GetInfo().GetProgramDirectory()}, req.GetArgs()...)
+	cmd, err := tc.Command(ctx, args...) // killed when the engine cancels the call
+	if err != nil {
+		return err
+	}
+	if cmd.Env == nil {
+		cmd.Env = os.Environ()
+	}
+	// The engine's environment for the plugin comes last, so it wins (as in upstream's host).
+	cmd.Env = append(cmd.Env, req.GetEnv()...)
+	cmd.Dir = req.GetPwd()
+	closer, stdout, stderr, err := rpcutil.MakeRunPluginStreams(server, false)
+	if err != nil {
+		return err
+	}
+	defer closer.Close()
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+
+	var exitErr *exec.ExitError
+	if err := cmd.Run(); errors.As(err, &exitErr) {
+		return server.Send(&pulumirpc.RunPluginResponse{
+			Output: &pulumirpc.RunPluginResponse_Exitcode{Exitcode: int32(exitErr.ExitCode())},
+		})
+	} else if err != nil {
+		return fmt.Errorf("could not run the plugin: %w", err)
+	}
+	return closer.Close()
 }
