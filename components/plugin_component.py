@@ -91,6 +91,8 @@ class WebhooksArgs(TypedDict):
     webhookSecretName: NotRequired[str]
     webhookSecret: NotRequired[pulumi.Input[str]]
     """A Pulumi secret: the Standard Webhooks key (whsec_...) to keep in the Vault."""
+    replacesInstance: NotRequired[str]
+    """The instance id of a stack whose state is lost: this one takes its database claim over."""
 
 
 def _key(name: str) -> str:
@@ -152,6 +154,8 @@ class Webhooks(pulumi.ComponentResource):
     """One {trigger, event, table, url} per installed trigger."""
     delivery: pulumi.Output[dict[str, str]]
     """The delivery mode and, at least once, the outbox schema, view, pg_cron job and schedule."""
+    instance: pulumi.Output[str]
+    """This stack instance's id, held in the database's claim."""
 
     def __init__(self, name: str, args: WebhooksArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(f"{PACKAGE}:index:Webhooks", name, None, opts)
@@ -178,6 +182,12 @@ class Webhooks(pulumi.ComponentResource):
         self.function_name = inner.function_name
         self.webhooks = inner.webhooks
         self.delivery = inner.delivery
+        self.instance = inner.instance
         self.register_outputs(
-            {"function_name": self.function_name, "webhooks": self.webhooks, "delivery": self.delivery}
+            {
+                "function_name": self.function_name,
+                "webhooks": self.webhooks,
+                "delivery": self.delivery,
+                "instance": self.instance,
+            }
         )

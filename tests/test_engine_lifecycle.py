@@ -30,6 +30,7 @@ def test_fresh_stack_previews_creates_then_converges(engine):
     assert set(stack.preview_steps()) == {
         ("create", "pulumi:pulumi:Stack::secure-webhooks-dev"),
         ("create", "secure-webhooks:index:SecureWebhooks::secure-webhooks"),
+        ("create", f"{SECURE}:Installation::secure-webhooks-installation"),
         ("create", f"{SECURE}:SecureFunction::secure-webhooks-function"),
         *(("create", trigger) for trigger in TRIGGERS),
         *DELIVERY,

@@ -34,7 +34,7 @@ def test_the_schema_offers_the_stack_config_keys_under_their_own_names(schema):
     assert component["requiredInputs"] == ["orchestratorUrl"]
     # Settings decide which resources exist, so they are plain; the Vault values may be (secret) outputs.
     assert {key for key, spec in inputs.items() if not spec.get("plain")} == set(SECRET_INPUTS)
-    assert set(component["properties"]) == {"functionName", "webhooks", "delivery"}
+    assert set(component["properties"]) == {"functionName", "webhooks", "delivery", "instance"}
     types = schema["types"]
     assert set(types["secure-webhooks:index:Webhook"]["properties"]) == set(WEBHOOK_KEYS)
     assert set(types["secure-webhooks:index:Delivery"]["properties"]) == set(DELIVERY_KEYS)

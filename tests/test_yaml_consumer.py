@@ -44,7 +44,7 @@ RESOURCES = Counter(
         "secure-webhooks:index:SecureWebhooks": 1,
         **{
             f"pulumi-python:dynamic/secure-webhooks:{kind}": 1
-            for kind in ("VaultSecret", "Outbox", "Reconciler", "ReconcilerSchedule", "SecureFunction")
+            for kind in ("Installation", "VaultSecret", "Outbox", "Reconciler", "ReconcilerSchedule", "SecureFunction")
         },
         "pulumi-python:dynamic/secure-webhooks:WebhookTrigger": len(TRIGGERS),
     }
