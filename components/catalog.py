@@ -82,3 +82,28 @@ def drifted(seen: dict[str, str] | None, installed: dict[str, str] | None) -> li
     """Objects whose live definition differs from, or is missing against, what was installed."""
     seen, installed = seen or {}, installed or {}
     return sorted(name for name in set(seen) | set(installed) if seen.get(name) != installed.get(name))
+
+
+_GRANTEES = """
+SELECT DISTINCT r.rolname
+  FROM (SELECT (pg_catalog.aclexplode(c.relacl)).grantee AS grantee, c.relowner AS owner
+          FROM pg_catalog.pg_class c WHERE c.relnamespace = pg_catalog.to_regnamespace(%(schema)s)
+        UNION ALL
+        SELECT (pg_catalog.aclexplode(p.proacl)).grantee, p.proowner
+          FROM pg_catalog.pg_proc p WHERE p.pronamespace = pg_catalog.to_regnamespace(%(schema)s)
+        UNION ALL
+        SELECT (pg_catalog.aclexplode(n.nspacl)).grantee, n.nspowner
+          FROM pg_catalog.pg_namespace n WHERE n.nspname = %(schema)s) AS a
+  JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+ WHERE a.grantee <> a.owner AND r.rolname <> ALL (%(known)s)
+ ORDER BY 1"""
+
+
+def foreign_grantees(cur: psycopg.Cursor, schema: str, known: Iterable[str]) -> list[str]:
+    """Roles holding a privilege in `schema` that we never grant: neither its owner nor one of `known`.
+
+    Re-applying our REVOKEs (from PUBLIC and the API roles) leaves such an out-of-band GRANT in
+    place, so the ACL would stay drifted; `up` revokes from these too.
+    """
+    cur.execute(_GRANTEES, {"schema": schema, "known": list(known)})
+    return [row[0] for row in cur.fetchall()]

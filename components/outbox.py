@@ -165,10 +165,11 @@ def _role_list(cur_roles: list[str]) -> sql.Composable:
     return sql.SQL(", ").join([sql.SQL("PUBLIC"), *(sql.Identifier(role) for role in cur_roles)])
 
 
-def install_statements(existing_client_roles: list[str], existing_operator_roles: list[str]) -> list[sql.Composable]:
-    """The outbox script plus its grants, for the API roles this database has."""
+def install_statements(revoked_roles: list[str], existing_operator_roles: list[str]) -> list[sql.Composable]:
+    """The outbox script plus its grants: everything revoked from PUBLIC and `revoked_roles` (the API
+    roles this database has, and any role granted something out of band), then the operators' grants."""
     schema = sql.Identifier(SCHEMA)
-    nobody = _role_list(existing_client_roles)
+    nobody = _role_list(revoked_roles)
     statements: list[sql.Composable] = [sql.SQL(_SCRIPT)]
     statements += [
         sql.SQL("REVOKE ALL ON SCHEMA {} FROM {}").format(schema, nobody),

@@ -16,7 +16,7 @@ import pulumi
 from psycopg import sql
 from pulumi.dynamic import CheckFailure, CheckResult
 
-from .catalog import drifted, fingerprint
+from .catalog import drifted, fingerprint, foreign_grantees
 from .fingerprinted_provider import FingerprintedProvider
 from .outbox import (
     CLIENT_ROLES,
@@ -94,7 +94,8 @@ class OutboxProvider(FingerprintedProvider):
             raise OwnershipError(_foreign_schema())
         if exists and (reason := refusal("schema", SCHEMA, comment, props["owner"])):
             raise OwnershipError(reason)
-        statements = install_statements(_existing_roles(cur, CLIENT_ROLES), _existing_roles(cur, OPERATOR_ROLES))
+        revoked = _existing_roles(cur, CLIENT_ROLES) + foreign_grantees(cur, SCHEMA, CLIENT_ROLES + OPERATOR_ROLES)
+        statements = install_statements(revoked, _existing_roles(cur, OPERATOR_ROLES))
         try:
             for statement in statements:
                 cur.execute(statement)

@@ -15,11 +15,11 @@ import psycopg
 import pulumi
 from psycopg import sql
 
-from .catalog import fingerprint
+from .catalog import fingerprint, foreign_grantees
 from .delivery_settings import DeliverySettings
 from .fingerprinted_provider import FingerprintedProvider
 from .function_provider import function_props, spec_from
-from .outbox import CLIENT_ROLES, SCHEMA
+from .outbox import CLIENT_ROLES, OPERATOR_ROLES, SCHEMA
 from .ownership import claim, marker, owner_of
 from .reconciler import FUNCTIONS, RECONCILE, RETRY_AFTER, ReconcilerSpec, function_sources, sources_sha256
 
@@ -66,7 +66,8 @@ class ReconcilerProvider(FingerprintedProvider):
         if exists:
             claim("function", f"{SCHEMA}.{RECONCILE}()", comment, props["owner"])
         cur.execute("SELECT rolname FROM pg_catalog.pg_roles WHERE rolname = ANY(%s) ORDER BY 1", (list(CLIENT_ROLES),))
-        nobody = sql.SQL(", ").join([sql.SQL("PUBLIC"), *(sql.Identifier(row[0]) for row in cur.fetchall())])
+        revoked = [row[0] for row in cur.fetchall()] + foreign_grantees(cur, SCHEMA, CLIENT_ROLES + OPERATOR_ROLES)
+        nobody = sql.SQL(", ").join([sql.SQL("PUBLIC"), *(sql.Identifier(role) for role in revoked)])
         sources = function_sources(reconciler_spec_from(props))
         for function, arguments in FUNCTIONS:
             declared, returns, body = sources[function]

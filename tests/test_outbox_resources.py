@@ -19,6 +19,7 @@ from outbox_support import (
     tally,
 )
 from providers import OWNER, configured, function_props
+from psycopg import sql
 from supabase_lints import lint
 
 from local_supabase.cluster import LocalSupabase
@@ -84,21 +85,33 @@ def test_an_edited_reconciler_body_is_drift_and_up_repairs_it(pipeline, conn):
     assert not provider.diff(created.id, provider.read(created.id, repaired.outs).outs, created.outs).changes
 
 
-def test_a_loosened_outbox_grant_is_drift_and_up_revokes_it(pipeline, conn):
+@pytest.mark.parametrize("grantee", ["authenticated", "reporting_team"])
+def test_a_loosened_outbox_grant_is_drift_and_up_revokes_it(pipeline, conn, grantee):
+    """An API role, or a role of the user's own (whom the outbox never grants anything): row data is
+    in the events, so `up --refresh` revokes the grant rather than keeping it or failing."""
     provider, created = provider_of(pipeline, OutboxProvider)
-    conn.execute("GRANT USAGE ON SCHEMA secure_webhooks TO authenticated")
-    conn.execute("GRANT SELECT ON secure_webhooks.events TO authenticated")
-    outs, diff = refreshed(provider, created)
-    assert diff.changes
-    assert drifted(outs["fingerprint"], outs["installed"]) == [
-        "relation secure_webhooks.events",
-        "schema secure_webhooks",
-    ]
-    provider.update(created.id, outs, created.outs)
-    assert not refreshed(provider, created)[1].changes
-    with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
-        conn.execute("SET LOCAL ROLE authenticated")
-        conn.execute("SELECT * FROM secure_webhooks.events")
+    role = sql.Identifier(grantee)
+    if grantee == "reporting_team":
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(role))
+    try:
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA secure_webhooks TO {}").format(role))
+        conn.execute(sql.SQL("GRANT SELECT ON secure_webhooks.events TO {}").format(role))
+        outs, diff = refreshed(provider, created)
+        assert diff.changes
+        assert drifted(outs["fingerprint"], outs["installed"]) == [
+            "relation secure_webhooks.events",
+            "schema secure_webhooks",
+        ]
+        provider.update(created.id, outs, created.outs)
+        assert not refreshed(provider, created)[1].changes
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(role))
+            conn.execute("SELECT * FROM secure_webhooks.events")
+    finally:
+        if grantee == "reporting_team":
+            conn.execute(sql.SQL("REVOKE ALL ON SCHEMA secure_webhooks FROM {}").format(role))
+            conn.execute(sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA secure_webhooks FROM {}").format(role))
+            conn.execute(sql.SQL("DROP ROLE {}").format(role))
 
 
 def test_an_unrepairable_outbox_change_is_reported_not_papered_over(pipeline, conn):
