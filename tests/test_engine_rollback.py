@@ -98,8 +98,12 @@ def test_drift_repair_and_a_lost_state_keep_every_rollback(engine):
     state = json.dumps(stack.export())
     assert "static" not in state and JWT_SECRET not in state  # the state's copy is still a secret
 
+    lost_instance = stack.outputs()["instance"]
     stack.remove()  # the state is lost; the objects stay, marked as this stack's
     stack = dev_stack(engine)
+    refused = stack.up(check=False)  # a new instance of the stack: the claim names the lost one
+    assert refused.returncode != 0 and f"secure-webhooks:replacesInstance {lost_instance}" in refused.stdout
+    stack.set_config({"secure-webhooks:replacesInstance": lost_instance})  # as that message says
     stack.up()
     with engine.connect() as conn:
         assert records(conn) == adopted
