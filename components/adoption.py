@@ -8,7 +8,9 @@ an adopted object (a legacy trigger, the seed's function, a Vault secret) is
 written into the database in the same transaction as the swap, straight from
 the catalog, and restore reads it from there; the state only caches it. A
 re-create keeps an existing record, never overwrites it with "nothing
-adopted"; destroy restores from it and deletes it in one transaction.
+adopted"; a refresh that finds ours missing keeps the resource (as drift)
+while its record exists, so destroy still reaches it; destroy restores from
+the record and deletes it in one transaction.
 
 The store is a small private schema of its own, in both delivery modes (the
 outbox schema exists only in at-least-once mode and goes with its stack).

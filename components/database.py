@@ -146,13 +146,14 @@ def watch_engine() -> None:
         return
 
     def watch() -> None:
-        while engine_alive(address):
-            time.sleep(ENGINE_POLL_SECONDS)
-        for database in list(_DATABASES):
-            database.cancel()
-        sys.stderr.write("secure-webhooks: the Pulumi engine is gone; rolled back and exiting\n")
-        sys.stderr.flush()
-        os._exit(1)
+        # Nothing is logged: stderr was a pipe to the dead CLI (writing to it would raise).
+        try:
+            while engine_alive(address):
+                time.sleep(ENGINE_POLL_SECONDS)
+            for database in list(_DATABASES):
+                database.cancel()
+        finally:
+            os._exit(1)
 
     threading.Thread(target=watch, name="secure-webhooks-engine-watchdog", daemon=True).start()
 

@@ -72,6 +72,11 @@ def _adopted_description(cur: psycopg.Cursor, name: str) -> str | None:
     return None if record is None else record["description"]
 
 
+def _create(cur: psycopg.Cursor, name: str, owner: str) -> None:
+    """A new secret `name` holding the loaded value, marked as `owner`'s."""
+    cur.execute(f"SELECT vault.create_secret(value, %s, %s) FROM {VALUE_TABLE}", (name, marker(owner)))
+
+
 def _state(row: tuple[str, str | None, bool]) -> dict[str, Any]:
     secret_id, description, matches = row
     return {"secret_id": secret_id, "managed_by": owner_of(description), "value_matches": bool(matches)}
@@ -138,10 +143,7 @@ class VaultSecretProvider(DatabaseProvider):
             # A re-create (after a refresh dropped our state, or a killed CLI) keeps the first record.
             recorded = _adopted_description(cur, props["name"]) is not None
             if existing is None:
-                cur.execute(
-                    f"SELECT vault.create_secret(value, %s, %s) FROM {VALUE_TABLE}",
-                    (props["name"], marker(props["owner"])),
-                )
+                _create(cur, props["name"], props["owner"])
             else:
                 adopting = claim("Vault secret", repr(props["name"]), existing[1], props["owner"])
                 adopting = adopting and not kept_for(existing[1], props["owner"]) and not recorded
@@ -160,6 +162,13 @@ class VaultSecretProvider(DatabaseProvider):
         with self.db.transaction(f"reading Vault secret {props['name']!r}") as cur:
             load_value(cur, props["secret"])
             row = find_secret(cur, props["name"])
+            if row is None:
+                adoption.lock(cur)
+                owed = _adopted_description(cur, props["name"]) is not None
+        if row is None and owed:
+            # Gone, but adopted: kept in the state as drift (`up` puts the configured value back), so
+            # that a refresh followed by destroy still reaches delete and its record.
+            return ReadResult(id_, {**props, "managed_by": None, "value_matches": False})
         if row is None:
             return ReadResult(None, {})
         return ReadResult(id_, {**props, **_state(row)})
@@ -175,10 +184,11 @@ class VaultSecretProvider(DatabaseProvider):
         with self.db.transaction(f"updating Vault secret {news['name']!r}") as cur:
             load_value(cur, news["secret"])
             existing = find_secret(cur, news["name"])
-            if existing is None:
-                raise RuntimeError(f"Vault secret {news['name']!r} disappeared; run `pulumi refresh` and retry")
-            claim("Vault secret", repr(news["name"]), existing[1], news["owner"])
-            _set_value(cur, existing[0], marker(news["owner"]))
+            if existing is None:  # deleted out of band: the configured value goes back in
+                _create(cur, news["name"], news["owner"])
+            else:
+                claim("Vault secret", repr(news["name"]), existing[1], news["owner"])
+                _set_value(cur, existing[0], marker(news["owner"]))
             row = find_secret(cur, news["name"])
             adoption.lock(cur)
             adopted_description = _adopted_description(cur, news["name"])

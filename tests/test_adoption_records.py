@@ -12,13 +12,14 @@ from __future__ import annotations
 import psycopg
 import pytest
 import test_providers
-from providers import OWNER, function_props, trigger_props, unique
+from providers import OWNER, configured, function_props, trigger_props, unique
 from psycopg import sql
 from test_providers import FUNCTION_FACTS, SEED_FUNCTION, trigger_def
 
 from local_supabase.bootstrap import LEGACY_WEBHOOK_HEADERS
 from secure_webhooks import adoption
 from secure_webhooks.trigger_function import FunctionSpec
+from secure_webhooks.vault_secret_provider import VaultSecretProvider
 
 URL = "http://127.0.0.1:9/ingest/a"
 LEGACY = "orchestrator-ingest-interns-individual"
@@ -177,3 +178,23 @@ def test_function_provider_and_trigger_provider_share_one_store(functions, trigg
     functions.delete(function.id, function.outs)
     assert not store_exists(admin_conn)
     postgres_conn.execute(sql.SQL("DROP FUNCTION public.{}()").format(sql.Identifier(name)))
+
+
+def test_vault_secret_deleted_out_of_band_stays_owed_through_a_refresh(supabase_ready, postgres_conn, admin_conn):
+    secrets = configured(VaultSecretProvider, supabase_ready)
+    name = unique("jwt")
+    postgres_conn.execute("SELECT vault.create_secret(%s, %s, 'created by hand')", ("h" * 40, name))
+    props = {"name": name, "secret": "n" * 40, "owner": OWNER}
+    created = secrets.create(props)
+    for then_destroy in (False, True):
+        postgres_conn.execute("DELETE FROM vault.secrets WHERE name = %s", (name,))
+        refreshed = secrets.read(created.id, created.outs)
+        assert refreshed.id == created.id and secrets.diff(created.id, refreshed.outs, props).changes is True
+        if then_destroy:  # nothing left to give back: the record goes
+            secrets.delete(created.id, refreshed.outs)
+            assert not store_exists(admin_conn)
+            break
+        repaired = secrets.update(created.id, refreshed.outs, props)  # `up` puts the value back
+        assert repaired.outs["adopted_description"] == "created by hand" and repaired.outs["value_matches"]
+        assert records(admin_conn) == [("vault secret", [name], OWNER)]
+    assert postgres_conn.execute("SELECT count(*) FROM vault.secrets WHERE name = %s", (name,)).fetchone()[0] == 0

@@ -146,7 +146,8 @@ def test_kill_9_while_waiting_for_a_lock_then_up_and_destroy_restore_the_legacy_
     argv = ["pulumi", "up", "--yes", "--skip-preview", "--non-interactive", "--color", "never"]
     argv += ["--cwd", str(engine.workspace.project_dir), "--stack", stack.name]
     with psycopg.connect(engine.cluster.dsn("postgres")) as locker, engine.connect() as watcher:
-        locker.execute("LOCK TABLE public.resumes IN ACCESS EXCLUSIVE MODE")
+        # Both tables: whichever trigger the engine creates first waits, and the other waits behind it.
+        locker.execute("LOCK TABLE public.resumes, public.zip_archives IN ACCESS EXCLUSIVE MODE")
         cli = subprocess.Popen(
             argv, env=engine.workspace.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
         )
