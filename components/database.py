@@ -34,9 +34,8 @@ ENGINE_POLL_SECONDS = 1.0
 class DatabaseError(ConnectionError):
     """The database could not be reached or did not let us finish: one clear line, never a secret.
 
-    Pulumi's dynamic-provider server still prints a traceback above it for a
-    create, update, read or delete (`_abort_with_traceback`); the message is
-    the traceback's last line. In `check` it becomes a plain check failure.
+    In `check` it becomes a plain check failure; from a create, update, read or
+    delete the engine shows it as one line too (see one_line_errors).
     """
 
 
@@ -132,6 +131,22 @@ def engine_alive(address: tuple[str, int]) -> bool:
 #: Every Database of this process, so a dead engine's watchdog can cancel what they are running.
 _DATABASES: weakref.WeakSet[Database] = weakref.WeakSet()
 _watchdog_started = threading.Lock()
+
+
+#: Set to 1 to see the providers' Python tracebacks (for debugging them) instead of one line.
+TRACEBACKS_ENV = "SECURE_WEBHOOKS_TRACEBACKS"
+
+
+def one_line_errors() -> None:
+    """In the dynamic-provider server, report a failure as its message alone.
+
+    The server answers a failed create, read, update or delete with traceback.format_exc()
+    (`_abort_with_traceback`), burying our one-line message under a page of provider frames.
+    format_exc honours sys.tracebacklimit, so the server process gets a limit of 0: the engine
+    shows `<error type>: <message>`. Nothing changes in any other process (tests, programs).
+    """
+    if engine_address() is not None and os.environ.get(TRACEBACKS_ENV) != "1":
+        sys.tracebacklimit = 0
 
 
 def watch_engine() -> None:
@@ -232,6 +247,7 @@ class DatabaseProvider(ResourceProvider):
     def configure(self, req: ConfigureRequest) -> None:
         self.db = Database(ConnectionSettings.from_config(req.config))
         watch_engine()
+        one_line_errors()
 
 
 def _reporting_database_errors(
