@@ -107,7 +107,7 @@ def record_from_catalog(
     )
 
 
-def record_from_state(cur: psycopg.Cursor, kind: str, key: list[str], owner: str, record: dict[str, Any]) -> None:
+def _record_from_state(cur: psycopg.Cursor, kind: str, key: list[str], owner: str, record: dict[str, Any]) -> None:
     """Move a record that older code kept only in Pulumi state into the store, as COPY data (never logged)."""
     _ensure(cur)
     cur.execute(
@@ -135,6 +135,20 @@ def recorded(cur: psycopg.Cursor, kind: str, key: list[str]) -> dict[str, Any] |
     cur.execute(sql.SQL("SELECT record FROM {} WHERE kind = %s AND object = %s").format(_store()), (kind, key))
     row = cur.fetchone()
     return row[0] if row else None
+
+
+def recorded_or_moved(
+    cur: psycopg.Cursor, kind: str, key: list[str], owner: str, cached: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The object's record; one that only the state's cache holds (written by older code) moves in first.
+
+    Called by update and delete, so the database holds it from then on. Call it under `lock`.
+    """
+    record = recorded(cur, kind, key)
+    if record is None and cached:
+        _record_from_state(cur, kind, key, owner, cached)
+        record = recorded(cur, kind, key)
+    return record
 
 
 def execute_definition(cur: psycopg.Cursor, kind: str, key: list[str]) -> None:

@@ -268,7 +268,7 @@ class SecureFunctionProvider(DatabaseProvider):
             installed = find_function(cur, spec)
             if installed is None:
                 adoption.lock(cur)
-                owed = adoption.recorded(cur, adoption.FUNCTION, adoption_key(spec)) is not None
+                owed = bool(props.get("adopted")) or adoption.recorded(cur, adoption.FUNCTION, adoption_key(spec))
         if installed is None and owed:
             # Gone, but the seed's function is still owed back: kept in the state as drift (`up`
             # re-creates ours), so that a refresh followed by destroy still restores it.
@@ -294,7 +294,9 @@ class SecureFunctionProvider(DatabaseProvider):
             if existing is not None:
                 claim("function", f"{spec.qualified_name}()", existing.comment, news["owner"])
             adoption.lock(cur)
-            adopted = adoption.recorded(cur, adoption.FUNCTION, adoption_key(spec)) or olds.get("adopted")
+            adopted = adoption.recorded_or_moved(
+                cur, adoption.FUNCTION, adoption_key(spec), news["owner"], olds.get("adopted")
+            )
             installed = install(cur, spec, news["owner"])
         outs = {**news, **installed.state, "adopted": adopted}
         return UpdateResult({**outs, "installed_definition_sha256": outs["definition_sha256"]})
@@ -311,10 +313,7 @@ class SecureFunctionProvider(DatabaseProvider):
             if existing is not None and owner_of(existing.comment) != props["owner"]:
                 return
             adoption.lock(cur)
-            adopted = adoption.recorded(cur, adoption.FUNCTION, key)
-            if adopted is None and props.get("adopted"):
-                adoption.record_from_state(cur, adoption.FUNCTION, key, props["owner"], props["adopted"])
-                adopted = adoption.recorded(cur, adoption.FUNCTION, key)
+            adopted = adoption.recorded_or_moved(cur, adoption.FUNCTION, key, props["owner"], props.get("adopted"))
             if adopted:  # even when ours was dropped out of band: destroy gives the seed's back
                 restore(cur, spec, adopted)
                 adoption.forget(cur, adoption.FUNCTION, key)

@@ -324,7 +324,7 @@ class WebhookTriggerProvider(DatabaseProvider):
             installed = find_trigger(cur, props)
             if installed is None:
                 adoption.lock(cur)
-                owed = adoption.recorded(cur, adoption.TRIGGER, adoption_key(props)) is not None
+                owed = bool(props.get("adopted")) or adoption.recorded(cur, adoption.TRIGGER, adoption_key(props))
         if installed is None and owed:
             # Gone, but the trigger it replaced is still owed back: kept in the state as drift (`up`
             # re-creates it), so that a refresh followed by destroy still restores the legacy one.
@@ -346,7 +346,9 @@ class WebhookTriggerProvider(DatabaseProvider):
             if existing is not None:
                 claim("trigger", _name(news), existing.comment, news["owner"])
             adoption.lock(cur)
-            adopted = adoption.recorded(cur, adoption.TRIGGER, adoption_key(news)) or olds.get("adopted")
+            adopted = adoption.recorded_or_moved(
+                cur, adoption.TRIGGER, adoption_key(news), news["owner"], olds.get("adopted")
+            )
             installed = install(cur, news)
         return UpdateResult({**news, **installed.state, "adopted": adopted})
 
@@ -376,10 +378,7 @@ class WebhookTriggerProvider(DatabaseProvider):
             if not table_exists(cur, props):
                 adoption.forget(cur, adoption.TRIGGER, key)
                 return
-            adopted = adoption.recorded(cur, adoption.TRIGGER, key)
-            if adopted is None and props.get("adopted"):
-                adoption.record_from_state(cur, adoption.TRIGGER, key, props["owner"], props["adopted"])
-                adopted = adoption.recorded(cur, adoption.TRIGGER, key)
+            adopted = adoption.recorded_or_moved(cur, adoption.TRIGGER, key, props["owner"], props.get("adopted"))
             if existing is not None:
                 name, table = _target(props)
                 cur.execute(sql.SQL("DROP TRIGGER {} ON {}").format(name, table))

@@ -164,7 +164,7 @@ class VaultSecretProvider(DatabaseProvider):
             row = find_secret(cur, props["name"])
             if row is None:
                 adoption.lock(cur)
-                owed = _adopted_description(cur, props["name"]) is not None
+                owed = props.get("adopted_description") is not None or _adopted_description(cur, props["name"])
         if row is None and owed:
             # Gone, but adopted: kept in the state as drift (`up` puts the configured value back), so
             # that a refresh followed by destroy still reaches delete and its record.

@@ -86,11 +86,23 @@ def test_trigger_record_survives_a_re_create_and_a_lost_state(triggers, spec, ta
     assert records(admin_conn) == [] and not store_exists(admin_conn)
 
 
-def test_trigger_record_only_in_older_state_still_restores(triggers, spec, table, postgres_conn, admin_conn):
+def test_trigger_record_only_in_older_state_moves_into_the_database(triggers, spec, table, postgres_conn, admin_conn):
     legacy = install_legacy(postgres_conn, table)
-    created = triggers.create(trigger_props(table, LEGACY, URL, spec))
-    admin_conn.execute("DELETE FROM secure_webhooks_rollback.adopted")  # as older code: state only
-    triggers.delete(created.id, created.outs)
+    props = trigger_props(table, LEGACY, URL, spec)
+    created = triggers.create(props)
+    for step in ("update", "refresh", "delete"):
+        admin_conn.execute("DELETE FROM secure_webhooks_rollback.adopted")  # as older code left it: state only
+        if step == "update":
+            updated = triggers.update(created.id, created.outs, {**props, "url": URL + "/moved"})
+            assert records(admin_conn) == [("trigger", ["public", table, LEGACY], OWNER)]
+            assert updated.outs["adopted"] == created.outs["adopted"]
+        elif step == "refresh":
+            postgres_conn.execute(
+                sql.SQL("DROP TRIGGER {} ON public.{}").format(sql.Identifier(LEGACY), sql.Identifier(table))
+            )
+            assert triggers.read(created.id, created.outs).id == created.id, "owed: the state's copy says so"
+        else:
+            triggers.delete(created.id, created.outs)
     assert trigger_def(admin_conn, table, LEGACY) == legacy
     assert not store_exists(admin_conn)
 

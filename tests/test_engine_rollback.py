@@ -162,14 +162,13 @@ def test_kill_9_while_waiting_for_a_lock_then_up_and_destroy_restore_the_legacy_
     cli.stdout.close()
 
     deadline = time.monotonic() + 15
-    while True:
-        left = session_processes(cli.pid)
-        if all(LANGUAGE_HOST in line for line in left.values()):
-            break
-        assert time.monotonic() < deadline, f"processes outlived the killed CLI: {left}"
-        time.sleep(0.2)
-    for pid in left:  # the language host (see LANGUAGE_HOST)
-        os.kill(pid, signal.SIGKILL)
+    try:
+        while any(LANGUAGE_HOST not in line for line in session_processes(cli.pid).values()):
+            assert time.monotonic() < deadline, f"processes outlived the killed CLI: {session_processes(cli.pid)}"
+            time.sleep(0.2)
+    finally:
+        for pid in session_processes(cli.pid):  # the language host (see LANGUAGE_HOST), or a failure's leftovers
+            os.kill(pid, signal.SIGKILL)
     with engine.connect() as conn:
         assert conn.execute(TRIGGERS).fetchall() == legacy["triggers"], "nothing committed after the CLI died"
         assert conn.execute(WAITING_FOR_LOCK).fetchone()[0] == 0
