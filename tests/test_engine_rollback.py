@@ -37,9 +37,6 @@ VAULT = "SELECT decrypted_secret, description FROM vault.decrypted_secrets WHERE
 WAITING_FOR_LOCK = """
 SELECT count(*) FROM pg_stat_activity
  WHERE application_name = 'secure-webhooks (pulumi)' AND wait_event_type = 'Lock'"""
-#: The toolchain's own language host (scripts/toolchain/pulumi-language-python) does not watch its
-#: engine yet, so it outlives a killed CLI; it holds no database connection.
-LANGUAGE_HOST = "/pulumi-language-python "
 
 
 def records(conn: psycopg.Connection) -> list[tuple[str, list[str]]]:
@@ -162,12 +159,12 @@ def test_kill_9_while_waiting_for_a_lock_then_up_and_destroy_restore_the_legacy_
     cli.stdout.close()
 
     deadline = time.monotonic() + 15
-    try:
-        while any(LANGUAGE_HOST not in line for line in session_processes(cli.pid).values()):
+    try:  # the provider, the language host and the program all notice their engine is gone
+        while session_processes(cli.pid):
             assert time.monotonic() < deadline, f"processes outlived the killed CLI: {session_processes(cli.pid)}"
             time.sleep(0.2)
     finally:
-        for pid in session_processes(cli.pid):  # the language host (see LANGUAGE_HOST), or a failure's leftovers
+        for pid in session_processes(cli.pid):  # a failure's leftovers
             os.kill(pid, signal.SIGKILL)
     with engine.connect() as conn:
         assert conn.execute(TRIGGERS).fetchall() == legacy["triggers"], "nothing committed after the CLI died"

@@ -27,6 +27,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -59,6 +60,7 @@ func main() {
 	// The engine passes its own address as the last argument.
 	if n := len(os.Args); n > 1 {
 		h.engine = os.Args[n-1]
+		exitWhenEngineGone(h.engine)
 	}
 
 	handle, err := rpcutil.ServeWithOptions(rpcutil.ServeOptions{
@@ -74,6 +76,20 @@ func main() {
 	if err := <-handle.Done; err != nil {
 		fail(err)
 	}
+}
+
+// exitWhenEngineGone ends this host once its engine stops answering health checks, as upstream's
+// hosts do: a CLI killed with SIGKILL cannot stop its plugins, so the host would otherwise live on
+// as an orphan (ppid 1). The program it runs loses the engine too, and exits on its own.
+func exitWhenEngineGone(engine string) {
+	gone, cancel := context.WithCancel(context.Background())
+	if err := rpcutil.Healthcheck(gone, engine, time.Second, cancel); err != nil {
+		fail(err)
+	}
+	go func() {
+		<-gone.Done()
+		os.Exit(1)
+	}()
 }
 
 func fail(err error) {
