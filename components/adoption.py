@@ -31,10 +31,10 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from .private_store import PrivateStore
+
 SCHEMA = "secure_webhooks_rollback"
 TABLE = "adopted"
-#: Supabase's API roles, and everyone: none may read a record.
-READERS_REFUSED = ("anon", "authenticated", "service_role")
 
 TRIGGER, FUNCTION, VAULT_SECRET = "trigger", "function", "vault secret"
 #: The transaction-local setting that tells the restore block which record to execute.
@@ -46,48 +46,15 @@ COMMENT = (
 )
 
 
-def _store() -> sql.Composed:
-    return sql.SQL("{}.{}").format(sql.Identifier(SCHEMA), sql.Identifier(TABLE))
-
-
-def lock(cur: psycopg.Cursor) -> None:
-    """Serialise every transaction that uses the store, across stacks and provider processes.
-
-    Taken before the store or the adopted object is touched, so two creates cannot both
-    create the schema and a destroy that drops it with its last record cannot race a create.
-    """
-    cur.execute("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext(%s))", (SCHEMA,))
-
-
-def _exists(cur: psycopg.Cursor) -> bool:
-    cur.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.{TABLE}",))
-    return cur.fetchone()[0]
-
-
-def _ensure(cur: psycopg.Cursor) -> None:
-    if _exists(cur):
-        return
-    schema = sql.Identifier(SCHEMA)
-    cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
-    cur.execute(sql.SQL("COMMENT ON SCHEMA {} IS {}").format(schema, sql.Literal(COMMENT)))
-    cur.execute(
-        sql.SQL(
-            """
-            CREATE TABLE IF NOT EXISTS {} (
-                kind text NOT NULL,
-                object text[] NOT NULL,
-                adopted_by text NOT NULL,
-                record jsonb NOT NULL,
-                adopted_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
-                PRIMARY KEY (kind, object)
-            )
-            """
-        ).format(_store())
-    )
-    cur.execute("SELECT rolname FROM pg_catalog.pg_roles WHERE rolname = ANY(%s) ORDER BY 1", (list(READERS_REFUSED),))
-    refused = [sql.SQL("PUBLIC"), *(sql.Identifier(row[0]) for row in cur.fetchall())]
-    cur.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM {}").format(schema, sql.SQL(", ").join(refused)))
-    cur.execute(sql.SQL("REVOKE ALL ON TABLE {} FROM {}").format(_store(), sql.SQL(", ").join(refused)))
+STORE = PrivateStore(
+    SCHEMA,
+    TABLE,
+    "(kind text NOT NULL, object text[] NOT NULL, adopted_by text NOT NULL, record jsonb NOT NULL,"
+    " adopted_at timestamptz NOT NULL DEFAULT pg_catalog.now(), PRIMARY KEY (kind, object))",
+    COMMENT,
+)
+#: Taken before the store or the adopted object is touched (PrivateStore.lock).
+lock = STORE.lock
 
 
 def record_from_catalog(
@@ -97,19 +64,19 @@ def record_from_catalog(
 
     Call it under `lock`, before the swap changes the object: the record commits with the swap.
     """
-    _ensure(cur)
+    STORE.ensure(cur)
     cur.execute(
         sql.SQL(
             "INSERT INTO {} (kind, object, adopted_by, record) SELECT %(kind)s, %(key)s, %(owner)s, ({}) "
             "ON CONFLICT (kind, object) DO NOTHING"
-        ).format(_store(), sql.SQL(query)),
+        ).format(STORE.relation, sql.SQL(query)),
         {**params, "kind": kind, "key": key, "owner": owner},
     )
 
 
 def _record_from_state(cur: psycopg.Cursor, kind: str, key: list[str], owner: str, record: dict[str, Any]) -> None:
     """Move a record that older code kept only in Pulumi state into the store, as COPY data (never logged)."""
-    _ensure(cur)
+    STORE.ensure(cur)
     cur.execute(
         sql.SQL("CREATE TEMPORARY TABLE {} (record jsonb NOT NULL) ON COMMIT DROP").format(
             sql.Identifier(_IMPORT_TABLE)
@@ -122,7 +89,7 @@ def _record_from_state(cur: psycopg.Cursor, kind: str, key: list[str], owner: st
         sql.SQL(
             "INSERT INTO {} (kind, object, adopted_by, record) SELECT %s, %s, %s, record FROM {} "
             "ON CONFLICT (kind, object) DO NOTHING"
-        ).format(_store(), sql.Identifier(_IMPORT_TABLE)),
+        ).format(STORE.relation, sql.Identifier(_IMPORT_TABLE)),
         (kind, key, owner),
     )
     cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(_IMPORT_TABLE)))
@@ -130,9 +97,9 @@ def _record_from_state(cur: psycopg.Cursor, kind: str, key: list[str], owner: st
 
 def recorded(cur: psycopg.Cursor, kind: str, key: list[str]) -> dict[str, Any] | None:
     """The record of the object, or None when nothing of it was adopted. Call it under `lock`."""
-    if not _exists(cur):
+    if not STORE.exists(cur):
         return None
-    cur.execute(sql.SQL("SELECT record FROM {} WHERE kind = %s AND object = %s").format(_store()), (kind, key))
+    cur.execute(sql.SQL("SELECT record FROM {} WHERE kind = %s AND object = %s").format(STORE.relation), (kind, key))
     row = cur.fetchone()
     return row[0] if row else None
 
@@ -171,24 +138,13 @@ def execute_definition(cur: psycopg.Cursor, kind: str, key: list[str]) -> None:
             END
             $restore$
             """
-        ).format(setting=sql.Literal(_KEY_SETTING), store=_store())
+        ).format(setting=sql.Literal(_KEY_SETTING), store=STORE.relation)
     )
 
 
 def forget(cur: psycopg.Cursor, kind: str, key: list[str]) -> None:
     """Delete the object's record; the last one takes the store with it. Call it under `lock`."""
-    if not _exists(cur):
+    if not STORE.exists(cur):
         return
-    cur.execute(sql.SQL("DELETE FROM {} WHERE kind = %s AND object = %s").format(_store()), (kind, key))
-    cur.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(_store()))
-    if cur.fetchone()[0]:
-        return
-    cur.execute(sql.SQL("DROP TABLE {}").format(_store()))
-    # Only ours: anything someone else put in the schema keeps it (and its dependency on it) alive.
-    cur.execute(
-        "SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_namespace n ON n.oid = d.refobjid"
-        " WHERE d.refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass AND n.nspname = %s)",
-        (SCHEMA,),
-    )
-    if cur.fetchone()[0]:
-        cur.execute(sql.SQL("DROP SCHEMA {}").format(sql.Identifier(SCHEMA)))
+    cur.execute(sql.SQL("DELETE FROM {} WHERE kind = %s AND object = %s").format(STORE.relation), (kind, key))
+    STORE.drop_if_empty(cur)

@@ -99,11 +99,20 @@ SELECT DISTINCT r.rolname
  ORDER BY 1"""
 
 
-def foreign_grantees(cur: psycopg.Cursor, schema: str, known: Iterable[str]) -> list[str]:
-    """Roles holding a privilege in `schema` that we never grant: neither its owner nor one of `known`.
-
-    Re-applying our REVOKEs (from PUBLIC and the API roles) leaves such an out-of-band GRANT in
-    place, so the ACL would stay drifted; `up` revokes from these too.
-    """
-    cur.execute(_GRANTEES, {"schema": schema, "known": list(known)})
+def existing_roles(cur: psycopg.Cursor, roles: Iterable[str]) -> list[str]:
+    """Those of `roles` this database has (a plain PostgreSQL has no Supabase API roles)."""
+    cur.execute("SELECT rolname FROM pg_catalog.pg_roles WHERE rolname = ANY(%s) ORDER BY 1", (list(roles),))
     return [row[0] for row in cur.fetchall()]
+
+
+def revoked_roles(cur: psycopg.Cursor, schema: str, api_roles: Iterable[str], granted: Iterable[str]) -> list[str]:
+    """Whom `up` revokes everything in `schema` from, besides PUBLIC: the API roles this database has,
+    and every role holding a privilege there that we never grant (neither the owner nor `granted`).
+
+    Re-applying REVOKEs from PUBLIC and the API roles alone would leave an out-of-band GRANT to any
+    other role in place, and the ACL drifted.
+    """
+    api_roles = list(api_roles)
+    cur.execute(_GRANTEES, {"schema": schema, "known": [*api_roles, *granted]})
+    foreign = [row[0] for row in cur.fetchall()]
+    return existing_roles(cur, api_roles) + foreign

@@ -19,6 +19,7 @@ from psycopg import sql
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
 
 from . import adoption
+from .catalog import existing_roles
 from .database import DatabaseProvider
 from .ownership import claim, marker, owner_of, refusal
 from .trigger_function import (
@@ -185,8 +186,7 @@ def _grantee(name: str) -> sql.Composable:
 
 
 def _revoke_all(cur: psycopg.Cursor, spec: FunctionSpec, oid: int) -> None:
-    cur.execute("SELECT rolname FROM pg_catalog.pg_roles WHERE rolname = ANY(%s) ORDER BY 1", (list(CLIENT_ROLES),))
-    roles = ["PUBLIC"] + [row[0] for row in cur.fetchall()] + [grantee for grantee, _ in _grants(cur, oid)]
+    roles = ["PUBLIC", *existing_roles(cur, CLIENT_ROLES), *(grantee for grantee, _ in _grants(cur, oid))]
     cur.execute(
         sql.SQL("REVOKE ALL ON FUNCTION {} FROM {}").format(
             _signature(spec), sql.SQL(", ").join(_grantee(role) for role in dict.fromkeys(roles))

@@ -34,6 +34,7 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 from .database import DatabaseProvider
 from .ownership import OwnershipError, owner_of
 from .preflight import preflight_failures
+from .private_store import PrivateStore
 
 SCHEMA = "secure_webhooks_installation"
 TABLE = "claims"
@@ -55,43 +56,28 @@ class Claim:
         return f"Pulumi stack {self.owner} (instance {self.instance}, since {self.claimed_at:%Y-%m-%d %H:%M} UTC)"
 
 
-def _claims() -> sql.Composed:
-    return sql.SQL("{}.{}").format(sql.Identifier(SCHEMA), sql.Identifier(TABLE))
+STORE = PrivateStore(
+    SCHEMA,
+    TABLE,
+    "(function text PRIMARY KEY, owner text NOT NULL, instance uuid NOT NULL,"
+    " claimed_at timestamptz NOT NULL DEFAULT pg_catalog.now())",
+    COMMENT,
+)
 
 
 def _function(props: dict[str, Any]) -> str:
     return f"{props['function_schema']}.{props['function_name']}()"
 
 
-def lock(cur: psycopg.Cursor) -> None:
-    """Serialise claims across stacks and provider processes: the second `up` waits, then sees the first."""
-    cur.execute("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext(%s))", (SCHEMA,))
-
-
 def find_claim(cur: psycopg.Cursor, props: dict[str, Any]) -> Claim | None:
-    cur.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.{TABLE}",))
-    if not cur.fetchone()[0]:
+    if not STORE.exists(cur):
         return None
     cur.execute(
-        sql.SQL("SELECT owner, instance::text, claimed_at FROM {} WHERE function = %s").format(_claims()),
+        sql.SQL("SELECT owner, instance::text, claimed_at FROM {} WHERE function = %s").format(STORE.relation),
         (_function(props),),
     )
     row = cur.fetchone()
     return Claim(*row) if row else None
-
-
-def _ensure_store(cur: psycopg.Cursor) -> None:
-    schema = sql.Identifier(SCHEMA)
-    cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
-    cur.execute(sql.SQL("COMMENT ON SCHEMA {} IS {}").format(schema, sql.Literal(COMMENT)))
-    cur.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(schema))
-    cur.execute(
-        sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {} (function text PRIMARY KEY, owner text NOT NULL, instance uuid NOT NULL,"
-            " claimed_at timestamptz NOT NULL DEFAULT pg_catalog.now())"
-        ).format(_claims())
-    )
-    cur.execute(sql.SQL("REVOKE ALL ON {} FROM PUBLIC").format(_claims()))
 
 
 def claim_refusal(claim: Claim | None, props: dict[str, Any], instance: str, new: bool = False) -> str | None:
@@ -182,10 +168,8 @@ class InstallationProvider(DatabaseProvider):
     def _take(self, props: dict[str, Any], instance: str, purpose: str) -> Claim:
         """Check everything and write the claim, in one transaction under the claims lock."""
         with self.db.transaction(purpose) as cur:
-            lock(cur)
-            # Before the claim is read: a store another session created while this one waited is only
-            # seen once a statement locks it (to_regclass alone can miss it). Rolled back if refused.
-            _ensure_store(cur)
+            STORE.lock(cur)
+            STORE.ensure(cur)  # before the claim is read (see PrivateStore.ensure); rolled back if refused
             claim = find_claim(cur, props)
             if reason := claim_refusal(claim, props, instance):
                 raise OwnershipError(reason)
@@ -196,7 +180,7 @@ class InstallationProvider(DatabaseProvider):
                     "INSERT INTO {} AS c (function, owner, instance) VALUES (%s, %s, %s) ON CONFLICT (function)"
                     " DO UPDATE SET owner = excluded.owner, instance = excluded.instance,"
                     " claimed_at = CASE WHEN c.instance = excluded.instance THEN c.claimed_at ELSE pg_catalog.now() END"
-                ).format(_claims()),
+                ).format(STORE.relation),
                 (_function(props), props["owner"], instance),
             )
             taken = find_claim(cur, props)
@@ -230,17 +214,15 @@ class InstallationProvider(DatabaseProvider):
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         with self.db.transaction(f"releasing the database claim of {props['owner']}") as cur:
-            lock(cur)
+            STORE.lock(cur)
             claim = find_claim(cur, props)
             if claim is None:
                 return
             if claim.instance != props["instance"]:
                 pulumi.log.warn(f"the database is now claimed by {claim.describe()}; leaving its claim in place")
                 return
-            cur.execute(sql.SQL("DELETE FROM {} WHERE function = %s").format(_claims()), (_function(props),))
-            cur.execute(sql.SQL("SELECT NOT EXISTS (SELECT FROM {})").format(_claims()))
-            if cur.fetchone()[0]:
-                cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(SCHEMA)))
+            cur.execute(sql.SQL("DELETE FROM {} WHERE function = %s").format(STORE.relation), (_function(props),))
+            STORE.drop_if_empty(cur)
 
 
 def _state(claim: Claim) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import pulumi
 from psycopg import sql
 from pulumi.dynamic import CheckFailure, CheckResult
 
-from .catalog import drifted, fingerprint, foreign_grantees
+from .catalog import drifted, existing_roles, fingerprint, revoked_roles
 from .fingerprinted_provider import FingerprintedProvider
 from .outbox import (
     CLIENT_ROLES,
@@ -59,11 +59,6 @@ def describe_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{count} {status}" for status, count in counts.items())
 
 
-def _existing_roles(cur: psycopg.Cursor, roles: tuple[str, ...]) -> list[str]:
-    cur.execute("SELECT rolname FROM pg_catalog.pg_roles WHERE rolname = ANY(%s) ORDER BY 1", (list(roles),))
-    return [row[0] for row in cur.fetchall()]
-
-
 def outbox_fingerprint(cur: psycopg.Cursor) -> dict[str, str]:
     return fingerprint(cur, SCHEMA, relations=TABLES, functions=[name for name, _ in FUNCTIONS])
 
@@ -94,8 +89,8 @@ class OutboxProvider(FingerprintedProvider):
             raise OwnershipError(_foreign_schema())
         if exists and (reason := refusal("schema", SCHEMA, comment, props["owner"])):
             raise OwnershipError(reason)
-        revoked = _existing_roles(cur, CLIENT_ROLES) + foreign_grantees(cur, SCHEMA, CLIENT_ROLES + OPERATOR_ROLES)
-        statements = install_statements(revoked, _existing_roles(cur, OPERATOR_ROLES))
+        revoked = revoked_roles(cur, SCHEMA, CLIENT_ROLES, OPERATOR_ROLES)
+        statements = install_statements(revoked, existing_roles(cur, OPERATOR_ROLES))
         try:
             for statement in statements:
                 cur.execute(statement)

@@ -15,7 +15,7 @@ import psycopg
 import pulumi
 from psycopg import sql
 
-from .catalog import fingerprint, foreign_grantees
+from .catalog import fingerprint, revoked_roles
 from .delivery_settings import DeliverySettings
 from .fingerprinted_provider import FingerprintedProvider
 from .function_provider import function_props, spec_from
@@ -65,8 +65,7 @@ class ReconcilerProvider(FingerprintedProvider):
         exists, comment = _reconcile_comment(cur)
         if exists:
             claim("function", f"{SCHEMA}.{RECONCILE}()", comment, props["owner"])
-        cur.execute("SELECT rolname FROM pg_catalog.pg_roles WHERE rolname = ANY(%s) ORDER BY 1", (list(CLIENT_ROLES),))
-        revoked = [row[0] for row in cur.fetchall()] + foreign_grantees(cur, SCHEMA, CLIENT_ROLES + OPERATOR_ROLES)
+        revoked = revoked_roles(cur, SCHEMA, CLIENT_ROLES, OPERATOR_ROLES)
         nobody = sql.SQL(", ").join([sql.SQL("PUBLIC"), *(sql.Identifier(role) for role in revoked)])
         sources = function_sources(reconciler_spec_from(props))
         for function, arguments in FUNCTIONS:

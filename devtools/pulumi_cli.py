@@ -69,11 +69,15 @@ class Workspace:
             "NO_COLOR": "1",
         }
 
+    def argv(self, *args: str) -> list[str]:
+        """The command line of `pulumi *args` in this workspace (its backend directory created)."""
+        (self.state_dir / "backend").mkdir(parents=True, exist_ok=True)
+        return ["pulumi", *args, "--non-interactive", "--color", "never", "--cwd", str(self.project_dir)]
+
     def run(self, *args: str, check: bool = True, stdin: str = "") -> subprocess.CompletedProcess[str]:
         """Run `pulumi *args`; `stdin` is what the command reads (e.g. a secret value), never an argument."""
-        (self.state_dir / "backend").mkdir(parents=True, exist_ok=True)
-        argv = [*args, "--non-interactive", "--color", "never", "--cwd", str(self.project_dir)]
-        result = subprocess.run(["pulumi", *argv], env=self.env(), capture_output=True, text=True, input=stdin)
+        argv = self.argv(*args)
+        result = subprocess.run(argv, env=self.env(), capture_output=True, text=True, input=stdin)
         if check and result.returncode != 0:
             raise PulumiError(list(args), result.returncode, result.stdout + result.stderr)
         return result
@@ -93,6 +97,14 @@ class Stack:
 
     def run(self, *args: str, check: bool = True, stdin: str = "") -> subprocess.CompletedProcess[str]:
         return self.workspace.run(*args, "--stack", self.name, check=check, stdin=stdin)
+
+    def start(self, *args: str, **popen: Any) -> subprocess.Popen[str]:
+        """`pulumi *args` in the background, as a second terminal runs it (or a CLI a test kills);
+        stdout and stderr on one text pipe."""
+        argv = self.workspace.argv(*args, "--stack", self.name)
+        return subprocess.Popen(
+            argv, env=self.workspace.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
+        )
 
     def init(self) -> Stack:
         self.workspace.run("stack", "init", self.name)

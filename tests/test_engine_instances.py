@@ -8,14 +8,13 @@ the database changes. Each test compares the catalog (and the Vault) before and 
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 from pathlib import Path
 
 import psycopg
 from engine_support import PASSPHRASE, Engine
 from test_engine_stacks import database_objects, failure_output, insert, managed_resources
 
-from devtools.pulumi_cli import REPO, Stack, Workspace, copy_project
+from devtools.pulumi_cli import REPO, Workspace, copy_project
 from secure_webhooks.installation_provider import SCHEMA as CLAIMS_SCHEMA
 
 
@@ -91,15 +90,6 @@ def test_a_same_named_stack_in_another_backend_is_refused_until_it_takes_over(en
         assert conn.execute("SELECT to_regnamespace(%s)", (CLAIMS_SCHEMA,)).fetchone()[0] is None
 
 
-def start_up(stack: Stack) -> subprocess.Popen[str]:
-    """`pulumi up` in the background, as a second terminal would run it."""
-    workspace = stack.workspace
-    (workspace.state_dir / "backend").mkdir(parents=True, exist_ok=True)
-    argv = ["pulumi", "up", "--yes", "--skip-preview", "--non-interactive", "--color", "never"]
-    argv += ["--cwd", str(workspace.project_dir), "--stack", stack.name]
-    return subprocess.Popen(argv, env=workspace.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 def test_racing_ups_of_two_stacks_leave_one_owner_and_the_loser_changes_nothing(engine):
     secrets = {"dev": "dev-stack-jwt-secret-" + "d" * 24, "feature": "feature-stack-jwt-secret-" + "f" * 24}
     stacks = {name: engine.stack(name) for name in secrets}
@@ -108,7 +98,7 @@ def test_racing_ups_of_two_stacks_leave_one_owner_and_the_loser_changes_nothing(
     with engine.connect() as conn:
         before = everything(conn)
 
-    runs = {name: start_up(stack) for name, stack in stacks.items()}
+    runs = {name: stack.start("up", "--yes", "--skip-preview") for name, stack in stacks.items()}
     outputs = {name: run.communicate(timeout=300)[0] for name, run in runs.items()}
     won = [name for name, run in runs.items() if run.returncode == 0]
     print(f"\nracing ups: {len(runs)} stacks, {len(won)} deployed, {len(runs) - len(won)} refused")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -140,17 +139,13 @@ def test_kill_9_while_waiting_for_a_lock_then_up_and_destroy_restore_the_legacy_
         install_legacy_webhooks(conn, engine.orchestrator.url)
         legacy = snapshot(conn)
     stack = engine.stack("dev")
-    argv = ["pulumi", "up", "--yes", "--skip-preview", "--non-interactive", "--color", "never"]
-    argv += ["--cwd", str(engine.workspace.project_dir), "--stack", stack.name]
     with psycopg.connect(engine.cluster.dsn("postgres")) as locker, engine.connect() as watcher:
         # Both tables: whichever trigger the engine creates first waits, and the other waits behind it.
         locker.execute("LOCK TABLE public.resumes, public.zip_archives IN ACCESS EXCLUSIVE MODE")
-        cli = subprocess.Popen(
-            argv, env=engine.workspace.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        cli = stack.start("up", "--yes", "--skip-preview", start_new_session=True)
         deadline = time.monotonic() + 120
         while watcher.execute(WAITING_FOR_LOCK).fetchone()[0] == 0:
-            assert cli.poll() is None, cli.stdout.read().decode()
+            assert cli.poll() is None, cli.stdout.read()
             assert time.monotonic() < deadline, "the provider never waited for the lock"
             time.sleep(0.05)
         os.kill(cli.pid, signal.SIGKILL)
