@@ -2,8 +2,16 @@
 
 The adoption records (components/adoption.py) and the installation claims
 (components/installation_provider.py) each live in one: readable by their
-owner (`postgres`) only, never by PUBLIC or Supabase's API roles, and every
-transaction that uses one serialises on an advisory lock named after it.
+owner (`postgres`) only, never by PUBLIC, Supabase's API roles or any role we
+never granted, and every transaction that writes one serialises on a lock of
+its table.
+
+Why a table lock and not an advisory lock: any login role may take any
+advisory lock, and `hashtext('<schema>')` is easy to guess, so a role holding
+it made every `pulumi up` fail after the lock timeout. `LOCK TABLE ... IN SHARE
+ROW EXCLUSIVE MODE` needs UPDATE, DELETE or TRUNCATE on the table (and USAGE
+on its schema), which only its owner and superusers have: no other role can
+take it or queue for it.
 """
 
 from __future__ import annotations
@@ -13,10 +21,23 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from .catalog import existing_roles
+from .catalog import existing_roles, revoked_roles
+from .database import LOCK_TIMEOUT, DatabaseError
 
 #: Supabase's API roles, and everyone: none may read a private store.
 READERS_REFUSED = ("anon", "authenticated", "service_role")
+#: Conflicts with itself and with every write, not with plain reads of the owner.
+LOCK_MODE = "SHARE ROW EXCLUSIVE"
+#: Creating the store races another session creating or dropping it at most a few times in a row.
+_CREATE_ATTEMPTS = 5
+
+#: The sessions that hold a lock on the relation `%s`, for an error that names them.
+_HOLDERS = """
+SELECT a.pid, coalesce(a.usename::text, '?'), coalesce(a.application_name, '')
+  FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+ WHERE l.locktype = 'relation' AND l.relation = pg_catalog.to_regclass(%s) AND l.granted
+   AND l.pid <> pg_catalog.pg_backend_pid()
+ ORDER BY 1"""
 
 
 @dataclass(frozen=True)
@@ -31,33 +52,81 @@ class PrivateStore:
     def relation(self) -> sql.Composed:
         return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(self.table))
 
-    def lock(self, cur: psycopg.Cursor) -> None:
-        """Serialise every transaction that uses the store, across stacks and provider processes.
+    @property
+    def name(self) -> str:
+        return f"{self.schema}.{self.table}"
 
-        Taken before the store is read or written, so two sessions cannot both create it, and a
-        transaction that drops it with its last row cannot race one that writes a row.
+    def lock(self, cur: psycopg.Cursor) -> bool:
+        """Lock the store against every other writer until the transaction ends; False when it does not exist.
+
+        Taken before the store is read for a write or written, so a transaction that drops it with its
+        last row cannot race one that writes a row (a session that waited while the store was dropped
+        gets False). Only the store's owner (and superusers) may take this lock. A lock timeout names
+        the sessions holding it.
         """
-        cur.execute("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext(%s))", (self.schema,))
+        try:
+            with cur.connection.transaction():  # a savepoint: a missing store must not abort the caller
+                cur.execute(sql.SQL("LOCK TABLE {} IN {} MODE").format(self.relation, sql.SQL(LOCK_MODE)))
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+            return False
+        except psycopg.errors.LockNotAvailable:
+            cur.execute(_HOLDERS, (self.name,))
+            holders = "; ".join(
+                f"pid {pid} (role {role}, application_name {application!r})" for pid, role, application in cur
+            )
+            raise DatabaseError(
+                f"timed out after lock_timeout {LOCK_TIMEOUT} waiting to lock {self.name}, held by "
+                f"{holders or 'a session that has ended since'}; nothing was changed. Retry once that session's "
+                "transaction has ended (another `pulumi up` or `destroy` on this database, or a session of the "
+                "database owner: pg_stat_activity shows it)"
+            ) from None
+        return True
 
     def exists(self, cur: psycopg.Cursor) -> bool:
-        cur.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (f"{self.schema}.{self.table}",))
+        cur.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (self.name,))
         return cur.fetchone()[0]
 
     def ensure(self, cur: psycopg.Cursor) -> None:
-        """Create the store unless it exists, readable by its owner only. Call it under `lock`.
+        """Create the store unless it exists, readable by its owner only, and `lock` it.
 
-        The statements run even when `exists` says yes: only a statement that locks the table sees a
-        store another session created while this one waited for the lock (to_regclass can miss it).
+        Another session may create the store at the same moment (our CREATE then fails on the
+        catalog's unique index once it commits) or drop it with its last row while we wait for the
+        lock: either way the store is created or locked again. Grants and the comment are applied under
+        the lock (two sessions changing one ACL at once would fail with "tuple concurrently updated").
         """
         schema = sql.Identifier(self.schema)
-        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+        for _ in range(_CREATE_ATTEMPTS):
+            try:
+                with cur.connection.transaction():
+                    cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+                    cur.execute(
+                        sql.SQL("CREATE TABLE IF NOT EXISTS {} {}").format(self.relation, sql.SQL(self.columns))
+                    )
+            except (
+                psycopg.errors.UniqueViolation,
+                psycopg.errors.InvalidSchemaName,
+                psycopg.errors.UndefinedTable,
+            ):
+                continue
+            if self.lock(cur):
+                break
+        else:
+            raise DatabaseError(f"could not create {self.name}: other sessions kept creating and dropping it")
         cur.execute(sql.SQL("COMMENT ON SCHEMA {} IS {}").format(schema, sql.Literal(self.comment)))
-        cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} {}").format(self.relation, sql.SQL(self.columns)))
+        # PUBLIC, the API roles, and any role granted anything here out of band: we grant nothing.
         refused = sql.SQL(", ").join(
-            [sql.SQL("PUBLIC"), *(sql.Identifier(role) for role in existing_roles(cur, READERS_REFUSED))]
+            [
+                sql.SQL("PUBLIC"),
+                *(sql.Identifier(role) for role in existing_roles(cur, READERS_REFUSED)),
+                *(sql.Identifier(role) for role in revoked_roles(cur, self.schema, (), ())),
+            ]
         )
         cur.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM {}").format(schema, refused))
         cur.execute(sql.SQL("REVOKE ALL ON TABLE {} FROM {}").format(self.relation, refused))
+
+    def foreign_grantees(self, cur: psycopg.Cursor) -> list[str]:
+        """Roles holding a privilege in the store (besides its owner): we never grant one, so each is drift."""
+        return revoked_roles(cur, self.schema, (), ())
 
     def drop_if_empty(self, cur: psycopg.Cursor) -> None:
         """Drop the table once it holds no row, and the schema once nothing else is in it. Call it under `lock`."""
