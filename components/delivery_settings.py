@@ -35,7 +35,10 @@ KEYS = (
     "keepDeadHours",
     "schedule",
     "batchSize",
+    "receipts",
 )
+#: `required`: a 2xx counts as delivered only with a valid `webhook-receipt` (README, "Delivery receipts").
+RECEIPTS = ("off", "required")
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,9 @@ class DeliverySettings:
     schedule: str = AUTO_SCHEDULE
     #: Events sent, and outcomes recorded, per reconciler round (one transaction).
     batch_size: int = 500
+    #: "required": only a 2xx that carries a receipt signed with the JWT key is a delivery, so a role
+    #: that writes pg_net's world-writable responses cannot mark an event delivered.
+    receipts: str = "off"
 
     @property
     def at_least_once(self) -> bool:
@@ -125,6 +131,9 @@ def check_delivery(value: Any) -> DeliverySettings:
     mode = raw.get("mode", DEFAULT_MODE)
     if mode not in MODES:
         raise ConfigError(_key("mode"), f"must be one of {list(MODES)}, got {mode!r}")
+    receipts = raw.get("receipts", "off")
+    if receipts not in RECEIPTS:
+        raise ConfigError(_key("receipts"), f"must be one of {list(RECEIPTS)}, got {receipts!r}")
     defaults = DeliverySettings()
     initial = _number("retryInitialSeconds", raw.get("retryInitialSeconds"), 5, 1, 3600, integer=True)
     maximum = _number("retryMaxSeconds", raw.get("retryMaxSeconds"), 86_400, 1, 7 * 86_400, integer=True)
@@ -145,4 +154,5 @@ def check_delivery(value: Any) -> DeliverySettings:
         ),
         schedule=check_schedule(raw.get("schedule")),
         batch_size=_number("batchSize", raw.get("batchSize"), defaults.batch_size, 1, 10_000, integer=True),
+        receipts=receipts,
     )

@@ -35,12 +35,14 @@ from .delivery_settings import DeliverySettings
 from .outbox import ATTEMPTS, EVENTS, PG_NET_EPOCH, SCHEMA
 from .trigger_function import (
     FunctionSpec,
+    body_sha256_expression,
     claims_expression,
     missing_secret_error,
     read_webhook_key,
     sign_statement,
     sql_literal,
     standard_webhook_headers,
+    urlsafe_base64,
 )
 
 #: Function names (all in the outbox schema) and their identity arguments.
@@ -57,11 +59,27 @@ KEEP_RUN_DETAILS = "1 hour"
 
 
 @dataclass(frozen=True)
+class Route:
+    """Where the events of one webhook go: trigger `webhook` on `schema.table` posts to `url`."""
+
+    schema: str
+    table: str
+    webhook: str
+    url: str
+
+
+@dataclass(frozen=True)
 class ReconcilerSpec:
-    """Everything the reconciler's SQL depends on (nothing secret)."""
+    """Everything the reconciler's SQL depends on (nothing secret).
+
+    `routes` are the webhooks the stack configures now. The reconciler never
+    reads a URL from the catalog: a trigger anyone else created, or a restored
+    legacy trigger, could carry our webhook's name.
+    """
 
     function: FunctionSpec = field(default_factory=FunctionSpec)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    routes: tuple[Route, ...] = ()
 
     @property
     def grace_seconds(self) -> int:
@@ -90,17 +108,67 @@ def _next_state(attempts_expr: str, delivery: DeliverySettings, *, gone: str = "
     return f"CASE WHEN {gone} OR {attempts_expr} >= {int(delivery.max_attempts)} THEN 'dead' ELSE 'pending' END"
 
 
+def _routes(spec: ReconcilerSpec) -> str:
+    """SQL rows (schema, table, webhook, url) of the configured webhooks, for a LEFT JOIN."""
+    rows = [
+        f"({sql_literal(r.schema)}, {sql_literal(r.table)}, {sql_literal(r.webhook)}, {sql_literal(r.url)})"
+        for r in spec.routes
+    ]
+    if not rows:
+        return "SELECT NULL::text, NULL::text, NULL::text, NULL::text WHERE false"
+    return "VALUES " + ",\n                ".join(rows)
+
+
+def receipt_expression(event_id: str, body: str) -> str:
+    """SQL for the receipt a receiver holding the JWT key answers with: `v1,` base64url(HMAC-SHA256(key,
+    "<event id>.<body_sha256>")), using the `secret` variable (README, "Delivery receipts")."""
+    signed = f"({event_id})::text || '.' || {body_sha256_expression(body)}"
+    mac = f"extensions.hmac({signed}, secret, 'sha256')"
+    return f"'v1,' || {urlsafe_base64(mac)}"
+
+
+def _success(spec: ReconcilerSpec) -> str:
+    """SQL: is response `r` of the event `i` a delivery? A 2xx, and with receipts required, a valid receipt."""
+    two_xx = "r.status_code BETWEEN 200 AND 299"
+    if spec.delivery.receipts != "required":
+        return two_xx
+    return (
+        f"({two_xx} AND secret IS NOT NULL AND {receipt_expression('i.id', 'i.payload')} = ANY ("
+        "pg_catalog.string_to_array(pg_catalog.btrim((SELECT h.value FROM pg_catalog.jsonb_each_text(r.headers) AS h"
+        " WHERE pg_catalog.lower(h.key) = 'webhook-receipt' LIMIT 1)), ' ')))"
+    )
+
+
 def render_reconcile(spec: ReconcilerSpec) -> str:
     d = spec.delivery
     f = spec.function
     events = f"{SCHEMA}.{EVENTS}"
     attempts = f"{SCHEMA}.{ATTEMPTS}"
     note_missing_webhook_key = f"failure := COALESCE(failure, {missing_secret_error(f.webhook_secret_name or '')});"
-    # Retry-After when the response has one, else the backoff; never beyond retryMaxSeconds.
-    # (LEAST ignores NULLs, so the COALESCE must come first.)
-    retry_delay = (
-        f"LEAST(COALESCE({SCHEMA}.{RETRY_AFTER}(o.headers), {_backoff('e.attempts', d)}), {float(d.retry_max_seconds)})"
+    malformed_webhook_key = sql_literal(
+        f"{f.webhook_secret_name} in vault is not a valid Standard Webhooks secret (whsec_ followed by base64)"
     )
+    # Retry-After may lengthen the wait, never shorten it below the backoff schedule; never beyond
+    # retryMaxSeconds. (LEAST ignores NULLs, so no header must count as 0, not as the maximum.)
+    retry_delay = (
+        f"GREATEST({_backoff('e.attempts', d)}, "
+        f"LEAST(COALESCE({SCHEMA}.{RETRY_AFTER}(o.headers), 0), {float(d.retry_max_seconds)}))"
+    )
+    success = _success(spec)
+    no_receipt = (
+        "WHEN r.status_code BETWEEN 200 AND 299 THEN 'HTTP ' || r.status_code || "
+        "' without a valid webhook-receipt (delivery.receipts is required)'"
+        if d.receipts == "required"
+        else ""
+    )
+    # A failed attempt: logged, retried with backoff, dead once out of attempts. Used for an event that
+    # could not be prepared or queued, and for every due event while a key is missing.
+    fail_event = f"""attempts = e.attempts + 1,
+             state = {_next_state("e.attempts + 1", d)},
+             dead_at = CASE WHEN e.attempts + 1 >= {int(d.max_attempts)} THEN pg_catalog.now() END,
+             next_attempt_at = pg_catalog.now() + pg_catalog.make_interval(secs => {_backoff("e.attempts + 1", d)}),
+             last_status_code = NULL,
+             last_error = failure"""
     return f"""
 DECLARE
   epoch uuid;
@@ -116,9 +184,16 @@ DECLARE
   request bigint;
   webhook_key bytea;
   failure text;
+  step text;
 BEGIN
   INSERT INTO {SCHEMA}.{PG_NET_EPOCH} DEFAULT VALUES ON CONFLICT DO NOTHING;
   SELECT p.epoch INTO epoch FROM {SCHEMA}.{PG_NET_EPOCH} AS p;
+  SELECT s.decrypted_secret INTO secret FROM vault.decrypted_secrets AS s WHERE s.name = {sql_literal(f.secret_name)};
+
+  -- 0. Responses no worker can have written: dated after this moment (pg_net stamps a row with its
+  -- own transaction's start, before it commits). Anyone may insert into net._http_response; these
+  -- would otherwise outlive pg_net's TTL purge.
+  DELETE FROM net._http_response AS r WHERE r.created > pg_catalog.clock_timestamp();
 
   -- 1. Outcomes of the attempts in flight.
   -- A request neither queued nor answered may be on the wire (pg_net deletes before sending) or
@@ -134,28 +209,43 @@ BEGIN
              FOR UPDATE OF m SKIP LOCKED) AS missing
    WHERE e.id = missing.id;
 
+  -- An outcome counts only if it can belong to the attempt: recorded after the attempt was queued,
+  -- while the request is no longer in the queue (pg_net deletes it before sending). Of several such
+  -- rows (any role can add one) a failure wins over a success: a retry costs a duplicate, a forged
+  -- success would cost the event.
   WITH in_flight AS (
-    SELECT e.id, e.request_id, e.request_epoch, e.sent_at, e.missing_since
+    SELECT e.id, e.request_id, e.request_epoch, e.sent_at, e.missing_since, e.payload
       FROM {events} AS e
      WHERE e.state = 'sending'
      ORDER BY e.sent_at
      LIMIT batch_size
        FOR UPDATE SKIP LOCKED
   ), outcome AS (
-    SELECT i.id, i.request_id, r.status_code, r.headers, r.created AS finished_at,
+    SELECT i.id, i.request_id, r.status_code, r.headers, r.finished_at,
            CASE
              WHEN i.request_epoch IS DISTINCT FROM epoch
                THEN 'request lost: crash recovery emptied pg_net''s queue'
-             WHEN r.id IS NULL THEN 'request vanished from pg_net''s queue without a response'
-             WHEN r.status_code BETWEEN 200 AND 299 THEN NULL
+             WHEN r.finished_at IS NULL THEN 'request vanished from pg_net''s queue without a response'
+             WHEN r.delivered THEN NULL
              WHEN r.timed_out THEN COALESCE(r.error_msg, 'timed out')
              WHEN r.status_code IS NULL THEN COALESCE(r.error_msg, 'request failed')
+             WHEN r.status_code = 413
+               THEN 'HTTP 413: the body is larger than the receiver accepts; raise its body limit, then replay'
+             {no_receipt}
              ELSE 'HTTP ' || r.status_code
            END AS error
       FROM in_flight AS i
-      LEFT JOIN net._http_response AS r
-        ON r.id = i.request_id AND i.request_epoch = epoch AND r.created >= i.sent_at
-     WHERE r.id IS NOT NULL
+      LEFT JOIN LATERAL (
+        SELECT r.status_code, r.headers, r.timed_out, r.error_msg, r.created AS finished_at,
+               COALESCE({success}, false) AS delivered
+          FROM net._http_response AS r
+         WHERE r.id = i.request_id AND i.request_epoch = epoch
+           AND r.created >= i.sent_at AND r.created <= pg_catalog.clock_timestamp()
+           AND NOT EXISTS (SELECT FROM net.http_request_queue AS q WHERE q.id = i.request_id)
+         ORDER BY 6, r.created
+         LIMIT 1
+      ) AS r ON true
+     WHERE r.finished_at IS NOT NULL
         OR i.request_epoch IS DISTINCT FROM epoch
         OR i.missing_since < pg_catalog.now() - interval '{spec.grace_seconds} seconds'
   ), logged AS (
@@ -180,11 +270,10 @@ BEGIN
   handled := handled + n;
 
   -- 2. Due events: a fresh token each, then pg_net.
-  SELECT s.decrypted_secret INTO secret FROM vault.decrypted_secrets AS s WHERE s.name = {sql_literal(f.secret_name)};
   IF secret IS NULL THEN
     failure := {missing_secret_error(f.secret_name)};
   END IF;
-  {read_webhook_key(f, note_missing_webhook_key)}
+  {_guarded_webhook_key(f, note_missing_webhook_key, malformed_webhook_key)}
   IF failure IS NOT NULL THEN
     -- A failed attempt, logged and retried like any other: the event waits for the key.
     WITH due_events AS (
@@ -195,12 +284,7 @@ BEGIN
          FOR UPDATE SKIP LOCKED
     ), failed AS (
       UPDATE {events} AS e
-         SET attempts = e.attempts + 1,
-             state = {_next_state("e.attempts + 1", d)},
-             dead_at = CASE WHEN e.attempts + 1 >= {int(d.max_attempts)} THEN pg_catalog.now() END,
-             next_attempt_at = pg_catalog.now() + pg_catalog.make_interval(secs => {_backoff("e.attempts + 1", d)}),
-             last_status_code = NULL,
-             last_error = failure
+         SET {fail_event}
         FROM due_events
        WHERE e.id = due_events.id
       RETURNING e.id, e.attempts
@@ -216,43 +300,72 @@ BEGIN
   END IF;
 
   issued_at := pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()))::bigint;
-  -- Each attempt goes to the URL the webhook's trigger has now (`pulumi up` of a new
-  -- orchestratorUrl re-points pending events too); the URL stored at insert is the fallback
-  -- once the trigger is gone.
+  -- Each attempt goes to the URL the stack configures for the event's webhook now (`pulumi up` of a
+  -- new orchestratorUrl re-points waiting events too), or, for a webhook no longer configured, to the
+  -- URL our trigger recorded at insert. Never to a URL read from the catalog.
   FOR due IN
-    SELECT e.id, COALESCE(live.url, e.url) AS url, e.payload FROM {events} AS e
-      LEFT JOIN LATERAL (
-        SELECT pg_catalog.convert_from(
-                 pg_catalog.substring(t.tgargs, 1, pg_catalog.position(t.tgargs, '\\x00'::bytea) - 1),
-                 'UTF8') AS url
-          FROM pg_catalog.pg_trigger AS t
-         WHERE t.tgname = e.webhook AND t.tgnargs >= 1
-           AND t.tgrelid = pg_catalog.to_regclass(
-                 pg_catalog.quote_ident(e.payload ->> 'schema') || '.' || pg_catalog.quote_ident(e.payload ->> 'table'))
-      ) AS live ON true
+    SELECT e.id, COALESCE(route.url, e.url) AS url, e.payload FROM {events} AS e
+      LEFT JOIN ({_routes(spec)}) AS route(schema_name, table_name, webhook, url)
+        ON route.webhook = e.webhook AND route.schema_name = e.payload ->> 'schema'
+       AND route.table_name = e.payload ->> 'table'
      WHERE e.state = 'pending' AND e.next_attempt_at <= pg_catalog.now()
      ORDER BY e.next_attempt_at
      LIMIT batch_size
        FOR UPDATE OF e SKIP LOCKED
   LOOP
-    claims := {claims_expression(f, jti="due.id", body="due.payload", url="due.url")};
-    {sign_statement(f.signer)}
-    headers := pg_catalog.jsonb_build_object(
-      'Content-Type', 'application/json',
-      'Authorization', 'Bearer ' || token,
-      'webhook-id', due.id{standard_webhook_headers(f, "due.id", "due.payload")});
-    request := net.http_post(due.url, due.payload, '{{}}'::jsonb, headers, {int(f.timeout_ms)});
-    UPDATE {events} AS e
-       SET state = 'sending', attempts = e.attempts + 1, request_id = request, request_epoch = epoch,
-           sent_at = pg_catalog.now(), missing_since = NULL, url = due.url
-     WHERE e.id = due.id
-    RETURNING e.attempts INTO n;
-    INSERT INTO {attempts} (event_id, attempt, request_id, sent_at) VALUES (due.id, n, request, pg_catalog.now());
+    -- One event's error fails that event only (a subtransaction each): the round goes on.
+    BEGIN
+      step := 'build its claims';
+      claims := {claims_expression(f, jti="due.id", body="due.payload", url="due.url")};
+      step := 'sign its token';
+      {sign_statement(f.signer)}
+      headers := pg_catalog.jsonb_build_object(
+        'Content-Type', 'application/json',
+        'Authorization', 'Bearer ' || token,
+        'webhook-id', due.id{standard_webhook_headers(f, "due.id", "due.payload")});
+      step := 'queue it with net.http_post';
+      request := net.http_post(due.url, due.payload, '{{}}'::jsonb, headers, {int(f.timeout_ms)});
+      failure := NULL;
+    EXCEPTION WHEN others THEN
+      request := NULL;
+      -- Only pg_net's own message (it names the URL, never a key) is kept; others say where it failed.
+      failure := 'could not ' || step || ' (SQLSTATE ' || SQLSTATE || ')'
+        || CASE WHEN step LIKE 'queue%' THEN ': ' || pg_catalog.left(SQLERRM, 300) ELSE '' END;
+    END;
+    IF failure IS NOT NULL THEN
+      UPDATE {events} AS e
+         SET {fail_event}, url = due.url
+       WHERE e.id = due.id
+      RETURNING e.attempts INTO n;
+      INSERT INTO {attempts} (event_id, attempt, sent_at, finished_at, error)
+      VALUES (due.id, n, pg_catalog.now(), pg_catalog.now(), failure);
+      failure := NULL;
+    ELSE
+      UPDATE {events} AS e
+         SET state = 'sending', attempts = e.attempts + 1, request_id = request, request_epoch = epoch,
+             sent_at = pg_catalog.now(), missing_since = NULL, url = due.url
+       WHERE e.id = due.id
+      RETURNING e.attempts INTO n;
+      INSERT INTO {attempts} (event_id, attempt, request_id, sent_at) VALUES (due.id, n, request, pg_catalog.now());
+    END IF;
     handled := handled + 1;
   END LOOP;
   RETURN handled;
 END
 """
+
+
+def _guarded_webhook_key(f: FunctionSpec, on_missing: str, malformed: str) -> str:
+    """Read the whsec_ key; a value that does not decode is a failure of the round's sends, named
+    without any part of the value (PostgreSQL's decode error quotes the offending character)."""
+    read = read_webhook_key(f, on_missing)
+    if not read:
+        return ""
+    return f"""BEGIN
+    {read}
+  EXCEPTION WHEN others THEN
+    failure := COALESCE(failure, {malformed});
+  END;"""
 
 
 def render_purge_expired(spec: ReconcilerSpec) -> str:

@@ -21,7 +21,7 @@ from .fingerprinted_provider import FingerprintedProvider
 from .function_provider import function_props, spec_from
 from .outbox import CLIENT_ROLES, OPERATOR_ROLES, SCHEMA
 from .ownership import claim, marker, owner_of
-from .reconciler import FUNCTIONS, RECONCILE, RETRY_AFTER, ReconcilerSpec, function_sources, sources_sha256
+from .reconciler import FUNCTIONS, RECONCILE, RETRY_AFTER, ReconcilerSpec, Route, function_sources, sources_sha256
 
 #: SECURITY DEFINER: the job runs as postgres, but an operator's service_role session may call a round too.
 _DEFINER = {RECONCILE: True, RETRY_AFTER: False}
@@ -31,12 +31,18 @@ def reconciler_props(spec: ReconcilerSpec, owner: str) -> dict[str, Any]:
     return {
         **function_props(spec.function, owner),
         "delivery": dataclasses.asdict(spec.delivery),
+        "routes": [dataclasses.asdict(route) for route in spec.routes],
         "sources_sha256": sources_sha256(spec),
     }
 
 
 def reconciler_spec_from(props: dict[str, Any]) -> ReconcilerSpec:
-    return ReconcilerSpec(function=spec_from(props), delivery=DeliverySettings(**props["delivery"]))
+    """The spec back from inputs or state; state written before routes existed has none."""
+    return ReconcilerSpec(
+        function=spec_from(props),
+        delivery=DeliverySettings(**props["delivery"]),
+        routes=tuple(Route(**route) for route in props.get("routes") or ()),
+    )
 
 
 def _name(function: str, arguments: str) -> sql.Composed:

@@ -14,7 +14,7 @@ from .outbox import DELIVERIES_VIEW
 from .outbox import SCHEMA as OUTBOX_SCHEMA
 from .outbox_provider import Outbox
 from .preflight import EXTENSION_SCHEMA, preflight_props, required_extensions
-from .reconciler import JOB_NAME, ReconcilerSpec
+from .reconciler import JOB_NAME, ReconcilerSpec, Route
 from .reconciler_provider import Reconciler
 from .schedule_provider import ReconcilerSchedule
 from .settings import Settings
@@ -46,6 +46,16 @@ def function_spec(settings: Settings) -> FunctionSpec:
         audience=settings.token_audience,
         webhook_secret_name=settings.webhook_secret_name,
     )
+
+
+def reconciler_spec(settings: Settings, spec: FunctionSpec) -> ReconcilerSpec:
+    """The reconciler sends each webhook's events only to the URL configured here (components/reconciler.py)."""
+    routes = tuple(
+        Route(schema=webhook.schema, table=webhook.table, webhook=trigger_name, url=webhook.url)
+        for webhook in settings.webhooks
+        for _, trigger_name in webhook.triggers
+    )
+    return ReconcilerSpec(function=spec, delivery=settings.delivery, routes=routes)
 
 
 def installation_inputs(args: SecureWebhooksArgs, spec: FunctionSpec) -> dict[str, Any]:
@@ -148,28 +158,11 @@ class SecureWebhooks(pulumi.ComponentResource):
             outbox = Outbox(f"{name}-outbox", owner=args.owner, opts=child())
             reconciler = Reconciler(
                 f"{name}-reconciler",
-                spec=ReconcilerSpec(function=spec, delivery=settings.delivery),
+                spec=reconciler_spec(settings, spec),
                 owner=args.owner,
                 opts=child(outbox, *function_depends),
             )
-            schedule = ReconcilerSchedule(
-                f"{name}-reconciler-schedule",
-                schedule=settings.delivery.schedule,
-                owner=args.owner,
-                opts=child(reconciler),
-            )
             function_depends.append(outbox)
-            self.delivery = pulumi.Output.all(schedule.id, schedule.live_schedule).apply(
-                lambda job: {
-                    "mode": settings.delivery.mode,
-                    "schema": OUTBOX_SCHEMA,
-                    "view": f"{OUTBOX_SCHEMA}.{DELIVERIES_VIEW}",
-                    "cronJob": JOB_NAME,
-                    "schedule": job[1],
-                }
-            )
-        else:
-            self.delivery = pulumi.Output.from_input({"mode": settings.delivery.mode})
 
         function = SecureFunction(
             f"{name}-function",
@@ -181,6 +174,7 @@ class SecureWebhooks(pulumi.ComponentResource):
         # Outputs come from the created resources, not from config, so a failed
         # `up` does not report a webhook (or function) that was never installed.
         outputs: list[pulumi.Output[dict[str, str]]] = []
+        triggers: list[WebhookTrigger] = []
         for webhook in settings.webhooks:
             for event, trigger_name in webhook.triggers:
                 trigger = WebhookTrigger(
@@ -194,6 +188,7 @@ class SecureWebhooks(pulumi.ComponentResource):
                     owner=args.owner,
                     opts=child(function),
                 )
+                triggers.append(trigger)
                 outputs.append(
                     trigger.url.apply(
                         lambda url, name=trigger_name, event=event, table=webhook.qualified_table: {
@@ -204,6 +199,27 @@ class SecureWebhooks(pulumi.ComponentResource):
                         }
                     )
                 )
+
+        if settings.delivery.at_least_once:
+            # After every trigger, so destroy deletes it first: its refusal while events wait comes
+            # before any trigger is dropped or legacy webhook restored.
+            schedule = ReconcilerSchedule(
+                f"{name}-reconciler-schedule",
+                schedule=settings.delivery.schedule,
+                owner=args.owner,
+                opts=child(reconciler, *triggers),
+            )
+            self.delivery = pulumi.Output.all(schedule.id, schedule.live_schedule).apply(
+                lambda job: {
+                    "mode": settings.delivery.mode,
+                    "schema": OUTBOX_SCHEMA,
+                    "view": f"{OUTBOX_SCHEMA}.{DELIVERIES_VIEW}",
+                    "cronJob": JOB_NAME,
+                    "schedule": job[1],
+                }
+            )
+        else:
+            self.delivery = pulumi.Output.from_input({"mode": settings.delivery.mode})
 
         self.function_name = function.id
         self.instance = installation.instance

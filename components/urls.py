@@ -33,6 +33,11 @@ TUNNEL_HOST_SUFFIXES = (
 )
 
 
+#: A host name as resolvers know it. libcurl refuses ``!*$&'(),;=^{}`"<>\\+`` in a host when pg_net
+#: queues the request, which would fail every attempt of the webhook; refused here, at preview, instead.
+_HOST_NAME = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
+
+
 class UrlPolicyError(ValueError):
     """The URL breaks a rule; the message says which, never echoing credentials."""
 
@@ -96,7 +101,14 @@ def normalise_host(host: str) -> str:
     if not name or any(not label for label in name.split(".")):
         raise UrlPolicyError(f"has an invalid host name {host!r} (empty label)")
     ipv4 = parse_ipv4(name)
-    return str(ipv4) if ipv4 is not None else name
+    if ipv4 is not None:
+        return str(ipv4)
+    if not _HOST_NAME.match(name):
+        raise UrlPolicyError(
+            f"has a host name pg_net (libcurl) would refuse when sending: {host!r}; "
+            "a host name holds only letters, digits, '-', '_' and dots"
+        )
+    return name
 
 
 def is_loopback_host(host: str) -> bool:

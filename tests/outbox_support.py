@@ -21,7 +21,7 @@ from secure_webhooks.delivery_settings import DeliverySettings
 from secure_webhooks.function_provider import SecureFunctionProvider
 from secure_webhooks.outbox import script_sha256
 from secure_webhooks.outbox_provider import OutboxProvider
-from secure_webhooks.reconciler import ReconcilerSpec
+from secure_webhooks.reconciler import ReconcilerSpec, Route
 from secure_webhooks.reconciler_provider import ReconcilerProvider, reconciler_props
 from secure_webhooks.trigger_function import FunctionSpec
 from secure_webhooks.trigger_provider import WebhookTriggerProvider
@@ -39,6 +39,7 @@ class Pipeline:
 
     cluster: LocalSupabase
     spec: FunctionSpec
+    delivery: DeliverySettings = TEST_DELIVERY
     installed: list[tuple[Any, Any]] = field(default_factory=list)
 
     def connect(self, role: str = "postgres") -> psycopg.Connection:
@@ -47,6 +48,12 @@ class Pipeline:
     def add_trigger(self, table: str, url: str, name: str = "outbox_hook") -> None:
         provider = configured(WebhookTriggerProvider, self.cluster)
         self.installed.append((provider, provider.create(trigger_props(table, name, url, self.spec))))
+
+    def route(self, *routes: Route) -> None:
+        """Update the reconciler as `pulumi up` does when the configured webhooks or their URLs change."""
+        provider, created = next(item for item in self.installed if isinstance(item[0], ReconcilerProvider))
+        spec = ReconcilerSpec(function=self.spec, delivery=self.delivery, routes=routes)
+        provider.update(created.id, created.outs, {**created.outs, **reconciler_props(spec, OWNER)})
 
     def remove(self) -> None:
         with self.connect() as conn:
@@ -69,7 +76,7 @@ def install_pipeline(cluster: LocalSupabase, delivery: DeliverySettings = TEST_D
     with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
         create_demo_tables(conn)
     function = FunctionSpec(mode="at-least-once", timeout_ms=TIMEOUT_MS, token_ttl_seconds=300, **spec)
-    pipeline = Pipeline(cluster, function)
+    pipeline = Pipeline(cluster, function, delivery)
     steps = [
         (OutboxProvider, {"owner": OWNER, "script_sha256": script_sha256()}),
         (ReconcilerProvider, reconciler_props(ReconcilerSpec(function=function, delivery=delivery), OWNER)),

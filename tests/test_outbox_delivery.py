@@ -35,6 +35,7 @@ from providers import trigger_props
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
+from secure_webhooks.reconciler import Route
 
 SECRET = "outbox-test-signing-secret-" + "0123456789abcdef" * 2
 
@@ -255,7 +256,8 @@ def test_a_request_that_waited_long_in_the_queue_is_not_taken_as_vanished(conn, 
 
 
 def test_pending_events_follow_the_webhooks_new_url(pipeline, worker):
-    """`pulumi up` with a new orchestratorUrl re-points the trigger; events already waiting follow it."""
+    """`pulumi up` with a new orchestratorUrl re-points the trigger and the reconciler's route; events
+    already waiting follow the route."""
     with WebhookReceiver(SECRET) as gone:
         old_url = gone.url + "/ingest/interns/individual"
     pipeline.add_trigger("resumes", old_url, name="moving_hook")
@@ -265,6 +267,7 @@ def test_pending_events_follow_the_webhooks_new_url(pipeline, worker):
         settle(conn, worker, lambda: statuses(conn) == {"failed": 3})
         moved = trigger_props("resumes", "moving_hook", new_home.url + "/ingest/interns/individual", pipeline.spec)
         triggers.update(created.id, created.outs, moved)
+        pipeline.route(Route("public", "resumes", "moving_hook", new_home.url + "/ingest/interns/individual"))
         settle(conn, worker, all_delivered(conn))
         report("events pending while the URL changed", inserted, new_home)
         urls = {row[0] for row in conn.execute("SELECT url FROM secure_webhooks.deliveries")}

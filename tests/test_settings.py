@@ -382,3 +382,15 @@ def test_non_ascii_hosts_and_paths_are_encoded_and_nul_is_refused_naming_the_key
         assert error.key == "secure-webhooks:webhooks[1].path" and problem in error.problem
     error = error_of(orchestratorUrl="https://o.example.com/a\x00")
     assert error.key == URL_KEY and "NUL" in error.problem
+
+
+#: Characters libcurl refuses in a host name (pg_net then refuses every request of the webhook).
+CURL_REFUSED_HOST_CHARACTERS = "!*$&'(),;=^{}`\"<>\\+"
+
+
+@pytest.mark.parametrize("production", [False, True])
+@pytest.mark.parametrize("character", CURL_REFUSED_HOST_CHARACTERS)
+def test_a_host_pg_net_would_refuse_is_refused_at_preview_naming_the_key(character, production):
+    """Issue 15 #1: such a host used to pass config and then fail every attempt of its webhook."""
+    error = error_of(orchestratorUrl=f"https://orch{character}estrator.example.com", production=production)
+    assert error.key == URL_KEY and "pg_net (libcurl) would refuse" in error.problem

@@ -1,0 +1,283 @@
+"""Delivery integrity (issue 15): no poison event stalls the rest, no role redirects or forges an outcome.
+
+Real PostgreSQL, the stand-in pg_net worker sending real HTTP over loopback, a
+receiver that verifies every token with PyJWT, and attackers that hold only
+what Supabase gives any role (pg_net's tables are ALL to PUBLIC) or table
+privileges in `public`. Each case prints what went in and where it came out:
+inserted / delivered / lost / sent elsewhere.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import psycopg
+import pytest
+from outbox_support import (
+    Pipeline,
+    check_ids,
+    insert_rows,
+    install_pipeline,
+    reconcile,
+    settle,
+    statuses,
+    supabase_with_secret,
+    tally,
+)
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from local_supabase.cluster import LocalSupabase
+from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
+from local_supabase.pg_net_worker import PgNetWorker
+from local_supabase.scripted_server import ScriptedServer
+from secure_webhooks.reconciler import Route
+from secure_webhooks.urls import UrlPolicyError, check_base_url
+
+SECRET = "integrity-test-signing-secret-" + "0123456789abcdef" * 2
+RESUMES_PATH = "/ingest/interns/individual"
+ZIPS_PATH = "/ingest/interns/zip"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalSupabase]:
+    with supabase_with_secret(SECRET) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def worker(cluster) -> Iterator[PgNetWorker]:
+    with PgNetWorker(cluster.admin_dsn) as worker:
+        yield worker
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver(SECRET) as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def evil() -> Iterator[ScriptedServer]:
+    """Where an attacker would like the rows to go: it answers 200 to anything."""
+    with ScriptedServer() as server:
+        yield server
+
+
+def webhooks(cluster: LocalSupabase, base_url: str, **spec) -> Pipeline:
+    """Both seed webhooks, installed and routed as `pulumi up` does."""
+    pipeline = install_pipeline(cluster, **spec)
+    pipeline.add_trigger("resumes", base_url + RESUMES_PATH, name="resumes_hook")
+    pipeline.add_trigger("zip_archives", base_url + ZIPS_PATH, name="zips_hook")
+    pipeline.route(
+        Route("public", "resumes", "resumes_hook", base_url + RESUMES_PATH),
+        Route("public", "zip_archives", "zips_hook", base_url + ZIPS_PATH),
+    )
+    return pipeline
+
+
+@pytest.fixture
+def pipeline(cluster, receiver) -> Iterator[Pipeline]:
+    pipeline = webhooks(cluster, receiver.url)
+    yield pipeline
+    pipeline.remove()
+
+
+@pytest.fixture
+def conn(pipeline) -> Iterator[psycopg.Connection]:
+    with pipeline.connect() as conn:
+        yield conn
+
+
+def acting_as(conn: psycopg.Connection, role: str, *grants: str) -> psycopg.Connection:
+    """A session of a fresh role holding only `grants` (and what PUBLIC has), reached with SET ROLE."""
+    name = sql.Identifier(role)
+    if conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(name))
+    conn.execute(sql.SQL("GRANT {} TO postgres").format(name))
+    for grant in grants:
+        conn.execute(sql.SQL(grant).format(role=name))
+    session = psycopg.connect(conn.info.dsn, password=conn.info.password, autocommit=True)
+    session.execute(sql.SQL("SET ROLE {}").format(name))
+    return session
+
+
+def event_rows(conn: psycopg.Connection) -> list[tuple]:
+    return conn.execute(
+        "SELECT webhook, status, attempts, last_error FROM secure_webhooks.deliveries ORDER BY created_at, webhook"
+    ).fetchall()
+
+
+def test_a_poison_event_fails_alone_and_every_webhook_is_delivered_in_the_same_round(conn, receiver, worker):
+    """An event whose send raises (pg_net refuses its URL) next to healthy events of every webhook."""
+    conn.execute(
+        "INSERT INTO secure_webhooks.events (webhook, url, payload, next_attempt_at)"
+        " VALUES ('old_hook', 'http://orchestrator{.example/ingest', %s, now() - interval '1 hour')",
+        (Jsonb({"type": "INSERT", "table": "resumes", "schema": "public", "record": {"id": 0}, "old_record": None}),),
+    )
+    inserted = insert_rows(conn, "resumes", 3) + insert_rows(conn, "zip_archives", 3, prefix="zip")
+    assert reconcile(conn) == 7  # one round: the poison event first in line, and nothing rolled back
+    rows = event_rows(conn)
+    poison = [row for row in rows if row[0] == "old_hook"]
+    assert poison[0][1:3] == ("failed", 1) and "invalid URL" in poison[0][3], poison
+    assert all(row[1:3] == ("pending", 1) for row in rows if row[0] != "old_hook"), rows  # all sent, in flight
+    attempts = conn.execute("SELECT error FROM secure_webhooks.attempts WHERE error IS NOT NULL").fetchall()
+    assert len(attempts) == 1 and "net.http_post" in attempts[0][0]
+    worker.drain()
+    settle(conn, worker, lambda: statuses(conn) == {"delivered": 6, "failed": 1})
+    by_path = {path: [d for d in receiver.deliveries if d.path == path] for path in (RESUMES_PATH, ZIPS_PATH)}
+    resumes, zips = tally(inserted[:3], by_path[RESUMES_PATH]), tally(inserted[3:], by_path[ZIPS_PATH])
+    print(f"poison event next to two webhooks: resumes {resumes}; zip_archives {zips}")
+    assert (resumes.delivered, resumes.lost, zips.delivered, zips.lost) == (3, 0, 3, 0)
+    for deliveries in by_path.values():
+        check_ids(deliveries)
+
+
+def test_a_malformed_standard_webhooks_secret_fails_each_event_without_quoting_it(cluster, receiver, worker):
+    secret = "whsec_" + "Zm9vYmFy" + "!~%" + "c2VjcmV0"
+    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as admin:
+        admin.execute("SELECT vault.create_secret(%s, 'app_webhook_secret')", (secret,))
+    pipeline = webhooks(cluster, receiver.url, webhook_secret_name="app_webhook_secret")
+    try:
+        with pipeline.connect() as conn:
+            insert_rows(conn, "resumes", 2)
+            assert reconcile(conn) == 2  # the round completes
+            errors = {row[0] for row in conn.execute("SELECT last_error FROM secure_webhooks.deliveries")}
+            print(f"malformed whsec_ key: {statuses(conn)}, error {errors}")
+            assert statuses(conn) == {"failed": 2}
+            (error,) = errors
+            assert "app_webhook_secret" in error and "not a valid Standard Webhooks secret" in error
+            assert not any(ch in error for ch in "!~%") and "Zm9v" not in error
+    finally:
+        pipeline.remove()
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as admin:
+            admin.execute("DELETE FROM vault.secrets WHERE name = 'app_webhook_secret'")
+    assert receiver.deliveries == []
+
+
+def test_waiting_events_never_follow_a_foreign_trigger_with_the_webhooks_name(conn, pipeline, receiver, evil, worker):
+    """Our trigger is gone while events wait (out-of-band DROP, or the webhook removed from config); a role
+    with table privileges creates a same-named trigger pointing elsewhere; the operator replays."""
+    receiver.plan(PlannedResponse(503), PlannedResponse(503))
+    inserted = insert_rows(conn, "resumes", 2)
+    settle(conn, worker, lambda: statuses(conn) == {"failed": 2})
+    pipeline.route()  # the webhook is removed from config: no route, only the URL recorded at insert
+    conn.execute('DROP TRIGGER "resumes_hook" ON public.resumes')
+    with acting_as(conn, "intruder", "GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}") as intruder:
+        intruder.execute(
+            sql.SQL(
+                'CREATE TRIGGER "resumes_hook" AFTER TRUNCATE ON public.resumes FOR EACH STATEMENT'
+                " EXECUTE FUNCTION pg_catalog.suppress_redundant_updates_trigger({})"
+            ).format(sql.Literal(evil.url + "/steal"))
+        )
+    assert conn.execute("SELECT secure_webhooks.replay()").fetchone() == (2,)
+    settle(conn, worker, lambda: statuses(conn) == {"delivered": 2})
+    counts = tally(inserted, receiver.deliveries)
+    print(f"foreign same-named trigger: {counts}, sent elsewhere {len(evil.received)}")
+    assert counts.delivered == 2 and counts.lost == 0 and evil.received == []
+    urls = {row[0] for row in conn.execute("SELECT url FROM secure_webhooks.deliveries")}
+    assert urls == {receiver.url + RESUMES_PATH}
+    conn.execute('DROP TRIGGER "resumes_hook" ON public.resumes')
+
+
+def test_forged_responses_never_make_an_event_delivered(cluster, evil):
+    """A role with no grants at all writes pg_net's responses (PUBLIC may): planted for the next 5,000 request
+    ids dated 2100, planted before a request exists, and planted beside the real failure of an attempt."""
+    with WebhookReceiver(SECRET) as gone:
+        down = gone.url  # nothing listens there any more: every attempt fails to connect
+    pipeline = webhooks(cluster, down)
+    try:
+        with pipeline.connect() as conn, acting_as(conn, "forger") as forger:
+            forger.execute(
+                "INSERT INTO net._http_response (id, status_code, headers, created)"
+                " SELECT g, 200, '{}', timestamptz '2100-01-01' FROM pg_catalog.generate_series("
+                "   (SELECT last_value + 1 FROM net.http_request_queue_id_seq),"
+                "   (SELECT last_value + 5000 FROM net.http_request_queue_id_seq)) AS g"
+            )
+            forger.execute(
+                "INSERT INTO net._http_response (id, status_code, headers)"
+                " SELECT g, 200, '{}' FROM pg_catalog.generate_series("
+                "   (SELECT last_value + 1 FROM net.http_request_queue_id_seq),"
+                "   (SELECT last_value + 5000 FROM net.http_request_queue_id_seq)) AS g"
+            )
+            inserted = insert_rows(conn, "resumes", 5)
+            reconcile(conn)  # queued; the worker has not picked them up
+            in_flight = [r[0] for r in conn.execute("SELECT request_id FROM secure_webhooks.events").fetchall()]
+            # While still queued, no response can be theirs.
+            forger.execute(
+                "INSERT INTO net._http_response (id, status_code, headers) SELECT unnest(%s::bigint[]), 200, '{}'",
+                (in_flight,),
+            )
+            reconcile(conn)
+            assert statuses(conn) == {"pending": 5}, statuses(conn)
+            with PgNetWorker(cluster.admin_dsn) as worker:
+                worker.drain()  # the real outcome: connection refused, beside the planted 200s
+                settle(conn, worker, lambda: statuses(conn) == {"failed": 5})
+                finished_attempts = "SELECT count(*) FROM secure_webhooks.attempts WHERE finished_at IS NOT NULL"
+                settle(conn, worker, lambda: conn.execute(finished_attempts).fetchone()[0] >= 10)
+            future = conn.execute("SELECT count(*) FROM net._http_response WHERE created > now()").fetchone()[0]
+            result = statuses(conn)
+            print(f"forged 200s: inserted {len(inserted)}, {result}, forged rows left in the future {future}")
+            assert "delivered" not in result and future == 0
+            finished = conn.execute(
+                "SELECT count(*) FILTER (WHERE status_code IS NULL AND error IS NOT NULL), count(*)"
+                " FROM secure_webhooks.attempts WHERE finished_at IS NOT NULL"
+            ).fetchone()
+            assert finished[0] == finished[1] >= 10  # every outcome taken is the real connection error
+    finally:
+        pipeline.remove()
+    assert evil.received == []
+
+
+def test_retry_after_never_shortens_the_backoff(conn, receiver, worker):
+    """`Retry-After: 0` and an HTTP date 60 s in the past (a receiver's clock behind) wait the backoff: 1 s, 2 s."""
+    past = format_datetime(datetime.now(UTC) - timedelta(seconds=60), usegmt=True)
+    receiver.plan(
+        PlannedResponse(503, headers={"Retry-After": "0"}),
+        PlannedResponse(503, headers={"Retry-After": past}),
+    )
+    inserted = insert_rows(conn, "resumes", 1)
+    settle(conn, worker, lambda: statuses(conn) == {"delivered": 1})
+    print(f"Retry-After 0, then a past date: {tally(inserted, receiver.deliveries)}")
+    sent = [row[0] for row in conn.execute("SELECT sent_at FROM secure_webhooks.attempts ORDER BY id")]
+    gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(sent)]
+    assert len(gaps) == 2 and gaps[0] >= 1 and gaps[1] >= 2, gaps
+
+
+def test_every_host_the_url_policy_accepts_pg_net_accepts_too(cluster):
+    """The policy is checked against the libcurl the stand-in's net.http_post uses, as pg_net's does."""
+    hosts = [f"orch{ch}estrator.example.com" for ch in "!*$&'(),;=^{}`\"<>\\+_-~|"] + [
+        "orchestrator.example.com",
+        "a-b_c.example.com",
+        "xn--bcher-kva.example",
+        "bücher.example",
+        "127.0.0.1",
+        "[::1]",
+        "0x7f000001",
+        "localhost",
+        "a..b",
+        "under_score",
+        "trailing.dot.",
+        "UPPER.example.com",
+        "per%41cent.example.com",
+        "1.2.3.4.5",
+        "[fe80::1%25eth0]",
+        "-leading-hyphen.example",
+    ]
+    accepted = refused = 0
+    with psycopg.connect(cluster.dsn("postgres")) as conn:
+        for host in hosts:
+            url = f"https://{host}:9"
+            try:
+                check_base_url(url, production=False)
+            except UrlPolicyError:
+                refused += 1
+                continue
+            accepted += 1
+            with conn.transaction(force_rollback=True):
+                conn.execute("SELECT net.http_post(%s, '{}'::jsonb)", (check_base_url(url, production=False),))
+    print(f"hosts: {len(hosts)}, accepted by the policy and by net.http_post {accepted}, refused at preview {refused}")
+    assert accepted >= 10 and refused >= 20
