@@ -67,3 +67,50 @@ def test_errors_are_one_line_without_secrets(cluster, capsys):
     assert cluster.password_for("postgres") not in err
     with pytest.raises(SystemExit):
         main(["purge", "--status", "everything"])
+
+
+#: A password no libpq message should ever show, not even in part (issue 15 #9).
+PASSWORD = "Hunter2-s3cr3t-Passw0rd"
+MALFORMED_DSNS = (
+    f"postgresql://operator:{PASSWORD}@[::1/postgres",  # unterminated IPv6 host: libpq quotes the whole URI
+    f"postgresql://operator:{PASSWORD}@db.example.com/postgres?sslmode=verify-full&bogus=1",
+    f"postgresql://operator:{PASSWORD.replace('-', '%zz')}@db.example.com/postgres",  # undecodable user info
+    f"postgresql://operator:{PASSWORD}@db.example.com:port/postgres",
+    f"postgresql://operator@db.example.com/postgres?password={PASSWORD}&bogus=1",
+    f"host=db.example.com password='{PASSWORD}",  # unterminated quote
+    f"host=db.example.com password={PASSWORD} bogus=1",
+)
+
+
+@pytest.mark.parametrize("dsn", MALFORMED_DSNS)
+def test_a_malformed_dsn_is_one_line_without_its_password(capsys, dsn):
+    code, out, err = run(capsys, "--dsn", dsn, "status")
+    print(f"\n{dsn!r} -> {err.strip()}")
+    assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("error: cannot connect with --dsn:")
+    fragments = {PASSWORD[i : i + 6] for i in range(len(PASSWORD) - 5)} | {"%zz"}
+    assert not [fragment for fragment in fragments if fragment in err], err
+
+
+@pytest.mark.parametrize(
+    ("argv", "key"), [(("list", "--since"), "--since"), (("purge", "--status", "dead", "--older-than"), "--older-than")]
+)
+@pytest.mark.parametrize("value", ["99999999999d", "9" * 40 + "s", "36501d"])
+def test_an_out_of_range_duration_is_a_usage_error_not_a_traceback(capsys, argv, key, value):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--dsn", "host=127.0.0.1", *argv, value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1].endswith(f"argument {key}: {value!r} is too long: at most 36500d")
+
+
+def test_the_longest_duration_works_against_the_database(cluster, capsys):
+    pipeline = install_pipeline(cluster)
+    try:
+        code, out, err = run(capsys, "--dsn", cluster.dsn("postgres"), "list", "--since", "36500d")
+        assert (code, err) == (0, "") and out.startswith("event id")
+        code, out, err = run(
+            capsys, "--dsn", cluster.dsn("postgres"), "purge", "--status", "dead", "--older-than", "36500d"
+        )
+        assert (code, out.strip(), err) == (0, "purged 0 event(s)", "")
+    finally:
+        pipeline.remove()

@@ -16,6 +16,8 @@ from webhook_deliveries.connection import OperatorError, connect
 VIEW = f"{SCHEMA}.{DELIVERIES_VIEW}"
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+#: The longest --since / --older-than: a century covers every event an outbox can hold.
+LONGEST = timedelta(days=36_500)
 
 STATUS_QUERY = f"""
 SELECT webhook, "table",
@@ -47,7 +49,13 @@ def duration(text: str) -> timedelta:
     match = _DURATION.match(text.strip())
     if not match:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 30m, 6h or 7d")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        value = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    except OverflowError:  # beyond timedelta's range: argparse would show a traceback
+        value = None
+    if value is None or value > LONGEST:
+        raise argparse.ArgumentTypeError(f"{text!r} is too long: at most {LONGEST.days}d")
+    return value
 
 
 def statuses(text: str) -> list[str]:

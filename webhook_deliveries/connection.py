@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import unquote
 
 import psycopg
 
@@ -38,13 +40,67 @@ def stack_settings(stack: str | None, project_dir: Path) -> ConnectionSettings:
     return ConnectionSettings.from_config(_StackConfig(values))
 
 
+#: The password of a URI's user info (`scheme://user:password@host`): up to the last `@` before the path,
+#: and up to the first `@` too, since a malformed URI may be read either way.
+_URI_PASSWORDS = (
+    re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^:@/]*:(?P<password>.*)@"),
+    re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^:@/]*:(?P<password>[^@]*)@"),
+)
+#: A `password=` keyword of a key/value conninfo (quoted or not), or a URI's `password=` query parameter.
+_KEYWORD_PASSWORDS = (
+    re.compile(r"password\s*=\s*'(?P<password>(?:[^'\\]|\\.)*)'?"),
+    re.compile(r"password\s*=\s*(?P<password>[^\s&]*)"),
+)
+#: A quoted fragment of a libpq message (libpq quotes the text it could not parse).
+_QUOTED = re.compile(r'"[^"]*"|\'[^\']*\'')
+#: Outside quotes, libpq writes its own words: a candidate shorter than this is not searched for there
+#: (a malformed URI can make a fragment like "pa" look like a password).
+_UNQUOTED_MINIMUM = 6
+
+
+def dsn_passwords(dsn: str) -> list[str]:
+    """Every string in `dsn` that may be its password, as written and percent-decoded: longest first."""
+    found = {
+        match.group("password")
+        for pattern in (*_URI_PASSWORDS, *_KEYWORD_PASSWORDS)
+        for match in pattern.finditer(dsn)
+        if match.group("password")
+    }
+    found |= {unquote(password) for password in found}
+    return sorted((password for password in found if password), key=len, reverse=True)
+
+
+def _masked(text: str, passwords: list[str]) -> str:
+    for password in passwords:
+        text = text.replace(password, "***")
+    return text
+
+
+def redact_dsn_error(message: str, dsn: str) -> str:
+    """libpq's message about `dsn`, on one line, with no fragment of the DSN's password left in it.
+
+    libpq quotes the whole URI (`... in URI: "postgresql://user:secret@..."`) or the token it could
+    not decode, so every possible password is masked in quoted text, a quoted fragment that still
+    holds user info (an `@`) or a password keyword is dropped, and libpq's own words are searched for
+    every candidate long enough not to be one of them.
+    """
+    passwords = dsn_passwords(dsn)
+
+    def quoted(match: re.Match[str]) -> str:
+        fragment = _masked(match.group(), passwords)
+        return '"…"' if "@" in fragment or "password" in fragment.lower() else fragment
+
+    text = _QUOTED.sub(quoted, " ".join(message.split()))
+    return _masked(text, [password for password in passwords if len(password) >= _UNQUOTED_MINIMUM])
+
+
 def connect(dsn: str | None, stack: str | None, project_dir: Path) -> psycopg.Connection:
     if dsn is not None:
         try:
             return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
-        except psycopg.OperationalError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise OperatorError(f"cannot connect with --dsn: {first}") from None
+        except psycopg.Error as exc:  # a malformed conninfo is a ProgrammingError, quoting the DSN
+            first = str(exc).strip() or type(exc).__name__
+            raise OperatorError(f"cannot connect with --dsn: {redact_dsn_error(first, dsn)}") from None
     try:
         conn = stack_settings(stack, project_dir).connect()
     except ConnectionError as exc:
