@@ -61,9 +61,14 @@ def body_sha256(body: bytes) -> str:
 
 @dataclass
 class SeenEvents:
-    """Event ids accepted within their tokens' lifetimes (one process; replicas need a shared store).
+    """Event ids accepted, each until the latest `exp` (+ leeway) of its tokens; one process only.
 
-    Expired ids leave through a heap ordered by expiry, so each request costs O(log n), not a scan.
+    Every retry of one event carries the same `jti` in a fresh token with a later `exp`, so an id
+    is remembered until the latest of them expires, not only the first: otherwise a retry token
+    (stolen from pg_net's queue, say) would be accepted as a new event once the first token had
+    expired, while it is still valid itself. Expiry is exclusive (gone once `now >= expires_at`),
+    as in the Rust crate's store. Expired ids leave through a heap ordered by expiry, so each
+    request costs O(log n), not a scan; replicas need a shared store instead.
     """
 
     _expiry: dict[str, float] = field(default_factory=dict)
@@ -71,17 +76,20 @@ class SeenEvents:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def first_time(self, event_id: str, expires_at: float, now: float) -> bool:
-        """Record `event_id` until `expires_at`; False when it was already there."""
+        """Remember `event_id` until `max(recorded, expires_at)`; False when it was already there."""
         with self._lock:
-            while self._by_expiry and self._by_expiry[0][0] < now:
+            while self._by_expiry and self._by_expiry[0][0] <= now:
                 _, stale = heapq.heappop(self._by_expiry)
-                if self._expiry.get(stale, now) < now:
+                # The heap keeps superseded (earlier) expiries of extended ids: skip those.
+                if self._expiry.get(stale, now + 1) <= now:
                     del self._expiry[stale]
-            if event_id in self._expiry:
-                return False
-            self._expiry[event_id] = expires_at
-            heapq.heappush(self._by_expiry, (expires_at, event_id))
-            return True
+            recorded = self._expiry.get(event_id)
+            if recorded is None and expires_at <= now:
+                return True  # already expired: nothing to remember
+            if recorded is None or expires_at > recorded:
+                self._expiry[event_id] = expires_at
+                heapq.heappush(self._by_expiry, (expires_at, event_id))
+            return recorded is None
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -149,7 +149,8 @@ pub enum VerifyError {
         /// the `jti` / `webhook-id`
         event_id: String,
     },
-    /// The replay store failed or is full (503, so the database retries later).
+    /// The replay store failed, or is full with [`WhenFull::RefuseNew`](crate::WhenFull::RefuseNew) (503, so
+    /// the database retries later).
     ReplayStore(String),
 }
 

@@ -14,7 +14,8 @@
 //!    base64url SHA-256 of its exact bytes;
 //! 6. when a `whsec_` secret is configured, the Standard Webhooks timestamp (±5 min) and
 //!    signature (constant-time);
-//! 7. `jti` not accepted before within its token's lifetime ([`ReplayStore`]). A repeat is
+//! 7. `jti` not accepted before within the lifetime of the latest token seen for it
+//!    ([`ReplayStore`]). A repeat is
 //!    [`VerifyError::Replayed`]: a duplicate delivery, which axum answers with **200 OK** (the
 //!    database delivers at least once, so it must see a 2xx to stop retrying), without running
 //!    the handler. Add the [`forget_on_failure`] middleware so that a handler that fails (non-2xx)
@@ -51,7 +52,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ConfigError, VerifyError};
 pub use forget::forget_on_failure;
 pub use replay::{
-    DEFAULT_MAX_ENTRIES, MemoryReplayStore, ReplayStore, ReplayStoreError, StoreFuture,
+    DEFAULT_MAX_ENTRIES, MemoryReplayStore, ReplayStore, ReplayStoreError, StoreFuture, WhenFull,
 };
 pub use verifier::{
     DEFAULT_EXPECTED_CLAIMS, DEFAULT_MAX_BODY_BYTES, DEFAULT_WEBHOOK_TOLERANCE_SECONDS,

@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{ConfigError, VerifyError};
-use crate::replay::{DEFAULT_MAX_ENTRIES, MemoryReplayStore, ReplayStore};
+use crate::replay::{DEFAULT_MAX_ENTRIES, MemoryReplayStore, ReplayStore, WhenFull};
 
 /// The default body limit: 1 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -104,6 +104,7 @@ pub struct VerifierBuilder {
     require_json_content_type: bool,
     replay_store: Option<Arc<dyn ReplayStore>>,
     replay_capacity: usize,
+    replay_when_full: WhenFull,
     clock: Option<Arc<dyn Clock>>,
 }
 
@@ -203,6 +204,13 @@ impl VerifierBuilder {
         self
     }
 
+    /// What the default in-memory replay store does with a new event id when it is full of
+    /// unexpired ones (default [`WhenFull::EvictSoonestExpiring`]; see [`WhenFull`]).
+    pub fn replay_when_full(mut self, when_full: WhenFull) -> Self {
+        self.replay_when_full = when_full;
+        self
+    }
+
     /// The clock to verify against (default the system clock).
     pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
         self.clock = Some(Arc::new(clock));
@@ -247,7 +255,10 @@ impl VerifierBuilder {
         validation.validate_aud = false;
         validation.required_spec_claims.clear();
         let replay_store = self.replay_store.unwrap_or_else(|| {
-            Arc::new(MemoryReplayStore::new(self.replay_capacity)) as Arc<dyn ReplayStore>
+            Arc::new(MemoryReplayStore::with_policy(
+                self.replay_capacity,
+                self.replay_when_full,
+            )) as Arc<dyn ReplayStore>
         });
         Ok(Verifier {
             inner: Arc::new(Inner {
@@ -357,6 +368,7 @@ impl Verifier {
             require_json_content_type: true,
             replay_store: None,
             replay_capacity: DEFAULT_MAX_ENTRIES,
+            replay_when_full: WhenFull::default(),
             clock: None,
         }
     }

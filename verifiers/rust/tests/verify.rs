@@ -442,6 +442,65 @@ async fn replayed_jti_is_refused_until_the_token_expires() {
         .unwrap();
 }
 
+/// A token for `EVENT_ID` issued at `iat`, valid for `ttl` seconds.
+fn token_at(iat: u64, ttl: u64) -> HeaderMap {
+    let claims = with(
+        with(claims(BODY), "iat", json!(iat)),
+        "exp",
+        json!(iat + ttl),
+    );
+    headers(&sign(&claims), EVENT_ID)
+}
+
+#[tokio::test]
+async fn a_retry_keeps_its_event_id_remembered_until_its_own_exp() {
+    // issue 15 #6: each retry mints a fresh token with the same jti and a later exp. Were the id
+    // remembered only until the first token's exp, a stolen retry token would be accepted as a
+    // new event in between.
+    let clock = Arc::new(ManualClock::new(NOW));
+    let verifier = Verifier::builder(SECRET)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let first = token_at(NOW, 300); // exp NOW + 300
+    let retry = token_at(NOW + 10, 590); // exp NOW + 600
+    verify_with(&verifier, &first, BODY).await.unwrap();
+    clock.set(NOW + 10);
+    assert!(
+        verify_with(&verifier, &retry, BODY)
+            .await
+            .unwrap_err()
+            .is_duplicate()
+    );
+    clock.set(NOW + 301);
+    assert!(
+        verify_with(&verifier, &retry, BODY)
+            .await
+            .unwrap_err()
+            .is_duplicate(),
+        "the retry is still a duplicate after the first token expired"
+    );
+    clock.set(NOW + 599);
+    assert!(
+        verify_with(&verifier, &retry, BODY)
+            .await
+            .unwrap_err()
+            .is_duplicate()
+    );
+    // once the latest token expired, so has the record (and the token itself is refused)
+    clock.set(NOW + 600);
+    assert_eq!(
+        verify_with(&verifier, &retry, BODY)
+            .await
+            .unwrap_err()
+            .code(),
+        "expired"
+    );
+    verify_with(&verifier, &token_at(NOW + 600, 300), BODY)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn refused_requests_do_not_use_up_the_event_id() {
     let verifier = builder().build().unwrap();
