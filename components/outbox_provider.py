@@ -28,6 +28,7 @@ from .outbox import (
     script_sha256,
 )
 from .ownership import OwnershipError, marker, owner_of, refusal
+from .reconciler import JOB_NAME
 
 OPERATOR_COMMAND = "python -m webhook_deliveries"
 
@@ -131,9 +132,7 @@ class OutboxProvider(FingerprintedProvider):
             if counts:
                 raise RuntimeError(
                     f"refusing to drop schema {SCHEMA}: it holds undelivered webhook events "
-                    f"({describe_counts(counts)}); destroying it would lose them. Replay them "
-                    f"(`{OPERATOR_COMMAND} replay`) and wait until `{OPERATOR_COMMAND} status` shows none, or "
-                    f"discard them (`{OPERATOR_COMMAND} purge --status pending,failed,dead`), then run destroy again"
+                    f"({describe_counts(counts)}); destroying it would lose them. {_undelivered_advice(cur, counts)}"
                 )
             cur.execute(sql.SQL("DROP VIEW IF EXISTS {}.deliveries").format(sql.Identifier(SCHEMA)))
             for name, arguments in FUNCTIONS:
@@ -149,6 +148,28 @@ class OutboxProvider(FingerprintedProvider):
             )
             cur.execute(sql.SQL("DROP SCHEMA {}").format(sql.Identifier(SCHEMA)))
         pulumi.log.info(f"dropped schema {SCHEMA}: every event in it had been delivered")
+
+
+def _undelivered_advice(cur: psycopg.Cursor, counts: dict[str, int]) -> str:
+    """What gets the events out of the way: replaying only helps while the reconciler's pg_cron job runs."""
+    statuses = ",".join(counts)
+    discard = f"`{OPERATOR_COMMAND} purge --status {statuses}`"
+    cur.execute("SELECT pg_catalog.to_regclass('cron.job') IS NOT NULL")
+    job_runs = cur.fetchone()[0]
+    if job_runs:
+        cur.execute("SELECT EXISTS (SELECT FROM cron.job WHERE jobname = %s AND active)", (JOB_NAME,))
+        job_runs = cur.fetchone()[0]
+    if job_runs:
+        return (
+            f"Replay them (`{OPERATOR_COMMAND} replay`) and run destroy again once `{OPERATOR_COMMAND} status` "
+            f"shows none undelivered, or discard them for good ({discard}) and run destroy again"
+        )
+    return (
+        f"The reconciler's pg_cron job {JOB_NAME} is gone, so nothing sends them any more (a replay would leave "
+        f"them pending forever). Discard them for good ({discard}) and run destroy again; or, to deliver them, run "
+        f"`pulumi up` (it schedules the job again), `{OPERATOR_COMMAND} replay`, wait until "
+        f"`{OPERATOR_COMMAND} status` shows none undelivered, then destroy"
+    )
 
 
 def _foreign_schema() -> str:

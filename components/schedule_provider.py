@@ -5,9 +5,10 @@ The job is named, so `cron.schedule` both creates and reschedules it, and
 render: a job dropped, paused or rescheduled out of band is drift. Its
 command starts with our ownership marker (cron.job has no comments).
 
-Removing the job stops every retry, so delete refuses while events are still
-pending or failed; the job keeps delivering them, and destroy succeeds once
-they are delivered (or deliberately purged).
+Removing the job stops every retry, so delete refuses while any event is
+undelivered (pending, failed, or dead: a dead event replayed after the job is
+gone would wait forever); the job keeps delivering, and destroy succeeds once
+the events are delivered (dead ones replayed first) or deliberately purged.
 """
 
 from __future__ import annotations
@@ -170,15 +171,26 @@ class ScheduleProvider(DatabaseProvider):
             job = find_job(cur, props["job_name"])
             if job is None or job["managed_by"] != props["owner"]:
                 return
-            waiting = {status: n for status, n in undelivered(cur).items() if status in ("pending", "failed")}
+            waiting = undelivered(cur)
             if waiting:
+                # Dead events too: once the job is gone, a replayed event would wait forever, so the
+                # way out of the outbox's own refusal (replay, or purge) must be taken while it runs.
                 raise RuntimeError(
                     f"refusing to unschedule pg_cron job {props['job_name']}: {describe_counts(waiting)} webhook "
-                    f"events still wait for delivery and nothing else would retry them. The job keeps delivering; "
-                    f"run destroy again once `{OPERATOR_COMMAND} status` shows none, or discard them with "
-                    f"`{OPERATOR_COMMAND} purge --status pending,failed`"
+                    f"events are undelivered and nothing else would send them. {waiting_advice(waiting)}"
                 )
             cur.execute("SELECT cron.unschedule(%s)", (props["job_name"],))
+
+
+def waiting_advice(waiting: dict[str, int]) -> str:
+    """How to get past a refusal while the job still runs: it retries pending and failed events itself."""
+    statuses = ",".join(waiting)
+    retried = "The job keeps retrying pending and failed events" if set(waiting) - {"dead"} else "The job still runs"
+    replay = f"; replay dead ones with `{OPERATOR_COMMAND} replay` and it sends them again" if "dead" in waiting else ""
+    return (
+        f"{retried}{replay}. Run destroy again once `{OPERATOR_COMMAND} status` shows none undelivered, or discard "
+        f"them for good with `{OPERATOR_COMMAND} purge --status {statuses}`"
+    )
 
 
 class ReconcilerSchedule(pulumi.dynamic.Resource, module="secure-webhooks", name="ReconcilerSchedule"):
