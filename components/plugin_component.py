@@ -63,6 +63,8 @@ class Delivery(TypedDict, total=False):
     schedule: str
     """auto, 'N seconds' or a cron expression."""
     batchSize: int
+    receipts: str
+    """off (default) or required: a 2xx counts only with a valid webhook-receipt."""
 
 
 class WebhooksArgs(TypedDict):

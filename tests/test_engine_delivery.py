@@ -92,9 +92,12 @@ def test_destroy_refuses_while_events_wait_then_succeeds(engine):
     assert refused.returncode != 0
     assert "refusing to unschedule pg_cron job secure_webhooks_reconciler" in output
     # Pulumi's dynamic provider server prints any provider exception with its traceback (issue 10 #16).
-    with engine.connect() as conn:  # nothing lost, and the job still delivers
+    with engine.connect() as conn:  # nothing lost, the job still delivers, and nothing else changed
         assert conn.execute("SELECT count(*) FROM secure_webhooks.events").fetchone() == (2,)
         assert conn.execute("SELECT count(*) FROM cron.job").fetchone() == (1,)
+        # Issue 15 #2: the schedule refuses first, so no trigger was dropped (or legacy webhook restored).
+        ours = "SELECT count(*) FROM pg_trigger WHERE tgfoid = 'public.notify_orchestrator_secure'::regproc"
+        assert conn.execute(ours).fetchone() == (2,)
     with WebhookReceiver(JWT_SECRET, port=port) as back:
         back.wait_for(2, timeout=20)
         engine.wait_until_delivered()
