@@ -1,10 +1,13 @@
-"""Shared test vectors for both verifiers, made from real requests the database sent.
+"""Shared test vectors for both verifiers: the crate's sample, and real requests the database sent.
 
 The stand-in's pg_net delivers each request to a recording endpoint; the
 vectors hold them byte for byte (headers, raw body), valid and tampered, with
 the clock to verify them at. The Python verifier must agree with every case
-here; scripts/test.sh then runs the Rust crate's tests on the same file
-(`WEBHOOK_VECTORS`), so the two verifiers check the same things.
+here, refusing with the case's `reason`, the Rust crate's error code;
+scripts/test.sh then runs the Rust crate's tests on the same file
+(`WEBHOOK_VECTORS`), so the two verifiers decide every case identically.
+verifiers/rust/tests/vectors.sample.json (made by make_sample_vectors.py, no
+database needed) holds the edge cases where they used to differ; both run it.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ from binding_support import PATH, authorization, direct_webhook, ensure_webhook_
 from outbox_support import deliver_once
 
 from local_supabase.scripted_server import Received, ScriptedServer
-from webhook_verifier import VerificationError, Verifier
+from webhook_verifier import DEFAULT_EXPECTED_CLAIMS, VerificationError, Verifier
 
-DEFAULT_PATH = Path(__file__).resolve().parent.parent / ".local" / "webhook-vectors.json"
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PATH = ROOT / ".local" / "webhook-vectors.json"
+SAMPLE_PATH = ROOT / "verifiers" / "rust" / "tests" / "vectors.sample.json"
 WRONG_KEY = "not-the-orchestrators-key-" + "9" * 20
 
 
@@ -98,46 +103,93 @@ def make_vectors(cluster, conn: psycopg.Connection, secret: str) -> dict[str, An
         case("valid-pgjwt", pgjwt, pgjwt_url),
         case("valid-aud", with_aud, aud_url, audience=aud_url),
         case("valid-at-least-once", outbox, outbox_url),
-        case("body-changed", tampered_body, url, expect="reject", reason="body_hash"),
+        case("body-changed", tampered_body, url, expect="reject", reason="body_hash_mismatch"),
         case(
             "endpoint-changed",
             with_aud,
             aud_url.replace(PATH, "/ingest/resumes/batch"),
             audience=aud_url.replace(PATH, "/ingest/resumes/batch"),
             expect="reject",
-            reason="audience",
+            reason="audience_mismatch",
         ),
-        case("aud-unexpected", with_aud, aud_url, expect="reject", reason="audience"),
+        case("aud-unexpected", with_aud, aud_url, expect="reject", reason="unexpected_audience"),
         case("expired", plain, url, now=claims["exp"] + 1, expect="reject", reason="expired"),
-        case("wrong-key", wrong_key, wrong_url, expect="reject", reason="signature"),
-        case("replayed-jti", plain, url, expect="reject", reason="replay", replay_of="valid-pgcrypto"),
-        case("alg-none", with_token(plain, f"{none_header}.{claims_part}."), url, expect="reject", reason="algorithm"),
-        case("alg-hs512", with_token(plain, hs512), url, expect="reject", reason="algorithm"),
-        case("webhook-signature-forged", tampered_signature, url, expect="reject", reason="webhook_signature"),
+        case("wrong-key", wrong_key, wrong_url, expect="reject", reason="invalid_signature"),
+        case("replayed-jti", plain, url, expect="reject", reason="replayed", replay_of="valid-pgcrypto"),
         case(
-            "webhook-timestamp-stale", plain, url, now=claims["iat"] + 301, expect="reject", reason="webhook_timestamp"
+            "alg-none",
+            with_token(plain, f"{none_header}.{claims_part}."),
+            url,
+            expect="reject",
+            reason="unsupported_algorithm",
         ),
+        case("alg-hs512", with_token(plain, hs512), url, expect="reject", reason="unsupported_algorithm"),
+        case("webhook-signature-forged", tampered_signature, url, expect="reject", reason="invalid_webhook_signature"),
+        case("webhook-timestamp-stale", plain, url, now=claims["iat"] + 301, expect="reject", reason="stale_timestamp"),
     ]
     return {"secret": secret, "webhook_secret": webhook_secret, "cases": cases}
 
 
-def python_outcome(vectors: dict[str, Any], case: dict[str, Any]) -> tuple[str, str | None]:
-    """("accept" | "reject", reason) for one case, after its replay_of chain, with a verifier of its own."""
-    verifier = Verifier(
-        vectors["secret"],
-        audience=case["audience"],
-        webhook_secret=vectors["webhook_secret"],
-        clock=lambda: case["now"],
-    )
+def python_outcomes(vectors: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
+    """Each case's ("accept" | "reject", reason) by the Python verifier, configured as vectors.rs configures
+    the Rust one: a verifier per case, the crate's default expected claims, the case's `now`; its replay_of
+    chain verified first on the same verifier, each at its own `now`, and held to its own expectation."""
     by_name = {c["name"]: c for c in vectors["cases"]}
-    earlier = by_name.get(case["replay_of"]) if case["replay_of"] else None
-    if earlier is not None:
-        verifier.verify(earlier["headers"], base64.b64decode(earlier["body_base64"]))
+    outcomes = {}
+    for case in vectors["cases"]:
+        now = [case["now"]]
+        verifier = Verifier(
+            vectors["secret"],
+            audience=case["audience"],
+            expected_claims=DEFAULT_EXPECTED_CLAIMS,
+            webhook_secret=vectors["webhook_secret"],
+            clock=lambda now=now: now[0],
+        )
+        chain, earlier = [], case["replay_of"]
+        while earlier is not None:
+            chain.append(by_name[earlier])
+            earlier = by_name[earlier]["replay_of"]
+        for earlier in reversed(chain):
+            now[0] = earlier["now"]
+            expected = (earlier["expect"], earlier["reason"])
+            assert outcome(verifier, earlier) == expected, f"{case['name']}: its replay_of case {earlier['name']}"
+        now[0] = case["now"]
+        outcomes[case["name"]] = outcome(verifier, case)
+    return outcomes
+
+
+def outcome(verifier: Verifier, case: dict[str, Any]) -> tuple[str, str | None]:
     try:
         verified = verifier.verify(case["headers"], base64.b64decode(case["body_base64"]))
     except VerificationError as error:
-        return "reject", error.reason
-    return ("reject", "replay") if verified.duplicate else ("accept", None)
+        return "reject", error.code
+    return ("reject", "replayed") if verified.duplicate else ("accept", None)
+
+
+def expectations(vectors: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
+    return {c["name"]: (c["expect"], c["reason"]) for c in vectors["cases"]}
+
+
+def test_the_python_verifier_agrees_with_every_sample_vector():
+    """The same file the crate's tests/vectors.rs runs, with the same reasons (the crate's error codes)."""
+    sample = json.loads(SAMPLE_PATH.read_text(encoding="utf-8"))
+    assert len(sample["cases"]) >= 50
+    assert python_outcomes(sample) == expectations(sample)
+
+
+def test_the_sample_vectors_cover_where_the_verifiers_used_to_differ():
+    sample = json.loads(SAMPLE_PATH.read_text(encoding="utf-8"))
+    reasons = {c["name"]: c["reason"] for c in sample["cases"]}
+    expired = next(c for c in sample["cases"] if c["name"] == "expired")
+    token = next(v for k, v in expired["headers"].items() if k.lower() == "authorization").split()[1]
+    assert jwt.decode(token, options={"verify_signature": False})["exp"] == expired["now"]  # exp == now
+    assert reasons["expired"] == "expired"
+    assert {reasons[n] for n in ("exp_equal_to_iat", "exp_before_iat", "aud_list", "aud_null")} == {"invalid_claim"}
+    assert reasons["missing_webhook_id"] == "missing_webhook_id"
+    assert {reasons[n] for n in ("typ_jws", "typ_lowercase", "typ_null")} == {"unsupported_token_type"}
+    assert {reasons[n] for n in ("exp_10_pow_400", "exp_5000_digits", "signature_stray_bits")} == {"malformed_token"}
+    assert reasons["webhook_timestamp_5000_digits"] == "malformed_header"
+    assert reasons["retry_remembered_until_its_own_exp"] == "replayed"
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +203,7 @@ def vectors(supabase_ready, pg_net_worker, receiver_secret) -> dict[str, Any]:
 
 
 def test_the_python_verifier_agrees_with_every_vector(vectors):
-    outcomes = {c["name"]: python_outcome(vectors, c) for c in vectors["cases"]}
-    expected = {c["name"]: (c["expect"], c["reason"]) for c in vectors["cases"]}
-    assert outcomes == expected
+    assert python_outcomes(vectors) == expectations(vectors)
 
 
 def test_the_vectors_cover_valid_and_every_tampering(vectors):

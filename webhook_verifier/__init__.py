@@ -13,8 +13,16 @@ database retries until it sees a 2xx, with a fresh token and the same `jti`,
 so `verify` reports it (`Verified.duplicate`) and the orchestrator should
 answer 2xx without processing the event again.
 
-The Rust crate in verifiers/rust checks the same things; both run the shared
-vectors the test suite makes from real requests (tests/test_verifier_vectors.py).
+The Rust crate in verifiers/rust checks the same things, in the same order,
+and refuses with the same codes (`VerificationError.code` is the crate's
+`VerifyError::code()`): both run the crate's sample vectors and the vectors the
+test suite records from real requests (tests/test_verifier_vectors.py). That is
+why this module reads the token itself instead of through PyJWT: PyJWT parses
+JSON that the crate's serde_json refuses (NaN, 10**400, which then raised
+uncaught errors here, duplicate keys, lone surrogates, deep nesting) and
+accepts `aud` lists and any `typ`; each such difference let one verifier accept
+what the other refused. The MAC is HMAC-SHA256 over the token's first two
+parts, compared in constant time; only HS256 is accepted.
 """
 
 from __future__ import annotations
@@ -23,26 +31,71 @@ import base64
 import hashlib
 import heapq
 import hmac
+import json
+import math
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import jwt
-
 #: The claims that bind a token to its request.
 BINDING_CLAIMS = ("jti", "body_sha256")
 #: Standard Webhooks: reference libraries refuse timestamps more than 5 minutes off.
 WEBHOOK_TOLERANCE_SECONDS = 300
+#: The longest `jti` accepted, in UTF-8 bytes (the database sends a 36-character UUID).
+MAX_JTI_LENGTH = 256
+#: The default body limit: 1 MiB, as the Rust crate's.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+#: The Rust crate's default expected claims (the project's default `secure-webhooks:claims`).
+#: `Verifier` expects none unless told; the shared vectors are checked with these.
+DEFAULT_EXPECTED_CLAIMS: Mapping[str, Any] = {"role": "service_role", "iss": "supabase", "sub": "orchestrator"}
+
+#: Each code (the Rust crate's `VerifyError::code()`) and the coarser `reason` this module gave before.
+_REASONS = {
+    "missing_authorization": "missing_token",
+    "invalid_authorization_scheme": "missing_token",
+    "malformed_token": "malformed",
+    "unsupported_algorithm": "algorithm",
+    "unsupported_token_type": "algorithm",
+    "unsupported_header_parameter": "algorithm",
+    "invalid_signature": "signature",
+    "expired": "expired",
+    "issued_in_future": "not_yet_valid",
+    "audience_mismatch": "audience",
+    "unexpected_audience": "audience",
+    "missing_claim": "claims",
+    "invalid_claim": "claims",
+    "claim_mismatch": "claims",
+    "webhook_id_mismatch": "claims",
+    "missing_webhook_id": "claims",
+    "unsupported_content_type": "content_type",
+    "payload_too_large": "body_too_large",
+    "malformed_header": "webhook_timestamp",
+    "body_hash_mismatch": "body_hash",
+    "missing_webhook_header": "webhook_signature",
+    "stale_timestamp": "webhook_timestamp",
+    "invalid_webhook_signature": "webhook_signature",
+}
 
 
 class VerificationError(ValueError):
-    """The request is refused; `reason` is a stable code (e.g. "body_hash"), str() says why."""
+    """The request is refused; str() says why, without any secret.
 
-    def __init__(self, reason: str, message: str) -> None:
+    `code` is the Rust crate's error code for the same refusal (e.g. "body_hash_mismatch"), so both
+    verifiers can be compared on every vector; `reason` is the coarser code this module has always
+    given (e.g. "body_hash").
+    """
+
+    def __init__(self, reason: str, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.code = code or reason
+
+
+def _refuse(code: str, message: str) -> VerificationError:
+    return VerificationError(_REASONS[code], message, code=code)
 
 
 @dataclass(frozen=True)
@@ -54,9 +107,109 @@ class Verified:
     duplicate: bool = False
 
 
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
 def body_sha256(body: bytes) -> str:
     """The `body_sha256` claim for these exact bytes."""
-    return base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode()
+    return _b64url(hashlib.sha256(body).digest())
+
+
+_B64URL_TEXT = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def _b64url_decode(text: str) -> bytes | None:
+    """Strict base64url without padding, as the Rust `base64` crate decodes it: None for padding,
+    other characters, or stray bits in the last character (lenient decoders ignore them, so that
+    several texts would decode to one signature)."""
+    if not _B64URL_TEXT.fullmatch(text) or len(text) % 4 == 1:
+        return None
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    return data if _b64url(data) == text else None
+
+
+# serde_json's limits, so that both verifiers parse exactly the same JSON.
+_JSON_MAX_DEPTH = 127  # serde_json refuses the 128th nested array or object
+_U64_MAX, _I64_MIN, _I64_MAX = 2**64 - 1, -(2**63), 2**63 - 1
+
+
+def _json_int(text: str) -> int | float:
+    """serde_json's integers: u64 and i64 stay integers, larger ones become floats, and past the
+    float range (including any 310-digit number) the document is refused; "-0" is the float -0.0."""
+    if len(text.lstrip("-")) > 309:
+        raise ValueError("number out of range")  # before int(): Python refuses over 4,300 digits itself
+    if text == "-0":
+        return -0.0
+    value = int(text)
+    if _I64_MIN <= value <= _U64_MAX:
+        return value
+    return float(value)  # OverflowError past the float range, as serde_json's "number out of range"
+
+
+def _json_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def _json_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Duplicate keys are refused: parsers differ on which one wins (`{"alg":"none","alg":"HS256"}`)."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError("duplicate key")
+        result[key] = value
+    return result
+
+
+def _json_check(value: Any, depth: int = 0) -> None:
+    if isinstance(value, str):
+        value.encode()  # a lone surrogate escape ("\ud800") raises UnicodeEncodeError, as serde_json refuses it
+    elif isinstance(value, (dict, list)):
+        if depth >= _JSON_MAX_DEPTH:
+            raise ValueError("nested too deeply")
+        for key in value if isinstance(value, dict) else ():
+            key.encode()
+        for item in value.values() if isinstance(value, dict) else value:
+            _json_check(item, depth + 1)
+
+
+def _json_object(data: bytes | None) -> dict[str, Any] | None:
+    """`data` as a JSON object, parsed exactly as serde_json parses it, or None."""
+    if data is None:
+        return None
+    try:
+        value = json.loads(
+            data.decode(),
+            parse_int=_json_int,
+            parse_float=_json_float,
+            parse_constant=_json_constant,
+            object_pairs_hook=_json_unique_keys,
+        )
+        _json_check(value)
+    except (ValueError, OverflowError, RecursionError):  # UnicodeError and JSONDecodeError are ValueErrors
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """JSON equality as serde_json's: true is not 1, and 1 is not 1.0."""
+    if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
+        return type(a) is type(b) and a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_json(a[k], b[k]) for k in a)
+    for kind in (int, float, str):
+        if isinstance(a, kind) and isinstance(b, kind):
+            return a == b
+    return False
 
 
 @dataclass
@@ -97,10 +250,34 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return next((value for key, value in headers.items() if key.lower() == wanted), None)
 
 
+def _visible_ascii(text: str) -> bool:
+    """What the Rust `http` crate's `HeaderValue::to_str` accepts: tab and printable ASCII."""
+    return all(char == "\t" or " " <= char <= "~" for char in text)
+
+
+def _u64_claim(claims: Mapping[str, Any], name: str) -> int:
+    if name not in claims:
+        raise _refuse("missing_claim", f"the token has no {name} claim")
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _U64_MAX:
+        raise _refuse("invalid_claim", f"{name} must be a non-negative integer number of seconds")
+    return value
+
+
+def _str_claim(claims: Mapping[str, Any], name: str) -> str:
+    if name not in claims:
+        raise _refuse("missing_claim", f"the token has no {name} claim")
+    if not isinstance(claims[name], str):
+        raise _refuse("invalid_claim", f"{name} must be a string")
+    return claims[name]
+
+
 @dataclass
 class Verifier:
-    """Checks, in order: HS256 signature, `exp`/`iat` (with `leeway`), `aud`, expected claims,
-    the body hash, Standard Webhooks' signature when a `whsec_` secret is set, then duplicates."""
+    """Checks, in the Rust crate's order: the bearer token (HS256 only, header `alg` and `typ` and
+    nothing else), `exp` after `iat`, `exp`/`iat` against the clock (with `leeway`), `aud`, `jti`,
+    `body_sha256`, expected claims, `webhook-id` equal to `jti`, the content type, the body size and
+    hash, Standard Webhooks' signature when a `whsec_` secret is set, then duplicates."""
 
     secret: str
     leeway: int = 0
@@ -110,77 +287,155 @@ class Verifier:
     #: Refuse tokens without `jti` and `body_sha256` (every token the database mints has them).
     require_binding: bool = True
     webhook_secret: str | None = None
+    #: Unix time; read once per request and rounded down to whole seconds, as the Rust crate's clock.
     clock: Callable[[], float] = time.time
     seen: SeenEvents = field(default_factory=SeenEvents)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: Require `Content-Type: application/json` (parameters such as charset allowed).
+    require_json_content_type: bool = True
+
+    def __post_init__(self) -> None:
+        self._key = self.secret if isinstance(self.secret, bytes) else self.secret.encode()
+        if not self._key:
+            raise ValueError("the HS256 secret is empty")
+        self._webhook_key: bytes | None = None
+        if self.webhook_secret is not None:
+            try:
+                self._webhook_key = base64.b64decode(self.webhook_secret.removeprefix("whsec_"), validate=True)
+            except ValueError:
+                raise ValueError("the Standard Webhooks secret is not whsec_<base64>") from None
+            if not self.webhook_secret.startswith("whsec_") or not self._webhook_key:
+                raise ValueError("the Standard Webhooks secret is not whsec_<base64>")
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> Verified:
         """The verified claims, or VerificationError; `body` is the raw request body, never re-serialised."""
-        now = self.clock()
+        now = math.floor(self.clock())
         claims = self._claims(headers, now)
-        for name, expected in self.expected_claims.items():
-            if claims.get(name) != expected:
-                raise VerificationError("claims", f"claim {name!r} is {claims.get(name)!r}, expected {expected!r}")
-        if "body_sha256" in claims and not hmac.compare_digest(str(claims["body_sha256"]), body_sha256(body)):
-            raise VerificationError("body_hash", "the body is not the one the token was minted for")
         event_id = claims.get("jti")
-        if event_id is not None and _header(headers, "webhook-id") not in (None, event_id):
-            raise VerificationError("claims", "webhook-id does not match the token's jti")
-        if self.webhook_secret is not None:
-            self._check_webhook_signature(headers, body, now)
+        if len(body) > self.max_body_bytes:
+            raise _refuse("payload_too_large", f"the body is larger than {self.max_body_bytes} bytes")
+        if "body_sha256" in claims and not hmac.compare_digest(claims["body_sha256"], body_sha256(body)):
+            raise _refuse("body_hash_mismatch", "the body is not the one the token was minted for")
+        if self._webhook_key is not None:
+            self._check_webhook_signature(self._webhook_key, headers, event_id, body, now)
         if event_id is None:
             return Verified(claims, None)
-        first = self.seen.first_time(str(event_id), float(claims["exp"]) + self.leeway, now)
-        return Verified(claims, str(event_id), duplicate=not first)
+        first = self.seen.first_time(event_id, claims["exp"] + self.leeway, now)
+        return Verified(claims, event_id, duplicate=not first)
 
-    def _claims(self, headers: Mapping[str, str], now: float) -> dict[str, Any]:
-        scheme, _, token = (_header(headers, "Authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise VerificationError("missing_token", "missing bearer token")
-        try:
-            algorithm = jwt.get_unverified_header(token).get("alg")
-        except jwt.PyJWTError as error:
-            raise VerificationError("malformed", f"invalid token: {error}") from None
-        if algorithm != "HS256":
-            raise VerificationError("algorithm", f"algorithm {algorithm!r} is refused; only HS256")
-        required = ["exp", "iat", *(BINDING_CLAIMS if self.require_binding else ())]
-        try:
-            # Time is checked below against this verifier's clock, so shared vectors verify at their own "now".
-            claims = jwt.decode(
-                token,
-                self.secret,
-                algorithms=["HS256"],
-                audience=self.audience,
-                options={"require": required, "verify_exp": False, "verify_iat": False, "verify_nbf": False},
-            )
-        except jwt.InvalidAudienceError as error:
-            raise VerificationError("audience", f"invalid token: {error}") from None
-        except jwt.MissingRequiredClaimError as error:
-            raise VerificationError("claims", f"invalid token: {error}") from None
-        except jwt.InvalidSignatureError as error:
-            raise VerificationError("signature", f"invalid token: {error}") from None
-        except jwt.PyJWTError as error:
-            raise VerificationError("malformed", f"invalid token: {error}") from None
-        if not isinstance(claims["exp"], int) or not isinstance(claims["iat"], int):
-            raise VerificationError("claims", "exp and iat must be integers")
-        if claims["exp"] + self.leeway < now:
-            raise VerificationError("expired", "the token has expired")
-        if claims["iat"] - self.leeway > now:
-            raise VerificationError("not_yet_valid", "the token was issued in the future")
+    def _claims(self, headers: Mapping[str, str], now: int) -> dict[str, Any]:
+        """Every check that needs only the headers, in the Rust crate's order."""
+        claims = self._decode(self._bearer_token(headers))
+        exp, iat = _u64_claim(claims, "exp"), _u64_claim(claims, "iat")
+        # Before the clock: a token whose exp is not after its iat is refused the same way at any time.
+        if exp <= iat:
+            raise _refuse("invalid_claim", "exp is not after iat")
+        if now >= exp + self.leeway:  # valid while now < exp (RFC 7519), as the Rust crate
+            raise _refuse("expired", "the token has expired")
+        if iat > now + self.leeway:
+            raise _refuse("issued_in_future", "the token was issued in the future")
+        self._check_audience(claims)
+        if self.require_binding or "jti" in claims:
+            jti = _str_claim(claims, "jti")
+            if not 1 <= len(jti.encode()) <= MAX_JTI_LENGTH:
+                raise _refuse("invalid_claim", f"jti must be 1 to {MAX_JTI_LENGTH} bytes long")
+        if self.require_binding or "body_sha256" in claims:
+            digest = _b64url_decode(_str_claim(claims, "body_sha256"))
+            if digest is None or len(digest) != 32:
+                raise _refuse("invalid_claim", "body_sha256 is not a base64url (unpadded) SHA-256 digest")
+        for name in sorted(self.expected_claims):  # the crate's BTreeMap order
+            expected = self.expected_claims[name]
+            if name not in claims:
+                raise _refuse("missing_claim", f"the token has no {name!r} claim")
+            if not _same_json(claims[name], expected):
+                raise _refuse("claim_mismatch", f"claim {name!r} is {claims[name]!r}, expected {expected!r}")
+        if "jti" in claims:
+            webhook_id = _header(headers, "webhook-id")
+            if webhook_id is None:
+                raise _refuse("missing_webhook_id", "missing webhook-id header")
+            if webhook_id != claims["jti"]:
+                raise _refuse("webhook_id_mismatch", "webhook-id does not match the token's jti")
+        if self.require_json_content_type:
+            content_type = _header(headers, "Content-Type") or ""
+            if content_type.split(";")[0].strip(" \t").lower() != "application/json":
+                raise _refuse(
+                    "unsupported_content_type", f"content type {content_type!r} refused: only application/json"
+                )
         return claims
 
-    def _check_webhook_signature(self, headers: Mapping[str, str], body: bytes, now: float) -> None:
-        webhook_id, timestamp = _header(headers, "webhook-id"), _header(headers, "webhook-timestamp")
-        signatures = (_header(headers, "webhook-signature") or "").split()
-        if not webhook_id or not timestamp or not signatures:
-            raise VerificationError("webhook_signature", "missing Standard Webhooks headers")
-        if not timestamp.isdigit() or abs(now - int(timestamp)) > WEBHOOK_TOLERANCE_SECONDS:
-            raise VerificationError("webhook_timestamp", "webhook-timestamp is too far from now")
-        key = base64.b64decode(self.webhook_secret.removeprefix("whsec_"))
-        expected = base64.b64encode(
-            hmac.new(key, f"{webhook_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-        ).decode()
+    @staticmethod
+    def _bearer_token(headers: Mapping[str, str]) -> str:
+        value = _header(headers, "Authorization")
+        if value is None:
+            raise _refuse("missing_authorization", "missing bearer token (no Authorization header)")
+        scheme, space, token = value.strip(" \t").partition(" ")
+        token = token.strip(" \t")
+        if not _visible_ascii(value) or not space or scheme.lower() != "bearer" or not token:
+            raise _refuse("invalid_authorization_scheme", "Authorization is not a Bearer token")
+        return token
+
+    def _decode(self, token: str) -> dict[str, Any]:
+        """The JOSE header (HS256, `typ` JWT if any, nothing else), the MAC, then the claims."""
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise _refuse("malformed_token", "invalid token: not three dot-separated parts")
+        header = _json_object(_b64url_decode(parts[0]))
+        if header is None:
+            raise _refuse("malformed_token", "invalid token: the header is not a base64url JSON object")
+        if "alg" not in header:
+            raise _refuse("malformed_token", "invalid token: the header has no alg")
+        if header["alg"] != "HS256":
+            raise _refuse("unsupported_algorithm", f"algorithm {header['alg']!r} is refused; only HS256")
+        if "typ" in header and header["typ"] != "JWT":
+            raise _refuse("unsupported_token_type", f"token typ {header['typ']!r} is refused; only JWT")
+        extra = sorted(set(header) - {"alg", "typ"})
+        if extra:
+            raise _refuse("unsupported_header_parameter", f"token header parameter {extra[0]!r} is refused")
+        signature = _b64url_decode(parts[2])
+        if signature is None:
+            raise _refuse("malformed_token", "invalid token: the signature is not base64url")
+        expected = hmac.new(self._key, f"{parts[0]}.{parts[1]}".encode(), hashlib.sha256).digest()
+        if not hmac.compare_digest(signature, expected):
+            raise _refuse("invalid_signature", "invalid token signature")
+        claims = _json_object(_b64url_decode(parts[1]))
+        if claims is None:
+            raise _refuse("malformed_token", "invalid token: the claims are not a base64url JSON object")
+        return claims
+
+    def _check_audience(self, claims: Mapping[str, Any]) -> None:
+        if "aud" in claims and not isinstance(claims["aud"], str):
+            raise _refuse("invalid_claim", "aud must be a string")  # a list too: the database names one URL
+        aud = claims.get("aud")
+        if self.audience is None:
+            if aud is not None:
+                raise _refuse("unexpected_audience", "the token has an audience but this verifier has none")
+        elif aud is None:
+            raise _refuse("missing_claim", "the token has no aud claim")
+        elif aud != self.audience:
+            raise _refuse("audience_mismatch", f"the token's audience {aud!r} is not {self.audience!r}")
+
+    @staticmethod
+    def _check_webhook_signature(
+        key: bytes, headers: Mapping[str, str], event_id: str | None, body: bytes, now: int
+    ) -> None:
+        """Standard Webhooks: a timestamp within the tolerance, then any matching `v1` signature."""
+        timestamp = _header(headers, "webhook-timestamp")
+        if timestamp is None:
+            raise _refuse("missing_webhook_header", "missing webhook-timestamp header")
+        # ASCII digits only (no sign, no spaces), at most i64: as the Rust crate, and never a huge int().
+        digits = timestamp.lstrip("0")
+        if not re.fullmatch(r"[0-9]+", timestamp) or len(digits) > 19 or int(digits or "0") > _I64_MAX:
+            raise _refuse("malformed_header", "malformed webhook-timestamp header: not an integer number of seconds")
+        if abs(now - int(digits or "0")) > WEBHOOK_TOLERANCE_SECONDS:
+            raise _refuse("stale_timestamp", "webhook-timestamp is too far from now")
+        signatures = _header(headers, "webhook-signature")
+        if signatures is None:
+            raise _refuse("missing_webhook_header", "missing webhook-signature header")
+        webhook_id = event_id if event_id is not None else _header(headers, "webhook-id") or ""
+        mac = hmac.new(key, f"{webhook_id}.{timestamp}.".encode() + body, hashlib.sha256)
+        expected = base64.b64encode(mac.digest())
         if not any(
-            version == "v1" and hmac.compare_digest(value, expected)
-            for version, _, value in (signature.partition(",") for signature in signatures)
+            version == "v1" and hmac.compare_digest(value.encode(), expected)
+            for version, _, value in (signature.partition(",") for signature in signatures.split())
         ):
-            raise VerificationError("webhook_signature", "no webhook-signature matches")
+            raise _refuse("invalid_webhook_signature", "no webhook-signature matches")

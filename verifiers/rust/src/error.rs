@@ -27,16 +27,22 @@ pub enum VerifyError {
     MissingAuthorization,
     /// `Authorization` is not `Bearer <token>` (or is not visible ASCII).
     InvalidAuthorizationScheme,
-    /// The token is not a JWT: not three dot-separated base64url parts, or its header or claims
-    /// are not JSON objects.
+    /// The token is not a JWT: not three dot-separated base64url parts (unpadded, canonical),
+    /// or its header or claims are not JSON objects (duplicate keys, numbers past the `f64`
+    /// range or lone surrogate escapes refused), or the header has no `alg`.
     MalformedToken(String),
     /// The header's `alg` is not `HS256` (e.g. `none`, `HS384`, `HS512`, `RS256`).
     UnsupportedAlgorithm(String),
-    /// The header's `typ` is present and not `JWT`.
+    /// The header's `typ` is present and not exactly `JWT` (the database always sends `JWT`;
+    /// `jwt`, `JWS` or `at+jwt` name other kinds of tokens).
     UnsupportedTokenType(String),
+    /// The header has a parameter other than `alg` and `typ` (e.g. `kid`, `jku`, `crit`). The
+    /// database never sends one, and refusing them keeps both verifiers from having to agree on
+    /// what each would mean.
+    UnsupportedHeaderParameter(String),
     /// The HS256 signature does not match the configured key.
     InvalidSignature,
-    /// `exp + leeway` is not after the verifier's clock.
+    /// `exp + leeway` is not after the verifier's clock (a token is valid while `now < exp`).
     Expired {
         /// the token's `exp`
         exp: u64,
@@ -183,6 +189,7 @@ impl VerifyError {
             MalformedToken(_) => "malformed_token",
             UnsupportedAlgorithm(_) => "unsupported_algorithm",
             UnsupportedTokenType(_) => "unsupported_token_type",
+            UnsupportedHeaderParameter(_) => "unsupported_header_parameter",
             InvalidSignature => "invalid_signature",
             Expired { .. } => "expired",
             IssuedInFuture { .. } => "issued_in_future",
@@ -216,6 +223,12 @@ impl fmt::Display for VerifyError {
             MalformedToken(why) => write!(f, "malformed token: {why}"),
             UnsupportedAlgorithm(alg) => write!(f, "token algorithm {alg} refused: only HS256"),
             UnsupportedTokenType(typ) => write!(f, "token typ {typ} refused: only JWT"),
+            UnsupportedHeaderParameter(name) => {
+                write!(
+                    f,
+                    "token header parameter {name:?} refused: only alg and typ"
+                )
+            }
             InvalidSignature => write!(f, "invalid token signature"),
             Expired { exp, now } => write!(f, "token expired at {exp} (now {now})"),
             IssuedInFuture { iat, now } => {

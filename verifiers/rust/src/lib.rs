@@ -4,9 +4,12 @@
 //! `webhook-id: <event id>` and the exact JSON body; optionally `aud` in the token and Standard
 //! Webhooks' `webhook-timestamp` / `webhook-signature` headers. [`Verifier`] checks, in order:
 //!
-//! 1. the token's signature, HS256 only (`none`, HS384, HS512, RS256… refused), via jsonwebtoken;
-//! 2. `exp` and `iat` against the (injectable) clock with a leeway (default 0);
-//! 3. `aud`: equal to the configured audience; refused when none is configured;
+//! 1. the token: canonical base64url parts, a JOSE header of `alg: HS256` (`none`, HS384, HS512,
+//!    RS256… refused) and at most `typ: JWT`, the MAC via jsonwebtoken, JSON objects without
+//!    duplicate keys;
+//! 2. `exp` after `iat`, then both against the (injectable) clock with a leeway (default 0);
+//!    valid while `now < exp + leeway`;
+//! 3. `aud`: a string equal to the configured audience; refused when none is configured;
 //! 4. the required claims: `jti`, `body_sha256`, and the expected ones (default `role:
 //!    service_role`, `iss: supabase`, `sub: orchestrator`); `webhook-id` equal to `jti`;
 //!    `Content-Type: application/json`;
@@ -45,6 +48,7 @@ mod clock;
 mod error;
 mod extract;
 mod forget;
+mod json;
 mod replay;
 mod verifier;
 

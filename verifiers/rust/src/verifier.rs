@@ -9,14 +9,14 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
 use http::{HeaderMap, HeaderValue, header};
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{ConfigError, VerifyError};
+use crate::json::strict_object;
 use crate::replay::{DEFAULT_MAX_ENTRIES, MemoryReplayStore, ReplayStore, WhenFull};
 
 /// The default body limit: 1 MiB.
@@ -246,14 +246,6 @@ impl VerifierBuilder {
             .collect::<Result<Vec<_>, _>>()?;
         let decoding_key =
             DecodingKey::from_secret(&self.secret).map_err(|_| ConfigError::EmptySecret)?;
-        let mut validation = Validation::new(Algorithm::HS256);
-        // Time, audience and claim checks are done here, against the injectable clock and in
-        // a fixed order with precise errors; jsonwebtoken checks the HS256 signature only.
-        validation.algorithms = vec![Algorithm::HS256];
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        validation.required_spec_claims.clear();
         let replay_store = self.replay_store.unwrap_or_else(|| {
             Arc::new(MemoryReplayStore::with_policy(
                 self.replay_capacity,
@@ -263,7 +255,6 @@ impl VerifierBuilder {
         Ok(Verifier {
             inner: Arc::new(Inner {
                 decoding_key,
-                validation,
                 leeway: self.leeway,
                 audience: self.audience,
                 accept_missing_audience: self.accept_missing_audience,
@@ -311,7 +302,6 @@ pub struct Verifier {
 
 struct Inner {
     decoding_key: DecodingKey,
-    validation: Validation,
     leeway: u64,
     audience: Option<Audience>,
     accept_missing_audience: bool,
@@ -415,20 +405,20 @@ impl Verifier {
         let token = bearer_token(headers)?;
         let all = self.decode(token)?;
 
-        // exp and iat
+        // exp and iat: first their order, which no clock changes, then the clock
         let exp = integer_claim(&all, "exp")?;
         let iat = integer_claim(&all, "iat")?;
-        if now >= exp.saturating_add(inner.leeway) {
-            return Err(VerifyError::Expired { exp, now });
-        }
-        if iat > now.saturating_add(inner.leeway) {
-            return Err(VerifyError::IssuedInFuture { iat, now });
-        }
         if exp <= iat {
             return Err(VerifyError::InvalidClaim {
                 name: "exp".into(),
                 reason: "not after iat".into(),
             });
+        }
+        if now >= exp.saturating_add(inner.leeway) {
+            return Err(VerifyError::Expired { exp, now });
+        }
+        if iat > now.saturating_add(inner.leeway) {
+            return Err(VerifyError::IssuedInFuture { iat, now });
         }
 
         // aud
@@ -584,9 +574,12 @@ impl Verifier {
                     name: WEBHOOK_TIMESTAMP,
                     reason: "not visible ASCII".into(),
                 })?;
-        let timestamp: i64 = timestamp_text
-            .parse()
-            .map_err(|_| VerifyError::MalformedHeader {
+        // ASCII digits only: `i64::from_str` would also take a sign ("+1767225600"), which
+        // Standard Webhooks never sends and the Python verifier refuses.
+        let timestamp: i64 = Some(timestamp_text)
+            .filter(|text| !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()))
+            .and_then(|text| text.parse().ok())
+            .ok_or_else(|| VerifyError::MalformedHeader {
                 name: WEBHOOK_TIMESTAMP,
                 reason: "not an integer number of seconds".into(),
             })?;
@@ -627,31 +620,33 @@ impl Verifier {
         Err(VerifyError::InvalidWebhookSignature)
     }
 
-    /// The JOSE header check (HS256 only, with precise errors) and jsonwebtoken's signature
-    /// check.
+    /// The JOSE header (HS256 only, `typ` JWT if any, no other parameter), the MAC (checked by
+    /// jsonwebtoken), then the claims. Both JSON parts are parsed strictly (duplicate keys
+    /// refused, see [`strict_object`]) and base64url strictly (no padding, no stray bits), the
+    /// same way the Python verifier reads them.
     fn decode(&self, token: &str) -> Result<Map<String, Value>, VerifyError> {
         let mut parts = token.split('.');
-        let (Some(header), Some(_), Some(_), None) =
+        let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(VerifyError::MalformedToken(
                 "not three dot-separated parts".into(),
             ));
         };
-        let header: Map<String, Value> = URL_SAFE_NO_PAD
+        let header_json = URL_SAFE_NO_PAD
             .decode(header)
             .ok()
-            .and_then(|json| serde_json::from_slice(&json).ok())
+            .and_then(|json| strict_object(&json))
             .ok_or_else(|| {
                 VerifyError::MalformedToken("the header is not a base64url JSON object".into())
             })?;
-        match header.get("alg") {
+        match header_json.get("alg") {
             Some(Value::String(alg)) if alg == "HS256" => {}
             Some(Value::String(alg)) => return Err(VerifyError::UnsupportedAlgorithm(alg.clone())),
             Some(other) => return Err(VerifyError::UnsupportedAlgorithm(other.to_string())),
             None => return Err(VerifyError::MalformedToken("the header has no alg".into())),
         }
-        match header.get("typ") {
+        match header_json.get("typ") {
             None => {}
             Some(Value::String(typ)) if typ == "JWT" => {}
             Some(other) => {
@@ -661,19 +656,35 @@ impl Verifier {
                 return Err(VerifyError::UnsupportedTokenType(typ));
             }
         }
-        jsonwebtoken::decode::<Map<String, Value>>(
-            token,
+        // serde_json's Map is sorted, so this is the first other parameter by name, as in Python
+        if let Some(name) = header_json
+            .keys()
+            .find(|name| !matches!(name.as_str(), "alg" | "typ"))
+        {
+            return Err(VerifyError::UnsupportedHeaderParameter(name.clone()));
+        }
+        let message = &token[..header.len() + 1 + payload.len()];
+        match jsonwebtoken::crypto::verify(
+            signature,
+            message.as_bytes(),
             &self.inner.decoding_key,
-            &self.inner.validation,
-        )
-        .map(|data| data.claims)
-        .map_err(|error| match error.kind() {
-            ErrorKind::InvalidSignature => VerifyError::InvalidSignature,
-            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                VerifyError::UnsupportedAlgorithm("(per jsonwebtoken)".into())
+            Algorithm::HS256,
+        ) {
+            Ok(true) => {}
+            Ok(false) => return Err(VerifyError::InvalidSignature),
+            Err(_) => {
+                return Err(VerifyError::MalformedToken(
+                    "the signature is not base64url".into(),
+                ));
             }
-            _ => VerifyError::MalformedToken(error.to_string()),
-        })
+        }
+        URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()
+            .and_then(|json| strict_object(&json))
+            .ok_or_else(|| {
+                VerifyError::MalformedToken("the claims are not a base64url JSON object".into())
+            })
     }
 }
 

@@ -55,7 +55,7 @@ def claims_for(body: bytes, jti: str, iat: int = NOW, aud: str | None = None, **
     return {k: v for k, v in claims.items() if v is not None}
 
 
-def standard_signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+def standard_signature(key: bytes, msg_id: str, timestamp: int | str, body: bytes) -> str:
     mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
     return "v1," + base64.b64encode(mac).decode()
 
@@ -75,16 +75,20 @@ def case(
     timestamp=NOW,
     signed_body=None,
     webhook_id=None,
+    without=(),
+    timestamp_text=None,
 ):
+    timestamp_text = str(timestamp) if timestamp_text is None else timestamp_text
     headers = {
         "Content-Type": "application/json",
         "Authorization": f"Bearer {token}",
         "webhook-id": webhook_id or jti,
-        "webhook-timestamp": str(timestamp),
+        "webhook-timestamp": timestamp_text,
         "webhook-signature": standard_signature(
-            WEBHOOK_KEY, webhook_id or jti, timestamp, body if signed_body is None else signed_body
+            WEBHOOK_KEY, webhook_id or jti, timestamp_text, body if signed_body is None else signed_body
         ),
     }
+    headers = {name: value for name, value in headers.items() if name not in without}
     return {
         "name": name,
         "url": BASE + path,
@@ -99,8 +103,21 @@ def case(
     }
 
 
-def sign(claims: dict, algorithm: str = "HS256", key: str = SECRET) -> str:
-    return jwt.encode(claims, key, algorithm=algorithm)
+def sign(claims: dict, algorithm: str = "HS256", key: str = SECRET, headers: dict | None = None) -> str:
+    return jwt.encode(claims, key, algorithm=algorithm, headers=headers)
+
+
+def raw_token(header: str, payload: str, key: str = SECRET) -> str:
+    """An HS256 token over this exact JSON text (for what PyJWT would not print: duplicate keys, 10**400)."""
+    signing_input = b64url(header.encode()) + "." + b64url(payload.encode())
+    mac = hmac.new(key.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64url(mac)
+
+
+def payload_text(claims: dict, **raw: str) -> str:
+    """`claims` as JSON text, with `raw` claims spliced in as literal JSON text."""
+    text = json.dumps(claims, ensure_ascii=False)
+    return text[:-1] + "".join(f", {json.dumps(name)}: {value}" for name, value in raw.items()) + "}"
 
 
 def main() -> None:
@@ -323,6 +340,171 @@ def main() -> None:
     )
     add(
         case("standard_webhooks_within_tolerance", body=b5, token=sign(claims_for(b5, j5)), jti=j5, timestamp=NOW - 300)
+    )
+
+    # Where the two verifiers decided differently before issue 15 #6; the stricter rule won.
+    b6 = payload("resumes", 6, "Edsger")
+    for n, (name, changes, reason) in enumerate(
+        [
+            # exp must be after iat, whatever the clock (Python accepted exp == iat == now)
+            ("exp_equal_to_iat", {"exp": NOW}, "invalid_claim"),
+            ("exp_before_iat", {"exp": NOW - 1}, "invalid_claim"),
+            # aud names one URL: a list is refused (PyJWT accepted a list that contained it)
+            ("aud_list", {"aud": [BASE + RESUMES]}, "invalid_claim"),
+            # expected claims compare as JSON values: an object is no string
+            ("sub_object", {"sub": {"name": "orchestrator"}}, "claim_mismatch"),
+            ("exp_2_pow_64", {"exp": 2**64}, "invalid_claim"),
+            ("exp_float", {"exp": NOW + TTL + 0.5}, "invalid_claim"),
+        ]
+    ):
+        jti = event_id(600 + n)
+        audience = BASE + RESUMES if name == "aud_list" else None
+        add(
+            case(
+                name,
+                body=b6,
+                token=sign(claims_for(b6, jti, **changes)),
+                jti=jti,
+                audience=audience,
+                expect="reject",
+                reason=reason,
+            )
+        )
+    j6 = event_id(6)
+    add(
+        case(
+            "missing_webhook_id",
+            body=b6,
+            token=sign(claims_for(b6, j6)),
+            jti=j6,
+            without=("webhook-id",),
+            expect="reject",
+            reason="missing_webhook_id",
+        )
+    )
+    add(
+        case(
+            "aud_null",
+            body=b6,
+            token=raw_token('{"alg":"HS256","typ":"JWT"}', payload_text(claims_for(b6, j6), aud="null")),
+            jti=j6,
+            expect="reject",
+            reason="invalid_claim",
+        )
+    )
+    for name, header in [
+        ("typ_jws", {"typ": "JWS"}),
+        ("typ_lowercase", {"typ": "jwt"}),
+        ("typ_at_jwt", {"typ": "at+jwt"}),
+    ]:
+        add(
+            case(
+                name,
+                body=b6,
+                token=sign(claims_for(b6, j6), headers=header),
+                jti=j6,
+                expect="reject",
+                reason="unsupported_token_type",
+            )
+        )
+    add(
+        case(
+            "typ_null",
+            body=b6,
+            token=raw_token('{"alg":"HS256","typ":null}', json.dumps(claims_for(b6, j6))),
+            jti=j6,
+            expect="reject",
+            reason="unsupported_token_type",
+        )
+    )
+    add(
+        case(
+            "header_kid",
+            body=b6,
+            token=sign(claims_for(b6, j6), headers={"kid": "key-1"}),
+            jti=j6,
+            expect="reject",
+            reason="unsupported_header_parameter",
+        )
+    )
+    add(
+        case(
+            "valid_without_typ",
+            body=b6,
+            token=raw_token('{"alg":"HS256"}', json.dumps(claims_for(b6, j6))),
+            jti=j6,
+        )
+    )
+    plain_claims = json.dumps(claims_for(b6, j6))
+    malformed = {
+        # which alg wins depends on the parser: refused
+        "header_duplicate_alg": raw_token('{"alg":"none","alg":"HS256","typ":"JWT"}', plain_claims),
+        "claims_duplicate_exp": raw_token(
+            '{"alg":"HS256","typ":"JWT"}', payload_text(claims_for(b6, j6), exp=str(NOW + 1))
+        ),
+        # numbers past the float range: an uncaught OverflowError (HTTP 500) in Python before
+        "exp_10_pow_400": raw_token(
+            '{"alg":"HS256","typ":"JWT"}', payload_text(claims_for(b6, j6, exp=None), exp="1" + "0" * 400)
+        ),
+        "exp_5000_digits": raw_token(
+            '{"alg":"HS256","typ":"JWT"}', payload_text(claims_for(b6, j6, exp=None), exp="9" * 5000)
+        ),
+        "exp_1e400": raw_token('{"alg":"HS256","typ":"JWT"}', payload_text(claims_for(b6, j6, exp=None), exp="1e400")),
+        "exp_nan": raw_token('{"alg":"HS256","typ":"JWT"}', payload_text(claims_for(b6, j6, exp=None), exp="NaN")),
+        "claim_lone_surrogate": raw_token(
+            '{"alg":"HS256","typ":"JWT"}', payload_text(claims_for(b6, j6), note='"\\ud800"')
+        ),
+        "claims_nested_127_deep": raw_token(
+            '{"alg":"HS256","typ":"JWT"}', payload_text(claims_for(b6, j6), nested="[" * 127 + "]" * 127)
+        ),
+    }
+    good = sign(claims_for(b6, j6))
+    head, _, mac = good.rpartition(".")
+    last = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".index(mac[-1])
+    # 32 bytes are 43 characters whose last carries 2 stray bits: lenient decoders ignore them
+    malformed["signature_stray_bits"] = (
+        head + "." + mac[:-1] + "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[last | 1]
+    )
+    malformed["signature_padded"] = good + "="
+    for name, token in malformed.items():
+        add(case(name, body=b6, token=token, jti=j6, expect="reject", reason="malformed_token"))
+    add(
+        case(
+            "claims_nested_126_deep",
+            body=b6,
+            token=raw_token(
+                '{"alg":"HS256","typ":"JWT"}', payload_text(claims_for(b6, j6), nested="[" * 126 + "]" * 126)
+            ),
+            jti=j6,
+        )
+    )
+    for name, text in [("webhook_timestamp_5000_digits", "1" * 5000), ("webhook_timestamp_plus_sign", f"+{NOW}")]:
+        add(
+            case(
+                name,
+                body=b6,
+                token=good,
+                jti=j6,
+                timestamp_text=text,
+                expect="reject",
+                reason="malformed_header",
+            )
+        )
+
+    # Issue 15 #6: a retry (same jti, later exp) keeps the event id remembered until its own exp,
+    # past the first token's: at NOW + TTL + 1 the retry token is still a duplicate.
+    add(
+        case(
+            "retry_remembered_until_its_own_exp",
+            body=body,
+            token=retry,
+            jti=event_id(1),
+            now=NOW + TTL + 1,
+            expect="reject",
+            reason="replayed",
+            replay_of="retry_of_accepted_event",
+            timestamp=NOW + TTL + 1,
+        )
     )
 
     vectors = {"secret": SECRET, "webhook_secret": WEBHOOK_SECRET, "cases": cases}

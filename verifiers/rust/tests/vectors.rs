@@ -3,8 +3,9 @@
 //! `WEBHOOK_VECTORS=/path/to/vectors.json cargo test --test vectors` runs a file produced
 //! elsewhere (e.g. by the database side); the test fails if the variable is set and the file
 //! cannot be read or parsed. Without the variable it runs `tests/vectors.sample.json`
-//! (made by `tests/make_sample_vectors.py`), whose `reason`s are this crate's error codes and
-//! are compared too.
+//! (made by `tests/make_sample_vectors.py`). Every file's `reason`s are this crate's error codes
+//! (`VerifyError::code`), compared too: the Python verifier reports the same codes
+//! (`VerificationError.code`) and is held to the same files by tests/test_verifier_vectors.py.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -57,14 +58,11 @@ fn load(path: &Path) -> Result<Vectors, String> {
     Ok(vectors)
 }
 
-/// The file to run and whether its reasons are this crate's error codes.
-fn vectors_file() -> (PathBuf, bool) {
+/// The file to run: `WEBHOOK_VECTORS`, or the sample.
+fn vectors_file() -> PathBuf {
     match std::env::var_os("WEBHOOK_VECTORS") {
-        Some(path) => (PathBuf::from(path), false),
-        None => (
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors.sample.json"),
-            true,
-        ),
+        Some(path) => PathBuf::from(path),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors.sample.json"),
     }
 }
 
@@ -109,20 +107,42 @@ async fn verify(
         .map(|_| ()))
 }
 
-/// Run every case; return the failures.
-async fn run(vectors: &Vectors, compare_reasons: bool) -> Vec<String> {
+/// Whether `outcome` is what `case` expects; the reason (an error code) is compared too.
+fn judge(case: &Case, outcome: &Result<(), VerifyError>) -> Option<String> {
+    let why = case.reason.as_deref().unwrap_or("no reason given");
+    match (case.expect, outcome) {
+        (Expect::Accept, Ok(())) => None,
+        (Expect::Accept, Err(error)) => Some(format!(
+            "expected accept, refused with {} ({error})",
+            error.code()
+        )),
+        (Expect::Reject, Ok(())) => Some(format!("expected reject ({why}), accepted")),
+        (Expect::Reject, Err(error)) if case.reason.as_deref() != Some(error.code()) => {
+            Some(format!(
+                "expected reject with {why}, refused with {} ({error})",
+                error.code()
+            ))
+        }
+        (Expect::Reject, Err(_)) => None,
+    }
+}
+
+/// Run every case; return the failures as (case name, what went wrong).
+async fn run(vectors: &Vectors) -> Vec<(String, String)> {
     let by_name: BTreeMap<&str, &Case> =
         vectors.cases.iter().map(|c| (c.name.as_str(), c)).collect();
     let mut failures = Vec::new();
     let mut names = HashSet::new();
     for case in &vectors.cases {
+        let mut fail = |message: String| failures.push((case.name.clone(), message));
         if !names.insert(case.name.as_str()) {
-            failures.push(format!("case {}: duplicate name", case.name));
+            fail("duplicate name".into());
             continue;
         }
         let clock = Arc::new(ManualClock::new(case.now));
         let verifier = verifier(vectors, case, clock.clone());
-        // replay_of: verify the earlier case(s) first with the same verifier (shared jti cache)
+        // replay_of: verify the earlier case(s) first with the same verifier (shared jti cache),
+        // each at its own `now` and with its own expected outcome
         let mut chain = Vec::new();
         let mut previous = case.replay_of.as_deref();
         while let Some(name) = previous {
@@ -134,58 +154,32 @@ async fn run(vectors: &Vectors, compare_reasons: bool) -> Vec<String> {
                     previous = earlier.replay_of.as_deref();
                 }
                 Some(_) => {
-                    failures.push(format!("case {}: replay_of loops at {name}", case.name));
+                    fail(format!("replay_of loops at {name}"));
                     break;
                 }
                 None => {
-                    failures.push(format!(
-                        "case {}: replay_of names no case {name:?}",
-                        case.name
-                    ));
+                    fail(format!("replay_of names no case {name:?}"));
                     break;
                 }
             }
         }
         for earlier in chain.iter().rev() {
             match verify(&verifier, &clock, earlier).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => failures.push(format!(
-                    "case {}: its replay_of case {} was refused ({}: {error})",
-                    case.name,
-                    earlier.name,
-                    error.code()
-                )),
-                Err(error) => failures.push(format!("case {}: {error}", earlier.name)),
+                Ok(outcome) => {
+                    if let Some(wrong) = judge(earlier, &outcome) {
+                        fail(format!("its replay_of case {}: {wrong}", earlier.name));
+                    }
+                }
+                Err(error) => fail(format!("its replay_of case {}: {error}", earlier.name)),
             }
         }
-        let outcome = match verify(&verifier, &clock, case).await {
-            Ok(outcome) => outcome,
-            Err(error) => {
-                failures.push(format!("case {}: {error}", case.name));
-                continue;
-            }
-        };
-        let why = case.reason.as_deref().unwrap_or("no reason given");
-        match (case.expect, outcome) {
-            (Expect::Accept, Ok(())) => {}
-            (Expect::Accept, Err(error)) => failures.push(format!(
-                "case {}: expected accept, refused with {} ({error})",
-                case.name,
-                error.code()
-            )),
-            (Expect::Reject, Ok(())) => failures.push(format!(
-                "case {}: expected reject ({why}), accepted",
-                case.name
-            )),
-            (Expect::Reject, Err(error)) => {
-                if compare_reasons && case.reason.as_deref() != Some(error.code()) {
-                    failures.push(format!(
-                        "case {}: expected reject with {why}, refused with {} ({error})",
-                        case.name,
-                        error.code()
-                    ));
+        match verify(&verifier, &clock, case).await {
+            Ok(outcome) => {
+                if let Some(wrong) = judge(case, &outcome) {
+                    fail(wrong);
                 }
             }
+            Err(error) => fail(error),
         }
     }
     failures
@@ -193,16 +187,20 @@ async fn run(vectors: &Vectors, compare_reasons: bool) -> Vec<String> {
 
 #[tokio::test]
 async fn shared_vectors() {
-    let (path, compare_reasons) = vectors_file();
+    let path = vectors_file();
     let vectors = load(&path).unwrap_or_else(|error| panic!("{error}"));
-    let failures = run(&vectors, compare_reasons).await;
+    let failures = run(&vectors).await;
     assert!(
         failures.is_empty(),
         "{} of {} vectors in {} failed:\n{}",
         failures.len(),
         vectors.cases.len(),
         path.display(),
-        failures.join("\n")
+        failures
+            .iter()
+            .map(|(name, message)| format!("case {name}: {message}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     println!(
         "{} vectors in {} passed",
@@ -229,5 +227,35 @@ async fn the_sample_vectors_detect_a_verifier_that_accepts_everything() {
             Expect::Reject => Expect::Accept,
         };
     }
-    assert_eq!(run(&vectors, false).await.len(), count);
+    let failing: HashSet<String> = run(&vectors)
+        .await
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(failing.len(), count);
+}
+
+#[tokio::test]
+async fn the_sample_vectors_detect_a_wrong_reason() {
+    // every refusal names its error code: swapping two codes fails both cases
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors.sample.json");
+    let mut vectors = load(&path).unwrap();
+    let expired = vectors
+        .cases
+        .iter()
+        .position(|c| c.name == "expired")
+        .unwrap();
+    let typ = vectors
+        .cases
+        .iter()
+        .position(|c| c.name == "typ_jws")
+        .unwrap();
+    vectors.cases[expired].reason = Some("unsupported_token_type".into());
+    vectors.cases[typ].reason = Some("expired".into());
+    let failing: HashSet<String> = run(&vectors)
+        .await
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(failing, HashSet::from(["expired".into(), "typ_jws".into()]));
 }

@@ -170,6 +170,120 @@ async fn missing_or_malformed_times_are_refused() {
 }
 
 #[tokio::test]
+async fn exp_not_after_iat_is_refused_whatever_the_clock() {
+    for exp in [NOW, NOW - 1] {
+        let claims = with(claims(BODY), "exp", json!(exp));
+        for leeway in [0, 30] {
+            let verifier = builder().leeway(leeway).build().unwrap();
+            let error = verify_with(&verifier, &headers(&sign(&claims), EVENT_ID), BODY)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&error, VerifyError::InvalidClaim { name, .. } if name == "exp"),
+                "{error:?}"
+            );
+        }
+    }
+}
+
+/// A token over this exact header and claims text, signed with the test key.
+fn raw_token(header: &str, claims: &str) -> String {
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims)
+    );
+    let mut mac =
+        <hmac::Hmac<sha2::Sha256> as hmac::KeyInit>::new_from_slice(SECRET.as_bytes()).unwrap();
+    hmac::Mac::update(&mut mac, signing_input.as_bytes());
+    let mac = hmac::Mac::finalize(mac).into_bytes();
+    format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(mac))
+}
+
+#[tokio::test]
+async fn only_typ_jwt_and_no_other_header_parameter() {
+    let verifier = builder().build().unwrap();
+    let claims = claims(BODY).to_string();
+    for (header, expected) in [
+        (r#"{"alg":"HS256","typ":"JWS"}"#, "unsupported_token_type"),
+        (r#"{"alg":"HS256","typ":"jwt"}"#, "unsupported_token_type"),
+        (r#"{"alg":"HS256","typ":null}"#, "unsupported_token_type"),
+        (
+            r#"{"alg":"HS256","kid":"key-1"}"#,
+            "unsupported_header_parameter",
+        ),
+        (
+            r#"{"alg":"HS256","crit":["b64"],"b64":false}"#,
+            "unsupported_header_parameter",
+        ),
+        (r#"{"alg":"none","alg":"HS256"}"#, "malformed_token"),
+        (r#"{"typ":"JWT"}"#, "malformed_token"),
+    ] {
+        let token = raw_token(header, &claims);
+        let error = verify_with(&verifier, &headers(&token, EVENT_ID), BODY)
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), expected, "{header}: {error}");
+        assert!(!error.to_string().contains(SECRET), "{error}");
+    }
+    let token = raw_token(r#"{"alg":"HS256"}"#, &claims);
+    verify_with(&verifier, &headers(&token, EVENT_ID), BODY)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn aud_must_be_one_string() {
+    for aud in [json!([URL]), json!([]), Value::Null] {
+        let claims = with(claims(BODY), "aud", aud.clone());
+        for verifier in [
+            builder().build().unwrap(),
+            builder().audience(URL).build().unwrap(),
+        ] {
+            let error = verify_with(&verifier, &headers(&sign(&claims), EVENT_ID), BODY)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&error, VerifyError::InvalidClaim { name, .. } if name == "aud"),
+                "{aud}: {error:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn only_canonical_base64url_and_json_within_range() {
+    let verifier = builder().build().unwrap();
+    let token = sign(&claims(BODY));
+    let (head, mac) = token.rsplit_once('.').unwrap();
+    let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let last = alphabet.find(mac.chars().last().unwrap()).unwrap();
+    let stray = format!(
+        "{head}.{}{}",
+        &mac[..mac.len() - 1],
+        &alphabet[(last | 1)..=(last | 1)]
+    );
+    let mut body_claims = claims(BODY);
+    body_claims.as_object_mut().unwrap().remove("exp");
+    let without_exp = body_claims.to_string();
+    let huge_exp = format!(
+        "{}, \"exp\": 1{}}}",
+        &without_exp[..without_exp.len() - 1],
+        "0".repeat(400)
+    );
+    for token in [
+        stray,
+        format!("{token}="),
+        raw_token(r#"{"alg":"HS256"}"#, &huge_exp),
+    ] {
+        let error = verify_with(&verifier, &headers(&token, EVENT_ID), BODY)
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), "malformed_token", "{error}");
+    }
+}
+
+#[tokio::test]
 async fn wrong_key_is_refused() {
     let token = sign_with(
         &claims(BODY),
@@ -723,4 +837,24 @@ fn errors_have_statuses_and_codes() {
     assert_eq!(VerifyError::BodyHashMismatch.code(), "body_hash_mismatch");
     let error: Box<dyn std::error::Error> = Box::new(VerifyError::BodyHashMismatch);
     assert_eq!(error.to_string(), "body_sha256 does not match the body");
+}
+
+#[tokio::test]
+async fn webhook_timestamp_is_ascii_digits() {
+    let verifier = standard_verifier();
+    for timestamp in [
+        format!("+{NOW}"),
+        "1".repeat(5000),
+        format!("-{NOW}"),
+        String::new(),
+    ] {
+        let mut headers = headers(&sign(&claims(BODY)), EVENT_ID);
+        headers.insert("webhook-timestamp", timestamp.parse().unwrap());
+        headers.insert(
+            "webhook-signature",
+            format!("v1,{}", "A".repeat(43) + "=").parse().unwrap(),
+        );
+        let error = verify_with(&verifier, &headers, BODY).await.unwrap_err();
+        assert_eq!(error.code(), "malformed_header", "{timestamp:.20}: {error}");
+    }
 }
