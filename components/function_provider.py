@@ -21,6 +21,7 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 from . import adoption
 from .catalog import existing_roles
 from .database import DatabaseProvider
+from .installation_provider import instance_input, refuse_stale_instance
 from .ownership import claim, marker, owner_of, refusal
 from .trigger_function import (
     FunctionSpec,
@@ -198,12 +199,12 @@ def _comment(cur: psycopg.Cursor, spec: FunctionSpec, comment: str | None) -> No
     cur.execute(sql.SQL("COMMENT ON FUNCTION {} IS {}").format(_signature(spec), sql.Literal(comment)))
 
 
-def install(cur: psycopg.Cursor, spec: FunctionSpec, owner: str) -> InstalledFunction:
+def install(cur: psycopg.Cursor, spec: FunctionSpec, owner: str, instance: str | None = None) -> InstalledFunction:
     cur.execute(create_statement(spec))
     installed = find_function(cur, spec)
     assert installed is not None
     _revoke_all(cur, spec, installed.oid)
-    _comment(cur, spec, marker(owner))
+    _comment(cur, spec, marker(owner, instance))
     installed = find_function(cur, spec)
     assert installed is not None
     return installed
@@ -254,7 +255,7 @@ class SecureFunctionProvider(DatabaseProvider):
                     cur, adoption.FUNCTION, key, props["owner"], _RECORD, {"oid": existing.oid}
                 )
                 adopted = adoption.recorded(cur, adoption.FUNCTION, key)
-            installed = install(cur, spec, props["owner"])
+            installed = install(cur, spec, props["owner"], props.get("instance"))
         if adopting:  # only now: the replacement has committed
             pulumi.log.info(f"adopted existing function {spec.qualified_name}(); destroy will restore it")
         outs = {**props, **installed.state, "adopted": adopted}
@@ -293,11 +294,13 @@ class SecureFunctionProvider(DatabaseProvider):
             existing = find_function(cur, spec)
             if existing is not None:
                 claim("function", f"{spec.qualified_name}()", existing.comment, news["owner"])
+            name = f"function {spec.qualified_name}()"
+            refuse_stale_instance(cur, news, name, existing.comment if existing else None)
             adoption.lock(cur)
             adopted = adoption.recorded_or_moved(
                 cur, adoption.FUNCTION, adoption_key(spec), news["owner"], olds.get("adopted")
             )
-            installed = install(cur, spec, news["owner"])
+            installed = install(cur, spec, news["owner"], news.get("instance"))
         outs = {**news, **installed.state, "adopted": adopted}
         return UpdateResult({**outs, "installed_definition_sha256": outs["definition_sha256"]})
 
@@ -312,6 +315,9 @@ class SecureFunctionProvider(DatabaseProvider):
             existing = find_function(cur, spec)
             if existing is not None and owner_of(existing.comment) != props["owner"]:
                 return
+            # Neither dropped nor given back while another instance of this stack holds the installation.
+            name = f"function {spec.qualified_name}()"
+            refuse_stale_instance(cur, props, name, existing.comment if existing else None)
             adoption.lock(cur)
             adopted = adoption.recorded_or_moved(cur, adoption.FUNCTION, key, props["owner"], props.get("adopted"))
             if adopted:  # even when ours was dropped out of band: destroy gives the seed's back
@@ -335,9 +341,11 @@ class SecureFunction(pulumi.dynamic.Resource, module="secure-webhooks", name="Se
         spec: FunctionSpec,
         owner: str,
         opts: pulumi.ResourceOptions | None = None,
+        instance: pulumi.Input[str] | None = None,
     ) -> None:
         props = {
             **function_props(spec, owner),
+            "instance": instance_input(instance, opts),
             "body_sha256": None,
             "security_definer": None,
         }

@@ -32,7 +32,7 @@ from psycopg.types.json import Jsonb
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
 
 from .database import DatabaseProvider
-from .ownership import OwnershipError, owner_of
+from .ownership import OwnershipError, instance_of, owner_of
 from .preflight import preflight_failures
 from .private_store import PrivateStore
 
@@ -91,6 +91,70 @@ def claim_refusal(claim: Claim | None, props: dict[str, Any], instance: str, new
         f"from that stack (one database is one stack). If that stack's state is gone for good, or an interrupted "
         f"`up` of this stack left the claim, take it over with `pulumi config set {REPLACES_KEY} {claim.instance}`."
     )
+
+
+STALE_STATE_ADVICE = (
+    "This stack's state is stale (the installation was taken over with secure-webhooks:replacesInstance): "
+    "forget it with `pulumi stack rm --force`, which removes only this stack and its state, nothing in the database"
+)
+
+
+def claims_held(cur: psycopg.Cursor) -> list[Claim]:
+    """Every claim in the database (one per installation's function), oldest first."""
+    if not STORE.exists(cur):
+        return []
+    cur.execute(sql.SQL("SELECT owner, instance::text, claimed_at FROM {} ORDER BY claimed_at").format(STORE.relation))
+    return [Claim(*row) for row in cur.fetchall()]
+
+
+def stale_instance_refusal(cur: psycopg.Cursor, props: dict[str, Any], what: str, comment: str | None) -> str | None:
+    """Why this resource's stack instance may not change or delete `what`, an object of the installation, or None.
+
+    The project/stack marker cannot tell a same-named stack in another backend from this one, the claim
+    can: the instance in `props` (every resource's `instance` input, from the stack's Installation) must
+    hold a claim in this database. With no claim left, the instance that wrote the object's marker must be
+    this one. State written before instance ids has none: such a resource may act only on an object whose
+    marker names no instance either, since any instance written there came from a newer state than its own.
+    """
+    mine = props.get("instance") or None
+    live = instance_of(comment)
+    held = claims_held(cur)
+    if mine is not None and held:
+        if any(claim.instance == mine for claim in held):
+            return None
+        holder = held[-1].describe()
+    elif mine is not None:
+        if live in (None, mine):
+            return None
+        holder = f"Pulumi stack instance {live}"
+    else:
+        if live is None:
+            return None
+        holder = next((claim.describe() for claim in held if claim.instance == live), f"Pulumi stack instance {live}")
+    this = f"instance {mine}" if mine else "an instance whose state predates instance ids"
+    return (
+        f"{what} belongs to the secure-webhooks installation of {holder}, not to this stack {props['owner']} "
+        f"({this}); nothing was changed. {STALE_STATE_ADVICE}"
+    )
+
+
+def refuse_stale_instance(cur: psycopg.Cursor, props: dict[str, Any], what: str, comment: str | None) -> None:
+    if reason := stale_instance_refusal(cur, props, what, comment):
+        raise OwnershipError(reason)
+
+
+def instance_input(instance: pulumi.Input[str] | None, opts: pulumi.ResourceOptions | None) -> pulumi.Input[str] | None:
+    """A resource's `instance` input: the one given, else its stack's Installation among its dependencies.
+
+    Never part of a resource's diff (it is fixed for a stack's life), so stacks deployed before
+    resources had it show no change; each create or update records it in the resource's outputs.
+    """
+    if instance is not None:
+        return instance
+    for dependency in (opts.depends_on if opts is not None and isinstance(opts.depends_on, list) else None) or []:
+        if isinstance(dependency, Installation):
+            return dependency.instance
+    return None
 
 
 #: The stack's fixed-name objects, each with its comment (or a cron job's first command line).

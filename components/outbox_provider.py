@@ -18,6 +18,7 @@ from pulumi.dynamic import CheckFailure, CheckResult
 
 from .catalog import drifted, existing_roles, fingerprint, revoked_roles
 from .fingerprinted_provider import FingerprintedProvider
+from .installation_provider import instance_input, refuse_stale_instance
 from .outbox import (
     CLIENT_ROLES,
     FUNCTIONS,
@@ -90,6 +91,8 @@ class OutboxProvider(FingerprintedProvider):
             raise OwnershipError(_foreign_schema())
         if exists and (reason := refusal("schema", SCHEMA, comment, props["owner"])):
             raise OwnershipError(reason)
+        if exists:
+            refuse_stale_instance(cur, props, f"schema {SCHEMA}", comment)
         revoked = revoked_roles(cur, SCHEMA, CLIENT_ROLES, OPERATOR_ROLES)
         statements = install_statements(revoked, existing_roles(cur, OPERATOR_ROLES))
         try:
@@ -104,7 +107,9 @@ class OutboxProvider(FingerprintedProvider):
                 "(see secure_webhooks/outbox.py)"
             ) from None
         comment_on = sql.SQL("COMMENT ON SCHEMA {} IS {}")
-        cur.execute(comment_on.format(sql.Identifier(SCHEMA), sql.Literal(marker(props["owner"]))))
+        cur.execute(
+            comment_on.format(sql.Identifier(SCHEMA), sql.Literal(marker(props["owner"], props.get("instance"))))
+        )
         if previous and previous.get("script_sha256") == props["script_sha256"]:
             # Same SQL as last time: what we just re-applied must give the tables we installed then.
             # IF NOT EXISTS cannot put back a dropped column, and a table holding events is never
@@ -128,6 +133,7 @@ class OutboxProvider(FingerprintedProvider):
             exists, comment = schema_comment(cur)
             if not exists or owner_of(comment) != props["owner"]:
                 return
+            refuse_stale_instance(cur, props, f"schema {SCHEMA}", comment)
             counts = undelivered(cur)
             if counts:
                 raise RuntimeError(
@@ -185,6 +191,18 @@ class Outbox(pulumi.dynamic.Resource, module="secure-webhooks", name="Outbox"):
 
     installed: pulumi.Output[dict[str, str]]
 
-    def __init__(self, name: str, owner: str, opts: pulumi.ResourceOptions | None = None) -> None:
-        props = {"owner": owner, "script_sha256": script_sha256(), "installed": None, "fingerprint": None}
+    def __init__(
+        self,
+        name: str,
+        owner: str,
+        opts: pulumi.ResourceOptions | None = None,
+        instance: pulumi.Input[str] | None = None,
+    ) -> None:
+        props = {
+            "owner": owner,
+            "instance": instance_input(instance, opts),
+            "script_sha256": script_sha256(),
+            "installed": None,
+            "fingerprint": None,
+        }
         super().__init__(OutboxProvider(), name, props, opts)

@@ -23,6 +23,7 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 
 from .database import DatabaseProvider
 from .delivery_settings import AUTO_SCHEDULE
+from .installation_provider import instance_input, refuse_stale_instance
 from .outbox_provider import OPERATOR_COMMAND, describe_counts, undelivered
 from .ownership import OwnershipError, marker, owner_of
 from .reconciler import JOB_NAME, cron_command
@@ -53,8 +54,9 @@ def resolve_schedule(schedule: str, version: str) -> str:
     return schedule
 
 
-def job_command(owner: str, schedule: str) -> str:
-    return f"-- {marker(owner)}\n{cron_command(schedule)}"
+def job_command(owner: str, schedule: str, instance: str | None = None) -> str:
+    """The job's command: our marker (written by `instance`, when known) on its first line, then the loop."""
+    return f"-- {marker(owner, instance)}\n{cron_command(schedule)}"
 
 
 def _sha256(text: str) -> str:
@@ -70,7 +72,7 @@ def find_job(cur: psycopg.Cursor, job_name: str) -> dict[str, Any] | None:
     if row is None:
         return None
     jobid, schedule, command, active, username = row
-    first_line = command.split("\n", 1)[0]
+    first_line = _first_line(command)
     return {
         "jobid": jobid,
         "live_schedule": schedule,
@@ -81,10 +83,22 @@ def find_job(cur: psycopg.Cursor, job_name: str) -> dict[str, Any] | None:
     }
 
 
-def desired_state(props: dict[str, Any]) -> dict[str, Any]:
+def _first_line(command: str) -> str:
+    return command.split("\n", 1)[0]
+
+
+def job_marker(cur: psycopg.Cursor, job_name: str) -> str | None:
+    """The first line of the job's command, which holds our marker (cron.job has no comments)."""
+    cur.execute("SELECT command FROM cron.job WHERE jobname = %s ORDER BY jobid LIMIT 1", (job_name,))
+    row = cur.fetchone()
+    return _first_line(row[0]) if row else None
+
+
+def desired_state(props: dict[str, Any], instance: str | None = None) -> dict[str, Any]:
+    """What `read` must observe; `instance` is the one that wrote the command (None in older state)."""
     return {
         "live_schedule": props["resolved_schedule"],
-        "command_sha256": _sha256(job_command(props["owner"], props["resolved_schedule"])),
+        "command_sha256": _sha256(job_command(props["owner"], props["resolved_schedule"], instance)),
         "active": True,
         "managed_by": props["owner"],
     }
@@ -138,7 +152,10 @@ class ScheduleProvider(DatabaseProvider):
             job = find_job(cur, props["job_name"])
             if job is not None and job["managed_by"] not in (None, props["owner"]):
                 raise OwnershipError(f"pg_cron job {props['job_name']} is managed by Pulumi stack {job['managed_by']}")
-            command = job_command(props["owner"], props["resolved_schedule"])
+            if job is not None:
+                what = f"pg_cron job {props['job_name']}"
+                refuse_stale_instance(cur, props, what, job_marker(cur, props["job_name"]))
+            command = job_command(props["owner"], props["resolved_schedule"], props.get("instance"))
             cur.execute("SELECT cron.schedule(%s, %s, %s)", (props["job_name"], props["resolved_schedule"], command))
             job = find_job(cur, props["job_name"])
             if not job["active"]:
@@ -163,7 +180,8 @@ class ScheduleProvider(DatabaseProvider):
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         changed = [key for key in (*INPUTS, "resolved_schedule") if olds.get(key) != news.get(key)]
-        changed += [key for key, value in desired_state(news).items() if olds.get(key) != value]
+        # The command names the instance that wrote it: the state's, so older state (none) shows no change.
+        changed += [key for key, value in desired_state(news, olds.get("instance")).items() if olds.get(key) != value]
         return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
@@ -171,6 +189,7 @@ class ScheduleProvider(DatabaseProvider):
             job = find_job(cur, props["job_name"])
             if job is None or job["managed_by"] != props["owner"]:
                 return
+            refuse_stale_instance(cur, props, f"pg_cron job {props['job_name']}", job_marker(cur, props["job_name"]))
             waiting = undelivered(cur)
             if waiting:
                 # Dead events too: once the job is gone, a replayed event would wait forever, so the
@@ -198,9 +217,17 @@ class ReconcilerSchedule(pulumi.dynamic.Resource, module="secure-webhooks", name
 
     live_schedule: pulumi.Output[str]
 
-    def __init__(self, name: str, schedule: str, owner: str, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        schedule: str,
+        owner: str,
+        opts: pulumi.ResourceOptions | None = None,
+        instance: pulumi.Input[str] | None = None,
+    ) -> None:
         props = {
             "owner": owner,
+            "instance": instance_input(instance, opts),
             "schedule": schedule,
             "job_name": JOB_NAME,
             "resolved_schedule": None,

@@ -28,6 +28,7 @@ from pulumi.dynamic import (
 
 from . import adoption
 from .database import DatabaseProvider
+from .installation_provider import instance_input, refuse_stale_instance
 from .ownership import claim, marker, owner_of, refusal
 from .trigger_function import NEW_ROWS, OLD_ROWS, FunctionSpec
 
@@ -234,7 +235,7 @@ def install(cur: psycopg.Cursor, props: dict[str, Any]) -> InstalledTrigger:
         )
     )
     _set_enabled(cur, props, "O")
-    _comment(cur, props, marker(props["owner"]))
+    _comment(cur, props, marker(props["owner"], props.get("instance")))
     installed = find_trigger(cur, props)
     assert installed is not None
     return installed
@@ -345,6 +346,7 @@ class WebhookTriggerProvider(DatabaseProvider):
             existing = find_trigger(cur, news)
             if existing is not None:
                 claim("trigger", _name(news), existing.comment, news["owner"])
+            refuse_stale_instance(cur, news, _describe(news), existing.comment if existing else None)
             adoption.lock(cur)
             adopted = adoption.recorded_or_moved(
                 cur, adoption.TRIGGER, adoption_key(news), news["owner"], olds.get("adopted")
@@ -373,6 +375,8 @@ class WebhookTriggerProvider(DatabaseProvider):
             if existing is not None and owner_of(existing.comment) != props["owner"]:
                 pulumi.log.warn(f"{_describe(props)} is no longer ours; leaving it in place")
                 return
+            # Neither dropped nor a legacy trigger restored while another instance holds the installation.
+            refuse_stale_instance(cur, props, _describe(props), existing.comment if existing else None)
             adoption.lock(cur)
             # A trigger goes with its table: without the table there is nothing to drop or give back.
             if not table_exists(cur, props):
@@ -422,11 +426,13 @@ class WebhookTrigger(pulumi.dynamic.Resource, module="secure-webhooks", name="We
         function: FunctionSpec,
         owner: str,
         opts: pulumi.ResourceOptions | None = None,
+        instance: pulumi.Input[str] | None = None,
     ) -> None:
         props = {
             **trigger_props(
                 schema=schema, table=table, name=trigger_name, event=event, url=url, function=function, owner=owner
             ),
+            "instance": instance_input(instance, opts),
             "enabled": None,
         }
         # The adopted legacy definition may carry a static secret header: keep it a Pulumi secret.

@@ -24,6 +24,7 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 
 from . import adoption
 from .database import DatabaseProvider
+from .installation_provider import instance_input, refuse_stale_instance
 from .ownership import claim, marker, owner_of, refusal
 from .settings import ConfigError, check_jwt_secret, check_webhook_secret
 from .trigger_function import sql_literal
@@ -72,9 +73,9 @@ def _adopted_description(cur: psycopg.Cursor, name: str) -> str | None:
     return None if record is None else record["description"]
 
 
-def _create(cur: psycopg.Cursor, name: str, owner: str) -> None:
-    """A new secret `name` holding the loaded value, marked as `owner`'s."""
-    cur.execute(f"SELECT vault.create_secret(value, %s, %s) FROM {VALUE_TABLE}", (name, marker(owner)))
+def _create(cur: psycopg.Cursor, name: str, owner: str, instance: str | None = None) -> None:
+    """A new secret `name` holding the loaded value, marked as `owner`'s (written by `instance`)."""
+    cur.execute(f"SELECT vault.create_secret(value, %s, %s) FROM {VALUE_TABLE}", (name, marker(owner, instance)))
 
 
 def _state(row: tuple[str, str | None, bool]) -> dict[str, Any]:
@@ -143,7 +144,7 @@ class VaultSecretProvider(DatabaseProvider):
             # A re-create (after a refresh dropped our state, or a killed CLI) keeps the first record.
             recorded = _adopted_description(cur, props["name"]) is not None
             if existing is None:
-                _create(cur, props["name"], props["owner"])
+                _create(cur, props["name"], props["owner"], props.get("instance"))
             else:
                 adopting = claim("Vault secret", repr(props["name"]), existing[1], props["owner"])
                 adopting = adopting and not kept_for(existing[1], props["owner"]) and not recorded
@@ -151,7 +152,7 @@ class VaultSecretProvider(DatabaseProvider):
                     adoption.record_from_catalog(
                         cur, adoption.VAULT_SECRET, [props["name"]], props["owner"], _RECORD, {"id": existing[0]}
                     )
-                _set_value(cur, existing[0], marker(props["owner"]))
+                _set_value(cur, existing[0], marker(props["owner"], props.get("instance")))
             row = find_secret(cur, props["name"])
             adopted_description = _adopted_description(cur, props["name"])
         if adopting:  # only now: the adoption has committed
@@ -184,11 +185,13 @@ class VaultSecretProvider(DatabaseProvider):
         with self.db.transaction(f"updating Vault secret {news['name']!r}") as cur:
             load_value(cur, news["secret"])
             existing = find_secret(cur, news["name"])
+            what = f"Vault secret {news['name']!r}"
+            refuse_stale_instance(cur, news, what, existing[1] if existing else None)
             if existing is None:  # deleted out of band: the configured value goes back in
-                _create(cur, news["name"], news["owner"])
+                _create(cur, news["name"], news["owner"], news.get("instance"))
             else:
                 claim("Vault secret", repr(news["name"]), existing[1], news["owner"])
-                _set_value(cur, existing[0], marker(news["owner"]))
+                _set_value(cur, existing[0], marker(news["owner"], news.get("instance")))
             row = find_secret(cur, news["name"])
             adoption.lock(cur)
             adopted_description = _adopted_description(cur, news["name"])
@@ -206,6 +209,7 @@ class VaultSecretProvider(DatabaseProvider):
             existing = find_secret(cur, props["name"], compare=False)
             if existing is not None and owner_of(existing[1]) != props["owner"]:
                 return
+            refuse_stale_instance(cur, props, f"Vault secret {props['name']!r}", existing[1] if existing else None)
             adoption.lock(cur)
             description = _adopted_description(cur, props["name"])
             if description is None:
@@ -248,8 +252,15 @@ class VaultSecret(pulumi.dynamic.Resource, module="secure-webhooks", name="Vault
         owner: str,
         kind: str = "jwt",
         opts: pulumi.ResourceOptions | None = None,
+        instance: pulumi.Input[str] | None = None,
     ) -> None:
-        props = {"name": secret_name, "secret": pulumi.Output.secret(value), "owner": owner, "secret_id": None}
+        props = {
+            "name": secret_name,
+            "secret": pulumi.Output.secret(value),
+            "owner": owner,
+            "instance": instance_input(instance, opts),
+            "secret_id": None,
+        }
         if kind != "jwt":  # JWT keys keep the props they had before other kinds existed
             props["kind"] = kind
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["secret"]))

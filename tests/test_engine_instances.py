@@ -1,14 +1,18 @@
-"""One database, one stack instance: the claim, through the real engine (issue 10 #12, #14, #15).
+"""One database, one stack instance: the claim, through the real engine (issue 10 #12, #14, #15; issue 15 #7).
 
 A same-named stack in another backend, two stacks racing their first `up`,
 and a bad webhook under `up --skip-preview` must each stop before anything in
-the database changes. Each test compares the catalog (and the Vault) before and after.
+the database changes; and once another instance has taken the installation
+over, the old instance's `destroy` must change nothing of it either. Each test
+compares the catalog (and the Vault) before and after.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from engine_support import PASSPHRASE, Engine
@@ -51,6 +55,24 @@ def everything(conn: psycopg.Connection) -> dict[str, object]:
     }
 
 
+_INSTANCE = re.compile(r"; instance [0-9a-f-]{36};")
+
+
+def without_instances(value: Any) -> Any:
+    """`value` with the instance ids taken out of every ownership marker (a takeover rewrites them)."""
+    if isinstance(value, str):
+        return _INSTANCE.sub(";", value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(without_instances(item) for item in value)
+    if isinstance(value, dict):
+        return {key: without_instances(item) for key, item in value.items()}
+    return value
+
+
+def outbox_counts(conn: psycopg.Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT status, count(*) FROM secure_webhooks.deliveries GROUP BY 1").fetchall())
+
+
 def test_a_same_named_stack_in_another_backend_is_refused_until_it_takes_over(engine, tmp_path):
     original = engine.stack("dev")
     original.up()
@@ -77,14 +99,42 @@ def test_a_same_named_stack_in_another_backend_is_refused_until_it_takes_over(en
     with engine.connect() as conn:
         after = everything(conn)
         assert after["claims"] == [("secure-webhooks/dev", successor)]
-        assert {k: v for k, v in after.items() if k != "claims"} == {k: v for k, v in before.items() if k != "claims"}
+        assert without_instances({k: v for k, v in after.items() if k != "claims"}) == without_instances(
+            {k: v for k, v in before.items() if k != "claims"}
+        )
+        assert f"; instance {successor};" in after["function"][1], "the successor's marker"
         insert(conn, "resumes", "taken-over.pdf")
     (delivery,) = engine.orchestrator.wait_for(1)
     assert delivery.status == 200 and delivery.body["record"]["name"] == "taken-over.pdf"
     # The old instance, should its state come back, is now the one refused.
     assert f"(instance {successor}" in failure_output(original.preview(check=False))
 
+    # Issue 15 #7: and its destroy changes nothing of the successor's (it used to drop all of it).
     engine.wait_until_delivered()
+    with engine.connect() as conn:
+        taken_over = everything(conn)
+    output = failure_output(original.destroy(check=False))
+    assert (
+        f"belongs to the secure-webhooks installation of Pulumi stack secure-webhooks/dev (instance {successor}"
+        in output
+    )
+    assert f"not to this stack secure-webhooks/dev (instance {instance}); nothing was changed" in output
+    assert "`pulumi stack rm --force`" in output and "Traceback" not in output
+    with engine.connect() as conn:
+        assert everything(conn) == taken_over, "the old instance's destroy changed the successor's installation"
+        insert(conn, "resumes", "after-old-destroy.pdf")
+        engine.wait_until_delivered()
+        counts = outbox_counts(conn)
+    delivered = engine.orchestrator.wait_for(2)
+    rows = [d.body["record"]["name"] for d in delivered if d.status == 200]
+    print(f"\nafter the old instance's destroy: rows inserted 2, delivered {len(rows)}, outbox {counts}")
+    assert rows == ["taken-over.pdf", "after-old-destroy.pdf"] and counts == {"delivered": 2}
+
+    # The way out the message names: forget the stale stack; the database is untouched.
+    original.remove()
+    with engine.connect() as conn:
+        assert everything(conn) == taken_over
+    twin.preview("--refresh", "--expect-no-changes")
     twin.destroy()
     with engine.connect() as conn:
         assert conn.execute("SELECT to_regnamespace(%s)", (CLAIMS_SCHEMA,)).fetchone()[0] is None
