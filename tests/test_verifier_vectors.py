@@ -13,6 +13,8 @@ database needed) holds the edge cases where they used to differ; both run it.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
 from pathlib import Path
@@ -25,12 +27,27 @@ from binding_support import PATH, authorization, direct_webhook, ensure_webhook_
 from outbox_support import deliver_once
 
 from local_supabase.scripted_server import Received, ScriptedServer
-from webhook_verifier import DEFAULT_EXPECTED_CLAIMS, VerificationError, Verifier
+from webhook_verifier import DEFAULT_EXPECTED_CLAIMS, VerificationError, Verifier, receipt
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PATH = ROOT / ".local" / "webhook-vectors.json"
 SAMPLE_PATH = ROOT / "verifiers" / "rust" / "tests" / "vectors.sample.json"
 WRONG_KEY = "not-the-orchestrators-key-" + "9" * 20
+
+
+def spec_receipt(secret: str, webhook_id: str, body: bytes) -> str:
+    """webhook-receipt from its definition (not webhook_verifier's), for the cases both verifiers acknowledge."""
+    body_hash = base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode()
+    mac = hmac.new(secret.encode(), f"{webhook_id}.{body_hash}".encode(), hashlib.sha256).digest()
+    return "v1," + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def with_receipts(secret: str, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for c in cases:
+        acknowledged = c["expect"] == "accept" or c["reason"] == "replayed"
+        webhook_id = next(v for k, v in c["headers"].items() if k.lower() == "webhook-id")
+        c["receipt"] = spec_receipt(secret, webhook_id, base64.b64decode(c["body_base64"])) if acknowledged else None
+    return cases
 
 
 def case(name: str, request: Received, url: str, **fields: Any) -> dict[str, Any]:
@@ -127,7 +144,7 @@ def make_vectors(cluster, conn: psycopg.Connection, secret: str) -> dict[str, An
         case("webhook-signature-forged", tampered_signature, url, expect="reject", reason="invalid_webhook_signature"),
         case("webhook-timestamp-stale", plain, url, now=claims["iat"] + 301, expect="reject", reason="stale_timestamp"),
     ]
-    return {"secret": secret, "webhook_secret": webhook_secret, "cases": cases}
+    return {"secret": secret, "webhook_secret": webhook_secret, "cases": with_receipts(secret, cases)}
 
 
 def python_outcomes(vectors: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
@@ -151,23 +168,24 @@ def python_outcomes(vectors: dict[str, Any]) -> dict[str, tuple[str, str | None]
             earlier = by_name[earlier]["replay_of"]
         for earlier in reversed(chain):
             now[0] = earlier["now"]
-            expected = (earlier["expect"], earlier["reason"])
+            expected = (earlier["expect"], earlier["reason"], earlier.get("receipt"))
             assert outcome(verifier, earlier) == expected, f"{case['name']}: its replay_of case {earlier['name']}"
         now[0] = case["now"]
         outcomes[case["name"]] = outcome(verifier, case)
     return outcomes
 
 
-def outcome(verifier: Verifier, case: dict[str, Any]) -> tuple[str, str | None]:
+def outcome(verifier: Verifier, case: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    """(expect, reason, the webhook-receipt the answer carries) by the Python verifier."""
     try:
         verified = verifier.verify(case["headers"], base64.b64decode(case["body_base64"]))
     except VerificationError as error:
-        return "reject", error.code
-    return ("reject", "replayed") if verified.duplicate else ("accept", None)
+        return "reject", error.code, None
+    return ("reject", "replayed", verified.receipt) if verified.duplicate else ("accept", None, verified.receipt)
 
 
-def expectations(vectors: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
-    return {c["name"]: (c["expect"], c["reason"]) for c in vectors["cases"]}
+def expectations(vectors: dict[str, Any]) -> dict[str, tuple[str, str | None, str | None]]:
+    return {c["name"]: (c["expect"], c["reason"], c.get("receipt")) for c in vectors["cases"]}
 
 
 def test_the_python_verifier_agrees_with_every_sample_vector():
@@ -175,6 +193,17 @@ def test_the_python_verifier_agrees_with_every_sample_vector():
     sample = json.loads(SAMPLE_PATH.read_text(encoding="utf-8"))
     assert len(sample["cases"]) >= 50
     assert python_outcomes(sample) == expectations(sample)
+
+
+def test_the_python_receipt_is_the_sample_receipts():
+    """(secret, webhook id, body) -> webhook-receipt, as the crate's receipt() is held to them too."""
+    sample = json.loads(SAMPLE_PATH.read_text(encoding="utf-8"))
+    assert len(sample["receipts"]) >= 5
+    for example in sample["receipts"]:
+        body = base64.b64decode(example["body_base64"])
+        assert receipt(example["secret"], example["webhook_id"], body) == example["receipt"], example["name"]
+    acknowledged = {c["name"] for c in sample["cases"] if c["expect"] == "accept" or c["reason"] == "replayed"}
+    assert acknowledged == {c["name"] for c in sample["cases"] if c["receipt"] is not None}
 
 
 def test_the_sample_vectors_cover_where_the_verifiers_used_to_differ():

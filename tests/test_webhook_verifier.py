@@ -13,7 +13,15 @@ from pathlib import Path
 import jwt
 import pytest
 
-from webhook_verifier import _REASONS, SeenEvents, VerificationError, Verifier, body_sha256
+from webhook_verifier import (
+    _REASONS,
+    RECEIPT_HEADER,
+    SeenEvents,
+    VerificationError,
+    Verifier,
+    body_sha256,
+    receipt,
+)
 
 SECRET = "unit-test-signing-secret-" + "x" * 16
 BODY = b'{"record": {"id": 1}, "type": "INSERT"}'
@@ -253,3 +261,18 @@ def test_unbound_tokens_need_require_binding_off():
     token = jwt.encode({"iat": NOW, "exp": NOW + 60}, SECRET)
     assert refusal(request(token, webhook_id=None)).code == "missing_claim"
     assert verifier(require_binding=False).verify(request(token, webhook_id=None), BODY).event_id is None
+
+
+def test_accepted_and_duplicate_requests_carry_the_receipt_for_their_id_and_body():
+    checker = verifier()
+    accepted = checker.verify(headers(), BODY)
+    message = f"e-1.{b64url(hashlib.sha256(BODY).digest())}".encode()
+    expected = "v1," + b64url(hmac.new(SECRET.encode(), message, hashlib.sha256).digest())
+    assert accepted.receipt == expected == receipt(SECRET, "e-1", BODY) == receipt(SECRET.encode(), "e-1", BODY)
+    assert accepted.receipt_header() == (RECEIPT_HEADER, expected) == ("webhook-receipt", expected)
+    duplicate = checker.verify(headers(iat=NOW - 5), BODY)
+    assert (duplicate.duplicate, duplicate.receipt) == (True, expected)
+    assert receipt(SECRET, "e-2", BODY) != expected != receipt(SECRET, "e-1", b"{}")
+    assert SECRET not in expected
+    unbound = jwt.encode({"iat": NOW, "exp": NOW + 60}, SECRET)
+    assert verifier(require_binding=False).verify(request(unbound, None), BODY).receipt_header() is None

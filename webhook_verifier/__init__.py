@@ -13,6 +13,21 @@ database retries until it sees a 2xx, with a fresh token and the same `jti`,
 so `verify` reports it (`Verified.duplicate`) and the orchestrator should
 answer 2xx without processing the event again.
 
+Signed delivery receipts: the 2xx answer to every accepted request,
+duplicates included, carries
+
+    webhook-receipt: v1,<base64url-nopad(HMAC-SHA256(key, "<webhook-id>.<body_sha256>"))>
+
+where `key` is the UTF-8 bytes of the HS256 token secret (`Verifier.secret`),
+`<webhook-id>` the event id (the token's `jti`) and `<body_sha256>` the
+base64url-nopad SHA-256 of the exact body bytes received (the `body_sha256`
+claim's form). Only a holder of the key can compute it, and it names the event
+and the body, so the database's reconciler can tell an orchestrator that really
+took the event from anything else that answered 2xx. `Verified.receipt` holds
+it and `Verified.receipt_header()` gives (name, value) to send; `receipt()`
+computes it for any event. This package has no HTTP server integration of its
+own: a server sends `Verified.receipt_header()` with its 2xx answer.
+
 The Rust crate in verifiers/rust checks the same things, in the same order,
 and refuses with the same codes (`VerificationError.code` is the crate's
 `VerifyError::code()`): both run the crate's sample vectors and the vectors the
@@ -40,6 +55,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+#: The response header that acknowledges an accepted event (see `receipt`).
+RECEIPT_HEADER = "webhook-receipt"
 #: The claims that bind a token to its request.
 BINDING_CLAIMS = ("jti", "body_sha256")
 #: Standard Webhooks: reference libraries refuse timestamps more than 5 minutes off.
@@ -105,6 +122,12 @@ class Verified:
     event_id: str | None
     #: This event id was accepted before within its token's lifetime: acknowledge, do not process.
     duplicate: bool = False
+    #: The `webhook-receipt` value for this event and body (None without an event id): send it with the 2xx.
+    receipt: str | None = None
+
+    def receipt_header(self) -> tuple[str, str] | None:
+        """(`webhook-receipt`, value) for the 2xx answer, duplicates included; None without an event id."""
+        return None if self.receipt is None else (RECEIPT_HEADER, self.receipt)
 
 
 def _b64url(data: bytes) -> str:
@@ -114,6 +137,18 @@ def _b64url(data: bytes) -> str:
 def body_sha256(body: bytes) -> str:
     """The `body_sha256` claim for these exact bytes."""
     return _b64url(hashlib.sha256(body).digest())
+
+
+def receipt(secret: str | bytes, webhook_id: str, body: bytes) -> str:
+    """The `webhook-receipt` value: `v1,<base64url-nopad(HMAC-SHA256(secret, "<webhook_id>.<body_sha256>"))>`.
+
+    `secret` is the HS256 token secret (a str is taken as its UTF-8 bytes), `webhook_id` the event id,
+    `body` the exact bytes received. The Rust crate's `receipt()` and the database's reconciler compute
+    the same; the shared vectors hold both verifiers to it.
+    """
+    key = secret if isinstance(secret, bytes) else secret.encode()
+    mac = hmac.new(key, f"{webhook_id}.{body_sha256(body)}".encode(), hashlib.sha256)
+    return "v1," + _b64url(mac.digest())
 
 
 _B64URL_TEXT = re.compile(r"[A-Za-z0-9_-]*")
@@ -321,7 +356,7 @@ class Verifier:
         if event_id is None:
             return Verified(claims, None)
         first = self.seen.first_time(event_id, claims["exp"] + self.leeway, now)
-        return Verified(claims, event_id, duplicate=not first)
+        return Verified(claims, event_id, duplicate=not first, receipt=receipt(self._key, event_id, body))
 
     def _claims(self, headers: Mapping[str, str], now: int) -> dict[str, Any]:
         """Every check that needs only the headers, in the Rust crate's order."""

@@ -133,7 +133,8 @@ pub enum VerifyError {
     ///
     /// It is an error for [`Verifier::verify`](crate::Verifier::verify) callers (the request is
     /// not handed over for processing), but its response status is **200 OK, by design**, with
-    /// the body `{"ok": true, "duplicate": true, "event_id": "<id>"}`. The database delivers at
+    /// the body `{"ok": true, "duplicate": true, "event_id": "<id>"}` and the event's
+    /// `webhook-receipt` header. The database delivers at
     /// least once: when it did not see the 2xx for an attempt (a timeout, a lost connection) it
     /// retries with a fresh token and the same `jti` / `webhook-id` until it gets a 2xx. A
     /// repeat of an accepted event id is therefore almost always such a retry of an event the
@@ -154,6 +155,9 @@ pub enum VerifyError {
     Replayed {
         /// the `jti` / `webhook-id`
         event_id: String,
+        /// the `webhook-receipt` value for this event and body ([`receipt`](crate::receipt)),
+        /// which the 200 response carries
+        receipt: String,
     },
     /// The replay store failed, or is full with [`WhenFull::RefuseNew`](crate::WhenFull::RefuseNew) (503, so
     /// the database retries later).
@@ -178,6 +182,16 @@ impl VerifyError {
     /// than a refusal.
     pub fn is_duplicate(&self) -> bool {
         matches!(self, VerifyError::Replayed { .. })
+    }
+
+    /// The `webhook-receipt` value of a duplicate ([`VerifyError::Replayed`]), which its
+    /// response carries; `None` for a refusal. A handler that answers duplicates itself should
+    /// send it (the [`webhook_receipts`](crate::webhook_receipts) middleware does).
+    pub fn receipt(&self) -> Option<&str> {
+        match self {
+            VerifyError::Replayed { receipt, .. } => Some(receipt),
+            _ => None,
+        }
     }
 
     /// A stable snake_case code naming the variant (the `error` field of the JSON response).
@@ -267,7 +281,7 @@ impl fmt::Display for VerifyError {
                 "webhook-timestamp {timestamp} is more than {tolerance} s from now ({now})"
             ),
             InvalidWebhookSignature => write!(f, "no valid v1 signature in webhook-signature"),
-            Replayed { event_id } => write!(f, "event {event_id} was already accepted"),
+            Replayed { event_id, .. } => write!(f, "event {event_id} was already accepted"),
             ReplayStore(why) => write!(f, "replay store unavailable: {why}"),
         }
     }
@@ -280,7 +294,7 @@ impl IntoResponse for VerifyError {
         let status = self.status();
         let body = match &self {
             // 200 by design: acknowledge the duplicate so the database stops retrying.
-            VerifyError::Replayed { event_id } => {
+            VerifyError::Replayed { event_id, .. } => {
                 serde_json::json!({ "ok": true, "duplicate": true, "event_id": event_id })
             }
             _ => serde_json::json!({ "error": self.code(), "message": self.to_string() }),
@@ -291,6 +305,10 @@ impl IntoResponse for VerifyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let VerifyError::Replayed { receipt, .. } = &self {
+            let (name, value) = crate::receipt::header(receipt);
+            headers.insert(name, value);
+        }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(
                 header::WWW_AUTHENTICATE,

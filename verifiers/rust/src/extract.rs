@@ -9,6 +9,7 @@ use http_body_util::Limited;
 
 use crate::error::VerifyError;
 use crate::forget::AcceptedSlot;
+use crate::receipt::ReceiptSlot;
 use crate::verifier::{VerifiedWebhook, Verifier};
 
 /// Verifies the request with the [`Verifier`] in the router's state (the state itself, or a
@@ -17,7 +18,9 @@ use crate::verifier::{VerifiedWebhook, Verifier};
 /// VerifyError>` instead to answer them yourself. A replayed event id is rejected with **200
 /// OK** (see [`VerifyError::Replayed`]), so the handler does not run for a duplicate delivery.
 /// Under the [`forget_on_failure`](crate::forget_on_failure) middleware, the event id is
-/// forgotten again when the handler does not answer 2xx.
+/// forgotten again when the handler does not answer 2xx; under the
+/// [`webhook_receipts`](crate::webhook_receipts) middleware, the handler's 2xx answer gets the
+/// event's `webhook-receipt` header (the duplicate answer always has it).
 ///
 /// The token is checked before the body is read, so an unauthenticated request is refused
 /// without buffering its body. The body is read up to [`Verifier::max_body_bytes`] (and axum's
@@ -47,6 +50,7 @@ where
             return Err(VerifyError::PayloadTooLarge { limit });
         }
         let slot = req.extensions().get::<AcceptedSlot>().cloned();
+        let receipts = req.extensions().get::<ReceiptSlot>().cloned();
         let (parts, body) = req.into_parts();
         let limited = Request::from_parts(parts, Body::new(Limited::new(body, limit)));
         let body =
@@ -58,7 +62,16 @@ where
                     }
                     other => VerifyError::BodyRead(other.body_text()),
                 })?;
-        let webhook = verifier.check_body(pending, body).await?;
+        let outcome = verifier.check_body(pending, body).await;
+        if let Some(receipts) = receipts {
+            // accepted or a duplicate: the handler's 2xx answer acknowledges the event
+            match &outcome {
+                Ok(webhook) => receipts.set(webhook.receipt.clone()),
+                Err(VerifyError::Replayed { receipt, .. }) => receipts.set(receipt.clone()),
+                Err(_) => {}
+            }
+        }
+        let webhook = outcome?;
         if let Some(slot) = slot {
             slot.set(verifier, webhook.event_id.clone());
         }

@@ -24,9 +24,14 @@
 //!    the handler. Add the [`forget_on_failure`] middleware so that a handler that fails (non-2xx)
 //!    gets the retry instead of it being acknowledged as a duplicate.
 //!
+//! Every accepted request's 2xx answer, duplicates included, carries a signed delivery receipt,
+//! `webhook-receipt: v1,<base64url-nopad(HMAC-SHA256(secret, "<webhook-id>.<body_sha256>"))>`
+//! ([`receipt`]): the [`webhook_receipts`] middleware adds it to the handler's response, and the
+//! crate's own duplicate answer has it. The database's reconciler checks it.
+//!
 //! ```no_run
 //! use axum::{Router, middleware, routing::post};
-//! use secure_webhook_verifier::{VerifiedWebhook, Verifier, forget_on_failure};
+//! use secure_webhook_verifier::{VerifiedWebhook, Verifier, forget_on_failure, webhook_receipts};
 //!
 //! async fn ingest(webhook: VerifiedWebhook) -> &'static str {
 //!     let _row: serde_json::Value = serde_json::from_slice(&webhook.body).unwrap();
@@ -40,6 +45,7 @@
 //! let app: Router = Router::new()
 //!     .route("/ingest/resumes/batch", post(ingest))
 //!     .layer(middleware::from_fn(forget_on_failure))
+//!     .layer(middleware::from_fn(webhook_receipts))
 //!     .with_state(verifier);
 //! ```
 #![deny(missing_docs)]
@@ -49,12 +55,14 @@ mod error;
 mod extract;
 mod forget;
 mod json;
+mod receipt;
 mod replay;
 mod verifier;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ConfigError, VerifyError};
 pub use forget::forget_on_failure;
+pub use receipt::{WEBHOOK_RECEIPT, receipt, webhook_receipts};
 pub use replay::{
     DEFAULT_MAX_ENTRIES, MemoryReplayStore, ReplayStore, ReplayStoreError, StoreFuture, WhenFull,
 };

@@ -83,6 +83,17 @@ pub struct VerifiedWebhook {
     /// The exact body bytes whose hash the token carries. Parse them (`serde_json::from_slice`);
     /// never re-serialise them to verify anything.
     pub body: Bytes,
+    /// The `webhook-receipt` value for this event and body ([`receipt`](crate::receipt)). The
+    /// [`webhook_receipts`](crate::webhook_receipts) middleware adds it to a 2xx response; send
+    /// it yourself outside axum ([`receipt_header`](Self::receipt_header)).
+    pub receipt: String,
+}
+
+impl VerifiedWebhook {
+    /// `(webhook-receipt, value)` for the response.
+    pub fn receipt_header(&self) -> (http::HeaderName, HeaderValue) {
+        crate::receipt::header(&self.receipt)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -255,6 +266,8 @@ impl VerifierBuilder {
         Ok(Verifier {
             inner: Arc::new(Inner {
                 decoding_key,
+                receipt_mac: HmacSha256::new_from_slice(&self.secret)
+                    .expect("HMAC takes any key length"),
                 leeway: self.leeway,
                 audience: self.audience,
                 accept_missing_audience: self.accept_missing_audience,
@@ -302,6 +315,8 @@ pub struct Verifier {
 
 struct Inner {
     decoding_key: DecodingKey,
+    /// The HS256 secret as an HMAC key, for receipts.
+    receipt_mac: HmacSha256,
     leeway: u64,
     audience: Option<Audience>,
     accept_missing_audience: bool,
@@ -541,23 +556,23 @@ impl Verifier {
         }
         let Pending { claims, now, .. } = pending;
         let expires_at = claims.exp.saturating_add(inner.leeway);
-        match inner
+        let new = inner
             .replay_store
             .check_and_record(&claims.jti, expires_at, now)
             .await
-        {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(VerifyError::Replayed {
-                    event_id: claims.jti,
-                });
-            }
-            Err(error) => return Err(VerifyError::ReplayStore(error.0)),
+            .map_err(|error| VerifyError::ReplayStore(error.0))?;
+        let receipt = crate::receipt::sign(inner.receipt_mac.clone(), &claims.jti, &digest);
+        if !new {
+            return Err(VerifyError::Replayed {
+                event_id: claims.jti,
+                receipt,
+            });
         }
         Ok(VerifiedWebhook {
             event_id: claims.jti.clone(),
             claims,
             body,
+            receipt,
         })
     }
 

@@ -10,7 +10,9 @@ use axum::routing::post;
 use common::*;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use secure_webhook_verifier::{VerifiedWebhook, Verifier, VerifyError, forget_on_failure};
+use secure_webhook_verifier::{
+    VerifiedWebhook, Verifier, VerifyError, forget_on_failure, receipt, webhook_receipts,
+};
 use serde_json::{Value, json};
 use std::future::Future;
 use std::sync::Arc;
@@ -330,7 +332,9 @@ async fn nested_router_with_app_state_checks_aud_against_the_original_path() {
                 format!("{} {}", state.name, webhook.event_id),
             ),
             // a duplicate is acknowledged with 2xx (error.status() is 200 for it too)
-            Err(VerifyError::Replayed { event_id }) => (StatusCode::OK, format!("dup {event_id}")),
+            Err(VerifyError::Replayed { event_id, .. }) => {
+                (StatusCode::OK, format!("dup {event_id}"))
+            }
             Err(error) => (error.status(), error.code().to_owned()),
         }
     }
@@ -378,5 +382,87 @@ async fn nested_router_with_app_state_checks_aud_against_the_original_path() {
     assert_eq!(
         (status, body.as_str()),
         (StatusCode::UNAUTHORIZED, "audience_mismatch")
+    );
+}
+
+#[tokio::test]
+async fn every_2xx_answer_to_an_accepted_event_carries_its_receipt_duplicates_too() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let app = Router::new()
+        .route(
+            PATH,
+            post(move |webhook: VerifiedWebhook| async move {
+                match counted.fetch_add(1, Ordering::SeqCst) {
+                    0 => (StatusCode::SERVICE_UNAVAILABLE, "busy".to_owned()),
+                    _ => (StatusCode::OK, ingest(webhook).await),
+                }
+            }),
+        )
+        .layer(middleware::from_fn(forget_on_failure))
+        .layer(middleware::from_fn(webhook_receipts))
+        .with_state(verifier());
+    let expected = receipt(SECRET, EVENT_ID, BODY.as_bytes());
+    // the handler fails: no receipt (the event was not taken), and the retry reaches it again
+    let (status, headers, _) = send(&app, request(PATH, &attempt(0), BODY)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!headers.contains_key("webhook-receipt"));
+    // accepted: the handler did nothing for it
+    let (status, headers, _) = send(&app, request(PATH, &attempt(1), BODY)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["webhook-receipt"], expected.as_str());
+    // a duplicate, answered by the extractor: the same receipt
+    let (status, headers, body) = send(&app, request(PATH, &attempt(2), BODY)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["webhook-receipt"], expected.as_str());
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // refused: none
+    let changed = BODY.replace("Ada", "Eve");
+    let (status, headers, _) = send(&app, request(PATH, &attempt(3), changed)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(!headers.contains_key("webhook-receipt"));
+}
+
+#[tokio::test]
+async fn without_the_layer_only_the_crates_own_duplicate_answer_has_the_receipt() {
+    let app = app(verifier());
+    let (status, headers, _) = send(&app, request(PATH, &attempt(0), BODY)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!headers.contains_key("webhook-receipt"));
+    let (status, headers, _) = send(&app, request(PATH, &attempt(1), BODY)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        headers["webhook-receipt"],
+        receipt(SECRET, EVENT_ID, BODY.as_bytes()).as_str()
+    );
+}
+
+#[tokio::test]
+async fn a_duplicate_the_handler_answers_itself_gets_the_receipt_from_the_layer() {
+    async fn handler(webhook: Result<VerifiedWebhook, VerifyError>) -> (StatusCode, String) {
+        match webhook {
+            Ok(webhook) => (StatusCode::OK, webhook.event_id),
+            Err(error) if error.is_duplicate() => (StatusCode::ACCEPTED, "dup".into()),
+            Err(error) => (StatusCode::OK, error.code().into()), // a refusal answered 2xx
+        }
+    }
+    let app = Router::new()
+        .route(PATH, post(handler))
+        .layer(middleware::from_fn(webhook_receipts))
+        .with_state(verifier());
+    let expected = receipt(SECRET, EVENT_ID, BODY.as_bytes());
+    for n in 0..2 {
+        let (status, headers, _) = send(&app, request(PATH, &attempt(n), BODY)).await;
+        assert!(status.is_success());
+        assert_eq!(headers["webhook-receipt"], expected.as_str());
+    }
+    let (status, headers, body) = send(&app, request(PATH, &attempt(2), "{}")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "body_hash_mismatch")
+    );
+    assert!(
+        !headers.contains_key("webhook-receipt"),
+        "no receipt for a refusal"
     );
 }

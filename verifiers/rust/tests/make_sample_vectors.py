@@ -2,7 +2,9 @@
 
 Run from verifiers/rust: ../../venv/bin/python tests/make_sample_vectors.py
 Deterministic (fixed clock, ids and keys), so the output only changes when this script does.
-The `reason` of each rejected case is the verifier's error code (VerifyError::code).
+The `reason` of each rejected case is the verifier's error code (VerifyError::code). Each case accepted
+or acknowledged as a duplicate has the `receipt` its answer must carry, and `receipts` lists more
+(secret, webhook id, body) -> webhook-receipt examples; both are computed here from the format's definition.
 """
 
 import base64
@@ -101,6 +103,12 @@ def case(
         "reason": reason,
         "replay_of": replay_of,
     }
+
+
+def spec_receipt(secret: str, webhook_id: str, body: bytes) -> str:
+    """webhook-receipt, from its definition: v1,<b64url-nopad(HMAC-SHA256(secret, "<id>.<body_sha256>"))>."""
+    message = f"{webhook_id}.{b64url(hashlib.sha256(body).digest())}".encode()
+    return "v1," + b64url(hmac.new(secret.encode(), message, hashlib.sha256).digest())
 
 
 def sign(claims: dict, algorithm: str = "HS256", key: str = SECRET, headers: dict | None = None) -> str:
@@ -507,7 +515,35 @@ def main() -> None:
         )
     )
 
-    vectors = {"secret": SECRET, "webhook_secret": WEBHOOK_SECRET, "cases": cases}
+    # The receipt every accepted request's answer carries, duplicates included.
+    for c in cases:
+        acknowledged = c["expect"] == "accept" or c["reason"] == "replayed"
+        body_bytes = base64.b64decode(c["body_base64"])
+        # the event id: the webhook-id header, which an accepted request's jti equals
+        c["receipt"] = spec_receipt(SECRET, c["headers"]["webhook-id"], body_bytes) if acknowledged else None
+    receipts = [
+        ("uuid_and_jsonb_body", SECRET, event_id(1), body),
+        ("empty_body", SECRET, event_id(2), b""),
+        ("non_ascii_body", SECRET, "evt_01HZY3", '{"name": "Zoë 🚀"}'.encode()),
+        ("another_secret", "another-secret-of-at-least-32-bytes!!", event_id(1), body),
+        ("non_ascii_secret_is_utf8", "clé-secrète-de-plus-de-32-octets-ok", event_id(1), body),
+        ("dots_in_the_id", SECRET, "a.b.c", b"{}"),
+    ]
+    vectors = {
+        "secret": SECRET,
+        "webhook_secret": WEBHOOK_SECRET,
+        "cases": cases,
+        "receipts": [
+            {
+                "name": name,
+                "secret": secret,
+                "webhook_id": webhook_id,
+                "body_base64": base64.b64encode(data).decode(),
+                "receipt": spec_receipt(secret, webhook_id, data),
+            }
+            for name, secret, webhook_id, data in receipts
+        ],
+    }
     out = pathlib.Path(__file__).with_name("vectors.sample.json")
     out.write_text(json.dumps(vectors, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {len(cases)} cases to {out}")

@@ -15,7 +15,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use secure_webhook_verifier::{ManualClock, Verifier, VerifyError};
+use secure_webhook_verifier::{ManualClock, Verifier, VerifyError, receipt};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -23,6 +23,18 @@ struct Vectors {
     secret: String,
     webhook_secret: Option<String>,
     cases: Vec<Case>,
+    /// (secret, webhook id, body) -> `webhook-receipt` examples.
+    #[serde(default)]
+    receipts: Vec<ReceiptCase>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ReceiptCase {
+    name: String,
+    secret: String,
+    webhook_id: String,
+    body_base64: String,
+    receipt: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -38,6 +50,9 @@ struct Case {
     expect: Expect,
     reason: Option<String>,
     replay_of: Option<String>,
+    /// The `webhook-receipt` an accepted (or duplicate) case's answer carries, when given.
+    #[serde(default)]
+    receipt: Option<String>,
 }
 
 #[derive(Debug, Deserialize, PartialEq, Eq, Clone, Copy)]
@@ -94,22 +109,36 @@ fn verifier(vectors: &Vectors, case: &Case, clock: Arc<ManualClock>) -> Verifier
     })
 }
 
+/// The outcome, and the receipt the answer carries (accepted, or a duplicate).
 async fn verify(
     verifier: &Verifier,
     clock: &ManualClock,
     case: &Case,
-) -> Result<Result<(), VerifyError>, String> {
+) -> Result<(Result<(), VerifyError>, Option<String>), String> {
     let (headers, body) = request(case)?;
     clock.set(case.now);
-    Ok(verifier
-        .verify(&headers, &case.path, body)
-        .await
-        .map(|_| ()))
+    Ok(match verifier.verify(&headers, &case.path, body).await {
+        Ok(webhook) => (Ok(()), Some(webhook.receipt)),
+        Err(error) => {
+            let receipt = error.receipt().map(str::to_owned);
+            (Err(error), receipt)
+        }
+    })
 }
 
-/// Whether `outcome` is what `case` expects; the reason (an error code) is compared too.
-fn judge(case: &Case, outcome: &Result<(), VerifyError>) -> Option<String> {
+/// Whether `outcome` is what `case` expects; the reason (an error code) and the receipt, when
+/// the case names one, are compared too.
+fn judge(
+    case: &Case,
+    (outcome, receipt): &(Result<(), VerifyError>, Option<String>),
+) -> Option<String> {
     let why = case.reason.as_deref().unwrap_or("no reason given");
+    if case.receipt.is_some() && case.receipt != *receipt {
+        return Some(format!(
+            "expected webhook-receipt {:?}, got {receipt:?}",
+            case.receipt
+        ));
+    }
     match (case.expect, outcome) {
         (Expect::Accept, Ok(())) => None,
         (Expect::Accept, Err(error)) => Some(format!(
@@ -210,6 +239,33 @@ async fn shared_vectors() {
 }
 
 #[test]
+fn receipts_are_computed_as_the_vectors_say() {
+    let path = vectors_file();
+    let vectors = load(&path).unwrap_or_else(|error| panic!("{error}"));
+    for case in &vectors.receipts {
+        let body = STANDARD.decode(&case.body_base64).unwrap();
+        assert_eq!(
+            receipt(&case.secret, &case.webhook_id, &body),
+            case.receipt,
+            "receipt {}",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn the_sample_has_receipts_for_every_acknowledged_case() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors.sample.json");
+    let vectors = load(&path).unwrap();
+    assert!(vectors.receipts.len() >= 5);
+    for case in &vectors.cases {
+        let acknowledged =
+            case.expect == Expect::Accept || case.reason.as_deref() == Some("replayed");
+        assert_eq!(case.receipt.is_some(), acknowledged, "case {}", case.name);
+    }
+}
+
+#[test]
 fn a_missing_vectors_file_is_an_error_not_a_skip() {
     let error = load(Path::new("/nonexistent/vectors.json")).unwrap_err();
     assert!(error.contains("cannot read vectors file"), "{error}");
@@ -258,4 +314,22 @@ async fn the_sample_vectors_detect_a_wrong_reason() {
         .map(|(name, _)| name)
         .collect();
     assert_eq!(failing, HashSet::from(["expired".into(), "typ_jws".into()]));
+}
+
+#[tokio::test]
+async fn the_sample_vectors_detect_a_wrong_receipt() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors.sample.json");
+    let mut vectors = load(&path).unwrap();
+    let valid = vectors
+        .cases
+        .iter()
+        .position(|c| c.name == "valid_with_audience")
+        .unwrap();
+    vectors.cases[valid].receipt = Some(receipt("another key", "x", b""));
+    let failing: HashSet<String> = run(&vectors)
+        .await
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(failing, HashSet::from(["valid_with_audience".into()]));
 }

@@ -11,7 +11,7 @@ use common::*;
 use http::HeaderMap;
 use jsonwebtoken::Algorithm;
 use secure_webhook_verifier::{
-    ConfigError, ManualClock, VerifiedWebhook, Verifier, VerifierBuilder, VerifyError,
+    ConfigError, ManualClock, VerifiedWebhook, Verifier, VerifierBuilder, VerifyError, receipt,
 };
 use serde_json::{Value, json};
 
@@ -523,11 +523,12 @@ async fn replayed_jti_is_refused_until_the_token_expires() {
         .build()
         .unwrap();
     let first = headers(&sign(&claims(BODY)), EVENT_ID);
-    verify_with(&verifier, &first, BODY).await.unwrap();
+    let accepted = verify_with(&verifier, &first, BODY).await.unwrap();
     assert_eq!(
         verify_with(&verifier, &first, BODY).await.unwrap_err(),
         VerifyError::Replayed {
-            event_id: EVENT_ID.into()
+            event_id: EVENT_ID.into(),
+            receipt: accepted.receipt,
         }
     );
     // a retry of the same event (fresh token, same jti) is a replay too
@@ -810,16 +811,13 @@ fn errors_have_statuses_and_codes() {
         VerifyError::InvalidSignature.status(),
         StatusCode::UNAUTHORIZED
     );
-    assert_eq!(
-        VerifyError::Replayed {
-            event_id: "x".into()
-        }
-        .status(),
-        StatusCode::OK
-    );
     let replayed = VerifyError::Replayed {
         event_id: "x".into(),
+        receipt: "v1,r".into(),
     };
+    assert_eq!(replayed.status(), StatusCode::OK);
+    assert_eq!(replayed.receipt(), Some("v1,r"));
+    assert_eq!(VerifyError::InvalidSignature.receipt(), None);
     assert!(replayed.is_duplicate() && !VerifyError::InvalidSignature.is_duplicate());
     assert_eq!(replayed.code(), "replayed");
     assert_eq!(
@@ -857,4 +855,40 @@ async fn webhook_timestamp_is_ascii_digits() {
         let error = verify_with(&verifier, &headers, BODY).await.unwrap_err();
         assert_eq!(error.code(), "malformed_header", "{timestamp:.20}: {error}");
     }
+}
+
+#[tokio::test]
+async fn accepted_and_duplicate_requests_carry_the_receipt_for_their_id_and_body() {
+    let verifier = builder().build().unwrap();
+    let headers = headers(&sign(&claims(BODY)), EVENT_ID);
+    let accepted = verify_with(&verifier, &headers, BODY).await.unwrap();
+    // the same bytes as computed from the format: HMAC-SHA256(secret, "<id>.<body_sha256>")
+    let mut mac =
+        <hmac::Hmac<sha2::Sha256> as hmac::KeyInit>::new_from_slice(SECRET.as_bytes()).unwrap();
+    hmac::Mac::update(
+        &mut mac,
+        format!("{EVENT_ID}.{}", common::body_sha256(BODY.as_bytes())).as_bytes(),
+    );
+    let expected = format!(
+        "v1,{}",
+        URL_SAFE_NO_PAD.encode(hmac::Mac::finalize(mac).into_bytes())
+    );
+    assert_eq!(accepted.receipt, expected);
+    assert_eq!(accepted.receipt, receipt(SECRET, EVENT_ID, BODY.as_bytes()));
+    let (name, value) = accepted.receipt_header();
+    assert_eq!(
+        (name.as_str(), value.to_str().unwrap()),
+        ("webhook-receipt", &*expected)
+    );
+    let duplicate = verify_with(&verifier, &headers, BODY).await.unwrap_err();
+    assert_eq!(duplicate.receipt(), Some(expected.as_str()));
+    // no secret in it, and no receipt for a refusal
+    assert!(!expected.contains(SECRET) && !format!("{duplicate:?}").contains(SECRET));
+    assert_eq!(
+        verify_with(&verifier, &headers, "{}")
+            .await
+            .unwrap_err()
+            .receipt(),
+        None
+    );
 }
