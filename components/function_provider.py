@@ -125,7 +125,11 @@ def find_function(cur: psycopg.Cursor, spec: FunctionSpec) -> InstalledFunction 
                  WHERE EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = r)
                    AND pg_catalog.has_function_privilege(r, p.oid, 'EXECUTE')),
                EXISTS (SELECT FROM pg_catalog.aclexplode(coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner))) a
-                        WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE')
+                        WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'),
+               -- Every role granted EXECUTE but its owner: we grant it to none, so any is drift.
+               (SELECT coalesce(array_agg(DISTINCT r.rolname ORDER BY r.rolname), '{}')
+                  FROM pg_catalog.aclexplode(p.proacl) a JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+                 WHERE a.grantee <> p.proowner)
           FROM pg_catalog.pg_proc p
           JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
          WHERE n.nspname = %(schema)s AND p.proname = %(name)s AND p.pronargs = 0
@@ -135,7 +139,7 @@ def find_function(cur: psycopg.Cursor, spec: FunctionSpec) -> InstalledFunction 
     row = cur.fetchone()
     if row is None:
         return None
-    oid, definition, comment, source, secdef, settings, client_executors, public_executes = row
+    oid, definition, comment, source, secdef, settings, client_executors, public_executes, grantees = row
     return InstalledFunction(
         oid=oid,
         definition=definition,
@@ -144,7 +148,8 @@ def find_function(cur: psycopg.Cursor, spec: FunctionSpec) -> InstalledFunction 
             "body_sha256": body_sha256(source),
             "security_definer": secdef,
             "settings": list(settings),
-            "executable_by": (["PUBLIC"] if public_executes else []) + list(client_executors),
+            # PUBLIC, the API roles (also through membership), and any role granted a privilege at all.
+            "executable_by": (["PUBLIC"] if public_executes else []) + sorted(set(client_executors) | set(grantees)),
             "managed_by": owner_of(comment),
             # The whole CREATE FUNCTION as PostgreSQL prints it (volatility, cost, language, ...):
             # compared with what was installed, so a change no field above names is drift too.

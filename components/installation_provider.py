@@ -31,6 +31,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
 
+from . import adoption
 from .database import DatabaseProvider
 from .ownership import OwnershipError, instance_of, owner_of
 from .preflight import preflight_failures
@@ -261,20 +262,26 @@ class InstallationProvider(DatabaseProvider):
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         with self.db.transaction() as cur:
             claim = find_claim(cur, props)
+            grants = foreign_grants(cur)
         if claim is None:
             return ReadResult(None, {})
-        return ReadResult(id_, {**props, **_state(claim)})
+        return ReadResult(id_, {**props, **_state(claim), "foreign_grants": grants})
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         changed = [key for key in INPUTS if olds.get(key) != news.get(key)]
         if olds.get("claimed_by") != news["instance"]:
             changed.append("claimed_by")
+        if olds.get("foreign_grants"):  # a grant in a private store, which we never make: update revokes it
+            changed.append("foreign_grants")
         replaces = [key for key in ("function_schema", "function_name") if olds.get(key) != news.get(key)]
         return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         claim = self._take(news, news["instance"], f"renewing the database claim of {news['owner']}")
-        return UpdateResult({**news, **_state(claim)})
+        with self.db.transaction(f"revoking grants in {adoption.STORE.name}") as cur:
+            adoption.STORE.revoke_foreign(cur)  # the claims store's went in _take (PrivateStore.ensure)
+            grants = foreign_grants(cur)
+        return UpdateResult({**news, **_state(claim), "foreign_grants": grants})
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         with self.db.transaction(f"releasing the database claim of {props['owner']}") as cur:
@@ -287,6 +294,11 @@ class InstallationProvider(DatabaseProvider):
                 return
             cur.execute(sql.SQL("DELETE FROM {} WHERE function = %s").format(STORE.relation), (_function(props),))
             STORE.drop_if_empty(cur)
+
+
+def foreign_grants(cur: psycopg.Cursor) -> list[str]:
+    """`<store>: <role>` for every privilege someone holds in our private stores: none is ever granted."""
+    return [f"{store.schema}: {role}" for store in (STORE, adoption.STORE) for role in store.foreign_grantees(cur)]
 
 
 def _state(claim: Claim) -> dict[str, Any]:

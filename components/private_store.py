@@ -113,6 +113,15 @@ class PrivateStore:
         else:
             raise DatabaseError(f"could not create {self.name}: other sessions kept creating and dropping it")
         cur.execute(sql.SQL("COMMENT ON SCHEMA {} IS {}").format(schema, sql.Literal(self.comment)))
+        self._revoke(cur)
+
+    def revoke_foreign(self, cur: psycopg.Cursor) -> None:
+        """Revoke every privilege in the store from everyone but its owner (a no-op without the store)."""
+        if self.lock(cur):
+            self._revoke(cur)
+
+    def _revoke(self, cur: psycopg.Cursor) -> None:
+        schema = sql.Identifier(self.schema)
         # PUBLIC, the API roles, and any role granted anything here out of band: we grant nothing.
         refused = sql.SQL(", ").join(
             [
@@ -125,8 +134,18 @@ class PrivateStore:
         cur.execute(sql.SQL("REVOKE ALL ON TABLE {} FROM {}").format(self.relation, refused))
 
     def foreign_grantees(self, cur: psycopg.Cursor) -> list[str]:
-        """Roles holding a privilege in the store (besides its owner): we never grant one, so each is drift."""
-        return revoked_roles(cur, self.schema, (), ())
+        """Roles holding a privilege in the store (besides its owner), PUBLIC included: we grant none."""
+        if not self.exists(cur):
+            return []
+        cur.execute(
+            "SELECT EXISTS (SELECT FROM pg_catalog.aclexplode(c.relacl) a WHERE a.grantee = 0)"
+            " OR EXISTS (SELECT FROM pg_catalog.aclexplode(n.nspacl) a WHERE a.grantee = 0)"
+            " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.oid = pg_catalog.to_regclass(%s)",
+            (self.name,),
+        )
+        public = cur.fetchone()[0]
+        return (["PUBLIC"] if public else []) + revoked_roles(cur, self.schema, (), ())
 
     def drop_if_empty(self, cur: psycopg.Cursor) -> None:
         """Drop the table once it holds no row, and the schema once nothing else is in it. Call it under `lock`."""

@@ -2,7 +2,9 @@
 
 The job is named, so `cron.schedule` both creates and reschedules it, and
 `read` compares its live schedule, command, role and active flag with what we
-render: a job dropped, paused or rescheduled out of band is drift. Its
+render, and where pg_cron connects to run it (username, database, nodename,
+nodeport) with what `cron.schedule` gives a new job: a job dropped, paused,
+rescheduled or pointed at another port out of band is drift. Its
 command starts with our ownership marker (cron.job has no comments).
 
 Removing the job stops every retry, so delete refuses while any event is
@@ -65,13 +67,14 @@ def _sha256(text: str) -> str:
 
 def find_job(cur: psycopg.Cursor, job_name: str) -> dict[str, Any] | None:
     cur.execute(
-        "SELECT jobid, schedule, command, active, username FROM cron.job WHERE jobname = %s ORDER BY jobid LIMIT 1",
+        "SELECT jobid, schedule, command, active, username, database, nodename, nodeport"
+        " FROM cron.job WHERE jobname = %s ORDER BY jobid LIMIT 1",
         (job_name,),
     )
     row = cur.fetchone()
     if row is None:
         return None
-    jobid, schedule, command, active, username = row
+    jobid, schedule, command, active, username, database, nodename, nodeport = row
     first_line = _first_line(command)
     return {
         "jobid": jobid,
@@ -80,7 +83,58 @@ def find_job(cur: psycopg.Cursor, job_name: str) -> dict[str, Any] | None:
         "active": active,
         "username": username,
         "managed_by": owner_of(first_line),
+        # Where pg_cron connects to run the job: a wrong port, host or database stops every delivery.
+        "connection": _connection(username, database, nodename, nodeport),
     }
+
+
+def _connection(username: str | None, database: str | None, nodename: str | None, nodeport: Any) -> dict[str, Any]:
+    return {
+        "username": username,
+        "database": database,
+        "nodename": nodename,
+        "nodeport": None if nodeport is None else int(nodeport),
+    }
+
+
+#: A job name no one else uses, for `scheduled_connection`'s probe (rolled back at once).
+_PROBE = "secure_webhooks_connection_probe"
+
+
+def scheduled_connection(cur: psycopg.Cursor) -> dict[str, Any]:
+    """Where `cron.schedule` makes a new job of this role connect (username, database, nodename, nodeport).
+
+    pg_cron fills these in from the session and its own settings (cron.host, the server's port) when it
+    inserts a job, and `cron.schedule` of an existing job keeps the old ones. So the expected values are
+    read from a probe job scheduled and rolled back in a savepoint, not guessed: on Supabase and here
+    `cron.host` differ (localhost, 127.0.0.1).
+    """
+    with cur.connection.transaction() as savepoint:
+        cur.execute("SELECT cron.schedule(%s, '0 0 1 1 *', 'SELECT 1')", (_PROBE,))
+        cur.execute(
+            "SELECT username, database, nodename, nodeport FROM cron.job WHERE jobname = %s ORDER BY jobid DESC"
+            " LIMIT 1",
+            (_PROBE,),
+        )
+        connection = _connection(*cur.fetchone())
+        raise psycopg.Rollback(savepoint)
+    return connection
+
+
+def connection_drift(live: dict[str, Any] | None, expected: dict[str, Any] | None) -> list[str]:
+    """The connection fields of the job that differ from what pg_cron gives a job scheduled now."""
+    if not live or not expected:  # state written before the connection was compared
+        return []
+    return [
+        f"connection.{key}"
+        for key in ("username", "database", "nodename", "nodeport")
+        if _normal(live.get(key)) != _normal(expected.get(key))
+    ]
+
+
+def _normal(value: Any) -> Any:
+    """Pulumi state hands numbers back as floats."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _first_line(command: str) -> str:
@@ -156,13 +210,22 @@ class ScheduleProvider(DatabaseProvider):
                 what = f"pg_cron job {props['job_name']}"
                 refuse_stale_instance(cur, props, what, job_marker(cur, props["job_name"]))
             command = job_command(props["owner"], props["resolved_schedule"], props.get("instance"))
+            expected = scheduled_connection(cur)
             cur.execute("SELECT cron.schedule(%s, %s, %s)", (props["job_name"], props["resolved_schedule"], command))
             job = find_job(cur, props["job_name"])
             if not job["active"]:
                 # cron.alter_job is not granted to postgres on pg_cron 1.4; its table is (Supabase's docs).
                 cur.execute("UPDATE cron.job SET active = true WHERE jobid = %s", (job["jobid"],))
                 job = find_job(cur, props["job_name"])
-        return {**props, **job}
+            if connection_drift(job["connection"], expected):
+                # cron.schedule keeps an existing job's connection: put back what it gives a new job. (The
+                # username cannot drift here: pg_cron's row security shows a role only its own jobs.)
+                cur.execute(
+                    "UPDATE cron.job SET database = %s, nodename = %s, nodeport = %s WHERE jobid = %s",
+                    (expected["database"], expected["nodename"], expected["nodeport"], job["jobid"]),
+                )
+                job = find_job(cur, props["job_name"])
+        return {**props, **job, "expected_connection": expected}
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         outs = self._schedule(props)
@@ -174,14 +237,17 @@ class ScheduleProvider(DatabaseProvider):
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         with self.db.transaction() as cur:
             job = find_job(cur, props["job_name"])
+            # State written before the connection was compared learns it at its first refresh.
+            expected = props.get("expected_connection") or (scheduled_connection(cur) if job else None)
         if job is None:
             return ReadResult(None, {})
-        return ReadResult(str(job["jobid"]), {**props, **job})
+        return ReadResult(str(job["jobid"]), {**props, **job, "expected_connection": expected})
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         changed = [key for key in (*INPUTS, "resolved_schedule") if olds.get(key) != news.get(key)]
         # The command names the instance that wrote it: the state's, so older state (none) shows no change.
         changed += [key for key, value in desired_state(news, olds.get("instance")).items() if olds.get(key) != value]
+        changed += connection_drift(olds.get("connection"), olds.get("expected_connection"))
         return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
