@@ -35,18 +35,29 @@ SAMPLE_PATH = ROOT / "verifiers" / "rust" / "tests" / "vectors.sample.json"
 WRONG_KEY = "not-the-orchestrators-key-" + "9" * 20
 
 
-def spec_receipt(secret: str, webhook_id: str, body: bytes) -> str:
-    """webhook-receipt from its definition (not webhook_verifier's), for the cases both verifiers acknowledge."""
+def spec_receipt(secret: str, webhook_id: str, iat: int, body: bytes) -> str:
+    """webhook-receipt from its definition (not webhook_verifier's), for the cases both verifiers acknowledge:
+    v1,<b64url-nopad(HMAC-SHA256(secret, "<webhook-id>.<iat>.<body_sha256>"))>."""
     body_hash = base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode()
-    mac = hmac.new(secret.encode(), f"{webhook_id}.{body_hash}".encode(), hashlib.sha256).digest()
+    mac = hmac.new(secret.encode(), f"{webhook_id}.{iat}.{body_hash}".encode(), hashlib.sha256).digest()
     return "v1," + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def token_iat(headers: dict[str, str]) -> int:
+    """The `iat` of the token the database minted for this request (each attempt mints its own)."""
+    token = next(v for k, v in headers.items() if k.lower() == "authorization").split()[1]
+    iat = jwt.decode(token, options={"verify_signature": False})["iat"]
+    assert type(iat) is int, f"the database wrote iat {iat!r}, not an integer"
+    return iat
 
 
 def with_receipts(secret: str, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for c in cases:
-        acknowledged = c["expect"] == "accept" or c["reason"] == "replayed"
-        webhook_id = next(v for k, v in c["headers"].items() if k.lower() == "webhook-id")
-        c["receipt"] = spec_receipt(secret, webhook_id, base64.b64decode(c["body_base64"])) if acknowledged else None
+        c["receipt"] = None
+        if c["expect"] == "accept" or c["reason"] == "replayed":
+            webhook_id = next(v for k, v in c["headers"].items() if k.lower() == "webhook-id")
+            body = base64.b64decode(c["body_base64"])
+            c["receipt"] = spec_receipt(secret, webhook_id, token_iat(c["headers"]), body)
     return cases
 
 
@@ -196,14 +207,19 @@ def test_the_python_verifier_agrees_with_every_sample_vector():
 
 
 def test_the_python_receipt_is_the_sample_receipts():
-    """(secret, webhook id, body) -> webhook-receipt, as the crate's receipt() is held to them too."""
+    """(secret, webhook id, iat, body) -> webhook-receipt, as the crate's receipt() is held to them too."""
     sample = json.loads(SAMPLE_PATH.read_text(encoding="utf-8"))
     assert len(sample["receipts"]) >= 5
     for example in sample["receipts"]:
         body = base64.b64decode(example["body_base64"])
-        assert receipt(example["secret"], example["webhook_id"], body) == example["receipt"], example["name"]
+        computed = receipt(example["secret"], example["webhook_id"], example["iat"], body)
+        assert computed == example["receipt"], example["name"]
     acknowledged = {c["name"] for c in sample["cases"] if c["expect"] == "accept" or c["reason"] == "replayed"}
     assert acknowledged == {c["name"] for c in sample["cases"] if c["receipt"] is not None}
+    # each bound to the iat of its own token: a retry (fresh token, same id and body) gets another one
+    assert with_receipts(sample["secret"], [dict(c) for c in sample["cases"]]) == sample["cases"]
+    receipts = {c["name"]: c["receipt"] for c in sample["cases"]}
+    assert receipts["replayed"] == receipts["valid"] != receipts["retry_of_accepted_event"]
 
 
 def test_the_sample_vectors_cover_where_the_verifiers_used_to_differ():

@@ -263,16 +263,30 @@ def test_unbound_tokens_need_require_binding_off():
     assert verifier(require_binding=False).verify(request(token, webhook_id=None), BODY).event_id is None
 
 
-def test_accepted_and_duplicate_requests_carry_the_receipt_for_their_id_and_body():
+def test_accepted_and_duplicate_requests_carry_the_receipt_for_their_id_iat_and_body():
     checker = verifier()
     accepted = checker.verify(headers(), BODY)
-    message = f"e-1.{b64url(hashlib.sha256(BODY).digest())}".encode()
+    message = f"e-1.{NOW}.{b64url(hashlib.sha256(BODY).digest())}".encode()
     expected = "v1," + b64url(hmac.new(SECRET.encode(), message, hashlib.sha256).digest())
-    assert accepted.receipt == expected == receipt(SECRET, "e-1", BODY) == receipt(SECRET.encode(), "e-1", BODY)
+    assert accepted.receipt == expected == receipt(SECRET, "e-1", NOW, BODY)
+    assert receipt(SECRET.encode(), "e-1", NOW, BODY) == expected
     assert accepted.receipt_header() == (RECEIPT_HEADER, expected) == ("webhook-receipt", expected)
+    # a retry mints a new token: its receipt is bound to that token's iat, not the first one's
     duplicate = checker.verify(headers(iat=NOW - 5), BODY)
-    assert (duplicate.duplicate, duplicate.receipt) == (True, expected)
-    assert receipt(SECRET, "e-2", BODY) != expected != receipt(SECRET, "e-1", b"{}")
+    assert (duplicate.duplicate, duplicate.receipt) == (True, receipt(SECRET, "e-1", NOW - 5, BODY))
+    assert checker.verify(headers(), BODY).receipt == expected
+    assert receipt(SECRET, "e-2", NOW, BODY) != expected != receipt(SECRET, "e-1", NOW, b"{}")
     assert SECRET not in expected
     unbound = jwt.encode({"iat": NOW, "exp": NOW + 60}, SECRET)
     assert verifier(require_binding=False).verify(request(unbound, None), BODY).receipt_header() is None
+
+
+def test_a_receipt_for_the_same_id_and_body_but_another_iat_differs():
+    """A receipt copied from an earlier attempt's response does not fit the next attempt's token."""
+    first = receipt(SECRET, "e-1", NOW, BODY)
+    assert receipt(SECRET, "e-1", NOW + 1, BODY) != first
+    assert receipt(SECRET, "e-1", NOW - 60, BODY) != first
+    # iat is written in decimal, so the message is not ambiguous with a dotted id
+    assert receipt(SECRET, "e-1", 12, BODY) != receipt(SECRET, "e-1.1", 2, BODY)
+    with pytest.raises(ValueError):
+        receipt(SECRET, "e-1", -1, BODY)

@@ -16,14 +16,19 @@ answer 2xx without processing the event again.
 Signed delivery receipts: the 2xx answer to every accepted request,
 duplicates included, carries
 
-    webhook-receipt: v1,<base64url-nopad(HMAC-SHA256(key, "<webhook-id>.<body_sha256>"))>
+    webhook-receipt: v1,<base64url-nopad(HMAC-SHA256(key, "<webhook-id>.<iat>.<body_sha256>"))>
 
 where `key` is the UTF-8 bytes of the HS256 token secret (`Verifier.secret`),
-`<webhook-id>` the event id (the token's `jti`) and `<body_sha256>` the
-base64url-nopad SHA-256 of the exact body bytes received (the `body_sha256`
-claim's form). Only a holder of the key can compute it, and it names the event
-and the body, so the database's reconciler can tell an orchestrator that really
-took the event from anything else that answered 2xx. `Verified.receipt` holds
+`<webhook-id>` the event id (the token's `jti`), `<iat>` the verified token's
+`iat` claim in decimal (as in JSON: no sign, no leading zeros) and
+`<body_sha256>` the base64url-nopad SHA-256 of the exact body bytes received
+(the `body_sha256` claim's form). Only a holder of the key can compute it, and
+it names the event and the body, so the database's reconciler can tell an
+orchestrator that really took the event from anything else that answered 2xx.
+`iat` binds it to one attempt: each attempt (a retry or a replay) mints a new
+token with its own `iat`, so a receipt copied from an earlier attempt's
+response (pg_net's response table is readable by every role) does not mark a
+later attempt delivered that was never sent. `Verified.receipt` holds
 it and `Verified.receipt_header()` gives (name, value) to send; `receipt()`
 computes it for any event. This package has no HTTP server integration of its
 own: a server sends `Verified.receipt_header()` with its 2xx answer.
@@ -122,7 +127,8 @@ class Verified:
     event_id: str | None
     #: This event id was accepted before within its token's lifetime: acknowledge, do not process.
     duplicate: bool = False
-    #: The `webhook-receipt` value for this event and body (None without an event id): send it with the 2xx.
+    #: The `webhook-receipt` value for this event, token `iat` and body (None without an event id): send it
+    #: with the 2xx.
     receipt: str | None = None
 
     def receipt_header(self) -> tuple[str, str] | None:
@@ -139,15 +145,18 @@ def body_sha256(body: bytes) -> str:
     return _b64url(hashlib.sha256(body).digest())
 
 
-def receipt(secret: str | bytes, webhook_id: str, body: bytes) -> str:
-    """The `webhook-receipt` value: `v1,<base64url-nopad(HMAC-SHA256(secret, "<webhook_id>.<body_sha256>"))>`.
+def receipt(secret: str | bytes, webhook_id: str, iat: int, body: bytes) -> str:
+    """The `webhook-receipt` value: `v1,<base64url-nopad(HMAC-SHA256(secret, "<webhook_id>.<iat>.<body_sha256>"))>`.
 
     `secret` is the HS256 token secret (a str is taken as its UTF-8 bytes), `webhook_id` the event id,
+    `iat` the verified token's `iat` claim (written in decimal; it ties the receipt to one attempt),
     `body` the exact bytes received. The Rust crate's `receipt()` and the database's reconciler compute
     the same; the shared vectors hold both verifiers to it.
     """
+    if isinstance(iat, bool) or not isinstance(iat, int) or iat < 0:
+        raise ValueError(f"iat must be a non-negative integer, got {iat!r}")
     key = secret if isinstance(secret, bytes) else secret.encode()
-    mac = hmac.new(key, f"{webhook_id}.{body_sha256(body)}".encode(), hashlib.sha256)
+    mac = hmac.new(key, f"{webhook_id}.{iat}.{body_sha256(body)}".encode(), hashlib.sha256)
     return "v1," + _b64url(mac.digest())
 
 
@@ -356,7 +365,9 @@ class Verifier:
         if event_id is None:
             return Verified(claims, None)
         first = self.seen.first_time(event_id, claims["exp"] + self.leeway, now)
-        return Verified(claims, event_id, duplicate=not first, receipt=receipt(self._key, event_id, body))
+        # the receipt of this attempt: bound to this token's iat, a duplicate's too
+        signed = receipt(self._key, event_id, claims["iat"], body)
+        return Verified(claims, event_id, duplicate=not first, receipt=signed)
 
     def _claims(self, headers: Mapping[str, str], now: int) -> dict[str, Any]:
         """Every check that needs only the headers, in the Rust crate's order."""

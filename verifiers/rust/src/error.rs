@@ -155,8 +155,8 @@ pub enum VerifyError {
     Replayed {
         /// the `jti` / `webhook-id`
         event_id: String,
-        /// the `webhook-receipt` value for this event and body ([`receipt`](crate::receipt)),
-        /// which the 200 response carries
+        /// the `webhook-receipt` value for this event, this (retry's) token's `iat` and the body
+        /// ([`receipt`](crate::receipt)), which the 200 response carries
         receipt: String,
     },
     /// The replay store failed, or is full with [`WhenFull::RefuseNew`](crate::WhenFull::RefuseNew) (503, so

@@ -25,9 +25,10 @@
 //!    gets the retry instead of it being acknowledged as a duplicate.
 //!
 //! Every accepted request's 2xx answer, duplicates included, carries a signed delivery receipt,
-//! `webhook-receipt: v1,<base64url-nopad(HMAC-SHA256(secret, "<webhook-id>.<body_sha256>"))>`
-//! ([`receipt`]): the [`webhook_receipts`] middleware adds it to the handler's response, and the
-//! crate's own duplicate answer has it. The database's reconciler checks it.
+//! `webhook-receipt: v1,<base64url-nopad(HMAC-SHA256(secret, "<webhook-id>.<iat>.<body_sha256>"))>`
+//! ([`receipt`]), `<iat>` being the verified token's: the [`webhook_receipts`] middleware adds it
+//! to the handler's response, and the crate's own duplicate answer has it. The database's
+//! reconciler checks it, per attempt.
 //!
 //! ```no_run
 //! use axum::{Router, middleware, routing::post};

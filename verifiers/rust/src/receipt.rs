@@ -15,24 +15,34 @@ use sha2::{Digest, Sha256};
 pub const WEBHOOK_RECEIPT: &str = "webhook-receipt";
 
 /// The `webhook-receipt` value for an event: `v1,<base64url-nopad(HMAC-SHA256(secret,
-/// "<webhook_id>.<body_sha256>"))>`, where `secret` is the HS256 token secret (the same bytes the
-/// [`Verifier`](crate::Verifier) is built with), `webhook_id` the event id (`jti` /
-/// `webhook-id`) and `<body_sha256>` the base64url-nopad SHA-256 of the exact body bytes received
-/// (the form of the `body_sha256` claim).
+/// "<webhook_id>.<iat>.<body_sha256>"))>`, where `secret` is the HS256 token secret (the same
+/// bytes the [`Verifier`](crate::Verifier) is built with), `webhook_id` the event id (`jti` /
+/// `webhook-id`), `<iat>` the verified token's `iat` claim in decimal (as in JSON: no sign, no
+/// leading zeros) and `<body_sha256>` the base64url-nopad SHA-256 of the exact body bytes
+/// received (the form of the `body_sha256` claim).
 ///
 /// Only a holder of the signing key can compute it, and it names both the event and the body the
 /// receiver got, so the database's reconciler can tell a delivery the orchestrator really accepted
 /// from a 2xx answered by anything else on the way (a proxy, a captive portal, a wrong host).
+/// `iat` ties it to one attempt: each attempt mints a new token with its own `iat`, so a receipt
+/// copied from an earlier attempt's response does not mark a later one delivered.
 /// The verifier adds it to every accepted request's 2xx response, duplicates included; this
 /// function is for checking one, or for answering outside axum.
-pub fn receipt(secret: impl AsRef<[u8]>, webhook_id: &str, body: &[u8]) -> String {
+pub fn receipt(secret: impl AsRef<[u8]>, webhook_id: &str, iat: u64, body: &[u8]) -> String {
     let mac = Hmac::<Sha256>::new_from_slice(secret.as_ref()).expect("HMAC takes any key length");
-    sign(mac, webhook_id, &Sha256::digest(body).into())
+    sign(mac, webhook_id, iat, &Sha256::digest(body).into())
 }
 
 /// The receipt with an already keyed HMAC (the verifier keeps one) and the body's digest.
-pub(crate) fn sign(mut mac: Hmac<Sha256>, webhook_id: &str, body_digest: &[u8; 32]) -> String {
+pub(crate) fn sign(
+    mut mac: Hmac<Sha256>,
+    webhook_id: &str,
+    iat: u64,
+    body_digest: &[u8; 32],
+) -> String {
     mac.update(webhook_id.as_bytes());
+    mac.update(b".");
+    mac.update(iat.to_string().as_bytes());
     mac.update(b".");
     mac.update(URL_SAFE_NO_PAD.encode(body_digest).as_bytes());
     format!("v1,{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
@@ -110,17 +120,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_format_is_hmac_of_id_dot_body_hash() {
+    fn the_format_is_hmac_of_id_dot_iat_dot_body_hash() {
         // computed step by step: the body hash, the message, its MAC
         let body = br#"{"id": 1}"#;
         let body_sha256 = URL_SAFE_NO_PAD.encode(Sha256::digest(body));
         let mut mac = Hmac::<Sha256>::new_from_slice(b"key").unwrap();
-        mac.update(format!("event-1.{body_sha256}").as_bytes());
+        mac.update(format!("event-1.1767225600.{body_sha256}").as_bytes());
         let expected = format!("v1,{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()));
-        assert_eq!(receipt("key", "event-1", body), expected);
+        assert_eq!(receipt("key", "event-1", 1_767_225_600, body), expected);
         assert_eq!(expected.len(), 3 + 43);
-        assert_ne!(receipt("key", "event-2", body), expected);
-        assert_ne!(receipt("key", "event-1", b"{}"), expected);
-        assert_ne!(receipt("other", "event-1", body), expected);
+        assert_ne!(receipt("key", "event-2", 1_767_225_600, body), expected);
+        assert_ne!(receipt("key", "event-1", 1_767_225_600, b"{}"), expected);
+        assert_ne!(receipt("other", "event-1", 1_767_225_600, body), expected);
+    }
+
+    #[test]
+    fn another_iat_gives_another_receipt_for_the_same_id_and_body() {
+        // a receipt copied from an earlier attempt's response does not fit the next attempt
+        let body = br#"{"id": 1}"#;
+        let first = receipt("key", "event-1", 1_767_225_600, body);
+        assert_ne!(receipt("key", "event-1", 1_767_225_601, body), first);
+        assert_ne!(receipt("key", "event-1", 1_767_225_540, body), first);
+        // decimal iat: no ambiguity with a dotted id
+        assert_ne!(
+            receipt("key", "event-1", 12, body),
+            receipt("key", "event-1.1", 2, body)
+        );
     }
 }

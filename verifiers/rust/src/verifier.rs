@@ -83,7 +83,8 @@ pub struct VerifiedWebhook {
     /// The exact body bytes whose hash the token carries. Parse them (`serde_json::from_slice`);
     /// never re-serialise them to verify anything.
     pub body: Bytes,
-    /// The `webhook-receipt` value for this event and body ([`receipt`](crate::receipt)). The
+    /// The `webhook-receipt` value for this event, its token's `iat` and the body
+    /// ([`receipt`](crate::receipt)). The
     /// [`webhook_receipts`](crate::webhook_receipts) middleware adds it to a 2xx response; send
     /// it yourself outside axum ([`receipt_header`](Self::receipt_header)).
     pub receipt: String,
@@ -561,7 +562,8 @@ impl Verifier {
             .check_and_record(&claims.jti, expires_at, now)
             .await
             .map_err(|error| VerifyError::ReplayStore(error.0))?;
-        let receipt = crate::receipt::sign(inner.receipt_mac.clone(), &claims.jti, &digest);
+        let receipt =
+            crate::receipt::sign(inner.receipt_mac.clone(), &claims.jti, claims.iat, &digest);
         if !new {
             return Err(VerifyError::Replayed {
                 event_id: claims.jti,

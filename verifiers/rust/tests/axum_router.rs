@@ -66,6 +66,11 @@ fn attempt(n: u64) -> String {
     sign(&claims)
 }
 
+/// The receipt the answer to `attempt(n)` carries: bound to that attempt's token's `iat`.
+fn attempt_receipt(n: u64) -> String {
+    receipt(SECRET, EVENT_ID, NOW - 60 + n, BODY.as_bytes())
+}
+
 #[tokio::test]
 async fn accepts_then_acknowledges_the_replay_with_200_without_running_the_handler() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -402,7 +407,6 @@ async fn every_2xx_answer_to_an_accepted_event_carries_its_receipt_duplicates_to
         .layer(middleware::from_fn(forget_on_failure))
         .layer(middleware::from_fn(webhook_receipts))
         .with_state(verifier());
-    let expected = receipt(SECRET, EVENT_ID, BODY.as_bytes());
     // the handler fails: no receipt (the event was not taken), and the retry reaches it again
     let (status, headers, _) = send(&app, request(PATH, &attempt(0), BODY)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -410,11 +414,12 @@ async fn every_2xx_answer_to_an_accepted_event_carries_its_receipt_duplicates_to
     // accepted: the handler did nothing for it
     let (status, headers, _) = send(&app, request(PATH, &attempt(1), BODY)).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(headers["webhook-receipt"], expected.as_str());
-    // a duplicate, answered by the extractor: the same receipt
+    assert_eq!(headers["webhook-receipt"], attempt_receipt(1).as_str());
+    // a duplicate, answered by the extractor: the receipt of its own attempt (its token's iat)
     let (status, headers, body) = send(&app, request(PATH, &attempt(2), BODY)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(headers["webhook-receipt"], expected.as_str());
+    assert_eq!(headers["webhook-receipt"], attempt_receipt(2).as_str());
+    assert_ne!(attempt_receipt(2), attempt_receipt(1));
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     // refused: none
     let changed = BODY.replace("Ada", "Eve");
@@ -431,10 +436,7 @@ async fn without_the_layer_only_the_crates_own_duplicate_answer_has_the_receipt(
     assert!(!headers.contains_key("webhook-receipt"));
     let (status, headers, _) = send(&app, request(PATH, &attempt(1), BODY)).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        headers["webhook-receipt"],
-        receipt(SECRET, EVENT_ID, BODY.as_bytes()).as_str()
-    );
+    assert_eq!(headers["webhook-receipt"], attempt_receipt(1).as_str());
 }
 
 #[tokio::test]
@@ -450,11 +452,10 @@ async fn a_duplicate_the_handler_answers_itself_gets_the_receipt_from_the_layer(
         .route(PATH, post(handler))
         .layer(middleware::from_fn(webhook_receipts))
         .with_state(verifier());
-    let expected = receipt(SECRET, EVENT_ID, BODY.as_bytes());
     for n in 0..2 {
         let (status, headers, _) = send(&app, request(PATH, &attempt(n), BODY)).await;
         assert!(status.is_success());
-        assert_eq!(headers["webhook-receipt"], expected.as_str());
+        assert_eq!(headers["webhook-receipt"], attempt_receipt(n).as_str());
     }
     let (status, headers, body) = send(&app, request(PATH, &attempt(2), "{}")).await;
     assert_eq!(

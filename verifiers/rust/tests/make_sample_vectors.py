@@ -3,8 +3,9 @@
 Run from verifiers/rust: ../../venv/bin/python tests/make_sample_vectors.py
 Deterministic (fixed clock, ids and keys), so the output only changes when this script does.
 The `reason` of each rejected case is the verifier's error code (VerifyError::code). Each case accepted
-or acknowledged as a duplicate has the `receipt` its answer must carry, and `receipts` lists more
-(secret, webhook id, body) -> webhook-receipt examples; both are computed here from the format's definition.
+or acknowledged as a duplicate has the `receipt` its answer must carry (bound to its own token's `iat`, so a
+retry's differs from the first attempt's), and `receipts` lists more (secret, webhook id, iat, body) ->
+webhook-receipt examples; both are computed here from the format's definition.
 """
 
 import base64
@@ -105,10 +106,18 @@ def case(
     }
 
 
-def spec_receipt(secret: str, webhook_id: str, body: bytes) -> str:
-    """webhook-receipt, from its definition: v1,<b64url-nopad(HMAC-SHA256(secret, "<id>.<body_sha256>"))>."""
-    message = f"{webhook_id}.{b64url(hashlib.sha256(body).digest())}".encode()
+def spec_receipt(secret: str, webhook_id: str, iat: int, body: bytes) -> str:
+    """webhook-receipt, from its definition: v1,<b64url-nopad(HMAC-SHA256(secret, "<id>.<iat>.<body_sha256>"))>."""
+    message = f"{webhook_id}.{iat}.{b64url(hashlib.sha256(body).digest())}".encode()
     return "v1," + b64url(hmac.new(secret.encode(), message, hashlib.sha256).digest())
+
+
+def token_iat(headers: dict) -> int:
+    """The iat claim of the request's bearer token (its JSON payload, read without PyJWT's checks)."""
+    payload = headers["Authorization"].split()[1].split(".")[1]
+    iat = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["iat"]
+    assert type(iat) is int, iat
+    return iat
 
 
 def sign(claims: dict, algorithm: str = "HS256", key: str = SECRET, headers: dict | None = None) -> str:
@@ -515,19 +524,27 @@ def main() -> None:
         )
     )
 
-    # The receipt every accepted request's answer carries, duplicates included.
+    # The receipt every accepted request's answer carries, duplicates included: bound to the iat of
+    # the token that request carries (a retry's fresh token gives another receipt).
     for c in cases:
         acknowledged = c["expect"] == "accept" or c["reason"] == "replayed"
         body_bytes = base64.b64decode(c["body_base64"])
         # the event id: the webhook-id header, which an accepted request's jti equals
-        c["receipt"] = spec_receipt(SECRET, c["headers"]["webhook-id"], body_bytes) if acknowledged else None
+        c["receipt"] = (
+            spec_receipt(SECRET, c["headers"]["webhook-id"], token_iat(c["headers"]), body_bytes)
+            if acknowledged
+            else None
+        )
     receipts = [
-        ("uuid_and_jsonb_body", SECRET, event_id(1), body),
-        ("empty_body", SECRET, event_id(2), b""),
-        ("non_ascii_body", SECRET, "evt_01HZY3", '{"name": "Zoë 🚀"}'.encode()),
-        ("another_secret", "another-secret-of-at-least-32-bytes!!", event_id(1), body),
-        ("non_ascii_secret_is_utf8", "clé-secrète-de-plus-de-32-octets-ok", event_id(1), body),
-        ("dots_in_the_id", SECRET, "a.b.c", b"{}"),
+        ("uuid_and_jsonb_body", SECRET, event_id(1), NOW, body),
+        ("another_iat", SECRET, event_id(1), NOW + 5, body),
+        ("iat_zero", SECRET, event_id(1), 0, body),
+        ("iat_u64_max", SECRET, event_id(1), 2**64 - 1, body),
+        ("empty_body", SECRET, event_id(2), NOW, b""),
+        ("non_ascii_body", SECRET, "evt_01HZY3", NOW, '{"name": "Zoë 🚀"}'.encode()),
+        ("another_secret", "another-secret-of-at-least-32-bytes!!", event_id(1), NOW, body),
+        ("non_ascii_secret_is_utf8", "clé-secrète-de-plus-de-32-octets-ok", event_id(1), NOW, body),
+        ("dots_in_the_id", SECRET, "a.b.c", NOW, b"{}"),
     ]
     vectors = {
         "secret": SECRET,
@@ -538,10 +555,11 @@ def main() -> None:
                 "name": name,
                 "secret": secret,
                 "webhook_id": webhook_id,
+                "iat": iat,
                 "body_base64": base64.b64encode(data).decode(),
-                "receipt": spec_receipt(secret, webhook_id, data),
+                "receipt": spec_receipt(secret, webhook_id, iat, data),
             }
-            for name, secret, webhook_id, data in receipts
+            for name, secret, webhook_id, iat, data in receipts
         ],
     }
     out = pathlib.Path(__file__).with_name("vectors.sample.json")

@@ -23,7 +23,7 @@ struct Vectors {
     secret: String,
     webhook_secret: Option<String>,
     cases: Vec<Case>,
-    /// (secret, webhook id, body) -> `webhook-receipt` examples.
+    /// (secret, webhook id, iat, body) -> `webhook-receipt` examples.
     #[serde(default)]
     receipts: Vec<ReceiptCase>,
 }
@@ -33,6 +33,7 @@ struct ReceiptCase {
     name: String,
     secret: String,
     webhook_id: String,
+    iat: u64,
     body_base64: String,
     receipt: String,
 }
@@ -245,7 +246,7 @@ fn receipts_are_computed_as_the_vectors_say() {
     for case in &vectors.receipts {
         let body = STANDARD.decode(&case.body_base64).unwrap();
         assert_eq!(
-            receipt(&case.secret, &case.webhook_id, &body),
+            receipt(&case.secret, &case.webhook_id, case.iat, &body),
             case.receipt,
             "receipt {}",
             case.name
@@ -325,7 +326,7 @@ async fn the_sample_vectors_detect_a_wrong_receipt() {
         .iter()
         .position(|c| c.name == "valid_with_audience")
         .unwrap();
-    vectors.cases[valid].receipt = Some(receipt("another key", "x", b""));
+    vectors.cases[valid].receipt = Some(receipt("another key", "x", 0, b""));
     let failing: HashSet<String> = run(&vectors)
         .await
         .into_iter()

@@ -528,9 +528,10 @@ async fn replayed_jti_is_refused_until_the_token_expires() {
         verify_with(&verifier, &first, BODY).await.unwrap_err(),
         VerifyError::Replayed {
             event_id: EVENT_ID.into(),
-            receipt: accepted.receipt,
+            receipt: accepted.receipt.clone(),
         }
     );
+    let accepted_receipt = accepted.receipt;
     // a retry of the same event (fresh token, same jti) is a replay too
     clock.set(NOW + 5);
     let retry = with(
@@ -539,10 +540,16 @@ async fn replayed_jti_is_refused_until_the_token_expires() {
         json!(NOW + 3605),
     );
     let retry = headers(&sign(&retry), EVENT_ID);
-    assert!(matches!(
-        verify_with(&verifier, &retry, BODY).await.unwrap_err(),
-        VerifyError::Replayed { .. }
-    ));
+    // its answer carries the receipt of this attempt (its token's iat), not the first one's
+    let retried = verify_with(&verifier, &retry, BODY).await.unwrap_err();
+    assert_eq!(
+        retried,
+        VerifyError::Replayed {
+            event_id: EVENT_ID.into(),
+            receipt: receipt(SECRET, EVENT_ID, NOW + 5, BODY.as_bytes()),
+        }
+    );
+    assert_ne!(retried.receipt(), Some(accepted_receipt.as_str()));
     // ... until forgotten (the handler failed), or once the first token's entry expired
     verifier.forget(EVENT_ID).await.unwrap();
     verify_with(&verifier, &retry, BODY).await.unwrap();
@@ -858,23 +865,26 @@ async fn webhook_timestamp_is_ascii_digits() {
 }
 
 #[tokio::test]
-async fn accepted_and_duplicate_requests_carry_the_receipt_for_their_id_and_body() {
+async fn accepted_and_duplicate_requests_carry_the_receipt_for_their_id_iat_and_body() {
     let verifier = builder().build().unwrap();
     let headers = headers(&sign(&claims(BODY)), EVENT_ID);
     let accepted = verify_with(&verifier, &headers, BODY).await.unwrap();
-    // the same bytes as computed from the format: HMAC-SHA256(secret, "<id>.<body_sha256>")
+    // the same bytes as computed from the format: HMAC-SHA256(secret, "<id>.<iat>.<body_sha256>")
     let mut mac =
         <hmac::Hmac<sha2::Sha256> as hmac::KeyInit>::new_from_slice(SECRET.as_bytes()).unwrap();
     hmac::Mac::update(
         &mut mac,
-        format!("{EVENT_ID}.{}", common::body_sha256(BODY.as_bytes())).as_bytes(),
+        format!("{EVENT_ID}.{NOW}.{}", common::body_sha256(BODY.as_bytes())).as_bytes(),
     );
     let expected = format!(
         "v1,{}",
         URL_SAFE_NO_PAD.encode(hmac::Mac::finalize(mac).into_bytes())
     );
     assert_eq!(accepted.receipt, expected);
-    assert_eq!(accepted.receipt, receipt(SECRET, EVENT_ID, BODY.as_bytes()));
+    assert_eq!(
+        accepted.receipt,
+        receipt(SECRET, EVENT_ID, NOW, BODY.as_bytes())
+    );
     let (name, value) = accepted.receipt_header();
     assert_eq!(
         (name.as_str(), value.to_str().unwrap()),
