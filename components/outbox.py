@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.{EVENTS} (
     request_epoch uuid,
     sent_at timestamptz,
     missing_since timestamptz,
+    token_iat bigint,
     last_status_code integer,
     last_error text,
     created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
@@ -69,6 +70,8 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.{EVENTS} (
 );
 -- Added after the first release; the CREATE TABLE above has it for new outboxes.
 ALTER TABLE {SCHEMA}.{EVENTS} ADD COLUMN IF NOT EXISTS missing_since timestamptz;
+-- The `iat` of the attempt in flight: its receipt is bound to it (README, "Delivery receipts").
+ALTER TABLE {SCHEMA}.{EVENTS} ADD COLUMN IF NOT EXISTS token_iat bigint;
 CREATE INDEX IF NOT EXISTS events_due ON {SCHEMA}.{EVENTS} (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS events_in_flight ON {SCHEMA}.{EVENTS} (sent_at) WHERE state = 'sending';
 CREATE INDEX IF NOT EXISTS events_delivered ON {SCHEMA}.{EVENTS} (delivered_at) WHERE state = 'delivered';

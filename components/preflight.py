@@ -128,8 +128,33 @@ def preflight_props(
     }
 
 
+#: Triggers on pg_net's tables: any role may create them (pg_net grants ALL, TRIGGER included, to
+#: PUBLIC), and they would run as postgres whenever our function or reconciler queues a request.
+_PG_NET_TRIGGERS = """
+SELECT pg_catalog.quote_ident(t.tgname) || ' on ' || t.tgrelid::regclass::text
+  FROM pg_catalog.pg_trigger AS t
+ WHERE t.tgrelid IN (pg_catalog.to_regclass('net.http_request_queue'), pg_catalog.to_regclass('net._http_response'))
+   AND NOT t.tgisinternal
+ ORDER BY 1
+"""
+
+
+def pg_net_trigger_failures(cur: psycopg.Cursor) -> list[CheckFailure]:
+    cur.execute(_PG_NET_TRIGGERS)
+    return [
+        CheckFailure(
+            "signer",
+            f"trigger {name} was created by someone else on pg_net's table (every role may): it would run as "
+            "postgres whenever a webhook request is queued; the owner of pg_net's tables must drop it, or drop its "
+            "function (the reconciler refuses to run while it exists)",
+        )
+        for (name,) in cur.fetchall()
+    ]
+
+
 def preflight_failures(cur: psycopg.Cursor, props: dict[str, Any]) -> list[CheckFailure]:
     failures = target_failures(cur, props.get("webhook_tables") or [])
+    failures += pg_net_trigger_failures(cur)
     failures += [
         CheckFailure("signer", reason)
         for extension in required_extensions(props["signer"])

@@ -119,24 +119,41 @@ def _routes(spec: ReconcilerSpec) -> str:
     return "VALUES " + ",\n                ".join(rows)
 
 
-def receipt_expression(event_id: str, body: str) -> str:
+def receipt_expression(event_id: str, issued_at: str, body: str) -> str:
     """SQL for the receipt a receiver holding the JWT key answers with: `v1,` base64url(HMAC-SHA256(key,
-    "<event id>.<body_sha256>")), using the `secret` variable (README, "Delivery receipts")."""
-    signed = f"({event_id})::text || '.' || {body_sha256_expression(body)}"
+    "<event id>.<iat>.<body_sha256>")), using the `secret` variable (README, "Delivery receipts").
+
+    `iat` ties it to one attempt: a receipt read from an earlier attempt's response (pg_net's
+    responses are readable by every role) does not fit a retry or a replay.
+    """
+    signed = f"({event_id})::text || '.' || ({issued_at})::text || '.' || {body_sha256_expression(body)}"
     mac = f"extensions.hmac({signed}, secret, 'sha256')"
     return f"'v1,' || {urlsafe_base64(mac)}"
 
 
-def _success(spec: ReconcilerSpec) -> str:
-    """SQL: is response `r` of the event `i` a delivery? A 2xx, and with receipts required, a valid receipt."""
-    two_xx = "r.status_code BETWEEN 200 AND 299"
+def _receipted(spec: ReconcilerSpec) -> str:
+    """SQL: does outcome `o` carry this attempt's receipt? Always true when receipts are off."""
     if spec.delivery.receipts != "required":
-        return two_xx
-    return (
-        f"({two_xx} AND secret IS NOT NULL AND {receipt_expression('i.id', 'i.payload')} = ANY ("
-        "pg_catalog.string_to_array(pg_catalog.btrim((SELECT h.value FROM pg_catalog.jsonb_each_text(r.headers) AS h"
-        " WHERE pg_catalog.lower(h.key) = 'webhook-receipt' LIMIT 1)), ' ')))"
+        return "true"
+    header = (
+        "(SELECT h.value FROM pg_catalog.jsonb_each_text(o.headers) AS h"
+        " WHERE pg_catalog.lower(h.key) = 'webhook-receipt' LIMIT 1)"
     )
+    expected = receipt_expression("o.id", "o.token_iat", "o.payload")
+    return (
+        f"COALESCE(secret IS NOT NULL AND o.token_iat IS NOT NULL AND o.headers IS NOT NULL"
+        f" AND {expected} = ANY (pg_catalog.string_to_array(pg_catalog.btrim({header}), ' ')), false)"
+    )
+
+
+def _clean(text: str) -> str:
+    """SQL: text another role may have written (pg_net's error_msg), made safe to show in `status`."""
+    return f"pg_catalog.left(pg_catalog.regexp_replace({text}, '[[:cntrl:]]', ' ', 'g'), 300)"
+
+
+#: Errors that say nothing about the one event being prepared (a lock timeout, a cancel, no memory, a
+#: missing function): they end the round, as before, instead of costing every due event an attempt.
+_ROUND_ERRORS = "^(40|42|53|55|57|58|XX001|XX002)"
 
 
 def render_reconcile(spec: ReconcilerSpec) -> str:
@@ -144,25 +161,29 @@ def render_reconcile(spec: ReconcilerSpec) -> str:
     f = spec.function
     events = f"{SCHEMA}.{EVENTS}"
     attempts = f"{SCHEMA}.{ATTEMPTS}"
+    receipts = d.receipts == "required"
     note_missing_webhook_key = f"failure := COALESCE(failure, {missing_secret_error(f.webhook_secret_name or '')});"
     malformed_webhook_key = sql_literal(
         f"{f.webhook_secret_name} in vault is not a valid Standard Webhooks secret (whsec_ followed by base64)"
     )
     # Retry-After may lengthen the wait, never shorten it below the backoff schedule; never beyond
-    # retryMaxSeconds. (LEAST ignores NULLs, so no header must count as 0, not as the maximum.)
+    # retryMaxSeconds (LEAST ignores NULLs, so no header counts as 0). With receipts required, only
+    # a response that carries its receipt may lengthen it, or make the event dead with a 410.
     retry_delay = (
-        f"GREATEST({_backoff('e.attempts', d)}, "
-        f"LEAST(COALESCE({SCHEMA}.{RETRY_AFTER}(o.headers), 0), {float(d.retry_max_seconds)}))"
+        f"GREATEST({_backoff('e.attempts', d)}, LEAST(COALESCE("
+        f"CASE WHEN o.receipted THEN {SCHEMA}.{RETRY_AFTER}(o.headers) END, 0), {float(d.retry_max_seconds)}))"
     )
-    success = _success(spec)
-    no_receipt = (
-        "WHEN r.status_code BETWEEN 200 AND 299 THEN 'HTTP ' || r.status_code || "
-        "' without a valid webhook-receipt (delivery.receipts is required)'"
-        if d.receipts == "required"
+    unreceipted = (
+        f"""WHEN o.status_code BETWEEN 200 AND 299 AND secret IS NULL
+               THEN 'HTTP ' || o.status_code || ', but its receipt cannot be checked: '
+                 || {missing_secret_error(f.secret_name)}
+             WHEN o.status_code BETWEEN 200 AND 299
+               THEN 'HTTP ' || o.status_code || ' without a valid webhook-receipt (delivery.receipts is required)'"""
+        if receipts
         else ""
     )
     # A failed attempt: logged, retried with backoff, dead once out of attempts. Used for an event that
-    # could not be prepared or queued, and for every due event while a key is missing.
+    # could not be prepared, and for every due event while a key is missing.
     fail_event = f"""attempts = e.attempts + 1,
              state = {_next_state("e.attempts + 1", d)},
              dead_at = CASE WHEN e.attempts + 1 >= {int(d.max_attempts)} THEN pg_catalog.now() END,
@@ -172,6 +193,7 @@ def render_reconcile(spec: ReconcilerSpec) -> str:
     return f"""
 DECLARE
   epoch uuid;
+  round_started timestamptz := pg_catalog.clock_timestamp();
   handled integer := 0;
   n integer;
   due record;
@@ -185,15 +207,36 @@ DECLARE
   webhook_key bytea;
   failure text;
   step text;
+  foreign_triggers text;
 BEGIN
+  -- 0. pg_net grants ALL on its tables to PUBLIC, TRIGGER included: a trigger there would run as
+  -- postgres whenever this round queues a request or reads outcomes. The lock (which CREATE TRIGGER
+  -- waits for) makes the check hold for the whole round; a PUBLIC role can hold a stronger lock, so
+  -- the wait is bounded and the round fails visibly (cron.job_run_details) instead of hanging.
+  PERFORM pg_catalog.set_config('lock_timeout', '5s', true);
+  LOCK TABLE net.http_request_queue, net._http_response IN ROW EXCLUSIVE MODE;
+  SELECT pg_catalog.string_agg(pg_catalog.quote_ident(t.tgname) || ' on ' || t.tgrelid::regclass::text, ', ')
+    INTO foreign_triggers
+    FROM pg_catalog.pg_trigger AS t
+   WHERE t.tgrelid IN ('net.http_request_queue'::regclass, 'net._http_response'::regclass) AND NOT t.tgisinternal;
+  IF foreign_triggers IS NOT NULL THEN
+    RAISE EXCEPTION USING
+      MESSAGE = 'secure_webhooks: not delivering while pg_net''s tables have triggers (' || foreign_triggers
+        || '): they would run as postgres',
+      HINT = 'Every role may create triggers there (pg_net grants ALL to PUBLIC); the owner of pg_net''s '
+        || 'tables must drop them, or drop their functions. Events wait; none is lost.';
+  END IF;
+
   INSERT INTO {SCHEMA}.{PG_NET_EPOCH} DEFAULT VALUES ON CONFLICT DO NOTHING;
   SELECT p.epoch INTO epoch FROM {SCHEMA}.{PG_NET_EPOCH} AS p;
   SELECT s.decrypted_secret INTO secret FROM vault.decrypted_secrets AS s WHERE s.name = {sql_literal(f.secret_name)};
 
-  -- 0. Responses no worker can have written: dated after this moment (pg_net stamps a row with its
-  -- own transaction's start, before it commits). Anyone may insert into net._http_response; these
-  -- would otherwise outlive pg_net's TTL purge.
-  DELETE FROM net._http_response AS r WHERE r.created > pg_catalog.clock_timestamp();
+  -- Responses no worker can have written: dated after this round began (pg_net stamps a row with its
+  -- own transaction's start, before it commits). Any role may insert them; pg_net's TTL purge never
+  -- would reach them. Rows another session holds are left for a later round.
+  DELETE FROM net._http_response AS r
+   WHERE r.ctid = ANY (ARRAY(SELECT f.ctid FROM net._http_response AS f WHERE f.created > round_started
+                              LIMIT 1000 FOR UPDATE SKIP LOCKED));
 
   -- 1. Outcomes of the attempts in flight.
   -- A request neither queued nor answered may be on the wire (pg_net deletes before sending) or
@@ -209,62 +252,74 @@ BEGIN
              FOR UPDATE OF m SKIP LOCKED) AS missing
    WHERE e.id = missing.id;
 
-  -- An outcome counts only if it can belong to the attempt: recorded after the attempt was queued,
-  -- while the request is no longer in the queue (pg_net deletes it before sending). Of several such
-  -- rows (any role can add one) a failure wins over a success: a retry costs a duplicate, a forged
-  -- success would cost the event.
+  -- An outcome counts only if it can belong to the attempt: recorded after the attempt was queued and
+  -- before this round, once the request has left the queue (pg_net deletes it before sending). pg_net
+  -- writes one row per request, so several rows mean another role wrote some: the attempt failed.
+  -- A failure is preferred over a success, so a forged 2xx never hides the real outcome.
   WITH in_flight AS (
-    SELECT e.id, e.request_id, e.request_epoch, e.sent_at, e.missing_since, e.payload
+    SELECT e.id, e.request_id, e.request_epoch, e.sent_at, e.missing_since, e.payload, e.token_iat
       FROM {events} AS e
      WHERE e.state = 'sending'
      ORDER BY e.sent_at
      LIMIT batch_size
        FOR UPDATE SKIP LOCKED
-  ), outcome AS (
-    SELECT i.id, i.request_id, r.status_code, r.headers, r.finished_at,
-           CASE
-             WHEN i.request_epoch IS DISTINCT FROM epoch
-               THEN 'request lost: crash recovery emptied pg_net''s queue'
-             WHEN r.finished_at IS NULL THEN 'request vanished from pg_net''s queue without a response'
-             WHEN r.delivered THEN NULL
-             WHEN r.timed_out THEN COALESCE(r.error_msg, 'timed out')
-             WHEN r.status_code IS NULL THEN COALESCE(r.error_msg, 'request failed')
-             WHEN r.status_code = 413
-               THEN 'HTTP 413: the body is larger than the receiver accepts; raise its body limit, then replay'
-             {no_receipt}
-             ELSE 'HTTP ' || r.status_code
-           END AS error
+  ), queued AS (
+    SELECT DISTINCT q.id FROM net.http_request_queue AS q JOIN in_flight AS i ON q.id = i.request_id
+  ), response AS (
+    SELECT i.id, i.request_id, i.request_epoch, i.payload, i.token_iat,
+           r.status_code, r.headers, r.timed_out, r.error_msg, r.finished_at, r.responses
       FROM in_flight AS i
       LEFT JOIN LATERAL (
-        SELECT r.status_code, r.headers, r.timed_out, r.error_msg, r.created AS finished_at,
-               COALESCE({success}, false) AS delivered
+        SELECT r.status_code, r.timed_out, r.error_msg, r.created AS finished_at,
+               CASE WHEN pg_catalog.jsonb_typeof(r.headers) = 'object' THEN r.headers END AS headers,
+               pg_catalog.count(*) OVER () AS responses
           FROM net._http_response AS r
          WHERE r.id = i.request_id AND i.request_epoch = epoch
-           AND r.created >= i.sent_at AND r.created <= pg_catalog.clock_timestamp()
-           AND NOT EXISTS (SELECT FROM net.http_request_queue AS q WHERE q.id = i.request_id)
-         ORDER BY 6, r.created
+           AND r.created >= i.sent_at AND r.created <= round_started
+           AND NOT EXISTS (SELECT FROM queued WHERE queued.id = i.request_id)
+         ORDER BY (r.status_code BETWEEN 200 AND 299) IS TRUE, r.created
          LIMIT 1
       ) AS r ON true
      WHERE r.finished_at IS NOT NULL
         OR i.request_epoch IS DISTINCT FROM epoch
         OR i.missing_since < pg_catalog.now() - interval '{spec.grace_seconds} seconds'
+  ), outcome AS (
+    SELECT o.*, {_receipted(spec)} AS receipted FROM response AS o
+  ), judged AS (
+    SELECT o.id, o.request_id, o.status_code, o.headers, o.finished_at, o.receipted,
+           CASE
+             WHEN o.request_epoch IS DISTINCT FROM epoch
+               THEN 'request lost: crash recovery emptied pg_net''s queue'
+             WHEN o.finished_at IS NULL THEN 'request vanished from pg_net''s queue without a response'
+             WHEN o.responses > 1
+               THEN 'several responses recorded for one request: another role wrote net._http_response'
+             WHEN o.status_code BETWEEN 200 AND 299 AND o.receipted THEN NULL
+             {unreceipted}
+             WHEN o.timed_out THEN {_clean("COALESCE(o.error_msg, 'timed out')")}
+             WHEN o.status_code IS NULL THEN {_clean("COALESCE(o.error_msg, 'request failed')")}
+             WHEN o.status_code = 413
+               THEN 'HTTP 413: the body is larger than the receiver accepts; raise its body limit, then replay'
+             ELSE 'HTTP ' || o.status_code
+           END AS error
+      FROM outcome AS o
   ), logged AS (
     UPDATE {attempts} AS a
        SET finished_at = COALESCE(o.finished_at, pg_catalog.now()), status_code = o.status_code, error = o.error
-      FROM outcome AS o
+      FROM judged AS o
      WHERE a.event_id = o.id AND a.request_id = o.request_id AND a.finished_at IS NULL
   )
   UPDATE {events} AS e
      SET state = CASE WHEN o.error IS NULL THEN 'delivered'
-                      ELSE {_next_state("e.attempts", d, gone="o.status_code = 410")} END,
+                      ELSE {_next_state("e.attempts", d, gone="(o.status_code = 410 AND o.receipted)")} END,
          delivered_at = CASE WHEN o.error IS NULL THEN o.finished_at END,
-         dead_at = CASE WHEN o.error IS NOT NULL AND (o.status_code = 410 OR e.attempts >= {int(d.max_attempts)})
+         dead_at = CASE WHEN o.error IS NOT NULL
+                         AND ((o.status_code = 410 AND o.receipted) OR e.attempts >= {int(d.max_attempts)})
                         THEN pg_catalog.now() END,
          next_attempt_at = CASE WHEN o.error IS NULL THEN e.next_attempt_at
                                 ELSE pg_catalog.now() + pg_catalog.make_interval(secs => {retry_delay}) END,
          last_status_code = o.status_code,
          last_error = o.error
-    FROM outcome AS o
+    FROM judged AS o
    WHERE e.id = o.id;
   GET DIAGNOSTICS n = ROW_COUNT;
   handled := handled + n;
@@ -313,24 +368,29 @@ BEGIN
      LIMIT batch_size
        FOR UPDATE OF e SKIP LOCKED
   LOOP
-    -- One event's error fails that event only (a subtransaction each): the round goes on.
+    -- One event's error fails that event only: everything that can fail for one event (its claims,
+    -- token, headers, and the URL check net.http_post makes) runs in a subtransaction that writes
+    -- nothing, so it takes no transaction id (500 of those would overflow the subtransaction cache).
     BEGIN
       step := 'build its claims';
       claims := {claims_expression(f, jti="due.id", body="due.payload", url="due.url")};
       step := 'sign its token';
       {sign_statement(f.signer)}
+      step := 'build its headers';
       headers := pg_catalog.jsonb_build_object(
         'Content-Type', 'application/json',
         'Authorization', 'Bearer ' || token,
         'webhook-id', due.id{standard_webhook_headers(f, "due.id", "due.payload")});
-      step := 'queue it with net.http_post';
-      request := net.http_post(due.url, due.payload, '{{}}'::jsonb, headers, {int(f.timeout_ms)});
+      step := 'send it: net.http_post refuses its URL';
+      PERFORM net._encode_url_with_params_array(due.url, '{{}}'::text[]);
       failure := NULL;
     EXCEPTION WHEN others THEN
-      request := NULL;
+      IF SQLSTATE ~ '{_ROUND_ERRORS}' THEN
+        RAISE;
+      END IF;
       -- Only pg_net's own message (it names the URL, never a key) is kept; others say where it failed.
       failure := 'could not ' || step || ' (SQLSTATE ' || SQLSTATE || ')'
-        || CASE WHEN step LIKE 'queue%' THEN ': ' || pg_catalog.left(SQLERRM, 300) ELSE '' END;
+        || CASE WHEN step LIKE 'send%' THEN ': ' || {_clean("SQLERRM")} ELSE '' END;
     END;
     IF failure IS NOT NULL THEN
       UPDATE {events} AS e
@@ -341,9 +401,10 @@ BEGIN
       VALUES (due.id, n, pg_catalog.now(), pg_catalog.now(), failure);
       failure := NULL;
     ELSE
+      request := net.http_post(due.url, due.payload, '{{}}'::jsonb, headers, {int(f.timeout_ms)});
       UPDATE {events} AS e
          SET state = 'sending', attempts = e.attempts + 1, request_id = request, request_epoch = epoch,
-             sent_at = pg_catalog.now(), missing_since = NULL, url = due.url
+             sent_at = pg_catalog.now(), missing_since = NULL, url = due.url, token_iat = issued_at
        WHERE e.id = due.id
       RETURNING e.attempts INTO n;
       INSERT INTO {attempts} (event_id, attempt, request_id, sent_at) VALUES (due.id, n, request, pg_catalog.now());

@@ -19,6 +19,7 @@ from .catalog import fingerprint, revoked_roles
 from .delivery_settings import DeliverySettings
 from .fingerprinted_provider import FingerprintedProvider
 from .function_provider import function_props, spec_from
+from .installation_provider import instance_input, refuse_stale_instance
 from .outbox import CLIENT_ROLES, OPERATOR_ROLES, SCHEMA
 from .ownership import claim, marker, owner_of
 from .reconciler import FUNCTIONS, RECONCILE, RETRY_AFTER, ReconcilerSpec, Route, function_sources, sources_sha256
@@ -71,6 +72,7 @@ class ReconcilerProvider(FingerprintedProvider):
         exists, comment = _reconcile_comment(cur)
         if exists:
             claim("function", f"{SCHEMA}.{RECONCILE}()", comment, props["owner"])
+            refuse_stale_instance(cur, props, f"function {SCHEMA}.{RECONCILE}()", comment)
         revoked = revoked_roles(cur, SCHEMA, CLIENT_ROLES, OPERATOR_ROLES)
         nobody = sql.SQL(", ").join([sql.SQL("PUBLIC"), *(sql.Identifier(role) for role in revoked)])
         sources = function_sources(reconciler_spec_from(props))
@@ -92,7 +94,7 @@ class ReconcilerProvider(FingerprintedProvider):
             cur.execute(sql.SQL("REVOKE ALL ON FUNCTION {} FROM {}").format(_name(function, arguments), nobody))
         cur.execute(
             sql.SQL("COMMENT ON FUNCTION {} IS {}").format(
-                _name(RECONCILE, dict(FUNCTIONS)[RECONCILE]), sql.Literal(marker(props["owner"]))
+                _name(RECONCILE, dict(FUNCTIONS)[RECONCILE]), sql.Literal(marker(props["owner"], props.get("instance")))
             )
         )
 
@@ -107,6 +109,7 @@ class ReconcilerProvider(FingerprintedProvider):
             exists, comment = _reconcile_comment(cur)
             if not exists or owner_of(comment) != props["owner"]:
                 return
+            refuse_stale_instance(cur, props, f"function {SCHEMA}.{RECONCILE}()", comment)
             for function, arguments in FUNCTIONS:
                 cur.execute(sql.SQL("DROP FUNCTION IF EXISTS {}").format(_name(function, arguments)))
 
@@ -116,6 +119,18 @@ class Reconciler(pulumi.dynamic.Resource, module="secure-webhooks", name="Reconc
 
     installed: pulumi.Output[dict[str, str]]
 
-    def __init__(self, name: str, spec: ReconcilerSpec, owner: str, opts: pulumi.ResourceOptions | None = None) -> None:
-        props = {**reconciler_props(spec, owner), "installed": None, "fingerprint": None}
+    def __init__(
+        self,
+        name: str,
+        spec: ReconcilerSpec,
+        owner: str,
+        instance: pulumi.Input[str] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        props = {
+            **reconciler_props(spec, owner),
+            "instance": instance_input(instance, opts),
+            "installed": None,
+            "fingerprint": None,
+        }
         super().__init__(ReconcilerProvider(), name, props, opts)

@@ -149,17 +149,19 @@ class SecureWebhooks(pulumi.ComponentResource):
                         value=value,
                         owner=args.owner,
                         kind=kind,
+                        instance=installation.instance,
                         opts=child(),
                     )
                 )
 
         if settings.delivery.at_least_once:
             # Created before the function switches to the outbox body, so no insert goes unrecorded.
-            outbox = Outbox(f"{name}-outbox", owner=args.owner, opts=child())
+            outbox = Outbox(f"{name}-outbox", owner=args.owner, instance=installation.instance, opts=child())
             reconciler = Reconciler(
                 f"{name}-reconciler",
                 spec=reconciler_spec(settings, spec),
                 owner=args.owner,
+                instance=installation.instance,
                 opts=child(outbox, *function_depends),
             )
             function_depends.append(outbox)
@@ -168,6 +170,7 @@ class SecureWebhooks(pulumi.ComponentResource):
             f"{name}-function",
             spec=spec,
             owner=args.owner,
+            instance=installation.instance,
             opts=child(*function_depends),
         )
 
@@ -186,6 +189,7 @@ class SecureWebhooks(pulumi.ComponentResource):
                     url=webhook.url,
                     function=spec,
                     owner=args.owner,
+                    instance=installation.instance,
                     opts=child(function),
                 )
                 triggers.append(trigger)
@@ -207,6 +211,7 @@ class SecureWebhooks(pulumi.ComponentResource):
                 f"{name}-reconciler-schedule",
                 schedule=settings.delivery.schedule,
                 owner=args.owner,
+                instance=installation.instance,
                 opts=child(reconciler, *triggers),
             )
             self.delivery = pulumi.Output.all(schedule.id, schedule.live_schedule).apply(

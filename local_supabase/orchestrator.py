@@ -112,6 +112,7 @@ class WebhookReceiver(RecordingServer[Delivery]):
                 rejection: str | None = None
                 duplicate = False
                 reply_headers: Mapping[str, str] = {}
+                receipt_header = None
                 try:
                     body = json.loads(raw_body)
                 except ValueError:
@@ -119,6 +120,7 @@ class WebhookReceiver(RecordingServer[Delivery]):
                 try:
                     verified = receiver.verify(dict(self.headers.items()), raw_body)
                     claims, duplicate, status = verified.claims, verified.duplicate, 200
+                    receipt_header = verified.receipt_header()
                 except VerificationError as error:
                     rejection = str(error)
                     status = 401
@@ -147,6 +149,8 @@ class WebhookReceiver(RecordingServer[Delivery]):
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(encoded)))
+                    if receipt_header is not None and 200 <= status < 300:
+                        self.send_header(*receipt_header)  # what both verifiers answer (README, "Delivery receipts")
                     for name, value in reply_headers.items():
                         self.send_header(name, value)
                     self.end_headers()

@@ -115,25 +115,33 @@ AWKWARD_CLAIMS = {
 }
 
 
-def assert_signed_exactly(delivery, claims: dict) -> None:
+#: What the verifiers can compare: they read JSON as the Rust crate's serde_json does, so an integer
+#: beyond 64 bits is a float there (README, "Hardening"); the token itself carries it in full.
+COMPARABLE_CLAIMS = {name: value for name, value in AWKWARD_CLAIMS.items() if name != "big"}
+
+
+def assert_signed_exactly(delivery, claims: dict, secret: str) -> None:
     """The token carries `claims` to the byte (42, not 42.0; the big integer in full; null kept)
-    before the claims the function adds; the receiver checked those binding claims."""
+    before the claims the function adds; the receiver checked those binding claims, and PyJWT
+    reads every configured claim back exactly."""
     assert delivery.status == 200, delivery.rejection
     bound = ("iat", "exp", "jti", "body_sha256")
-    assert {name: value for name, value in delivery.claims.items() if name not in bound} == claims
-    payload = base64.urlsafe_b64decode(delivery.header("Authorization").split(".")[1] + "==").decode()
+    token = delivery.header("Authorization").removeprefix("Bearer ")
+    decoded = jwt.decode(token, secret, algorithms=["HS256"], options={"verify_exp": False})
+    assert {name: value for name, value in decoded.items() if name not in bound} == claims
+    payload = base64.urlsafe_b64decode(token.split(".")[1] + "==").decode()
     configured = json.dumps(claims, sort_keys=True, separators=(",", ":"))
     assert payload.startswith(configured[:-1] + ',"iat":'), payload
-    assert all(type(delivery.claims[name]) is type(value) for name, value in claims.items())
+    assert all(type(decoded[name]) is type(value) for name, value in claims.items())
 
 
 @pytest.mark.parametrize("signer", ["pgjwt", "pgcrypto"])
 def test_configured_claims_arrive_exactly(install, receiver_secret, postgres_conn, signer):
-    with WebhookReceiver(receiver_secret, expected_claims=AWKWARD_CLAIMS, expected_ttl=TTL) as receiver:
+    with WebhookReceiver(receiver_secret, expected_claims=COMPARABLE_CLAIMS, expected_ttl=TTL) as receiver:
         install(receiver.url, signer=signer, claims=AWKWARD_CLAIMS)
         insert(postgres_conn, "resumes", "claims.pdf")
         (delivery,) = receiver.wait_for(1)
-    assert_signed_exactly(delivery, AWKWARD_CLAIMS)
+    assert_signed_exactly(delivery, AWKWARD_CLAIMS, receiver_secret)
 
 
 def test_the_reconciler_signs_the_configured_claims_exactly(supabase_ready, pg_net_worker, receiver_secret):
@@ -147,7 +155,7 @@ def test_the_reconciler_signs_the_configured_claims_exactly(supabase_ready, pg_n
         (ReconcilerProvider, reconciler_props(ReconcilerSpec(function=function, delivery=TEST_DELIVERY), OWNER)),
         (SecureFunctionProvider, function_props(function)),
     ]
-    with WebhookReceiver(receiver_secret, expected_claims=AWKWARD_CLAIMS, expected_ttl=TTL) as receiver:
+    with WebhookReceiver(receiver_secret, expected_claims=COMPARABLE_CLAIMS, expected_ttl=TTL) as receiver:
         try:
             with pipeline.connect() as conn:
                 create_demo_tables(conn)
@@ -162,7 +170,7 @@ def test_the_reconciler_signs_the_configured_claims_exactly(supabase_ready, pg_n
         finally:
             pg_net_worker.drain()
             pipeline.remove()
-    assert_signed_exactly(delivery, AWKWARD_CLAIMS)
+    assert_signed_exactly(delivery, AWKWARD_CLAIMS, receiver_secret)
 
 
 def test_a_wrong_secret_is_rejected_by_the_orchestrator(install, postgres_conn):
@@ -171,7 +179,7 @@ def test_a_wrong_secret_is_rejected_by_the_orchestrator(install, postgres_conn):
         insert(postgres_conn, "resumes", "eve.pdf")
         (delivery,) = impostor_check.wait_for(1)
     assert delivery.status == 401
-    assert delivery.rejection == "invalid token: Signature verification failed"
+    assert delivery.rejection == "invalid token signature"
 
 
 def test_insert_as_authenticated_with_an_empty_search_path(install, orchestrator, postgres_conn):

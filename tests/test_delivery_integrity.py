@@ -9,6 +9,7 @@ inserted / delivered / lost / sent elsewhere.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from email.utils import format_datetime
 import psycopg
 import pytest
 from outbox_support import (
+    TEST_DELIVERY,
     Pipeline,
     check_ids,
     insert_rows,
@@ -281,3 +283,98 @@ def test_every_host_the_url_policy_accepts_pg_net_accepts_too(cluster):
                 conn.execute("SELECT net.http_post(%s, '{}'::jsonb)", (check_base_url(url, production=False),))
     print(f"hosts: {len(hosts)}, accepted by the policy and by net.http_post {accepted}, refused at preview {refused}")
     assert accepted >= 10 and refused >= 20
+
+
+def test_with_receipts_required_only_the_receivers_own_receipt_delivers(cluster, receiver):
+    """Issue 15 #4: a copied receipt, a 200 without one, then the real verifier's receipt."""
+    pipeline = webhooks(cluster, receiver.url, delivery=dataclasses.replace(TEST_DELIVERY, receipts="required"))
+    try:
+        with pipeline.connect() as conn, acting_as(conn, "forger") as forger:
+            inserted = insert_rows(conn, "resumes", 2)
+            with PgNetWorker(cluster.admin_dsn) as worker:
+                settle(conn, worker, lambda: statuses(conn) == {"delivered": 2})
+            assert all(d.header("webhook-id") for d in receiver.deliveries)
+            # The operator replays; before pg_net's worker sends the requests, a role with no grants deletes
+            # them and answers each with the receipt of its earlier, real delivery.
+            assert conn.execute("SELECT secure_webhooks.replay(statuses => ARRAY['delivered'])").fetchone() == (2,)
+            reconcile(conn)
+            forged = forger.execute(
+                "WITH taken AS (DELETE FROM net.http_request_queue RETURNING id)"
+                " INSERT INTO net._http_response (id, status_code, headers)"
+                " SELECT taken.id, 200, (SELECT r.headers FROM net._http_response AS r WHERE r.status_code = 200"
+                "                        ORDER BY r.created LIMIT 1) FROM taken"
+            ).rowcount
+            reconcile(conn)
+            errors = {row[0] for row in conn.execute("SELECT last_error FROM secure_webhooks.deliveries")}
+            assert forged == 2 and statuses(conn) == {"failed": 2}, (statuses(conn), errors)
+            assert errors == {"HTTP 200 without a valid webhook-receipt (delivery.receipts is required)"}
+            # A receiver that answers 200 without a receipt delivers nothing either.
+            with ScriptedServer() as plain, PgNetWorker(cluster.admin_dsn) as worker:
+                pipeline.route(Route("public", "resumes", "resumes_hook", plain.url + RESUMES_PATH))
+                settle(conn, worker, lambda: len(plain.received) >= 2 and statuses(conn) == {"failed": 2})
+                assert {row[0] for row in conn.execute("SELECT last_error FROM secure_webhooks.deliveries")} == errors
+            # The real verifier's receipts deliver.
+            with PgNetWorker(cluster.admin_dsn) as worker:
+                pipeline.route(Route("public", "resumes", "resumes_hook", receiver.url + RESUMES_PATH))
+                settle(conn, worker, lambda: statuses(conn) == {"delivered": 2})
+            counts = tally(inserted, receiver.deliveries)
+            print(
+                f"receipts required: {counts}, forged responses {forged}, 200s without a receipt {len(plain.received)}"
+            )
+            assert counts.delivered == 2 and counts.lost == 0
+    finally:
+        pipeline.remove()
+
+
+def test_a_trigger_on_pg_nets_tables_never_runs_as_postgres(conn, receiver, worker):
+    """pg_net grants TRIGGER on its tables to PUBLIC: a role with no grants attaches code there, hoping
+    the reconciler (SECURITY DEFINER, postgres) fires it. The round refuses instead; nothing is lost."""
+    with acting_as(conn, "trigger_planter") as planter:
+        planter.execute(
+            "CREATE FUNCTION pg_temp.spy() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'spy ran as %', current_user; END $$"
+        )
+        for table in ("net.http_request_queue", "net._http_response"):
+            planter.execute(
+                f"CREATE TRIGGER spy BEFORE INSERT OR UPDATE OR DELETE ON {table}"
+                " FOR EACH ROW EXECUTE FUNCTION pg_temp.spy()"
+            )
+        inserted = insert_rows(conn, "resumes", 3)
+        with pytest.raises(psycopg.errors.RaiseException) as refused:
+            reconcile(conn)
+        assert "not delivering while pg_net's tables have triggers" in str(refused.value)
+        assert "spy ran" not in str(refused.value)
+        assert statuses(conn) == {"pending": 3}
+    # The planter's session ended, and its temporary function and triggers with it.
+    settle(conn, worker, lambda: statuses(conn) == {"delivered": 3})
+    counts = tally(inserted, receiver.deliveries)
+    print(f"trigger planted on pg_net's tables: round refused, then {counts}")
+    assert counts.delivered == 3 and counts.lost == 0
+
+
+def test_with_receipts_required_a_forged_410_or_a_malformed_response_is_an_ordinary_failure(cluster):
+    """A 410 kills an event and Retry-After stretches its wait only with a receipt; a planted response
+    whose headers are not an object neither counts nor stalls the round."""
+    with WebhookReceiver(SECRET) as gone:
+        down = gone.url
+    pipeline = webhooks(cluster, down, delivery=dataclasses.replace(TEST_DELIVERY, receipts="required"))
+    try:
+        with pipeline.connect() as conn, acting_as(conn, "forger") as forger:
+            insert_rows(conn, "resumes", 3)
+            reconcile(conn)
+            forger.execute(
+                "WITH taken AS (DELETE FROM net.http_request_queue RETURNING id)"
+                " INSERT INTO net._http_response (id, status_code, headers)"
+                " SELECT id, s, h::jsonb FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM taken) AS t"
+                " JOIN (VALUES (1, 410, '{}'), (2, 503, '{\"Retry-After\": \"86400\"}'), (3, 200, '[1]'))"
+                "   AS f(n, s, h) USING (n)"
+            )
+            reconcile(conn)  # completes
+            rows = conn.execute(
+                "SELECT last_status_code, status, next_attempt_at < now() + interval '10 seconds'"
+                " FROM secure_webhooks.deliveries ORDER BY last_status_code"
+            ).fetchall()
+            print(f"forged 410, Retry-After 86400 and a non-object header: {rows}")
+            assert rows == [(200, "failed", True), (410, "failed", True), (503, "failed", True)]
+    finally:
+        pipeline.remove()

@@ -9,6 +9,7 @@ message naming both. `replacesInstance` is the deliberate way to take over.
 from __future__ import annotations
 
 import threading
+import time
 
 import psycopg
 import pytest
@@ -153,3 +154,21 @@ def test_a_deleted_claim_reads_as_gone_so_up_claims_again(installations, spec, p
     created = installations.create(checked(installations, installation_props(spec)))
     postgres_conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(SCHEMA)))
     assert installations.read(created.id, created.outs).id is None
+
+
+def test_a_trigger_on_pg_nets_tables_fails_the_check(installations, spec, postgres_conn):
+    """Issue 15: any role may create triggers on pg_net's tables; they would run as postgres when a
+    webhook queues a request, so preview refuses to install while one exists (the reconciler refuses too)."""
+    with psycopg.connect(postgres_conn.info.dsn, password=postgres_conn.info.password, autocommit=True) as planter:
+        planter.execute(
+            "CREATE FUNCTION pg_temp.spy() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$"
+        )
+        planter.execute("CREATE TRIGGER spy AFTER INSERT ON net.http_request_queue EXECUTE FUNCTION pg_temp.spy()")
+        props = checked(installations, installation_props(spec))
+        (failure,) = installations.check({}, props).failures
+        assert failure.reason.startswith("trigger spy on net.http_request_queue was created by someone else")
+    # Only pg_net's owner may drop it; ending the session drops its temporary function, and the trigger with it.
+    deadline = time.monotonic() + 10
+    while installations.check({}, props).failures:
+        assert time.monotonic() < deadline, "the planter's trigger outlived its session"
+        time.sleep(0.05)
