@@ -131,19 +131,33 @@ def receipt_expression(event_id: str, issued_at: str, body: str) -> str:
     return f"'v1,' || {urlsafe_base64(mac)}"
 
 
-def _receipted(spec: ReconcilerSpec) -> str:
-    """SQL: does outcome `o` carry this attempt's receipt? Always true when receipts are off."""
+def _receipts_ctes(spec: ReconcilerSpec) -> str:
+    """CTEs `receipt` (the expected receipt of each event with a 2xx candidate) and `scored` (the
+    candidates with `receipted`: does it carry that receipt? Always true when receipts are off)."""
     if spec.delivery.receipts != "required":
-        return "true"
+        return "scored AS (SELECT c.*, true AS receipted FROM candidate AS c)"
+    expected = receipt_expression("i.id", "i.token_iat", "i.payload")
     header = (
-        "(SELECT h.value FROM pg_catalog.jsonb_each_text(o.headers) AS h"
+        "(SELECT h.value FROM pg_catalog.jsonb_each_text(c.headers) AS h"
         " WHERE pg_catalog.lower(h.key) = 'webhook-receipt' LIMIT 1)"
     )
-    expected = receipt_expression("o.id", "o.token_iat", "o.payload")
-    return (
-        f"COALESCE(secret IS NOT NULL AND o.token_iat IS NOT NULL AND o.headers IS NOT NULL"
-        f" AND {expected} = ANY (pg_catalog.string_to_array(pg_catalog.btrim({header}), ' ')), false)"
-    )
+    return f"""receipt AS (
+    SELECT i.id, {expected} AS expected
+      FROM in_flight AS i
+     WHERE secret IS NOT NULL AND i.token_iat IS NOT NULL
+       AND EXISTS (SELECT FROM candidate AS c WHERE c.id = i.id AND c.status_code BETWEEN 200 AND 299)
+  ), scored AS (
+    SELECT c.*, COALESCE(c.status_code BETWEEN 200 AND 299
+                         AND t.expected = ANY (pg_catalog.string_to_array(pg_catalog.btrim({header}), ' ')), false)
+             AS receipted
+      FROM candidate AS c
+      LEFT JOIN receipt AS t ON t.id = c.id
+  )"""
+
+
+def _preference(spec: ReconcilerSpec) -> str:
+    """ORDER BY terms that put the outcome to take first: with receipts, a receipted success."""
+    return "c.receipted DESC, " if spec.delivery.receipts == "required" else ""
 
 
 def _clean(text: str) -> str:
@@ -253,9 +267,11 @@ BEGIN
    WHERE e.id = missing.id;
 
   -- An outcome counts only if it can belong to the attempt: recorded after the attempt was queued and
-  -- before this round, once the request has left the queue (pg_net deletes it before sending). pg_net
-  -- writes one row per request, so several rows mean another role wrote some: the attempt failed.
-  -- A failure is preferred over a success, so a forged 2xx never hides the real outcome.
+  -- before this round, once the request has left the queue (pg_net deletes it before sending). Any
+  -- role may add rows, so of several a failure is taken over a success (a forged 2xx never hides the
+  -- real outcome), except that with receipts required a 2xx carrying this attempt's receipt is proof
+  -- on its own (planted rows beside it cannot hold a delivery back). The receipt is computed once per
+  -- event, and only for an event with a 2xx: planted rows cost a string comparison each.
   WITH in_flight AS (
     SELECT e.id, e.request_id, e.request_epoch, e.sent_at, e.missing_since, e.payload, e.token_iat
       FROM {events} AS e
@@ -265,34 +281,24 @@ BEGIN
        FOR UPDATE SKIP LOCKED
   ), queued AS (
     SELECT DISTINCT q.id FROM net.http_request_queue AS q JOIN in_flight AS i ON q.id = i.request_id
-  ), response AS (
-    SELECT i.id, i.request_id, i.request_epoch, i.payload, i.token_iat,
-           r.status_code, r.headers, r.timed_out, r.error_msg, r.finished_at, r.responses
+  ), candidate AS (
+    SELECT i.id, r.status_code, r.timed_out, r.error_msg, r.created,
+           CASE WHEN pg_catalog.jsonb_typeof(r.headers) = 'object' THEN r.headers END AS headers
       FROM in_flight AS i
-      LEFT JOIN LATERAL (
-        SELECT r.status_code, r.timed_out, r.error_msg, r.created AS finished_at,
-               CASE WHEN pg_catalog.jsonb_typeof(r.headers) = 'object' THEN r.headers END AS headers,
-               pg_catalog.count(*) OVER () AS responses
-          FROM net._http_response AS r
-         WHERE r.id = i.request_id AND i.request_epoch = epoch
-           AND r.created >= i.sent_at AND r.created <= round_started
-           AND NOT EXISTS (SELECT FROM queued WHERE queued.id = i.request_id)
-         ORDER BY (r.status_code BETWEEN 200 AND 299) IS TRUE, r.created
-         LIMIT 1
-      ) AS r ON true
-     WHERE r.finished_at IS NOT NULL
-        OR i.request_epoch IS DISTINCT FROM epoch
-        OR i.missing_since < pg_catalog.now() - interval '{spec.grace_seconds} seconds'
-  ), outcome AS (
-    SELECT o.*, {_receipted(spec)} AS receipted FROM response AS o
+      JOIN net._http_response AS r ON r.id = i.request_id
+     WHERE i.request_epoch = epoch AND r.created >= i.sent_at AND r.created <= round_started
+       AND NOT EXISTS (SELECT FROM queued WHERE queued.id = i.request_id)
+  ), {_receipts_ctes(spec)}, chosen AS (
+    SELECT DISTINCT ON (c.id) c.*
+      FROM scored AS c
+     ORDER BY c.id, {_preference(spec)}(c.status_code BETWEEN 200 AND 299) IS TRUE, c.created
   ), judged AS (
-    SELECT o.id, o.request_id, o.status_code, o.headers, o.finished_at, o.receipted,
+    SELECT i.id, i.request_id, o.status_code, o.headers, o.created AS finished_at, COALESCE(o.receipted, false)
+             AS receipted,
            CASE
-             WHEN o.request_epoch IS DISTINCT FROM epoch
+             WHEN i.request_epoch IS DISTINCT FROM epoch
                THEN 'request lost: crash recovery emptied pg_net''s queue'
-             WHEN o.finished_at IS NULL THEN 'request vanished from pg_net''s queue without a response'
-             WHEN o.responses > 1
-               THEN 'several responses recorded for one request: another role wrote net._http_response'
+             WHEN o.id IS NULL THEN 'request vanished from pg_net''s queue without a response'
              WHEN o.status_code BETWEEN 200 AND 299 AND o.receipted THEN NULL
              {unreceipted}
              WHEN o.timed_out THEN {_clean("COALESCE(o.error_msg, 'timed out')")}
@@ -301,7 +307,11 @@ BEGIN
                THEN 'HTTP 413: the body is larger than the receiver accepts; raise its body limit, then replay'
              ELSE 'HTTP ' || o.status_code
            END AS error
-      FROM outcome AS o
+      FROM in_flight AS i
+      LEFT JOIN chosen AS o ON o.id = i.id
+     WHERE o.id IS NOT NULL
+        OR i.request_epoch IS DISTINCT FROM epoch
+        OR i.missing_since < pg_catalog.now() - interval '{spec.grace_seconds} seconds'
   ), logged AS (
     UPDATE {attempts} AS a
        SET finished_at = COALESCE(o.finished_at, pg_catalog.now()), status_code = o.status_code, error = o.error
