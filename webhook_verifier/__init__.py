@@ -37,12 +37,13 @@ The Rust crate in verifiers/rust checks the same things, in the same order,
 and refuses with the same codes (`VerificationError.code` is the crate's
 `VerifyError::code()`): both run the crate's sample vectors and the vectors the
 test suite records from real requests (tests/test_verifier_vectors.py). That is
-why this module reads the token itself instead of through PyJWT: PyJWT parses
+why this module reads the token itself before PyJWT does: PyJWT parses
 JSON that the crate's serde_json refuses (NaN, 10**400, which then raised
 uncaught errors here, duplicate keys, lone surrogates, deep nesting) and
 accepts `aud` lists and any `typ`; each such difference let one verifier accept
 what the other refused. The MAC is HMAC-SHA256 over the token's first two
-parts, compared in constant time; only HS256 is accepted.
+parts, compared in constant time; only HS256 is accepted; PyJWT then checks
+the signature too, and a token it refuses is refused.
 """
 
 from __future__ import annotations
@@ -59,6 +60,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import jwt
+
+#: PyJWT checks the signature only; everything else is this module's (and the Rust crate's) rule.
+_PYJWT_SIGNATURE_ONLY = {
+    "verify_signature": True,
+    **{f"verify_{name}": False for name in ("exp", "nbf", "iat", "aud", "iss", "sub", "jti")},
+}
 
 #: The response header that acknowledges an accepted event (see `receipt`).
 RECEIPT_HEADER = "webhook-receipt"
@@ -443,6 +452,13 @@ class Verifier:
         expected = hmac.new(self._key, f"{parts[0]}.{parts[1]}".encode(), hashlib.sha256).digest()
         if not hmac.compare_digest(signature, expected):
             raise _refuse("invalid_signature", "invalid token signature")
+        # A second opinion from PyJWT, the library the plan names, on the signature and the token's form:
+        # a token this strict reading accepts and PyJWT refuses is refused. Time, audience and claim
+        # types are checked below, the same way the Rust crate checks them.
+        try:
+            jwt.decode(token, self._key, algorithms=["HS256"], options=_PYJWT_SIGNATURE_ONLY)
+        except jwt.PyJWTError as error:
+            raise _refuse("malformed_token", f"invalid token: PyJWT refuses it ({type(error).__name__})") from None
         claims = _json_object(_b64url_decode(parts[1]))
         if claims is None:
             raise _refuse("malformed_token", "invalid token: the claims are not a base64url JSON object")
