@@ -38,8 +38,9 @@ def test_status_list_replay_and_purge(cluster, capsys):
             settle(conn, worker, lambda: set(statuses(conn)) == {"dead", "delivered"} and statuses(conn)["dead"] == 1)
             code, out, _ = run(capsys, "--dsn", dsn, "status")
             assert code == 0
-            header, row = out.splitlines()
+            header, row, job = out.splitlines()
             assert header.split()[:6] == ["webhook", "pending", "failed", "dead", "delivered", "oldest"]
+            assert job.startswith("reconciler: NO pg_cron job secure_webhooks_reconciler: nothing sends these events")
             assert row.split()[:5] == ["resumes_hook", "0", "0", "1", "3"]
             assert row.rstrip().endswith("HTTP 410")
 
@@ -112,5 +113,33 @@ def test_the_longest_duration_works_against_the_database(cluster, capsys):
             capsys, "--dsn", cluster.dsn("postgres"), "purge", "--status", "dead", "--older-than", "36500d"
         )
         assert (code, out.strip(), err) == (0, "purged 0 event(s)", "")
+    finally:
+        pipeline.remove()
+
+
+def test_status_shows_the_reconcilers_last_failed_run(cluster, capsys):
+    """A round that fails (here: a trigger planted on pg_net's tables) fails for every webhook: status says so."""
+    dsn = cluster.dsn("postgres")
+    pipeline = install_pipeline(cluster)
+    try:
+        with pipeline.connect() as conn:
+            (job,) = conn.execute(
+                "SELECT cron.schedule('secure_webhooks_reconciler', '0 0 1 1 *', 'SELECT 1')"
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO cron.job_run_details (jobid, runid, job_pid, database, username, command, status,"
+                " return_message, start_time, end_time)"
+                " VALUES (%s, (SELECT coalesce(max(runid), 0) + 1 FROM cron.job_run_details), 1, 'postgres',"
+                " 'postgres', 'SELECT 1', 'failed', %s, now(), now())",
+                (job, "ERROR:  secure_webhooks: not delivering while pg_net's tables have triggers (spy on ...)"),
+            )
+            code, out, _ = run(capsys, "--dsn", dsn, "status")
+            assert code == 0
+            line = out.splitlines()[-1]
+            assert line.startswith("reconciler: job secure_webhooks_reconciler, last run FAILED at ")
+            assert "not delivering while pg_net's tables have triggers" in line
+            conn.execute("UPDATE cron.job SET active = false WHERE jobid = %s", (job,))
+            assert "is PAUSED (active = false)" in run(capsys, "--dsn", dsn, "status")[1]
+            conn.execute("SELECT cron.unschedule(%s)", (job,))
     finally:
         pipeline.remove()

@@ -11,6 +11,7 @@ from pathlib import Path
 import psycopg
 
 from secure_webhooks.outbox import DELIVERIES_VIEW, SCHEMA, STATUSES
+from secure_webhooks.reconciler import JOB_NAME
 from webhook_deliveries.connection import OperatorError, connect
 
 VIEW = f"{SCHEMA}.{DELIVERIES_VIEW}"
@@ -42,6 +43,18 @@ SELECT event_id, webhook, status, attempts, coalesce(last_status_code::text, '-'
    AND (%(since)s::interval IS NULL OR created_at >= pg_catalog.now() - %(since)s::interval)
  ORDER BY created_at DESC
  LIMIT %(limit)s
+"""
+
+
+#: The reconciler's job and its last finished run: a round that fails (a lock it could not get, a trigger
+#: on pg_net's tables) fails for every webhook, and shows nowhere in the events.
+JOB_QUERY = """
+SELECT j.active, d.status, d.end_time, d.return_message
+  FROM cron.job AS j
+  LEFT JOIN LATERAL (SELECT r.status, r.end_time, r.return_message FROM cron.job_run_details AS r
+                      WHERE r.jobid = j.jobid AND r.status IN ('succeeded', 'failed')
+                      ORDER BY r.runid DESC LIMIT 1) AS d ON true
+ WHERE j.jobname = %s
 """
 
 
@@ -95,6 +108,25 @@ def show_status(conn: psycopg.Connection) -> None:
         )
     if not rows:
         print("(no events)")
+    print(f"reconciler: {reconciler_health(conn)}")
+
+
+def reconciler_health(conn: psycopg.Connection) -> str:
+    """One line on the pg_cron job that sends the events: missing, paused, or how its last run ended."""
+    try:
+        with conn.transaction():
+            job = conn.execute(JOB_QUERY, (JOB_NAME,)).fetchone()
+    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+        return "(pg_cron's tables are not readable by this role)"
+    if job is None:
+        return f"NO pg_cron job {JOB_NAME}: nothing sends these events (pulumi up schedules it)"
+    active, status, ended, message = job
+    state = f"job {JOB_NAME}" + ("" if active else " is PAUSED (active = false)")
+    if status is None:
+        return f"{state}, no finished run yet"
+    if status == "failed":
+        return f"{state}, last run FAILED at {ended:%Y-%m-%d %H:%M:%S}: {_clip(message, 160)}"
+    return f"{state}, last run succeeded at {ended:%Y-%m-%d %H:%M:%S}"
 
 
 def show_list(conn: psycopg.Connection, args: argparse.Namespace) -> None:
