@@ -85,7 +85,9 @@ def test_url_change_updates_triggers_in_place_without_losing_an_insert(engine):
     stack.up()
     with WebhookReceiver(JWT_SECRET) as moved:
         stack.set_config({"secure-webhooks:orchestratorUrl": moved.url})
-        assert steps_that_change(stack) == {("update", trigger) for trigger in TRIGGERS}
+        # The reconciler too: it sends each webhook's events to the URL configured for it (its routes).
+        reconciler = f"{SECURE}:Reconciler::secure-webhooks-reconciler"
+        assert steps_that_change(stack) == {("update", name) for name in (*TRIGGERS, reconciler)}
 
         stop = threading.Event()
         with ThreadPoolExecutor(max_workers=1) as pool:
