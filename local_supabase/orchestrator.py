@@ -123,7 +123,8 @@ class WebhookReceiver(RecordingServer[Delivery]):
                     receipt_header = verified.receipt_header()
                 except VerificationError as error:
                     rejection = str(error)
-                    status = 401
+                    # As the Rust crate answers: 413 for a body over the limit (the reconciler says why in status).
+                    status = 413 if error.code == "payload_too_large" else 401
                 if status == 200 and body is None:
                     rejection, status = "body is not JSON", 400
                 planned = receiver._next_planned()

@@ -378,3 +378,13 @@ def test_with_receipts_required_a_forged_410_or_a_malformed_response_is_an_ordin
             assert rows == [(200, "failed", True), (410, "failed", True), (503, "failed", True)]
     finally:
         pipeline.remove()
+
+
+def test_a_413_says_the_body_is_over_the_receivers_limit(conn, receiver, worker):
+    """Issue 15 #9: a row larger than the verifier's body limit is retried until dead; status says why."""
+    receiver.plan(PlannedResponse(413))
+    insert_rows(conn, "resumes", 1)
+    settle(conn, worker, lambda: statuses(conn) == {"failed": 1})
+    (error,) = conn.execute("SELECT last_error FROM secure_webhooks.deliveries").fetchone()
+    assert error == "HTTP 413: the body is larger than the receiver accepts; raise its body limit, then replay"
+    settle(conn, worker, lambda: statuses(conn) == {"delivered": 1})  # the next attempt fits (the plan is spent)
