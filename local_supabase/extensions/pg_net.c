@@ -5,7 +5,8 @@
  * every request. Written in SQL they cost more than the rest of http_post, which would inflate
  * what every webhook variant pays per request. Like pg_net, the URL helpers use libcurl
  * (curl_easy_escape and the URL API), so URLs are parsed, normalised and rejected as curl does.
- * There is no background worker here: local_supabase.pg_net_worker polls the queue instead.
+ * There is no background worker here: local_supabase.pg_net_worker (a Python thread) sends the
+ * queue, and this library wakes it at commit the way upstream wakes its worker (see below).
  *
  * net.wake() keeps upstream's (0.20.4, still so at its HEAD) cost model on purpose: every
  * transaction that queues a request registers one more transaction callback with
@@ -16,10 +17,18 @@
  */
 #include "postgres.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "access/xact.h"
 #include "fmgr.h"
+#include "port/atomics.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 
@@ -100,6 +109,108 @@ _encode_url_with_params_array(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(result);
 }
 
+/*
+ * The wake signal. Upstream keeps a flag (should_wake) and its worker's latch in shared memory:
+ * at the commit of a transaction that called net.wake(), the backend swaps the flag from 0 to 1
+ * and, only if that swap succeeded, sets the latch; the worker swaps it back to 0 when it starts
+ * a busy period. This library is not preloaded, so it has no shared memory of its own; the flag
+ * lives in a small file in the data directory (every backend's working directory) that each
+ * backend maps once, and "setting the latch" is a one-byte UDP datagram to each worker thread
+ * that registered its loopback port in the same file (local_supabase.pg_net_worker does that,
+ * and resets the flag, through its own mapping of the file). The commit path is upstream's: one
+ * compare-and-swap, and a send only when it flips the flag. Nothing here may raise an error at
+ * commit, so every failure (file or socket) just skips the wake.
+ *
+ * Layout, shared with pg_net_worker.py: uint32 should_wake at offset 0, then WAKE_SLOTS pairs
+ * of uint32 (pid, port) of registered workers; the file is WAKE_FILE_SIZE bytes.
+ */
+#define WAKE_FILE_NAME "pg_net_stand_in.wake"
+#define WAKE_FILE_SIZE 4096
+#define WAKE_SLOTS 16
+
+typedef struct
+{
+	pg_atomic_uint32 pid;
+	pg_atomic_uint32 port;
+} WakeListener;
+
+typedef struct
+{
+	pg_atomic_uint32 should_wake;
+	WakeListener listeners[WAKE_SLOTS];
+} WakeFile;
+
+StaticAssertDecl(sizeof(pg_atomic_uint32) == 4, "pg_net_worker.py reads 4-byte words");
+StaticAssertDecl(sizeof(WakeFile) == 4 + 8 * WAKE_SLOTS, "pg_net_worker.py relies on this layout");
+
+static WakeFile *wake_file = NULL;
+static int	wake_socket = -1;
+
+static WakeFile *
+map_wake_file(void)
+{
+	int			fd;
+	struct stat st;
+	void	   *mapped;
+
+	if (wake_file != NULL)
+		return wake_file;
+	fd = open(WAKE_FILE_NAME, O_RDWR | O_CREAT | O_CLOEXEC, S_IRUSR | S_IWUSR);
+	if (fd < 0)
+		return NULL;
+	if (fstat(fd, &st) != 0 || (st.st_size < WAKE_FILE_SIZE && ftruncate(fd, WAKE_FILE_SIZE) != 0))
+	{
+		close(fd);
+		return NULL;
+	}
+	mapped = mmap(NULL, WAKE_FILE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	close(fd);
+	if (mapped == MAP_FAILED)
+		return NULL;
+	wake_file = (WakeFile *) mapped;
+	return wake_file;
+}
+
+/* "SetLatch": a datagram to every registered worker; lost ones are harmless (see the worker). */
+static void
+signal_listeners(WakeFile *file)
+{
+	struct sockaddr_in address;
+
+	if (wake_socket < 0)
+		wake_socket = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (wake_socket < 0)
+		return;
+	memset(&address, 0, sizeof(address));
+	address.sin_family = AF_INET;
+	address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	for (int slot = 0; slot < WAKE_SLOTS; slot++)
+	{
+		uint32		port = pg_atomic_read_u32(&file->listeners[slot].port);
+
+		if (port == 0 || port > 65535)
+			continue;
+		address.sin_port = htons((uint16) port);
+		(void) sendto(wake_socket, "w", 1, MSG_DONTWAIT, (struct sockaddr *) &address, sizeof(address));
+	}
+}
+
+/* Upstream's commit path: wake the worker only if this commit is the first since it reset the flag. */
+static void
+wake_worker(void)
+{
+	WakeFile   *file = map_wake_file();
+	uint32		expected = 0;
+
+	if (file == NULL)
+	{
+		elog(DEBUG1, "pg_net stand-in: cannot map %s, worker not woken", WAKE_FILE_NAME);
+		return;
+	}
+	if (pg_atomic_compare_exchange_u32(&file->should_wake, &expected, 1))
+		signal_listeners(file);
+}
+
 /* Set by wake(), cleared at the end of the transaction: one registration per transaction. */
 static bool wake_requested = false;
 
@@ -130,9 +241,10 @@ xact_event_text(XactEvent event)
 
 /*
  * Runs for every transaction event of the session once registered (upstream logs the same
- * DEBUG2 line, which makes the number of registered callbacks observable). At the first commit
- * after a wake() upstream sets its worker's latch; the stand-in's worker polls, so the signal
- * itself is a no-op and only the bookkeeping remains.
+ * DEBUG2 line, which makes the number of registered callbacks observable). As upstream: at the
+ * first commit after a wake() it wakes the worker (the first of the session's callbacks to see
+ * the commit does it and clears the request, so the others only test a flag); PREPARE and
+ * rollback drop the request. A subtransaction's rollback does not: the commit still wakes.
  */
 static void
 wake_worker_at_commit(XactEvent event, void *arg)
@@ -142,6 +254,12 @@ wake_worker_at_commit(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
+			if (wake_requested)
+			{
+				wake_worker();
+				wake_requested = false;
+			}
+			break;
 		case XACT_EVENT_PREPARE:
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
