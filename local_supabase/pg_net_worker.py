@@ -28,6 +28,7 @@ import ctypes
 import fcntl
 import functools
 import http.client
+import logging
 import mmap
 import os
 import select
@@ -45,6 +46,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+_log = logging.getLogger(__name__)
+
 # What the real worker sends (curl with "User-Agent: pg_net/<version>").
 USER_AGENT = "pg_net/0.20.4"
 # pg_net.ttl's default; like upstream, the setting is an interval text.
@@ -54,6 +57,10 @@ DEFAULT_BATCH_SIZE = 200
 MAX_BATCH_SIZE = 32767
 # Upstream's WORKER_WAIT_ONE_SECOND: how long the worker waits after each round while it has work.
 ROUND_WAIT = 1.0
+# Not upstream: how often an idle worker checks for requests whose wake never came. Upstream
+# sleeps with no timeout; here a commit's wake is lost if the backend runs a pg_net.so without
+# the wake (another checkout's stand-in, installed at the same path), and the worker then says so.
+LOST_WAKE_CHECK = 10.0
 
 # The wake flag file the stand-in's net.wake() maps (extensions/pg_net.c has the layout): in the
 # data directory, uint32 should_wake, then (pid, port) slots of the workers it wakes.
@@ -323,8 +330,9 @@ class _WakeFlag:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
             sender.sendto(b"s", ("127.0.0.1", self.port))
 
-    def wait(self, timeout: float | None, also: int | None = None) -> bool:
-        """``WaitLatch`` then ``ResetLatch``; returns whether ``also`` (a descriptor) got readable."""
+    def wait(self, timeout: float | None, also: int | None = None) -> tuple[bool, bool]:
+        """``WaitLatch`` then ``ResetLatch``: whether the latch was set, whether ``also`` (a
+        descriptor) got readable (neither: the timeout passed)."""
         watched = [self._socket] if also is None else [self._socket, also]
         readable, _, _ = select.select(watched, [], [], timeout)
         while True:
@@ -332,7 +340,7 @@ class _WakeFlag:
                 self._socket.recv(64)
             except (BlockingIOError, InterruptedError):
                 break
-        return also is not None and also in readable
+        return self._socket in readable, also is not None and also in readable
 
 
 def _alive(pid: int) -> bool:
@@ -501,14 +509,17 @@ class PgNetWorker:
         # worker exits), so it runs a busy period at once.
         restarted = True
         while not self._stopping.is_set():
-            if not wake.take() and not restarted:
+            if not wake.take() and not restarted:  # the flag was 0
                 # Idle: sleep until a commit sets the latch. Watch the connection too: upstream's
                 # worker dies with its server and is restarted by the postmaster.
                 self._idle.set()
                 try:
-                    if wake.wait(None, also=conn.fileno()):
+                    latch_set, connection_readable = wake.wait(LOST_WAKE_CHECK, also=conn.fileno())
+                    if connection_readable:
                         with conn.transaction():
                             conn.execute("SELECT 1")  # raises OperationalError if the server went away
+                    elif not latch_set and self._wake_was_lost(conn):
+                        restarted = True
                 finally:
                     self._idle.clear()
                 continue
@@ -518,6 +529,20 @@ class PgNetWorker:
                 wake.wait(ROUND_WAIT)
                 if self._stopping.is_set() or (consumed == 0 and expired == 0):
                     break
+
+    def _wake_was_lost(self, conn: psycopg.Connection) -> bool:
+        try:
+            with conn.transaction():
+                row = conn.execute("SELECT EXISTS (SELECT FROM net.http_request_queue)").fetchone()
+        except psycopg.errors.UndefinedTable:
+            return False
+        if row is None or not row[0]:
+            return False
+        _log.warning(
+            "pg_net stand-in worker: requests queued while it slept and no commit woke it; the "
+            "server's pg_net.so lacks the stand-in's wake (installed by another checkout?)"
+        )
+        return True
 
     def _read_batch_size(self, conn: psycopg.Connection) -> int:
         """``pg_net.batch_size`` as the worker's session sees it (a reload applies between rounds).

@@ -137,6 +137,29 @@ def test_request_in_flight_during_a_crash_is_sent_but_its_response_lost(
     assert [request.path for request in endpoint.received] == ["/in-flight", "/later"]
 
 
+def test_a_crash_mid_batch_loses_the_whole_batchs_responses(cluster: LocalSupabase, endpoint: ScriptedServer) -> None:
+    """Upstream takes a round's batch with DELETE ... RETURNING before sending it, and the queue
+    is unlogged: after a crash with the batch in flight every request of it was sent and none
+    has a response or is queued again, so a dispatcher that retries re-sends the whole batch
+    (20 of 20 measured on real pg_net). All 20 at once here, as curl multi sends a batch."""
+    with PgNetWorker(cluster.admin_dsn, concurrency=32, reconnect_delay=0.02, max_reconnect_delay=0.2) as worker:
+        worker.wait_until_connected()
+        endpoint.hold()
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+            conn.execute("SELECT net.http_post(%s || '/batch/' || n) FROM generate_series(1, 20) AS n", (endpoint.url,))
+        endpoint.wait_for(20)  # one round took all 20 and has them in flight
+        cluster.crash()
+        cluster.restart()
+        endpoint.release()
+        later = _post(cluster, endpoint.url + "/later")
+        worker.drain()
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+            assert conn.execute("SELECT id, status_code FROM net._http_response").fetchall() == [(later, 200)]
+            assert _one(conn, "SELECT count(*) FROM net.http_request_queue") == 0
+    paths = [request.path for request in endpoint.received]
+    assert sorted(paths[:20]) == sorted(f"/batch/{n}" for n in range(1, 21)) and paths[20:] == ["/later"]
+
+
 def test_restart_refuses_a_deleted_cluster() -> None:
     with LocalSupabase.start(preinstall_pgjwt=False, preinstall_pg_cron=False) as short_lived:
         pass
