@@ -99,6 +99,8 @@ def test_a_burst_arrives_in_rounds_of_batch_size_about_a_second_apart(conn, work
     server.wait_for(1000, timeout=60)
     gaps = _batches_arrive_apart(server, 1000, 200)
     times = [at for at, _ in server.arrivals]
+    rounded = [round(gap, 2) for gap in gaps]
+    print(f"1,000 at once: gaps between rounds {rounded} s, {max(times) - min(times):.2f} s in all")
     assert len(gaps) == 4 and max(times) - min(times) >= 3.0
     worker.drain()
 
@@ -114,7 +116,9 @@ def test_pg_net_batch_size_is_read_every_round(cluster, conn, worker, server):
             _wait_idle(worker)
             _burst(conn, server.url, 150)
             server.wait_for(150, timeout=30)
-            assert len(_batches_arrive_apart(server, 150, 50)) == 2
+            gaps = _batches_arrive_apart(server, 150, 50)
+            print(f"batch_size 50: gaps between rounds {[round(gap, 2) for gap in gaps]} s")
+            assert len(gaps) == 2
         finally:
             admin.execute("ALTER SYSTEM RESET pg_net.batch_size")
             admin.execute("SELECT pg_reload_conf()")
@@ -130,6 +134,7 @@ def test_a_request_after_idle_leaves_within_milliseconds(conn, worker, server):
         committed = time.monotonic()
         server.wait_for(attempt + 1)
         latencies.append(server.arrivals[attempt][0] - committed)
+    print(f"after idle: commit to arrival {[round(latency * 1000) for latency in latencies]} ms")
     assert statistics.median(latencies) < 0.5, latencies
 
 
@@ -146,6 +151,10 @@ def test_a_steady_stream_waits_for_the_next_round(conn, worker, server):
     server.wait_for(60, timeout=30)
     arrived = {int(path.lstrip("/")): at for at, path in server.arrivals}
     latencies = [arrived[n] - committed[n] for n in range(60)]
+    print(
+        f"steady stream: commit to arrival p50 {statistics.median(latencies) * 1000:.0f} ms, "
+        f"max {max(latencies) * 1000:.0f} ms"
+    )
     assert 0.2 <= statistics.median(latencies) <= 1.5, latencies
     assert max(latencies) >= 0.6, latencies  # someone waited most of a round
     # Rounds: arrivals come in clusters at least MIN_GAP apart, fewer clusters than seconds+2.
