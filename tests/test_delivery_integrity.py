@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -345,7 +346,13 @@ def test_a_trigger_on_pg_nets_tables_never_runs_as_postgres(conn, receiver, work
         assert "not delivering while pg_net's tables have triggers" in str(refused.value)
         assert "spy ran" not in str(refused.value)
         assert statuses(conn) == {"pending": 3}
-    # The planter's session ended, and its temporary function and triggers with it.
+    # The planter's session ended; the server drops its temporary function, and the triggers with it,
+    # as that backend exits.
+    planted = "SELECT count(*) FROM pg_trigger WHERE tgname = 'spy' AND NOT tgisinternal"
+    deadline = time.monotonic() + 30
+    while conn.execute(planted).fetchone()[0]:
+        assert time.monotonic() < deadline, "the planter's triggers outlived its session"
+        time.sleep(0.05)
     settle(conn, worker, lambda: statuses(conn) == {"delivered": 3})
     counts = tally(inserted, receiver.deliveries)
     print(f"trigger planted on pg_net's tables: round refused, then {counts}")
