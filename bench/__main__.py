@@ -46,8 +46,10 @@ class Sizes:
     #: Rounds, and timed inserts per session and round, of that comparison.
     age_rounds: int = 21
     age_inserts: int = 200
-    #: Spaced single-row inserts per variant whose commit-to-receipt latency is measured.
+    #: Spaced single-row inserts per variant whose commit-to-receipt latency is measured (steady stream).
     latency_samples: int = 200
+    #: Single-row inserts per variant, each after the pg_net worker fell asleep (isolated).
+    isolated_samples: int = 30
     #: Events of the backlog that the recovery measurement fails and replays.
     recovery_events: int = 10_000
 
@@ -66,9 +68,10 @@ SMOKE = Sizes(
     age_rounds=2,
     age_inserts=20,
     latency_samples=10,
+    isolated_samples=2,
     recovery_events=200,
 )
-#: Session age: Supabase's webhook, ours direct and ours at-least-once.
+#: Session age and first-attempt latency: Supabase's webhook, ours direct and ours at-least-once.
 AGED = (BASELINE, DIRECT, AT_LEAST_ONCE)
 
 NOTE = """\
@@ -88,6 +91,14 @@ def _parser() -> argparse.ArgumentParser:
         "--transactions", type=int, help=f"pgbench single-row transactions per variant and round ({FULL.transactions})"
     )
     parser.add_argument("--bulk-rows", type=int, help=f"rows of the bulk INSERT ({FULL.bulk_rows})")
+    parser.add_argument(
+        "--delivery-only", action="store_true", help="only first-attempt latency and recovery (no cost table)"
+    )
+    parser.add_argument(
+        "--latency-samples", type=int, help=f"steady-stream inserts per variant ({FULL.latency_samples})"
+    )
+    parser.add_argument("--isolated-samples", type=int, help=f"isolated inserts per variant ({FULL.isolated_samples})")
+    parser.add_argument("--recovery-events", type=int, help=f"events of the recovery backlog ({FULL.recovery_events})")
     return parser
 
 
@@ -103,8 +114,9 @@ def _sizes(args: argparse.Namespace) -> Sizes:
         age_transactions=base.age_transactions,
         age_rounds=base.age_rounds,
         age_inserts=base.age_inserts,
-        latency_samples=base.latency_samples,
-        recovery_events=base.recovery_events,
+        latency_samples=args.latency_samples or base.latency_samples,
+        isolated_samples=args.isolated_samples or base.isolated_samples,
+        recovery_events=args.recovery_events or base.recovery_events,
     )
 
 
@@ -130,6 +142,7 @@ class Results:
     pieces_us: dict[str, dict[str, float]]
     aged: list[session_age.AgedCost]
     latencies: list[latency.Latencies]
+    anchors: list[recovery.Anchor]
     recovery: recovery.Recovery
 
 
@@ -194,34 +207,78 @@ def run(cluster: LocalSupabase, sizes: Sizes) -> Results:
             workload: [profile.profile(instrumented, variant, workload) for variant in VARIANTS]
             for workload in workloads
         }
-    latencies, drained = _deliver(cluster, sizes, jwt_secret)
-    return Results(single, interleaved_ms, bulk, profiles, pieces_us, aged, latencies, drained)
+    latencies, anchors, drained = _deliver(cluster, sizes, jwt_secret)
+    return Results(single, interleaved_ms, bulk, profiles, pieces_us, aged, latencies, anchors, drained)
+
+
+@dataclass(frozen=True)
+class Delivered:
+    latencies: list[latency.Latencies]
+    anchors: list[recovery.Anchor]
+    recovery: recovery.Recovery
+
+
+def deliver_only(cluster: LocalSupabase, sizes: Sizes) -> Delivered:
+    """Install every variant and run only the delivery measurements (`--delivery-only`)."""
+    jwt_secret = secrets.token_urlsafe(48)
+    with psycopg.connect(cluster.dsn(measure.APP_ROLE), autocommit=True) as app:
+        install_all(app, jwt_secret)
+    return Delivered(*_deliver(cluster, sizes, jwt_secret))
 
 
 def _deliver(
     cluster: LocalSupabase, sizes: Sizes, jwt_secret: str
-) -> tuple[list[latency.Latencies], recovery.Recovery]:
+) -> tuple[list[latency.Latencies], list[recovery.Anchor], recovery.Recovery]:
     """Latency, then recovery, with the pg_net worker, the receiver and the reconciler's job running."""
-    delivering = [VARIANTS_BY_KEY[DIRECT], VARIANTS_BY_KEY[AT_LEAST_ONCE]]
-    receiver = delivery.TimedReceiver(jwt_secret).start()
+    delivering = [VARIANTS_BY_KEY[key] for key in AGED]
+    static = VARIANTS_BY_KEY[BASELINE]
+    receiver = delivery.TimedReceiver(jwt_secret, unsigned_tables=[static.table]).start()
     with (
         psycopg.connect(cluster.admin_dsn, autocommit=True) as admin,
         psycopg.connect(cluster.dsn(measure.APP_ROLE), autocommit=True) as conn,
     ):
         delivery.point_at(conn, delivering, receiver.url + delivery.PATH)
-        with delivery.running_pipeline(cluster):
-            _progress(f"latency: {sizes.latency_samples} spaced inserts per variant")
+        with delivery.running_pipeline(cluster) as pipeline:
             try:
-                latencies = latency.measure(conn, receiver, delivering, sizes.latency_samples)
+                _progress(f"latency: a steady stream of {sizes.latency_samples} inserts per variant")
+                latencies = latency.measure_steady(conn, receiver, delivering, sizes.latency_samples)
+                _progress(f"latency: {sizes.isolated_samples} isolated inserts per variant")
+                latencies += latency.measure_isolated(
+                    conn, receiver, pipeline.worker, delivering, sizes.isolated_samples
+                )
+                pipeline.worker.drain()
+                measure.reset(admin)
+                # pg_net alone with the same batch size: the static webhook's requests (refused, unsigned,
+                # so the receiver does less per request), and direct mode's signed ones (verified as ours).
+                anchors = []
+                for variant in (static, VARIANTS_BY_KEY[DIRECT]):
+                    _progress(f"recovery anchor: {sizes.recovery_events} requests of {variant.label} at once")
+                    anchors.append(
+                        recovery.measure_anchor(conn, variant, sizes.recovery_events, receiver, pipeline.worker)
+                    )
+                    pipeline.worker.drain()
+                    measure.reset(admin)
             finally:
                 receiver.stop()
             receiver.check_accepted()
             measure.reset(admin)
             _progress(f"recovery: {sizes.recovery_events} events, orchestrator down, then replayed")
             outbox = VARIANTS_BY_KEY[AT_LEAST_ONCE]
-            drained = recovery.measure(conn, outbox, sizes.recovery_events, jwt_secret, receiver.port)
+            drained = recovery.measure(conn, outbox, sizes.recovery_events, jwt_secret, receiver.port, pipeline.worker)
             measure.reset(admin)
-    return latencies, drained
+    return latencies, anchors, drained
+
+
+def print_delivery(
+    latencies: list[latency.Latencies], anchors: list[recovery.Anchor], drained: recovery.Recovery
+) -> None:
+    print("First-attempt latency")
+    print("---------------------")
+    print(latency.render(latencies, BASELINE, AT_LEAST_ONCE))
+    print()
+    print("Recovery throughput")
+    print("-------------------")
+    print(recovery.render(drained, anchors))
 
 
 def print_report(sizes: Sizes, results: Results) -> None:
@@ -260,23 +317,24 @@ def print_report(sizes: Sizes, results: Results) -> None:
     print("-----------")
     print(session_age.render(results.aged, sizes.age_transactions, sizes.age_rounds, sizes.age_inserts, AT_LEAST_ONCE))
     print()
-    print("First-attempt latency")
-    print("---------------------")
-    print(latency.render(results.latencies, AT_LEAST_ONCE))
-    print()
-    print("Recovery throughput")
-    print("-------------------")
-    print(recovery.render(results.recovery))
+    print_delivery(results.latencies, results.anchors, results.recovery)
 
 
 def main(argv: list[str] | None = None) -> int:
-    sizes = _sizes(_parser().parse_args(argv))
+    args = _parser().parse_args(argv)
+    sizes = _sizes(args)
     started = time.monotonic()
     _progress(f"starting the local Supabase stand-in; {os.cpu_count()} CPUs")
     try:
         with LocalSupabase.start() as cluster:
-            results = run(cluster, sizes)
-        print_report(sizes, results)
+            if args.delivery_only:
+                delivered = deliver_only(cluster, sizes)
+            else:
+                results = run(cluster, sizes)
+        if args.delivery_only:
+            print_delivery(delivered.latencies, delivered.anchors, delivered.recovery)
+        else:
+            print_report(sizes, results)
     except measure.BenchError as error:
         print(f"bench: {error}", file=sys.stderr)
         return 1

@@ -1,16 +1,19 @@
-"""Recovery throughput: how fast an at-least-once backlog drains once the orchestrator is back.
+"""Recovery throughput: how fast an at-least-once backlog drains once the orchestrator is back,
+next to what pg_net's worker carries on its own.
 
 An outage leaves every event of its duration in the outbox with a failed
 attempt and a backoff that grows with each one. An operator who sees the
 orchestrator healthy again runs `secure_webhooks.replay()`, which makes every
 failed event due now; the reconciler then signs and sends them batch after
-batch (500 a round by default) while pg_net's worker sends up to 200 at a
-time. This measures that drain from the replay until the orchestrator has
-every event, and until the outbox has recorded every one as delivered, next
-to the ~200 requests/s that Supabase's pg_net docs say the extension reliably
-executes. The stand-in's worker is a Python thread (16 concurrent requests),
-not pg_net's curl multi loop, so the end-to-end figure speaks for this
-machine; the rate at which the reconciler hands events to pg_net is ours alone.
+batch while pg_net's worker sends up to pg_net.batch_size (200) per round,
+rounds up to a second apart while it has work. This measures that drain from
+the replay until the orchestrator has every event, and until the outbox has
+recorded every one as delivered. The anchor is pg_net alone with the same
+batch size: the same number of requests queued at once by Supabase's static
+webhook (one INSERT of as many rows into (b)'s table), from its commit until
+the orchestrator had every request. The stand-in's worker is a Python thread
+(16 concurrent requests), not pg_net's curl multi loop, so the rates speak for
+this machine; their ratio is what the goal compares.
 
 It also counts what at-least-once allows and the drain's timing depends on:
 requests the orchestrator received more than once per event (the verifier
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -32,12 +36,41 @@ from psycopg import sql
 from bench.delivery import TimedReceiver
 from bench.measure import BenchError, insert_many
 from bench.variants import Variant
+from local_supabase.pg_net_worker import PgNetWorker
 from secure_webhooks.trigger_function import FunctionSpec
 
-#: What Supabase's pg_net documentation says the extension reliably executes.
-PG_NET_DOCUMENTED_PER_SECOND = 200
-#: Generous for 10,000 events on a loaded 2-core machine.
-TIMEOUT_SECONDS = 300.0
+#: Generous for 10,000 events on a loaded 2-core machine, at 200 a round about a second apart.
+TIMEOUT_SECONDS = 600.0
+#: The issue's goal: at-least-once recovery carries at least this share of pg_net's own rate.
+GOAL_SHARE = 0.95
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """pg_net alone: `events` requests queued in one statement by a direct webhook (`label`)."""
+
+    label: str
+    events: int
+    #: Seconds from the INSERT's commit until the orchestrator had every request.
+    seconds: float
+    #: pg_net rounds run meanwhile.
+    rounds: int
+
+    @property
+    def per_second(self) -> float:
+        return self.events / max(self.seconds, 1e-9)
+
+
+def measure_anchor(
+    conn: psycopg.Connection, variant: Variant, events: int, receiver: TimedReceiver, worker: PgNetWorker
+) -> Anchor:
+    """Queue `events` requests through `variant` (the static webhook) at once; time pg_net's drain."""
+    rounds = worker.rounds
+    ids = conn.execute(insert_many(variant, events) + sql.SQL(" RETURNING id")).fetchall()
+    committed = time.perf_counter()
+    arrived = receiver.wait_for_rows([(variant.table, row_id) for (row_id,) in ids], TIMEOUT_SECONDS)
+    return Anchor(variant.label, events, max(arrived.values()) - committed, worker.rounds - rounds)
+
 
 _STATUS_COUNTS = sql.SQL('SELECT status, count(*) FROM secure_webhooks.deliveries WHERE "table" = {} GROUP BY status')
 
@@ -72,6 +105,8 @@ class Recovery:
     attempt_outcomes: dict[str, int]
     #: The request timeout pg_net was given (ms).
     timeout_ms: int
+    #: pg_net rounds from the replay until the orchestrator had every event.
+    rounds: int = 0
 
 
 def _statuses(conn: psycopg.Connection, variant: Variant) -> dict[str, int]:
@@ -87,7 +122,9 @@ def _wait_for_status(conn: psycopg.Connection, variant: Variant, status: str, ev
         time.sleep(0.05)
 
 
-def measure(conn: psycopg.Connection, variant: Variant, events: int, secret: str, port: int) -> Recovery:
+def measure(
+    conn: psycopg.Connection, variant: Variant, events: int, secret: str, port: int, worker: PgNetWorker
+) -> Recovery:
     """With no receiver on `port` (where `variant` posts), insert a backlog, fail it, then replay and drain it.
 
     The reconciler and the pg_net worker must be running. `conn` is a
@@ -99,9 +136,11 @@ def measure(conn: psycopg.Connection, variant: Variant, events: int, secret: str
     all_failed = time.perf_counter() - started
     with TimedReceiver(secret, port=port) as receiver:
         replayed_at = time.perf_counter()
+        rounds = worker.rounds
         replayed, replayed_db = conn.execute("SELECT secure_webhooks.replay(), pg_catalog.now()").fetchone()
-        receiver.wait_for_rows([(variant.table, row_id) for (row_id,) in ids], TIMEOUT_SECONDS)
-        arrived = time.perf_counter() - replayed_at
+        arrivals = receiver.wait_for_rows([(variant.table, row_id) for (row_id,) in ids], TIMEOUT_SECONDS)
+        arrived = max(arrivals.values()) - replayed_at
+        rounds = worker.rounds - rounds
         _wait_for_status(conn, variant, "delivered", events)
         recorded = time.perf_counter() - replayed_at
     receiver.check_accepted()
@@ -126,6 +165,7 @@ def measure(conn: psycopg.Connection, variant: Variant, events: int, secret: str
         attempts_after_all_arrived=late,
         attempt_outcomes=outcomes,
         timeout_ms=FunctionSpec().timeout_ms,
+        rounds=rounds,
     )
 
 
@@ -156,8 +196,8 @@ _RESPONSES_AFTER = """
 """
 
 
-def render(result: Recovery) -> str:
-    """The drain, stage by stage, in seconds after the replay and in events per second."""
+def render(result: Recovery, anchors: Sequence[Anchor] = ()) -> str:
+    """The drain, stage by stage, in seconds after the replay and in events per second; then the goal."""
     stages = (
         ("handed to pg_net by the reconciler", result.handed_seconds),
         ("accepted by the orchestrator", result.arrived_seconds),
@@ -172,10 +212,13 @@ def render(result: Recovery) -> str:
     for label, seconds in stages:
         per_second = result.events / max(seconds, 1e-9)
         lines.append(f"    {label:<36} {seconds:>7.2f} s {per_second:>8.0f} events/s")
-    lines.append(
-        f"    pg_net's documented rate, ~{PG_NET_DOCUMENTED_PER_SECOND} requests/s, would take "
-        f"{result.events / PG_NET_DOCUMENTED_PER_SECOND:.0f} s"
-    )
+    lines.append(f"    pg_net rounds from the replay until the orchestrator had every event: {result.rounds}")
+    for anchor in anchors:
+        lines.append(
+            f"    pg_net alone, {anchor.label}: {anchor.events} requests queued at once, all at the "
+            f"orchestrator {anchor.seconds:.2f} s after the commit: {anchor.per_second:.0f} requests/s, "
+            f"{anchor.rounds} rounds"
+        )
     responses = ", ".join(f"{count} {kind}" for kind, count in sorted(result.responses.items())) or "none"
     outcomes = "; ".join(f"{count} {kind}" for kind, count in sorted(result.attempt_outcomes.items()))
     lines += [
@@ -187,4 +230,11 @@ def render(result: Recovery) -> str:
         f"it had accepted before; {result.events_received_twice} events arrived more than once);",
         f"the attempts' outcomes as the reconciler logged them: {outcomes}",
     ]
+    for anchor in anchors:
+        share = (result.events / max(result.arrived_seconds, 1e-9)) / anchor.per_second
+        holds = share >= GOAL_SHARE and result.duplicates == 0
+        lines.append(
+            f"goal: recovery >= {GOAL_SHARE:.0%} of pg_net's own rate ({anchor.label}, same batch size), none "
+            f"re-sent without a crash: {share:.0%}, {result.duplicates} re-sent; goal holds: {'yes' if holds else 'no'}"
+        )
     return "\n".join(lines)

@@ -52,8 +52,16 @@ RETRY_AFTER = "retry_after_seconds"
 FUNCTIONS = ((RECONCILE, "batch_size integer"), (PURGE_EXPIRED, ""), (RETRY_AFTER, "headers jsonb"))
 
 JOB_NAME = "secure_webhooks_reconciler"
-#: How long an idle loop waits before the next round.
-IDLE_SLEEP_SECONDS = 0.2
+#: How long an idle loop waits before the next round: what a first attempt after a quiet spell
+#: waits at most before it is signed and handed to pg_net. An idle round costs about 0.2 ms
+#: (bench/README.md, "Ideas tried").
+IDLE_SLEEP_SECONDS = 0.05
+#: pg_net's batch size when its setting cannot be read (pg_net's default).
+PG_NET_BATCH_SIZE = 200
+#: A round hands pg_net no more than this many of its batches, counting what already waits in
+#: pg_net's queue: pg_net takes one batch per round, up to a second apart, so more would only wait
+#: there (and make every round's check of the requests in flight slower) without leaving sooner.
+QUEUED_BATCHES = 2
 #: pg_cron's own log of our job's runs is trimmed to this (it grows with every run otherwise).
 KEEP_RUN_DETAILS = "1 hour"
 
@@ -222,6 +230,7 @@ DECLARE
   failure text;
   step text;
   foreign_triggers text;
+  room integer;
 BEGIN
   -- 0. pg_net grants ALL on its tables to PUBLIC, TRIGGER included: a trigger there would run as
   -- postgres whenever this round queues a request or reads outcomes. The lock (which CREATE TRIGGER
@@ -364,6 +373,15 @@ BEGIN
     RETURN handled + n;
   END IF;
 
+  -- Pacing, not a limit on correctness: requests still waiting in pg_net's queue (ours or anyone's;
+  -- pg_net takes them in id order) count against {QUEUED_BATCHES} of its batches, so the queue never
+  -- holds more than pg_net sends in its next rounds. Counting stops at that, so it costs at most that.
+  room := {QUEUED_BATCHES} * COALESCE(CASE WHEN pg_catalog.current_setting('pg_net.batch_size', true) ~ '^[0-9]{{1,5}}$'
+                          THEN GREATEST(pg_catalog.current_setting('pg_net.batch_size', true)::integer, 1) END,
+                          {PG_NET_BATCH_SIZE});
+  room := LEAST(batch_size,
+                room - (SELECT pg_catalog.count(*) FROM (SELECT FROM net.http_request_queue LIMIT room) AS q));
+
   issued_at := pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()))::bigint;
   -- Each attempt goes to the URL the stack configures for the event's webhook now (`pulumi up` of a
   -- new orchestratorUrl re-points waiting events too), or, for a webhook no longer configured, to the
@@ -375,7 +393,7 @@ BEGIN
        AND route.table_name = e.payload ->> 'table'
      WHERE e.state = 'pending' AND e.next_attempt_at <= pg_catalog.now()
      ORDER BY e.next_attempt_at
-     LIMIT batch_size
+     LIMIT room
        FOR UPDATE OF e SKIP LOCKED
   LOOP
     -- One event's error fails that event only: everything that can fail for one event (its claims,
@@ -496,13 +514,17 @@ def sources_sha256(spec: ReconcilerSpec) -> str:
 
 
 _SECONDS = re.compile(r"^(\d+) seconds$")
+#: On an 'N seconds' schedule the loop stops this long before the next run is due, so that a run
+#: (its last round and idle sleep included) has ended when pg_cron starts the next one. Nobody
+#: looks at the outbox in that gap, plus the next run's start: the less, the sooner a first attempt.
+LOOP_MARGIN_SECONDS = 0.15
 
 
 def loop_seconds(schedule: str) -> float:
     """How long one cron run keeps reconciling: almost until the next run is due."""
     match = _SECONDS.match(schedule)
     if match:
-        return max(0.0, int(match.group(1)) - 0.25)
+        return max(0.0, int(match.group(1)) - LOOP_MARGIN_SECONDS)
     return 59.0
 
 
