@@ -21,8 +21,9 @@ empties: an attempt from another epoch is lost, never matched.
 pg_cron runs `cron_command()`: a DO block that loops rounds with COMMIT in
 between (a procedure could not: SET search_path forbids transaction control,
 and the linter demands SET search_path) for almost the whole schedule
-interval, so first attempts leave within about 0.2 s even where pg_cron only
-schedules by the minute.
+interval, so first attempts reach pg_net's queue within about IDLE_SLEEP_SECONDS
+(plus, on a seconds schedule, the gap between two runs) even where pg_cron only
+schedules by the minute. pg_net itself then sends them in its next round.
 """
 
 from __future__ import annotations
