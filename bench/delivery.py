@@ -30,6 +30,7 @@ from psycopg import sql
 from bench.measure import APP_ROLE, BenchError, insert_one
 from bench.variants import OWNER, Variant
 from local_supabase.cluster import LocalSupabase
+from local_supabase.cron_runner import JobSessionThread
 from local_supabase.orchestrator import Delivery, WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
 from secure_webhooks.database import ConnectionSettings, Database
@@ -179,50 +180,30 @@ def _provider_database(cluster: LocalSupabase) -> Database:
 SUPABASE_SCHEDULE = "1 seconds"
 
 
-class SupabaseCron:
+class SupabaseCron(JobSessionThread):
     """The reconciler's job as pg_cron 1.6 runs a `1 seconds` job: at every whole second, in a new
     session as the job's role, unless the previous run has not ended (then at the first whole
     second after it). `runs` counts the runs, `failures` their errors."""
 
+    thread_name = "bench-cron"
+
     def __init__(self, conninfo: str, command: str) -> None:
-        self._conninfo = conninfo
+        super().__init__(conninfo)
         self._command = command
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._conn: psycopg.Connection | None = None
-        self._thread: threading.Thread | None = None
         self.runs = 0
-        self.failures: list[str] = []
-
-    def start(self) -> SupabaseCron:
-        self._thread = threading.Thread(target=self._run, name="bench-cron", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        with self._lock:
-            if self._conn is not None and not self._conn.closed:
-                self._conn.cancel_safe()
-        if self._thread is not None:
-            self._thread.join(30)
 
     def _run(self) -> None:
         while not self._stopping.wait(1.0 - time.time() % 1.0):
             try:
-                with psycopg.connect(self._conninfo, autocommit=True, application_name="pg_cron") as conn:
-                    with self._lock:
-                        self._conn = conn
+                with self._session("pg_cron") as conn:
                     if self._stopping.is_set():
                         return
                     conn.execute(self._command)
                     self.runs += 1
             except psycopg.Error as error:
-                if not self._stopping.is_set():
-                    self.failures.append(str(error).splitlines()[0] if str(error) else type(error).__name__)
+                self._failed(error)
             finally:
-                with self._lock:
-                    self._conn = None
+                self._release()
 
 
 @dataclass(frozen=True)
