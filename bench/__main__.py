@@ -134,6 +134,15 @@ def interleaved(round_no: int) -> Iterator[Variant]:
 
 
 @dataclass(frozen=True)
+class Delivered:
+    latencies: list[latency.Latencies]
+    #: Seconds from one reconciler run's end to the next run's session, during the latency workloads.
+    cron_gaps: list[float]
+    anchors: list[recovery.Anchor]
+    recovery: recovery.Recovery
+
+
+@dataclass(frozen=True)
 class Results:
     single_ms: dict[str, list[float]]
     interleaved_ms: dict[str, list[float]]
@@ -141,9 +150,7 @@ class Results:
     profiles: dict[profile.Workload, list[profile.Profile]]
     pieces_us: dict[str, dict[str, float]]
     aged: list[session_age.AgedCost]
-    latencies: list[latency.Latencies]
-    anchors: list[recovery.Anchor]
-    recovery: recovery.Recovery
+    delivered: Delivered
 
 
 def run(cluster: LocalSupabase, sizes: Sizes) -> Results:
@@ -207,15 +214,7 @@ def run(cluster: LocalSupabase, sizes: Sizes) -> Results:
             workload: [profile.profile(instrumented, variant, workload) for variant in VARIANTS]
             for workload in workloads
         }
-    latencies, anchors, drained = _deliver(cluster, sizes, jwt_secret)
-    return Results(single, interleaved_ms, bulk, profiles, pieces_us, aged, latencies, anchors, drained)
-
-
-@dataclass(frozen=True)
-class Delivered:
-    latencies: list[latency.Latencies]
-    anchors: list[recovery.Anchor]
-    recovery: recovery.Recovery
+    return Results(single, interleaved_ms, bulk, profiles, pieces_us, aged, _deliver(cluster, sizes, jwt_secret))
 
 
 def deliver_only(cluster: LocalSupabase, sizes: Sizes) -> Delivered:
@@ -223,12 +222,10 @@ def deliver_only(cluster: LocalSupabase, sizes: Sizes) -> Delivered:
     jwt_secret = secrets.token_urlsafe(48)
     with psycopg.connect(cluster.dsn(measure.APP_ROLE), autocommit=True) as app:
         install_all(app, jwt_secret)
-    return Delivered(*_deliver(cluster, sizes, jwt_secret))
+    return _deliver(cluster, sizes, jwt_secret)
 
 
-def _deliver(
-    cluster: LocalSupabase, sizes: Sizes, jwt_secret: str
-) -> tuple[list[latency.Latencies], list[recovery.Anchor], recovery.Recovery]:
+def _deliver(cluster: LocalSupabase, sizes: Sizes, jwt_secret: str) -> Delivered:
     """Latency, then recovery, with the pg_net worker, the receiver and the reconciler's job running."""
     delivering = [VARIANTS_BY_KEY[key] for key in AGED]
     static = VARIANTS_BY_KEY[BASELINE]
@@ -246,6 +243,7 @@ def _deliver(
                 latencies += latency.measure_isolated(
                     conn, receiver, pipeline.worker, delivering, sizes.isolated_samples
                 )
+                cron_gaps = list(pipeline.cron.gaps)
                 pipeline.worker.drain()
                 measure.reset(admin)
                 # pg_net alone with the same batch size: the static webhook's requests (refused, unsigned,
@@ -266,19 +264,18 @@ def _deliver(
             outbox = VARIANTS_BY_KEY[AT_LEAST_ONCE]
             drained = recovery.measure(conn, outbox, sizes.recovery_events, jwt_secret, receiver.port, pipeline.worker)
             measure.reset(admin)
-    return latencies, anchors, drained
+    return Delivered(latencies, cron_gaps, anchors, drained)
 
 
-def print_delivery(
-    latencies: list[latency.Latencies], anchors: list[recovery.Anchor], drained: recovery.Recovery
-) -> None:
+def print_delivery(delivered: Delivered) -> None:
     print("First-attempt latency")
     print("---------------------")
-    print(latency.render(latencies, BASELINE, AT_LEAST_ONCE))
+    print(latency.render(delivered.latencies, BASELINE, AT_LEAST_ONCE))
+    print(latency.render_gaps(delivered.cron_gaps))
     print()
     print("Recovery throughput")
     print("-------------------")
-    print(recovery.render(drained, anchors))
+    print(recovery.render(delivered.recovery, delivered.anchors))
 
 
 def print_report(sizes: Sizes, results: Results) -> None:
@@ -317,7 +314,7 @@ def print_report(sizes: Sizes, results: Results) -> None:
     print("-----------")
     print(session_age.render(results.aged, sizes.age_transactions, sizes.age_rounds, sizes.age_inserts, AT_LEAST_ONCE))
     print()
-    print_delivery(results.latencies, results.anchors, results.recovery)
+    print_delivery(results.delivered)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 results = run(cluster, sizes)
         if args.delivery_only:
-            print_delivery(delivered.latencies, delivered.anchors, delivered.recovery)
+            print_delivery(delivered)
         else:
             print_report(sizes, results)
     except measure.BenchError as error:

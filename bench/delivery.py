@@ -8,10 +8,10 @@ stand-in verifying every token, and for at-least-once the reconciler's
 pg_cron job, scheduled by our own ScheduleProvider. The job's command is run
 as pg_cron 1.6 runs it on Supabase with the `1 seconds` schedule that
 `schedule: auto` picks there (`SupabaseCron`): the command rendered for
-`1 seconds`, started at every whole second in a new session unless the
-previous run is still going. The job itself (a minute schedule on the
-stand-in's pg_cron 1.4, whose own loop would run beside ours) is kept
-inactive meanwhile. Everything runs in this process, so the receiver's
+`1 seconds`, started in a new session one interval after the previous run
+started, or as soon as the previous run ends if it is still going then. The
+job itself (a minute schedule on the stand-in's pg_cron 1.4, whose own loop
+would run beside ours) is kept inactive meanwhile. Everything runs in this process, so the receiver's
 arrival times and the client's commit times are readings of one clock.
 """
 
@@ -181,28 +181,38 @@ SUPABASE_SCHEDULE = "1 seconds"
 
 
 class SupabaseCron(JobSessionThread):
-    """The reconciler's job as pg_cron 1.6 runs a `1 seconds` job: at every whole second, in a new
-    session as the job's role, unless the previous run has not ended (then at the first whole
-    second after it). `runs` counts the runs, `failures` their errors."""
+    """The reconciler's job as pg_cron 1.6 runs a `1 seconds` job (src/pg_cron.c, StartAllPendingRuns):
+    a run starts one interval after the previous run started, in a new session as the job's role; if
+    that run is still going then, the next one is queued once and starts as soon as it ends.
+    `runs` counts the runs, `failures` their errors, `gaps` the seconds from a run's end to the next
+    run's session."""
 
     thread_name = "bench-cron"
+    interval_seconds = 1.0
 
     def __init__(self, conninfo: str, command: str) -> None:
         super().__init__(conninfo)
         self._command = command
         self.runs = 0
+        self.gaps: list[float] = []
 
     def _run(self) -> None:
-        while not self._stopping.wait(1.0 - time.time() % 1.0):
+        due = time.monotonic()
+        ended: float | None = None
+        while not self._stopping.wait(max(0.0, due - time.monotonic())):
+            due = time.monotonic() + self.interval_seconds
             try:
                 with self._session("pg_cron") as conn:
                     if self._stopping.is_set():
                         return
+                    if ended is not None:
+                        self.gaps.append(time.monotonic() - ended)
                     conn.execute(self._command)
                     self.runs += 1
             except psycopg.Error as error:
                 self._failed(error)
             finally:
+                ended = time.monotonic()
                 self._release()
 
 

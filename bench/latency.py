@@ -166,3 +166,14 @@ def render(results: Sequence[Latencies], anchor: str, subject: str) -> str:
             f"{GOAL_MARGIN_SECONDS * 1000:.0f} ms; goal holds: {'yes' if goal.holds else 'no'}"
         )
     return "\n".join(lines)
+
+
+def render_gaps(gaps: Sequence[float]) -> str:
+    """How long nobody looked at the outbox between two reconciler runs (pg_cron's start of the next)."""
+    if len(gaps) < 2:
+        return f"reconciler runs: {len(gaps) + 1}"
+    cuts = statistics.quantiles(gaps, n=100, method="inclusive")
+    return (
+        f"between two reconciler runs (one's end to the next one's session), over {len(gaps)} gaps: "
+        f"p50 {cuts[49] * 1000:.1f} ms, p99 {cuts[98] * 1000:.1f} ms, max {max(gaps) * 1000:.1f} ms"
+    )

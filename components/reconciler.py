@@ -20,10 +20,10 @@ empties: an attempt from another epoch is lost, never matched.
 
 pg_cron runs `cron_command()`: a DO block that loops rounds with COMMIT in
 between (a procedure could not: SET search_path forbids transaction control,
-and the linter demands SET search_path) for almost the whole schedule
-interval, so first attempts reach pg_net's queue within about IDLE_SLEEP_SECONDS
-(plus, on a seconds schedule, the gap between two runs) even where pg_cron only
-schedules by the minute. pg_net itself then sends them in its next round.
+and the linter demands SET search_path) for the schedule's interval
+(`loop_seconds`), so first attempts reach pg_net's queue within about
+IDLE_SLEEP_SECONDS (plus, between two runs, the next run's session start) even
+where pg_cron only schedules by the minute. pg_net itself then sends them in its next round.
 """
 
 from __future__ import annotations
@@ -515,17 +515,21 @@ def sources_sha256(spec: ReconcilerSpec) -> str:
 
 
 _SECONDS = re.compile(r"^(\d+) seconds$")
-#: On an 'N seconds' schedule the loop stops this long before the next run is due, so that a run
-#: (its last round and idle sleep included) has ended when pg_cron starts the next one. Nobody
-#: looks at the outbox in that gap, plus the next run's start: the less, the sooner a first attempt.
-LOOP_MARGIN_SECONDS = 0.15
 
 
 def loop_seconds(schedule: str) -> float:
-    """How long one cron run keeps reconciling: almost until the next run is due."""
+    """How long one cron run keeps reconciling.
+
+    On an 'N seconds' schedule, the whole interval: pg_cron (1.5 and later, src/pg_cron.c,
+    StartAllPendingRuns) starts an interval job one interval after its last start, and while a run
+    is still going it queues the next one once and starts it as soon as that run ends. Runs that
+    last their interval therefore follow back to back, and nobody looks at the outbox only while
+    the next run opens its session. On a minute schedule, 59 s: pg_cron (1.4 too) queues a run for
+    every minute that passes, so a run ends within its minute lest runs pile up.
+    """
     match = _SECONDS.match(schedule)
     if match:
-        return max(0.0, int(match.group(1)) - LOOP_MARGIN_SECONDS)
+        return float(match.group(1))
     return 59.0
 
 
