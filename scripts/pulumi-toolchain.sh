@@ -11,7 +11,9 @@
 #
 # Results are cached per version under
 #   ${SECURE_WEBHOOKS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/secure-webhooks}/toolchain/
-# (delete a directory there to force a rebuild). Needs only go, bash and coreutils.
+# (delete a directory there to force a rebuild). The stamp in each directory records the
+# versions and a hash of the language host's sources: a changed host is rebuilt on its own,
+# reusing the rest. Needs only go, bash and coreutils.
 #
 # Notes:
 # - pulumi-language-python is built from scripts/toolchain/pulumi-language-python
@@ -19,8 +21,9 @@
 #   module proxy. The two Python scripts next to it come from the sdk/v3 module.
 # - pulumi-language-yaml runs Pulumi YAML programs (examples/yaml): `go install` of
 #   the pulumi-yaml module, which needs no replace directives.
-# - pulumi-resource-postgresql: if its Go module cannot be downloaded, the step is
-#   skipped with a warning and the bin directory lacks that plugin.
+# - pulumi-resource-postgresql: if its Go module cannot be downloaded (the proxy reachable
+#   here refuses it), the step is skipped with one note and the bin directory lacks that
+#   plugin; stacks with manageExtensions: false (the local ones) do not need it.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -77,8 +80,9 @@ case $postgresql_version in
 *) die "pulumi_postgresql==$postgresql_version: add its commit pseudo-versions to $0" ;;
 esac
 
-host_source="$here/toolchain/pulumi-language-python/main.go"
-host_hash=$(sha256sum "$host_source" | cut -c1-16)
+host_dir="$here/toolchain/pulumi-language-python"
+# every file of the host's source directory, by name and content
+host_hash=$(cd "$host_dir" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
 stamp_text="pulumi v$pulumi_version
 pulumi-language-python $host_hash
 pulumi-language-yaml $yaml_version
@@ -98,9 +102,18 @@ complete() {
 	for tool in "${tools[@]}"; do [[ -x $1/bin/$tool ]] || return 1; done
 }
 
+# only_host_differs DIR: DIR holds a finished build of these versions but another language host.
+only_host_differs() {
+	local tool
+	[[ -f $1/stamp ]] || return 1
+	[[ $(sed -n '1p;3p' "$1/stamp") == "$(sed -n '1p;3p' <<<"$stamp_text")" ]] || return 1
+	for tool in "${tools[@]}"; do [[ -x $1/bin/$tool ]] || return 1; done
+}
+
 finish() {
 	if [[ ! -x $dest/bin/pulumi-resource-postgresql ]]; then
-		say "warning: $dest/bin has no pulumi-resource-postgresql ($(tail -n 1 "$dest/stamp"))"
+		say "note: no pulumi-resource-postgresql plugin (the Go module proxy does not serve its module);" \
+			"stacks with manageExtensions: false, as the local ones, do not need it"
 	fi
 	say "ready: $dest/bin"
 	printf '%s\n' "$dest/bin"
@@ -120,6 +133,15 @@ if installed=$(command -v pulumi) && [[ $("$installed" version 2>/dev/null) == "
 fi
 
 if complete "$dest"; then finish; fi
+reuse=""
+if only_host_differs "$dest"; then reuse=yes; fi
+
+# publish: replace $dest by the finished build in $out (another run may have published the same).
+publish() {
+	rm -rf "$dest"
+	mv -T "$out" "$dest" || complete "$dest" || die "cannot move the build into $dest"
+	finish
+}
 
 # ---------------------------------------------------------------- go environment
 if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then PATH="/usr/local/go/bin:$PATH"; fi
@@ -136,14 +158,15 @@ out="$work/out"
 mkdir -p "$out/bin"
 go_flags=(-trimpath -tags osusergo,grpcnotrace)
 build=(go build "${go_flags[@]}")
-say "building pulumi v$pulumi_version, pulumi-language-yaml $yaml_version and pulumi-resource-postgresql $postgresql_version into $dest (go: $(go env GOVERSION), module cache: $(go env GOMODCACHE))"
+[[ -z $reuse ]] || say "the language host's sources changed: rebuilding it alone, the rest from $dest"
+[[ -n $reuse ]] || say "building pulumi v$pulumi_version, pulumi-language-yaml $yaml_version and pulumi-resource-postgresql $postgresql_version into $dest (go: $(go env GOVERSION), module cache: $(go env GOMODCACHE))"
 
 # ---------------------------------------------------------------- pulumi CLI + language host
 # A wrapper module requiring pkg/v3 and sdk/v3 at the same version. pkg's go.mod has
 # replace directives, which only apply in the main module: repeat the non-local ones.
 cli="$work/cli"
 mkdir -p "$cli/pulumi-language-python"
-cp "$host_source" "$cli/pulumi-language-python/main.go"
+cp -R "$host_dir/." "$cli/pulumi-language-python/"
 cat >"$cli/go.mod" <<EOF
 module local/pulumi-toolchain
 
@@ -159,6 +182,12 @@ run "download pulumi modules" go mod download github.com/pulumi/pulumi/pkg/v3 gi
 grep -E '^replace [^ ]+ => [^./]' "$(go list -m -f '{{.GoMod}}' github.com/pulumi/pulumi/pkg/v3)" >>"$cli/go.mod" || true
 
 cli_ldflags="-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v$pulumi_version"
+if [[ -n $reuse ]]; then
+	cp -a "$dest/bin/." "$out/bin/"
+	run "build pulumi-language-python" "${build[@]}" -ldflags "$cli_ldflags" -o "$out/bin/pulumi-language-python" ./pulumi-language-python
+	printf '%s\n' "$(head -n 3 <<<"$stamp_text")" "$(tail -n 1 "$dest/stamp")" >"$out/stamp"
+	publish
+fi
 run "build pulumi" "${build[@]}" -ldflags "$cli_ldflags" -o "$out/bin/pulumi" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi
 run "build pulumi-language-python" "${build[@]}" -ldflags "$cli_ldflags" -o "$out/bin/pulumi-language-python" ./pulumi-language-python
 
@@ -190,8 +219,9 @@ EOF
 	cd "$pg"
 	say "step 'download pulumi-resource-postgresql module'"
 	if ! go mod download github.com/pulumi/pulumi-postgresql/provider/v3 >"$logs/download-postgresql.log" 2>&1; then
-		sed 's/^/    /' "$logs/download-postgresql.log" >&2
-		say "warning: cannot download the provider module; continuing without pulumi-resource-postgresql"
+		# The proxy answers 403 for this module; go's own words stay in the log.
+		say "note: the Go module proxy does not serve the pulumi-resource-postgresql module" \
+			"($logs/download-postgresql.log); building without that plugin"
 		postgresql_state="unavailable (module download refused, see $logs/download-postgresql.log)"
 		return
 	fi
@@ -222,6 +252,4 @@ build_postgresql
 
 # ---------------------------------------------------------------- publish
 printf '%s\n' "$(head -n 3 <<<"$stamp_text")" "pulumi-resource-postgresql $postgresql_state" >"$out/stamp"
-rm -rf "$dest"
-mv -T "$out" "$dest" || complete "$dest" || die "cannot move the build into $dest"
-finish
+publish

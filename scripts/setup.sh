@@ -1,13 +1,40 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh Debian machine, idempotently:
 # PostgreSQL 15 with pg_cron and what the local Supabase stand-in's C libraries are built with
-# (a C compiler, libsodium, libcurl), the Python virtualenv from requirements.txt, the stand-in
-# extensions, and the Pulumi engine (built from Go modules when no matching `pulumi`
-# is installed). Prints the Pulumi bin directory as its last stdout line.
+# (a C compiler, libsodium, libcurl), the Python virtualenv venv/ from requirements-dev.txt (the
+# program's requirements.txt, this repository's package included, plus test and lint tools), the
+# stand-in extensions, and the Pulumi engine (built from Go modules when no matching `pulumi` is
+# installed).
+#
+# stdout: one line, the Pulumi bin directory (scripts/test.sh reads it).
+# stderr: one line per step with the elapsed seconds. The tools' own output (apt, pip, the C compiler,
+#         go) goes to .local/setup.log (SECURE_WEBHOOKS_SETUP_LOG overrides it); on a failure its
+#         path and last lines are shown.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 started=$SECONDS
+log=${SECURE_WEBHOOKS_SETUP_LOG:-$PWD/.local/setup.log}
+mkdir -p "$(dirname "$log")"
+printf '== scripts/setup.sh %s\n' "$(date -u +%FT%TZ)" >"$log"
+
 say() { printf 'setup: [%4ds] %s\n' "$((SECONDS - started))" "$*" >&2; }
+
+# fail MESSAGE: say what failed, where the full output is and its last lines, then exit.
+fail() {
+	say "error: $*"
+	printf 'setup: the tools'"'"' output is in %s; its last lines:\n' "$log" >&2
+	tail -n 20 "$log" | sed 's/^/    /' >&2
+	exit 1
+}
+
+# step TITLE COMMAND...: one progress line, the command's output appended to the log.
+step() {
+	local title=$1
+	shift
+	say "$title"
+	printf '\n== %s: %s\n' "$title" "$*" >>"$log"
+	"$@" >>"$log" 2>&1 || fail "$title"
+}
 
 missing=()
 [[ -x /usr/lib/postgresql/15/bin/initdb ]] || missing+=(postgresql-15)
@@ -16,26 +43,34 @@ command -v cc >/dev/null || missing+=(gcc)
 [[ -e /usr/lib/x86_64-linux-gnu/libsodium.so.23 ]] || missing+=(libsodium23)
 [[ -e /usr/lib/x86_64-linux-gnu/libcurl.so.4 ]] || missing+=(libcurl4)
 if ((${#missing[@]})); then
-	say "installing from Debian: ${missing[*]}"
 	if [[ $(id -u) -ne 0 ]]; then
 		say "error: missing ${missing[*]}; run 'sudo apt-get install -y ${missing[*]}' (root needed)"
 		exit 1
 	fi
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2 ||
-		{ apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2; }
+	apt_install() {
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" ||
+			{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"; }
+	}
+	step "installing from Debian: ${missing[*]}" apt_install
 fi
 
 if [[ ! -x venv/bin/python ]]; then
-	say "creating the virtualenv (venv/)"
-	python3 -m venv venv
+	step "creating the virtualenv (venv/)" python3 -m venv venv
 fi
-say "installing Python packages from requirements.txt"
-venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt >&2
-say "installing this repository's package (secure_webhooks, editable: components/ is its source)"
-venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . >&2
+# pip runs again only when what it installs from changed (or the virtualenv is new): an up-to-date
+# run would still rebuild the editable package from PyPI's setuptools on every call.
+stamp=venv/.secure-webhooks-requirements
+wanted=$(cat requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -c1-16)
+if [[ $(cat "$stamp" 2>/dev/null) != "$wanted" ]]; then
+	step "installing Python packages from requirements-dev.txt (includes requirements.txt)" \
+		venv/bin/python -m pip install --disable-pip-version-check --progress-bar off -r requirements-dev.txt
+	printf '%s\n' "$wanted" >"$stamp"
+else
+	say "Python packages are up to date (requirements.txt, requirements-dev.txt)"
+fi
 
-say "local Supabase stand-in extensions (the first run compiles their C libraries)"
-venv/bin/python -m local_supabase install
+step "local Supabase stand-in extensions (the first run compiles their C libraries)" \
+	venv/bin/python -m local_supabase install
 
 # The Rust verifier (verifiers/rust) needs Rust >= 1.85 (rust-version in its Cargo.toml); Debian's own
 # cargo is older, so it is not installed from there.
@@ -44,6 +79,8 @@ if ! command -v cargo >/dev/null; then
 	exit 1
 fi
 
-say "Pulumi engine"
-scripts/pulumi-toolchain.sh
+# The toolchain script prints its own timed steps (each step's output in a log of its own, named on failure).
+say "Pulumi engine (scripts/pulumi-toolchain.sh)"
+bin_dir=$(scripts/pulumi-toolchain.sh) || { say "error: the Pulumi engine build failed (see above)"; exit 1; }
 say "done"
+printf '%s\n' "$bin_dir"
