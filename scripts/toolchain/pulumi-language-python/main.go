@@ -9,12 +9,18 @@
 // `virtualenv` option in Pulumi.yaml (or PULUMI_PYTHON_CMD / python3).
 // It also runs source-based plugin packages (a PulumiPlugin.yaml with
 // `runtime: python`, e.g. plugin/ in this repository): RunPlugin starts the
-// plugin's __main__.py with the same interpreter resolution. Dependencies are
-// not installed from here: plugin/ runs in the repository's virtualenv, which
-// scripts/setup.sh fills, so InstallDependencies (`pulumi install`) only checks
-// that the configured virtualenv exists. Plugin requirements are not reported
-// ahead of time: the engine loads each provider plugin when the program first
-// uses it.
+// plugin's __main__.py with the same interpreter resolution.
+//
+// InstallDependencies (`pulumi install`) does what upstream's host does for a pip
+// program with a `virtualenv` option: it creates the virtualenv when it is
+// missing (`python3 -m venv`) and runs `pip install -r requirements.txt` in the
+// project's root directory, streaming both commands' output to the engine. It
+// leaves pip, setuptools and wheel as the virtualenv has them (upstream upgrades
+// them from the package index on every install). `pulumi preview/up` create and
+// fill a missing or empty virtualenv the same way before running the program.
+// uv and poetry programs are handed to the sdk's toolchain as upstream does.
+// Plugin requirements are not reported ahead of time: the engine loads each
+// provider plugin when the program first uses it.
 package main
 
 import (
@@ -27,6 +33,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -115,12 +122,21 @@ func (h *host) GetRequiredPackages(
 
 // python resolves the interpreter from the project's runtime options.
 func python(info *pulumirpc.ProgramInfo) (toolchain.Toolchain, error) {
+	opts, err := pythonOptions(info)
+	if err != nil {
+		return nil, err
+	}
+	return toolchain.ResolveToolchain(opts)
+}
+
+// pythonOptions reads the `virtualenv` and `toolchain` runtime options of Pulumi.yaml.
+func pythonOptions(info *pulumirpc.ProgramInfo) (toolchain.PythonOptions, error) {
 	opts := toolchain.PythonOptions{Root: info.GetRootDirectory(), ProgramDir: info.GetProgramDirectory()}
 	options := info.GetOptions().AsMap()
 	if v, ok := options["virtualenv"]; ok {
 		s, ok := v.(string)
 		if !ok {
-			return nil, errors.New("virtualenv option must be a string")
+			return opts, errors.New("virtualenv option must be a string")
 		}
 		opts.Virtualenv = s
 	}
@@ -133,15 +149,105 @@ func python(info *pulumirpc.ProgramInfo) (toolchain.Toolchain, error) {
 		case "poetry":
 			opts.Toolchain = toolchain.Poetry
 		default:
-			return nil, fmt.Errorf("unsupported toolchain option: %v", v)
+			return opts, fmt.Errorf("unsupported toolchain option: %v", v)
 		}
 	}
-	return toolchain.ResolveToolchain(opts)
+	return opts, nil
+}
+
+// usesPip: the program's dependencies are pip's (the `toolchain: pip` option, or no option and no
+// uv.lock or poetry.lock, which is how ResolveToolchain decides).
+func usesPip(opts toolchain.PythonOptions) bool {
+	if opts.Toolchain == toolchain.Pip {
+		return true
+	}
+	if opts.Toolchain != toolchain.Auto {
+		return false
+	}
+	for dir := opts.ProgramDir; ; dir = filepath.Dir(dir) {
+		for _, lock := range []string{"uv.lock", "poetry.lock"} {
+			if _, err := os.Stat(filepath.Join(dir, lock)); err == nil {
+				return false
+			}
+		}
+		if filepath.Dir(dir) == dir {
+			return true
+		}
+	}
+}
+
+// projectRoot is where requirements.txt and the virtualenv option are resolved from.
+func projectRoot(info *pulumirpc.ProgramInfo) string {
+	if root := info.GetRootDirectory(); root != "" {
+		return root
+	}
+	return info.GetProgramDirectory()
+}
+
+// installWithPip is `pulumi install` for a pip program: create the virtualenv if it is missing or
+// empty, then `python -m pip install -r requirements.txt` (when the file exists) in the root directory,
+// both commands' output on stdout and stderr as they print it.
+func installWithPip(ctx context.Context, info *pulumirpc.ProgramInfo, tc toolchain.Toolchain, stdout, stderr io.Writer) error {
+	root := projectRoot(info)
+	venv, err := tc.VirtualEnvPath(ctx)
+	if err != nil {
+		return err
+	}
+	if venv != "" && !toolchain.IsVirtualEnv(venv) {
+		if stat, err := os.Stat(venv); err == nil && !stat.IsDir() {
+			return fmt.Errorf("the 'virtualenv' option in Pulumi.yaml is set to %q, which is not a directory", venv)
+		}
+		fmt.Fprintf(stdout, "Creating virtual environment %s...\n", venv)
+		create, err := toolchain.Command(ctx, "-m", "venv", venv) // python3, or PULUMI_PYTHON_CMD
+		if err != nil {
+			return err
+		}
+		create.Dir, create.Stdout, create.Stderr = root, stdout, stderr
+		if err := create.Run(); err != nil {
+			return fmt.Errorf("creating the virtual environment via '%s': %w", strings.Join(create.Args, " "), err)
+		}
+		fmt.Fprintln(stdout, "Finished creating virtual environment")
+	}
+	if _, err := os.Stat(filepath.Join(root, "requirements.txt")); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	fmt.Fprintln(stdout, "Installing dependencies in virtual environment...")
+	// pip resolves the relative paths in requirements.txt (such as `-e .`) from its working directory.
+	pip, err := tc.ModuleCommand(ctx, "pip", "install", "-r", "requirements.txt")
+	if err != nil {
+		return err
+	}
+	pip.Dir, pip.Stdout, pip.Stderr = root, stdout, stderr
+	if err := pip.Run(); err != nil {
+		return fmt.Errorf("installing dependencies via '%s': %w", strings.Join(pip.Args, " "), err)
+	}
+	fmt.Fprintln(stdout, "Finished installing dependencies")
+	return nil
+}
+
+// ensureVenv fills a pip program's missing or empty virtualenv before the program runs, as upstream's
+// host does on a first `pulumi preview` or `up`; any other virtualenv is left as it is.
+func ensureVenv(ctx context.Context, info *pulumirpc.ProgramInfo, tc toolchain.Toolchain) error {
+	opts, err := pythonOptions(info)
+	if err != nil || opts.Virtualenv == "" || !usesPip(opts) {
+		return err
+	}
+	venv, err := tc.VirtualEnvPath(ctx)
+	if err != nil || toolchain.IsVirtualEnv(venv) {
+		return err
+	}
+	if entries, err := os.ReadDir(venv); err == nil && len(entries) > 0 {
+		return nil // not a virtualenv, but not ours to fill: ValidateVenv says so
+	}
+	return installWithPip(ctx, info, tc, os.Stdout, os.Stderr)
 }
 
 func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.RunResponse, error) {
 	tc, err := python(req.GetInfo())
 	if err != nil {
+		return nil, err
+	}
+	if err := ensureVenv(ctx, req.GetInfo(), tc); err != nil {
 		return nil, err
 	}
 	if err := tc.ValidateVenv(ctx); err != nil {
@@ -209,20 +315,35 @@ func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.R
 	}
 }
 
-// InstallDependencies checks the virtualenv instead of populating it: scripts/setup.sh installs
-// what plugin/ needs into the repository's virtualenv (upstream's host would also upgrade pip,
-// setuptools and wheel in it from the package index on every install).
+// InstallDependencies is `pulumi install`: for a pip program, the virtualenv (created if missing)
+// and requirements.txt (installWithPip); uv and poetry programs through the sdk's toolchain, as upstream.
+// The output streams to the engine, which shows it.
 func (h *host) InstallDependencies(
 	req *pulumirpc.InstallDependenciesRequest, server pulumirpc.LanguageRuntime_InstallDependenciesServer,
 ) error {
-	tc, err := python(req.GetInfo())
+	ctx := server.Context()
+	opts, err := pythonOptions(req.GetInfo())
 	if err != nil {
 		return err
 	}
-	if err := tc.ValidateVenv(server.Context()); err != nil {
-		return fmt.Errorf("%w (scripts/setup.sh installs this repository's virtualenv)", err)
+	tc, err := toolchain.ResolveToolchain(opts)
+	if err != nil {
+		return err
 	}
-	return nil
+	closer, stdout, stderr, err := rpcutil.MakeInstallDependenciesStreams(server, req.GetIsTerminal())
+	if err != nil {
+		return err
+	}
+	defer closer.Close()
+	if usesPip(opts) {
+		err = installWithPip(ctx, req.GetInfo(), tc, stdout, stderr)
+	} else {
+		err = tc.InstallDependencies(ctx, projectRoot(req.GetInfo()), req.GetUseLanguageVersionTools(), true, stdout, stderr)
+	}
+	if err != nil {
+		return err
+	}
+	return closer.Close()
 }
 
 // RunPlugin runs a source-based plugin: `python <plugin directory> <engine args>`, which executes
