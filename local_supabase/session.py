@@ -121,6 +121,13 @@ def background_pid(paths: SessionPaths) -> int | None:
     return pid if _ours(pid, paths) else None
 
 
+def _cluster(paths: SessionPaths) -> LocalSupabase:
+    try:
+        return LocalSupabase.from_state(paths.root)
+    except (OSError, ValueError, KeyError) as error:
+        raise SessionError(f"{paths.show(STATE_FILE_NAME)} is unreadable ({error!r}): remove it by hand") from None
+
+
 def _log_tail(paths: SessionPaths, lines: int = 15) -> str:
     try:
         return "\n".join(paths[LOG_FILE].read_text(errors="replace").splitlines()[-lines:])
@@ -206,7 +213,6 @@ def _spawn_background(paths: SessionPaths, receiver_port: int | None) -> subproc
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    paths[PID_FILE].write_text(f"{process.pid}\n", encoding="utf-8")
     return process
 
 
@@ -318,6 +324,7 @@ def serve(state_dir: Path, receiver_port: int | None) -> int:
     stopping = threading.Event()
     for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signal_number, lambda *_: stopping.set())
+    paths[PID_FILE].write_text(f"{os.getpid()}\n", encoding="utf-8")
     status: dict[str, Any] = {"pid": os.getpid(), "state": "starting", "job": JOB_NAME}
     _write_status(paths, status)
     with ExitStack() as running:
@@ -389,7 +396,7 @@ def status_report(state_dir: Path) -> tuple[str, bool]:
     paths = SessionPaths.of(state_dir)
     if not paths[STATE_FILE_NAME].exists():
         return f"no local Supabase in {paths.shown} (start one with `python -m local_supabase start`)", False
-    cluster = LocalSupabase.from_state(paths.root)
+    cluster = _cluster(paths)
     lines = [f"database:        {_uri(cluster.host, cluster.port)}  (password in {paths.show(PASSWORD_FILE)})"]
     job: tuple[bool, str] | None = None
     try:
@@ -437,7 +444,7 @@ def stop(state_dir: Path) -> str:
     elif paths[PID_FILE].exists():
         notes.append(f"the background process had already exited; its log ended with:\n{_log_tail(paths)}")
     if paths[STATE_FILE_NAME].exists():
-        cluster = LocalSupabase.from_state(paths.root)
+        cluster = _cluster(paths)
         try:
             cluster.stop()
         except ClusterError as error:
@@ -472,7 +479,7 @@ def run_sql(state_dir: Path, statements: str, role: str) -> str:
     paths = SessionPaths.of(state_dir)
     if not paths[STATE_FILE_NAME].exists():
         raise SessionError(f"no local Supabase in {paths.shown}")
-    cluster = LocalSupabase.from_state(paths.root)
+    cluster = _cluster(paths)
     try:
         conninfo = cluster.dsn(role)
     except KeyError as error:
