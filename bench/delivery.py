@@ -33,9 +33,9 @@ from local_supabase.cluster import LocalSupabase
 from local_supabase.cron_runner import JobSessionThread
 from local_supabase.orchestrator import Delivery, WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
-from secure_webhooks.database import ConnectionSettings, Database
-from secure_webhooks.reconciler import JOB_NAME, cron_command
-from secure_webhooks.schedule_provider import ScheduleProvider
+from secure_webhooks.delivery.reconciler import JOB_NAME, cron_command
+from secure_webhooks.delivery.schedule_provider import ScheduleProvider
+from secure_webhooks.postgres.database import ConnectionSettings, Database
 
 #: Where the re-pointed triggers post (any path: the receiver accepts every one).
 PATH = "/ingest/bench"

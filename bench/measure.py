@@ -24,8 +24,8 @@ from psycopg import sql
 
 from bench.variants import TRIGGER_NAME, VARIANTS, VARIANTS_BY_KEY, Variant
 from local_supabase.cluster import LocalSupabase
-from secure_webhooks.outbox import ATTEMPTS, EVENTS, SCHEMA
-from secure_webhooks.settings import DEFAULT_CLAIMS
+from secure_webhooks.configuration.settings import DEFAULT_CLAIMS
+from secure_webhooks.delivery.outbox import ATTEMPTS, EVENTS, SCHEMA
 from webhook_verifier import VerificationError, Verifier
 
 PGBENCH = Path(os.environ.get("PGBENCH", "/usr/lib/postgresql/15/bin/pgbench"))

@@ -6,7 +6,7 @@ expression afresh per transaction, and pgjwt's SQL `sign` is planned again.
 Here each piece runs in a procedure that COMMITs after every iteration, so
 each iteration is its own transaction, with no client round trip; an empty
 loop's cost is subtracted. The pieces are our function's own statements
-(`secure_webhooks.trigger_function.read_secret` / `authorize` / `token_joins`), so
+(`secure_webhooks.signing.trigger_function.read_secret` / `authorize` / `token_joins`), so
 the figures cannot drift from the SQL we ship.
 
 Every run (piece, round, column) gets a new session: pg_net's `net.wake()`
@@ -31,7 +31,7 @@ from psycopg import sql
 from bench.measure import APP_ROLE, insert_many, insert_one
 from bench.variants import DIRECT, SECRET_NAME, TRIGGER_NAME, UNBOUND, VARIANTS_BY_KEY, Variant
 from local_supabase.cluster import LocalSupabase
-from secure_webhooks.trigger_function import (
+from secure_webhooks.signing.trigger_function import (
     DECLARATIONS,
     FunctionSpec,
     authorize,

@@ -37,7 +37,7 @@ from bench.delivery import TimedReceiver
 from bench.measure import BenchError, insert_many
 from bench.variants import Variant
 from local_supabase.pg_net_worker import PgNetWorker
-from secure_webhooks.trigger_function import FunctionSpec
+from secure_webhooks.signing.trigger_function import FunctionSpec
 
 #: Generous for 10,000 events on a loaded 2-core machine, at 200 a round about a second apart.
 TIMEOUT_SECONDS = 600.0

@@ -19,13 +19,14 @@ import psycopg
 from psycopg import sql
 
 from local_supabase.bootstrap import create_demo_tables
-from secure_webhooks import function_provider, trigger_provider
-from secure_webhooks.delivery_settings import DeliverySettings
-from secure_webhooks.outbox import script_sha256
-from secure_webhooks.outbox_provider import OutboxProvider
-from secure_webhooks.reconciler import ReconcilerSpec
-from secure_webhooks.reconciler_provider import ReconcilerProvider, reconciler_props
-from secure_webhooks.trigger_function import FunctionSpec
+from secure_webhooks.configuration.delivery_settings import DeliverySettings
+from secure_webhooks.delivery.outbox import script_sha256
+from secure_webhooks.delivery.outbox_provider import OutboxProvider
+from secure_webhooks.delivery.reconciler import ReconcilerSpec
+from secure_webhooks.delivery.reconciler_provider import ReconcilerProvider, reconciler_props
+from secure_webhooks.installation import trigger_provider
+from secure_webhooks.signing import function_provider
+from secure_webhooks.signing.trigger_function import FunctionSpec
 
 #: Nothing listens there; the pg_net worker does not run while we measure cost anyway.
 #: The delivery measurements re-point the triggers at a receiver (`Variant.install` with its URL).

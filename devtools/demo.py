@@ -27,7 +27,7 @@ from local_supabase.cluster import LocalSupabase
 from local_supabase.cron_runner import CronJobRunner
 from local_supabase.orchestrator import WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
-from secure_webhooks.reconciler import JOB_NAME
+from secure_webhooks.delivery.reconciler import JOB_NAME
 
 STACK = "local"
 STATE_DIR = REPO / ".pulumi-local"

@@ -12,9 +12,9 @@ from providers import configured, function_props, trigger_props, unique
 from local_supabase.bootstrap import create_demo_tables
 from local_supabase.cluster import LocalSupabase
 from local_supabase.scripted_server import Received
-from secure_webhooks.function_provider import SecureFunctionProvider
-from secure_webhooks.trigger_function import FunctionSpec
-from secure_webhooks.trigger_provider import WebhookTriggerProvider
+from secure_webhooks.installation.trigger_provider import WebhookTriggerProvider
+from secure_webhooks.signing.function_provider import SecureFunctionProvider
+from secure_webhooks.signing.trigger_function import FunctionSpec
 
 PATH = "/ingest/interns/individual"
 

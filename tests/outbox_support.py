@@ -17,14 +17,14 @@ from local_supabase.bootstrap import create_demo_tables
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import Delivery
 from local_supabase.pg_net_worker import PgNetWorker
-from secure_webhooks.delivery_settings import DeliverySettings
-from secure_webhooks.function_provider import SecureFunctionProvider
-from secure_webhooks.outbox import script_sha256
-from secure_webhooks.outbox_provider import OutboxProvider
-from secure_webhooks.reconciler import ReconcilerSpec, Route
-from secure_webhooks.reconciler_provider import ReconcilerProvider, reconciler_props
-from secure_webhooks.trigger_function import FunctionSpec
-from secure_webhooks.trigger_provider import WebhookTriggerProvider
+from secure_webhooks.configuration.delivery_settings import DeliverySettings
+from secure_webhooks.delivery.outbox import script_sha256
+from secure_webhooks.delivery.outbox_provider import OutboxProvider
+from secure_webhooks.delivery.reconciler import ReconcilerSpec, Route
+from secure_webhooks.delivery.reconciler_provider import ReconcilerProvider, reconciler_props
+from secure_webhooks.installation.trigger_provider import WebhookTriggerProvider
+from secure_webhooks.signing.function_provider import SecureFunctionProvider
+from secure_webhooks.signing.trigger_function import FunctionSpec
 
 #: Fast retries for tests: 1 s, 2 s, 4 s, ... capped at 5 s, no jitter, 6 attempts.
 TEST_DELIVERY = DeliverySettings(

@@ -9,12 +9,12 @@ from pulumi.dynamic import ConfigureRequest
 from pulumi.dynamic.config import Config
 
 from local_supabase.cluster import LocalSupabase
-from secure_webhooks.database import DatabaseProvider
-from secure_webhooks.function_provider import function_props as props_for_function
-from secure_webhooks.installation_provider import installation_props as props_for_installation
-from secure_webhooks.preflight import preflight_props
-from secure_webhooks.trigger_function import FunctionSpec
-from secure_webhooks.trigger_provider import trigger_props as props_for_trigger
+from secure_webhooks.installation.installation_provider import installation_props as props_for_installation
+from secure_webhooks.installation.preflight import preflight_props
+from secure_webhooks.installation.trigger_provider import trigger_props as props_for_trigger
+from secure_webhooks.postgres.database import DatabaseProvider
+from secure_webhooks.signing.function_provider import function_props as props_for_function
+from secure_webhooks.signing.trigger_function import FunctionSpec
 
 OWNER = "secure-webhooks/test"
 

@@ -17,9 +17,9 @@ from psycopg import sql
 from test_providers import FUNCTION_FACTS, SEED_FUNCTION, trigger_def
 
 from local_supabase.bootstrap import LEGACY_WEBHOOK_HEADERS
-from secure_webhooks import adoption
-from secure_webhooks.trigger_function import FunctionSpec
-from secure_webhooks.vault_secret_provider import VaultSecretProvider
+from secure_webhooks.installation import adoption
+from secure_webhooks.signing.trigger_function import FunctionSpec
+from secure_webhooks.signing.vault_secret_provider import VaultSecretProvider
 
 URL = "http://127.0.0.1:9/ingest/a"
 LEGACY = "orchestrator-ingest-interns-individual"

@@ -14,12 +14,12 @@ from google.protobuf import struct_pb2
 from providers import OWNER, as_stored
 from pulumi.runtime import rpc
 
-from secure_webhooks.delivery_settings import DeliverySettings
-from secure_webhooks.function_provider import SecureFunctionProvider, desired_state, function_props, spec_from
-from secure_webhooks.reconciler import ReconcilerSpec, function_sources, sources_sha256
-from secure_webhooks.reconciler_provider import reconciler_props, reconciler_spec_from
-from secure_webhooks.settings import ConfigError, parse_settings
-from secure_webhooks.trigger_function import FunctionSpec, body_sha256, render_body
+from secure_webhooks.configuration.delivery_settings import DeliverySettings
+from secure_webhooks.configuration.settings import ConfigError, parse_settings
+from secure_webhooks.delivery.reconciler import ReconcilerSpec, function_sources, sources_sha256
+from secure_webhooks.delivery.reconciler_provider import reconciler_props, reconciler_spec_from
+from secure_webhooks.signing.function_provider import SecureFunctionProvider, desired_state, function_props, spec_from
+from secure_webhooks.signing.trigger_function import FunctionSpec, body_sha256, render_body
 
 CLAIMS = {
     "org_id": 42,

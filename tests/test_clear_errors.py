@@ -21,11 +21,11 @@ from dynamic_grpc import DynamicProviderServer, ProviderCallError, secret
 from providers import OWNER, configured, function_props, stack_config, trigger_props, unique
 from psycopg import sql
 
-from secure_webhooks.database import LOCK_TIMEOUT, DatabaseError
-from secure_webhooks.function_provider import SecureFunctionProvider
-from secure_webhooks.trigger_function import FunctionSpec
-from secure_webhooks.trigger_provider import WebhookTriggerProvider
-from secure_webhooks.vault_secret_provider import VaultSecretProvider
+from secure_webhooks.installation.trigger_provider import WebhookTriggerProvider
+from secure_webhooks.postgres.database import LOCK_TIMEOUT, DatabaseError
+from secure_webhooks.signing.function_provider import SecureFunctionProvider
+from secure_webhooks.signing.trigger_function import FunctionSpec
+from secure_webhooks.signing.vault_secret_provider import VaultSecretProvider
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "secure-webhooks"
@@ -73,7 +73,7 @@ def test_refused_connection_is_a_check_failure_naming_host_port_and_database(sup
         with pytest.raises(ProviderCallError) as raised:
             server.create("urn:pulumi:test::secure-webhooks::pulumi-python:dynamic::x", props)
         (line,) = raised.value.details.strip().splitlines()  # one line: no traceback above it
-        assert line.startswith("secure_webhooks.database.DatabaseError: ")
+        assert line.startswith("secure_webhooks.postgres.database.DatabaseError: ")
         assert_clear(line, "cannot connect to PostgreSQL", f"127.0.0.1:{port}/postgres", password=password)
     assert not [line for line in server.logs if password in line or JWT_SECRET in line]
 

@@ -20,14 +20,14 @@ from test_claims_wire import over_the_wire
 
 from local_supabase.bootstrap import create_demo_tables
 from local_supabase.orchestrator import WebhookReceiver
-from secure_webhooks.function_provider import SecureFunctionProvider
-from secure_webhooks.outbox import script_sha256
-from secure_webhooks.outbox_provider import OutboxProvider
-from secure_webhooks.reconciler import ReconcilerSpec
-from secure_webhooks.reconciler_provider import ReconcilerProvider, reconciler_props
-from secure_webhooks.settings import DEFAULT_CLAIMS, DEFAULT_WEBHOOKS, check_webhooks
-from secure_webhooks.trigger_function import FunctionSpec, sign_statement
-from secure_webhooks.trigger_provider import WebhookTriggerProvider
+from secure_webhooks.configuration.settings import DEFAULT_CLAIMS, DEFAULT_WEBHOOKS, check_webhooks
+from secure_webhooks.delivery.outbox import script_sha256
+from secure_webhooks.delivery.outbox_provider import OutboxProvider
+from secure_webhooks.delivery.reconciler import ReconcilerSpec
+from secure_webhooks.delivery.reconciler_provider import ReconcilerProvider, reconciler_props
+from secure_webhooks.installation.trigger_provider import WebhookTriggerProvider
+from secure_webhooks.signing.function_provider import SecureFunctionProvider
+from secure_webhooks.signing.trigger_function import FunctionSpec, sign_statement
 
 TTL = 600
 

@@ -37,8 +37,8 @@ from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
 from local_supabase.scripted_server import ScriptedServer
-from secure_webhooks.reconciler import Route
-from secure_webhooks.urls import UrlPolicyError, check_base_url
+from secure_webhooks.configuration.urls import UrlPolicyError, check_base_url
+from secure_webhooks.delivery.reconciler import Route
 
 SECRET = "integrity-test-signing-secret-" + "0123456789abcdef" * 2
 RESUMES_PATH = "/ingest/interns/individual"

@@ -20,7 +20,7 @@ from test_engine_instances import everything, in_another_backend
 
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
 from local_supabase.scripted_server import ScriptedServer
-from secure_webhooks.settings import DEFAULT_WEBHOOKS
+from secure_webhooks.configuration.settings import DEFAULT_WEBHOOKS
 
 FAST_RETRIES = {"retryInitialSeconds": 1, "retryMultiplier": 1, "retryJitter": 0, "maxAttempts": 100}
 RESUMES, ZIPS = DEFAULT_WEBHOOKS

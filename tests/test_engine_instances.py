@@ -19,7 +19,7 @@ from engine_support import PASSPHRASE, Engine
 from test_engine_stacks import database_objects, failure_output, insert, managed_resources
 
 from devtools.pulumi_cli import REPO, Workspace, copy_project
-from secure_webhooks.installation_provider import SCHEMA as CLAIMS_SCHEMA
+from secure_webhooks.installation.installation_provider import SCHEMA as CLAIMS_SCHEMA
 
 
 def in_another_backend(engine: Engine, root: Path) -> Engine:

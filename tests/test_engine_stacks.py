@@ -22,7 +22,7 @@ from engine_support import JWT_SECRET, PASSPHRASE
 from devtools.pulumi_cli import REPO, Stack, Workspace
 from local_supabase.bootstrap import create_demo_tables, install_legacy_webhooks
 from local_supabase.cluster import LocalSupabase
-from secure_webhooks.settings import DEFAULT_WEBHOOKS
+from secure_webhooks.configuration.settings import DEFAULT_WEBHOOKS
 
 FUNCTION = "public.notify_orchestrator_secure()"
 NGROK_URL = "https://heliochromic-isenthalpic-aidyn.ngrok-free.dev"
@@ -256,7 +256,7 @@ def test_stack_created_by_older_providers_previews_refreshes_updates_and_destroy
 
     A dynamic provider is pickled into the state by reference to its module
     (`components.trigger_provider.WebhookTriggerProvider` then,
-    `secure_webhooks.trigger_provider...` now), so after an upgrade
+    `secure_webhooks.installation.trigger_provider...` now), so after an upgrade
     every operation, including `refresh` and `destroy` of resources created
     earlier, runs the *current* code against what the old code recorded. The
     old stack adopted the legacy webhooks; the new code must still give them
@@ -265,8 +265,9 @@ def test_stack_created_by_older_providers_previews_refreshes_updates_and_destroy
     old_project = checkout_project(OLD_COMMIT, tmp_path / "old-project")
     changed = [
         name
-        for name in ("function_provider.py", "trigger_provider.py")
-        if (old_project / "components" / name).read_text() != (REPO / "components" / name).read_text()
+        for name in ("signing/function_provider.py", "installation/trigger_provider.py")
+        if (old_project / "components" / Path(name).name).read_text()
+        != (REPO / "components" / "secure_webhooks" / name).read_text()
     ]
     assert changed, f"{OLD_COMMIT}'s providers equal today's; the test would prove nothing"
     old_engine = dataclasses.replace(

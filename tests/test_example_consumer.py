@@ -23,7 +23,7 @@ from engine_support import JWT_SECRET
 from package_support import build_wheel, fresh_tree
 
 from devtools.pulumi_cli import REPO
-from secure_webhooks.reconciler import JOB_NAME
+from secure_webhooks.delivery.reconciler import JOB_NAME
 
 PROJECT = "platform-supabase"
 ROLE = "webhook_monitor"

@@ -16,10 +16,10 @@ import pytest
 from providers import OWNER, configured, function_props, installation_props, unique
 from psycopg import sql
 
-from secure_webhooks.function_provider import SecureFunctionProvider
-from secure_webhooks.installation_provider import SCHEMA, TABLE, InstallationProvider
-from secure_webhooks.ownership import OwnershipError
-from secure_webhooks.trigger_function import FunctionSpec
+from secure_webhooks.installation.installation_provider import SCHEMA, TABLE, InstallationProvider
+from secure_webhooks.installation.ownership import OwnershipError
+from secure_webhooks.signing.function_provider import SecureFunctionProvider
+from secure_webhooks.signing.trigger_function import FunctionSpec
 
 CLAIMS = f"SELECT function, owner, instance::text FROM {SCHEMA}.{TABLE} ORDER BY 1"
 

@@ -18,9 +18,9 @@ from providers import OWNER, configured
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
-from secure_webhooks.outbox_provider import OutboxProvider
-from secure_webhooks.reconciler import JOB_NAME
-from secure_webhooks.schedule_provider import ScheduleProvider
+from secure_webhooks.delivery.outbox_provider import OutboxProvider
+from secure_webhooks.delivery.reconciler import JOB_NAME
+from secure_webhooks.delivery.schedule_provider import ScheduleProvider
 from webhook_deliveries.__main__ import main
 
 SECRET = "destroy-advice-signing-secret-" + "0123456789abcdef" * 2

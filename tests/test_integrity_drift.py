@@ -17,14 +17,14 @@ from providers import OWNER, configured, function_props, installation_props, uni
 from psycopg import sql
 
 from local_supabase.bootstrap import create_demo_tables
-from secure_webhooks import adoption
-from secure_webhooks.function_provider import SecureFunctionProvider
-from secure_webhooks.installation_provider import SCHEMA as CLAIMS_SCHEMA
-from secure_webhooks.installation_provider import TABLE as CLAIMS_TABLE
-from secure_webhooks.installation_provider import InstallationProvider
-from secure_webhooks.reconciler import JOB_NAME
-from secure_webhooks.schedule_provider import ScheduleProvider
-from secure_webhooks.trigger_function import FunctionSpec
+from secure_webhooks.delivery.reconciler import JOB_NAME
+from secure_webhooks.delivery.schedule_provider import ScheduleProvider
+from secure_webhooks.installation import adoption
+from secure_webhooks.installation.installation_provider import SCHEMA as CLAIMS_SCHEMA
+from secure_webhooks.installation.installation_provider import TABLE as CLAIMS_TABLE
+from secure_webhooks.installation.installation_provider import InstallationProvider
+from secure_webhooks.signing.function_provider import SecureFunctionProvider
+from secure_webhooks.signing.trigger_function import FunctionSpec
 
 
 @pytest.fixture

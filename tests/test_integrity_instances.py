@@ -21,16 +21,16 @@ from psycopg import sql
 from pulumi.dynamic import CreateResult
 
 from local_supabase.bootstrap import create_demo_tables
-from secure_webhooks.function_provider import SecureFunctionProvider
-from secure_webhooks.installation_provider import InstallationProvider
-from secure_webhooks.outbox import script_sha256
-from secure_webhooks.outbox_provider import OutboxProvider
-from secure_webhooks.ownership import OwnershipError
-from secure_webhooks.reconciler import JOB_NAME
-from secure_webhooks.schedule_provider import ScheduleProvider
-from secure_webhooks.trigger_function import FunctionSpec
-from secure_webhooks.trigger_provider import WebhookTriggerProvider
-from secure_webhooks.vault_secret_provider import VaultSecretProvider
+from secure_webhooks.delivery.outbox import script_sha256
+from secure_webhooks.delivery.outbox_provider import OutboxProvider
+from secure_webhooks.delivery.reconciler import JOB_NAME
+from secure_webhooks.delivery.schedule_provider import ScheduleProvider
+from secure_webhooks.installation.installation_provider import InstallationProvider
+from secure_webhooks.installation.ownership import OwnershipError
+from secure_webhooks.installation.trigger_provider import WebhookTriggerProvider
+from secure_webhooks.signing.function_provider import SecureFunctionProvider
+from secure_webhooks.signing.trigger_function import FunctionSpec
+from secure_webhooks.signing.vault_secret_provider import VaultSecretProvider
 
 URL = "http://127.0.0.1:9/ingest/a"
 

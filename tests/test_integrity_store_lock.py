@@ -19,11 +19,11 @@ from providers import configured, function_props, installation_props, unique
 from psycopg import sql
 from test_providers import SEED_FUNCTION
 
-from secure_webhooks import adoption
-from secure_webhooks.database import DatabaseError
-from secure_webhooks.function_provider import SecureFunctionProvider
-from secure_webhooks.installation_provider import SCHEMA, TABLE, InstallationProvider
-from secure_webhooks.trigger_function import FunctionSpec
+from secure_webhooks.installation import adoption
+from secure_webhooks.installation.installation_provider import SCHEMA, TABLE, InstallationProvider
+from secure_webhooks.postgres.database import DatabaseError
+from secure_webhooks.signing.function_provider import SecureFunctionProvider
+from secure_webhooks.signing.trigger_function import FunctionSpec
 
 #: Well under the providers' lock_timeout (5 s): a wait for the squatter would take at least that long.
 PROMPT = 4.0

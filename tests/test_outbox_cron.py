@@ -9,8 +9,8 @@ from providers import OWNER, configured
 
 from local_supabase.orchestrator import WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
-from secure_webhooks.reconciler import JOB_NAME
-from secure_webhooks.schedule_provider import ScheduleProvider
+from secure_webhooks.delivery.reconciler import JOB_NAME
+from secure_webhooks.delivery.schedule_provider import ScheduleProvider
 
 SECRET = "cron-test-signing-secret-" + "0123456789abcdef" * 2
 

@@ -35,7 +35,7 @@ from providers import trigger_props
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
-from secure_webhooks.reconciler import Route
+from secure_webhooks.delivery.reconciler import Route
 
 SECRET = "outbox-test-signing-secret-" + "0123456789abcdef" * 2
 

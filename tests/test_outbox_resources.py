@@ -25,12 +25,12 @@ from supabase_lints import lint
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
-from secure_webhooks.catalog import drifted
-from secure_webhooks.function_provider import SecureFunctionProvider
-from secure_webhooks.outbox import script_sha256
-from secure_webhooks.outbox_provider import OutboxProvider
-from secure_webhooks.reconciler import JOB_NAME
-from secure_webhooks.schedule_provider import ScheduleProvider
+from secure_webhooks.delivery.outbox import script_sha256
+from secure_webhooks.delivery.outbox_provider import OutboxProvider
+from secure_webhooks.delivery.reconciler import JOB_NAME
+from secure_webhooks.delivery.schedule_provider import ScheduleProvider
+from secure_webhooks.postgres.catalog import drifted
+from secure_webhooks.signing.function_provider import SecureFunctionProvider
 
 SECRET = "resource-test-signing-secret-" + "0123456789abcdef" * 2
 
@@ -68,7 +68,7 @@ def schedule_props(schedule: str = "auto") -> dict:
 
 
 def test_an_edited_reconciler_body_is_drift_and_up_repairs_it(pipeline, conn):
-    from secure_webhooks.reconciler_provider import ReconcilerProvider
+    from secure_webhooks.delivery.reconciler_provider import ReconcilerProvider
 
     provider, created = provider_of(pipeline, ReconcilerProvider)
     outs, diff = refreshed(provider, created)

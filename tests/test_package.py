@@ -1,6 +1,6 @@
 """The repository builds one wheel, `secure-webhooks`, as a new user would (issue 11 #1).
 
-It ships the component as `secure_webhooks` (the source of components/), the
+It ships what components/ holds: the component `secure_webhooks` (with its sub-packages), the
 operator command and the Python verifier, and nothing the repository only
 needs for itself: no tests, bench/, devtools/, local_supabase/ or verifiers/.
 """
@@ -32,9 +32,13 @@ def test_the_wheel_ships_the_component_under_its_own_name_and_nothing_else(wheel
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/", 1)[0] for name in names if not name.split("/", 1)[0].endswith(".dist-info")}
     assert top_level == SHIPPED
-    component = {Path(name).name for name in names if name.startswith("secure_webhooks/")}
-    repo_modules = {path.name for path in (REPO / "components").glob("*.py")}
-    assert component == repo_modules, "every module of components/ ships, under secure_webhooks/"
+    shipped_modules = {name for name in names if name.endswith(".py")}
+    repo_modules = {
+        path.relative_to(REPO / "components").as_posix()
+        for package in SHIPPED
+        for path in (REPO / "components" / package).rglob("*.py")
+    }
+    assert shipped_modules == repo_modules, "every module under components/<package>/ ships, sub-packages too"
     assert not [name for name in names if name.startswith(("tests/", "bench/", "devtools/", "local_supabase/"))]
 
 

@@ -17,9 +17,9 @@ from providers import configured, function_props, trigger_props, unique
 from psycopg import sql
 
 from local_supabase.orchestrator import WebhookReceiver
-from secure_webhooks.function_provider import SecureFunctionProvider
-from secure_webhooks.trigger_function import FunctionSpec
-from secure_webhooks.trigger_provider import WebhookTriggerProvider
+from secure_webhooks.installation.trigger_provider import WebhookTriggerProvider
+from secure_webhooks.signing.function_provider import SecureFunctionProvider
+from secure_webhooks.signing.trigger_function import FunctionSpec
 
 LEDGER = """
 CREATE TABLE public.ledger (id bigserial, region text NOT NULL, name text, PRIMARY KEY (region, id))

@@ -13,11 +13,11 @@ import pulumi
 import pytest
 from pulumi.provider.experimental.component import ComponentProvider
 
-from secure_webhooks.config_errors import ConfigError
-from secure_webhooks.delivery_settings import KEYS as DELIVERY_KEYS
+from secure_webhooks.configuration.config_errors import ConfigError
+from secure_webhooks.configuration.delivery_settings import KEYS as DELIVERY_KEYS
+from secure_webhooks.configuration.settings import WEBHOOK_KEYS, parse_settings
+from secure_webhooks.configuration.stack_config import SETTING_KEYS
 from secure_webhooks.plugin_component import PACKAGE, SECRET_INPUTS, Webhooks, secret_input, settings_input
-from secure_webhooks.settings import WEBHOOK_KEYS, parse_settings
-from secure_webhooks.stack_config import SETTING_KEYS
 
 
 @pytest.fixture(scope="module")

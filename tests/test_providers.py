@@ -20,13 +20,13 @@ from pulumi.dynamic.config import Config
 from supabase_lints import EXTENSION_IN_PUBLIC, lint
 
 from local_supabase.bootstrap import LEGACY_WEBHOOK_HEADERS
-from secure_webhooks.function_provider import SecureFunctionProvider
-from secure_webhooks.installation_provider import InstallationProvider
-from secure_webhooks.ownership import OwnershipError
-from secure_webhooks.preflight import extension_problem
-from secure_webhooks.trigger_function import FunctionSpec
-from secure_webhooks.trigger_provider import WebhookTriggerProvider
-from secure_webhooks.vault_secret_provider import VaultSecretProvider
+from secure_webhooks.installation.installation_provider import InstallationProvider
+from secure_webhooks.installation.ownership import OwnershipError
+from secure_webhooks.installation.preflight import extension_problem
+from secure_webhooks.installation.trigger_provider import WebhookTriggerProvider
+from secure_webhooks.signing.function_provider import SecureFunctionProvider
+from secure_webhooks.signing.trigger_function import FunctionSpec
+from secure_webhooks.signing.vault_secret_provider import VaultSecretProvider
 
 URL = "http://127.0.0.1:9/ingest/a"
 

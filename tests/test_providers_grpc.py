@@ -20,10 +20,10 @@ from dynamic_grpc import DynamicProviderServer, ProviderCallError, secret
 from providers import OWNER, function_props, stack_config, trigger_props, unique
 from psycopg import sql
 
-from secure_webhooks.function_provider import SecureFunctionProvider
-from secure_webhooks.trigger_function import FunctionSpec
-from secure_webhooks.trigger_provider import WebhookTriggerProvider
-from secure_webhooks.vault_secret_provider import VaultSecretProvider
+from secure_webhooks.installation.trigger_provider import WebhookTriggerProvider
+from secure_webhooks.signing.function_provider import SecureFunctionProvider
+from secure_webhooks.signing.trigger_function import FunctionSpec
+from secure_webhooks.signing.vault_secret_provider import VaultSecretProvider
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "secure-webhooks"

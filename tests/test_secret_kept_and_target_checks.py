@@ -15,11 +15,11 @@ import test_providers
 from providers import OWNER, configured, function_props, installation_props, trigger_props, unique
 from psycopg import sql
 
-from secure_webhooks.installation_provider import InstallationProvider
-from secure_webhooks.ownership import owner_of
-from secure_webhooks.trigger_function import FunctionSpec
-from secure_webhooks.trigger_provider import WebhookTriggerProvider
-from secure_webhooks.vault_secret_provider import VaultSecretProvider
+from secure_webhooks.installation.installation_provider import InstallationProvider
+from secure_webhooks.installation.ownership import owner_of
+from secure_webhooks.installation.trigger_provider import WebhookTriggerProvider
+from secure_webhooks.signing.trigger_function import FunctionSpec
+from secure_webhooks.signing.vault_secret_provider import VaultSecretProvider
 
 URL = "http://127.0.0.1:9/ingest/a"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from secure_webhooks.delivery_settings import DeliverySettings, check_delivery
-from secure_webhooks.settings import (
+from secure_webhooks.configuration.delivery_settings import DeliverySettings, check_delivery
+from secure_webhooks.configuration.settings import (
     DEFAULT_CLAIMS,
     DEFAULT_WEBHOOKS,
     ConfigError,
@@ -14,7 +14,7 @@ from secure_webhooks.settings import (
     check_webhook_secret,
     parse_settings,
 )
-from secure_webhooks.urls import is_tunnel_host
+from secure_webhooks.configuration.urls import is_tunnel_host
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = {"orchestratorUrl": "https://orchestrator.example.com"}

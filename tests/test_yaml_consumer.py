@@ -18,7 +18,7 @@ import psycopg
 from engine_support import JWT_SECRET
 
 from devtools.pulumi_cli import REPO, Stack
-from secure_webhooks.reconciler import JOB_NAME
+from secure_webhooks.delivery.reconciler import JOB_NAME
 
 PROJECT = "secure-webhooks-yaml"
 #: The example's triggers: (table, trigger, event).

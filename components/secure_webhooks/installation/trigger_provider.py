@@ -26,11 +26,11 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
-from . import adoption
-from .database import DatabaseProvider
-from .installation_provider import instance_input, refuse_stale_instance
-from .ownership import claim, marker, owner_of, refusal
-from .trigger_function import NEW_ROWS, OLD_ROWS, FunctionSpec
+from secure_webhooks.installation import adoption
+from secure_webhooks.installation.installation_provider import instance_input, refuse_stale_instance
+from secure_webhooks.installation.ownership import claim, marker, owner_of, refusal
+from secure_webhooks.postgres.database import DatabaseProvider
+from secure_webhooks.signing.trigger_function import NEW_ROWS, OLD_ROWS, FunctionSpec
 
 INPUTS = ("schema", "table", "name", "event", "url", "function_schema", "function_name", "owner")
 RESTORE_ON_DESTROY = "secure-webhooks:restoreOnDestroy"

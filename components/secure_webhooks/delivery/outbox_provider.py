@@ -16,10 +16,7 @@ import pulumi
 from psycopg import sql
 from pulumi.dynamic import CheckFailure, CheckResult
 
-from .catalog import drifted, existing_roles, fingerprint, revoked_roles
-from .fingerprinted_provider import FingerprintedProvider
-from .installation_provider import instance_input, refuse_stale_instance
-from .outbox import (
+from secure_webhooks.delivery.outbox import (
     CLIENT_ROLES,
     FUNCTIONS,
     OPERATOR_ROLES,
@@ -28,8 +25,11 @@ from .outbox import (
     install_statements,
     script_sha256,
 )
-from .ownership import OwnershipError, marker, owner_of, refusal
-from .reconciler import JOB_NAME
+from secure_webhooks.delivery.reconciler import JOB_NAME
+from secure_webhooks.installation.installation_provider import instance_input, refuse_stale_instance
+from secure_webhooks.installation.ownership import OwnershipError, marker, owner_of, refusal
+from secure_webhooks.postgres.catalog import drifted, existing_roles, fingerprint, revoked_roles
+from secure_webhooks.postgres.fingerprinted_provider import FingerprintedProvider
 
 OPERATOR_COMMAND = "python -m webhook_deliveries"
 

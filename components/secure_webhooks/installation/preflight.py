@@ -1,6 +1,6 @@
 """Checks that make `pulumi preview` fail clearly instead of `up` failing halfway.
 
-They run in the Installation's `check` (components/installation_provider.py),
+They run in the Installation's `check` (components/secure_webhooks/installation/installation_provider.py),
 which the engine calls during preview and before every create or update, and
 which every other resource of the stack waits for; they only read the catalog.
 """

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .config_errors import ConfigError
+from secure_webhooks.configuration.config_errors import ConfigError
 
 MODES = ("at-least-once", "direct")
 DEFAULT_MODE = "at-least-once"

@@ -22,12 +22,12 @@ import psycopg
 import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
 
-from . import adoption
-from .database import DatabaseProvider
-from .installation_provider import instance_input, refuse_stale_instance
-from .ownership import claim, marker, owner_of, refusal
-from .settings import ConfigError, check_jwt_secret, check_webhook_secret
-from .trigger_function import sql_literal
+from secure_webhooks.configuration.settings import ConfigError, check_jwt_secret, check_webhook_secret
+from secure_webhooks.installation import adoption
+from secure_webhooks.installation.installation_provider import instance_input, refuse_stale_instance
+from secure_webhooks.installation.ownership import claim, marker, owner_of, refusal
+from secure_webhooks.postgres.database import DatabaseProvider
+from secure_webhooks.signing.trigger_function import sql_literal
 
 INPUTS = ("name", "secret", "owner")
 

@@ -13,8 +13,8 @@ from typing import Any
 import psycopg
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 
-from .catalog import drifted
-from .database import DatabaseProvider
+from secure_webhooks.postgres.catalog import drifted
+from secure_webhooks.postgres.database import DatabaseProvider
 
 
 class FingerprintedProvider(DatabaseProvider):

@@ -1,7 +1,7 @@
 """A one-table private schema of ours, created by its first row and dropped with its last.
 
-The adoption records (components/adoption.py) and the installation claims
-(components/installation_provider.py) each live in one: readable by their
+The adoption records (components/secure_webhooks/installation/adoption.py) and the installation claims
+(components/secure_webhooks/installation/installation_provider.py) each live in one: readable by their
 owner (`postgres`) only, never by PUBLIC, Supabase's API roles or any role we
 never granted, and every transaction that writes one serialises on a lock of
 its table.
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from .catalog import existing_roles, revoked_roles
-from .database import LOCK_TIMEOUT, DatabaseError
+from secure_webhooks.postgres.catalog import existing_roles, revoked_roles
+from secure_webhooks.postgres.database import LOCK_TIMEOUT, DatabaseError
 
 #: Supabase's API roles, and everyone: none may read a private store.
 READERS_REFUSED = ("anon", "authenticated", "service_role")

@@ -1,4 +1,4 @@
-"""Dynamic provider for the reconciler's functions (components/reconciler.py renders them).
+"""Dynamic provider for the reconciler's functions (components/secure_webhooks/delivery/reconciler.py renders them).
 
 They are replaced with CREATE OR REPLACE in one transaction, so a running
 pg_cron loop picks up the new code at its next round. `read` fingerprints
@@ -15,14 +15,22 @@ import psycopg
 import pulumi
 from psycopg import sql
 
-from .catalog import fingerprint, revoked_roles
-from .delivery_settings import DeliverySettings
-from .fingerprinted_provider import FingerprintedProvider
-from .function_provider import function_props, spec_from
-from .installation_provider import instance_input, refuse_stale_instance
-from .outbox import CLIENT_ROLES, OPERATOR_ROLES, SCHEMA
-from .ownership import claim, marker, owner_of
-from .reconciler import FUNCTIONS, RECONCILE, RETRY_AFTER, ReconcilerSpec, Route, function_sources, sources_sha256
+from secure_webhooks.configuration.delivery_settings import DeliverySettings
+from secure_webhooks.delivery.outbox import CLIENT_ROLES, OPERATOR_ROLES, SCHEMA
+from secure_webhooks.delivery.reconciler import (
+    FUNCTIONS,
+    RECONCILE,
+    RETRY_AFTER,
+    ReconcilerSpec,
+    Route,
+    function_sources,
+    sources_sha256,
+)
+from secure_webhooks.installation.installation_provider import instance_input, refuse_stale_instance
+from secure_webhooks.installation.ownership import claim, marker, owner_of
+from secure_webhooks.postgres.catalog import fingerprint, revoked_roles
+from secure_webhooks.postgres.fingerprinted_provider import FingerprintedProvider
+from secure_webhooks.signing.function_provider import function_props, spec_from
 
 #: SECURITY DEFINER: the job runs as postgres, but an operator's service_role session may call a round too.
 _DEFINER = {RECONCILE: True, RETRY_AFTER: False}

@@ -1,4 +1,4 @@
-"""Reads the stack's Pulumi config into Settings (see components/settings.py for the rules)."""
+"""Reads the stack's Pulumi config into Settings (see components/secure_webhooks/configuration/settings.py for the rules)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pulumi
 from pulumi.runtime.config import is_config_secret
 
-from .settings import (
+from secure_webhooks.configuration.settings import (
     NAMESPACE,
     ConfigError,
     Settings,

@@ -32,9 +32,9 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
-from .delivery_settings import DeliverySettings
-from .outbox import ATTEMPTS, EVENTS, PG_NET_EPOCH, SCHEMA
-from .trigger_function import (
+from secure_webhooks.configuration.delivery_settings import DeliverySettings
+from secure_webhooks.delivery.outbox import ATTEMPTS, EVENTS, PG_NET_EPOCH, SCHEMA
+from secure_webhooks.signing.trigger_function import (
     FunctionSpec,
     body_sha256_expression,
     claims_expression,

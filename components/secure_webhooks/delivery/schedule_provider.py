@@ -23,12 +23,12 @@ import psycopg
 import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
 
-from .database import DatabaseProvider
-from .delivery_settings import AUTO_SCHEDULE
-from .installation_provider import instance_input, refuse_stale_instance
-from .outbox_provider import OPERATOR_COMMAND, describe_counts, undelivered
-from .ownership import OwnershipError, marker, owner_of
-from .reconciler import JOB_NAME, cron_command
+from secure_webhooks.configuration.delivery_settings import AUTO_SCHEDULE
+from secure_webhooks.delivery.outbox_provider import OPERATOR_COMMAND, describe_counts, undelivered
+from secure_webhooks.delivery.reconciler import JOB_NAME, cron_command
+from secure_webhooks.installation.installation_provider import instance_input, refuse_stale_instance
+from secure_webhooks.installation.ownership import OwnershipError, marker, owner_of
+from secure_webhooks.postgres.database import DatabaseProvider
 
 INPUTS = ("owner", "schedule", "job_name")
 MINUTE_SCHEDULE = "* * * * *"

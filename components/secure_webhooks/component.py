@@ -8,19 +8,19 @@ from typing import Any
 import pulumi
 import pulumi_postgresql as postgresql
 
-from .function_provider import SecureFunction
-from .installation_provider import Installation, installation_props
-from .outbox import DELIVERIES_VIEW
-from .outbox import SCHEMA as OUTBOX_SCHEMA
-from .outbox_provider import Outbox
-from .preflight import EXTENSION_SCHEMA, preflight_props, required_extensions
-from .reconciler import JOB_NAME, ReconcilerSpec, Route
-from .reconciler_provider import Reconciler
-from .schedule_provider import ReconcilerSchedule
-from .settings import Settings
-from .trigger_function import FunctionSpec
-from .trigger_provider import WebhookTrigger
-from .vault_secret_provider import VaultSecret
+from secure_webhooks.configuration.settings import Settings
+from secure_webhooks.delivery.outbox import DELIVERIES_VIEW
+from secure_webhooks.delivery.outbox import SCHEMA as OUTBOX_SCHEMA
+from secure_webhooks.delivery.outbox_provider import Outbox
+from secure_webhooks.delivery.reconciler import JOB_NAME, ReconcilerSpec, Route
+from secure_webhooks.delivery.reconciler_provider import Reconciler
+from secure_webhooks.delivery.schedule_provider import ReconcilerSchedule
+from secure_webhooks.installation.installation_provider import Installation, installation_props
+from secure_webhooks.installation.preflight import EXTENSION_SCHEMA, preflight_props, required_extensions
+from secure_webhooks.installation.trigger_provider import WebhookTrigger
+from secure_webhooks.signing.function_provider import SecureFunction
+from secure_webhooks.signing.trigger_function import FunctionSpec
+from secure_webhooks.signing.vault_secret_provider import VaultSecret
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def function_spec(settings: Settings) -> FunctionSpec:
 
 
 def reconciler_spec(settings: Settings, spec: FunctionSpec) -> ReconcilerSpec:
-    """The reconciler sends each webhook's events only to the URL configured here (components/reconciler.py)."""
+    """The reconciler sends each webhook's events only to the URL configured here (components/secure_webhooks/delivery/reconciler.py)."""
     routes = tuple(
         Route(schema=webhook.schema, table=webhook.table, webhook=trigger_name, url=webhook.url)
         for webhook in settings.webhooks
@@ -110,7 +110,7 @@ class SecureWebhooks(pulumi.ComponentResource):
         spec = function_spec(settings)
 
         # First, and everything else depends on it: the checks that must pass and the claim this
-        # stack instance must hold before any change (components/installation_provider.py).
+        # stack instance must hold before any change (components/secure_webhooks/installation/installation_provider.py).
         installation = Installation(
             f"{name}-installation",
             installation_inputs(args, spec),

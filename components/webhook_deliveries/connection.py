@@ -11,7 +11,7 @@ from urllib.parse import unquote
 
 import psycopg
 
-from secure_webhooks.database import ConnectionSettings
+from secure_webhooks.postgres.database import ConnectionSettings
 
 
 class OperatorError(RuntimeError):

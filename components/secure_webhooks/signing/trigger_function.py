@@ -28,8 +28,8 @@ from typing import Any
 
 from psycopg import sql
 
-from .outbox import EVENTS as OUTBOX_EVENTS
-from .outbox import SCHEMA as OUTBOX_SCHEMA
+from secure_webhooks.delivery.outbox import EVENTS as OUTBOX_EVENTS
+from secure_webhooks.delivery.outbox import SCHEMA as OUTBOX_SCHEMA
 
 #: The transition tables our statement-level triggers pass to the function.
 NEW_ROWS = "new_rows"
@@ -58,7 +58,7 @@ class FunctionSpec:
     schema: str = "public"
     name: str = "notify_orchestrator_secure"
     #: "direct" posts each row through pg_net at once (the seed); "at-least-once" only writes the
-    #: outbox, and the reconciler signs and sends (components/reconciler.py).
+    #: outbox, and the reconciler signs and sends (components/secure_webhooks/delivery/reconciler.py).
     mode: str = "direct"
     #: Bind each token to its request: `jti` (the event id, or a fresh UUID per direct request) and
     #: `body_sha256` (of the exact bytes pg_net sends). One signature per row instead of per statement.

@@ -23,9 +23,9 @@ from typing import Any, NotRequired, TypedDict
 
 import pulumi
 
-from .config_errors import ConfigError
-from .secure_webhooks import SecureWebhooks, SecureWebhooksArgs
-from .settings import NAMESPACE, parse_settings
+from secure_webhooks.component import SecureWebhooks, SecureWebhooksArgs
+from secure_webhooks.configuration.config_errors import ConfigError
+from secure_webhooks.configuration.settings import NAMESPACE, parse_settings
 
 #: The package's name in the schema: the first part of every type token it serves.
 PACKAGE = "secure-webhooks"

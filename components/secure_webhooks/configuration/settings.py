@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config_errors import ConfigError
-from .delivery_settings import DeliverySettings, check_delivery
-from .urls import UrlPolicyError, check_base_url, check_path, join_url
+from secure_webhooks.configuration.config_errors import ConfigError
+from secure_webhooks.configuration.delivery_settings import DeliverySettings, check_delivery
+from secure_webhooks.configuration.urls import UrlPolicyError, check_base_url, check_path, join_url
 
 NAMESPACE = "secure-webhooks"
 
@@ -197,7 +197,7 @@ def _check_claim_value(key: str, value: Any) -> None:
 def check_claims(value: Any, *, now: float | None = None) -> dict[str, Any]:
     """The configured claims, each value kept exactly (integers of any size stay integers, null stays null).
 
-    They reach the providers as their canonical JSON text (components/trigger_function.py,
+    They reach the providers as their canonical JSON text (components/secure_webhooks/signing/trigger_function.py,
     `canonical_claims`), never as a Pulumi map, whose numbers are floats and whose nulls are dropped.
     The Pulumi CLI itself keeps a YAML integer exact only within int64 (a bigger one reaches the
     program as a float, which is refused); set the claims as JSON text to carry any integer exactly.

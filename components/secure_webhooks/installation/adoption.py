@@ -31,7 +31,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from .private_store import PrivateStore
+from secure_webhooks.installation.private_store import PrivateStore
 
 SCHEMA = "secure_webhooks_rollback"
 TABLE = "adopted"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import psycopg
 
-from secure_webhooks.outbox import DELIVERIES_VIEW, SCHEMA, STATUSES
-from secure_webhooks.reconciler import JOB_NAME
+from secure_webhooks.delivery.outbox import DELIVERIES_VIEW, SCHEMA, STATUSES
+from secure_webhooks.delivery.reconciler import JOB_NAME
 from webhook_deliveries.connection import OperatorError, connect
 
 VIEW = f"{SCHEMA}.{DELIVERIES_VIEW}"

@@ -31,11 +31,11 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
 
-from . import adoption
-from .database import DatabaseProvider
-from .ownership import OwnershipError, instance_of, owner_of
-from .preflight import preflight_failures
-from .private_store import PrivateStore
+from secure_webhooks.installation import adoption
+from secure_webhooks.installation.ownership import OwnershipError, instance_of, owner_of
+from secure_webhooks.installation.preflight import preflight_failures
+from secure_webhooks.installation.private_store import PrivateStore
+from secure_webhooks.postgres.database import DatabaseProvider
 
 SCHEMA = "secure_webhooks_installation"
 TABLE = "claims"

@@ -18,12 +18,12 @@ import pulumi
 from psycopg import sql
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
 
-from . import adoption
-from .catalog import existing_roles
-from .database import DatabaseProvider
-from .installation_provider import instance_input, refuse_stale_instance
-from .ownership import claim, marker, owner_of, refusal
-from .trigger_function import (
+from secure_webhooks.installation import adoption
+from secure_webhooks.installation.installation_provider import instance_input, refuse_stale_instance
+from secure_webhooks.installation.ownership import claim, marker, owner_of, refusal
+from secure_webhooks.postgres.catalog import existing_roles
+from secure_webhooks.postgres.database import DatabaseProvider
+from secure_webhooks.signing.trigger_function import (
     FunctionSpec,
     body_sha256,
     canonical_claims,

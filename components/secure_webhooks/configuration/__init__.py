@@ -1,0 +1,1 @@
+"""Configuration: stack config and Args become validated Settings; every error names its key."""

@@ -1,0 +1,1 @@
+"""Installation: the triggers on the tables, ownership of a database, adoption and exact rollback."""

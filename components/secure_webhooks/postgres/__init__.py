@@ -1,0 +1,1 @@
+"""PostgreSQL plumbing shared by the providers: connections, catalog reads, fingerprinted resources."""

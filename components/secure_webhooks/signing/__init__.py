@@ -1,0 +1,1 @@
+"""Signing: the trigger function that signs each row's request, and the Vault secret it reads."""
