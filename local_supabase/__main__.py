@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             print(run_sql(args.state_dir, args.statements, args.role))
         else:
             return serve(args.state_dir, args.receiver)
-    except SessionError as error:
+    except (SessionError, OSError) as error:  # OSError: e.g. a state directory that cannot be written
         print(f"local_supabase {args.command}: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

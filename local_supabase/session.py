@@ -417,7 +417,11 @@ def status_report(state_dir: Path) -> tuple[str, bool]:
         failed = f", {failures} failed runs, last: {state.get('last_runner_failure')}" if failures else ""
         lines.append(f"reconciler:      running job {JOB_NAME} back to back{failed}")
     else:
-        lines.append(f"pg_net worker:   NOT RUNNING: the background process is gone (log: {paths.show(LOG_FILE)})")
+        reason = read_status(paths).get("error")
+        lines.append(
+            f"pg_net worker:   NOT RUNNING: the background process is gone"
+            f"{f' ({reason})' if reason else ''} (log: {paths.show(LOG_FILE)})"
+        )
         lines.append("reconciler:      NOT RUNNING (same process); `stop`, then `start` again")
     if job is None:
         lines.append(f"job:             {JOB_NAME} not scheduled (yet): `pulumi up` of a stack schedules it")
