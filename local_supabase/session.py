@@ -494,6 +494,7 @@ def run_sql(state_dir: Path, statements: str, role: str) -> str:
             if cursor.description is None:
                 return cursor.statusmessage or ""
             header = "\t".join(column.name for column in cursor.description)
-            return "\n".join([header, *("\t".join(str(value) for value in row) for row in cursor.fetchall())])
+            rows = ("\t".join("" if value is None else str(value) for value in row) for row in cursor.fetchall())
+            return "\n".join([header, *rows])
     except psycopg.Error as error:
         raise SessionError(str(error).strip() or type(error).__name__) from None
