@@ -5,8 +5,9 @@ table, then measures in interleaved rounds (each round runs every variant,
 starting with a different one) so that machine noise and drift hit all
 variants alike. Timing runs uninstrumented; only the profile that follows
 runs in a session with track_functions = all. Prints the results table, the
-goal lines and where the time goes. The exit status is 0 whatever the figures; only errors (a variant
-not doing its work, a tool failing) make it non-zero. See bench/README.md.
+goal lines (full runs only: a smoke run's figures cannot support a verdict) and
+where the time goes. The exit status is 0 whatever the figures; only errors (a
+variant not doing its work, a tool failing) make it non-zero. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -85,7 +86,11 @@ verifies, and for (e) one pending outbox event per row and no queued request."""
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes (CI): every variant and mode, figures noisy")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes (CI): every variant and mode runs, figures noisy, no goal verdicts",
+    )
     parser.add_argument("--rounds", type=int, help=f"interleaved rounds (default {FULL.rounds})")
     parser.add_argument(
         "--transactions", type=int, help=f"pgbench single-row transactions per variant and round ({FULL.transactions})"
@@ -267,18 +272,18 @@ def _deliver(cluster: LocalSupabase, sizes: Sizes, jwt_secret: str) -> Delivered
     return Delivered(latencies, cron_gaps, anchors, drained)
 
 
-def print_delivery(delivered: Delivered) -> None:
+def print_delivery(delivered: Delivered, verdicts: bool = True) -> None:
     print("First-attempt latency")
     print("---------------------")
-    print(latency.render(delivered.latencies, BASELINE, AT_LEAST_ONCE))
+    print(latency.render(delivered.latencies, BASELINE, AT_LEAST_ONCE, verdicts))
     print(latency.render_gaps(delivered.cron_gaps))
     print()
     print("Recovery throughput")
     print("-------------------")
-    print(recovery.render(delivered.recovery, delivered.anchors))
+    print(recovery.render(delivered.recovery, delivered.anchors, verdicts))
 
 
-def print_report(sizes: Sizes, results: Results) -> None:
+def print_report(sizes: Sizes, results: Results, verdicts: bool = True) -> None:
     print(
         f"single-row: pgbench -M prepared, 1 client, one INSERT per transaction, {sizes.transactions} transactions "
         f"x {sizes.rounds} rounds per variant, one variant at a time; median of pgbench's latency average"
@@ -294,8 +299,9 @@ def print_report(sizes: Sizes, results: Results) -> None:
     medians = {mode: report.medians(values) for mode, values in samples.items()}
     print(report.table(medians))
     print()
-    print(report.goal_lines(medians))
-    print()
+    if verdicts:
+        print(report.goal_lines(medians))
+        print()
     print(report.round_spread(samples))
     print()
     print("Where the time goes")
@@ -312,9 +318,11 @@ def print_report(sizes: Sizes, results: Results) -> None:
     print()
     print("Session age")
     print("-----------")
-    print(session_age.render(results.aged, sizes.age_transactions, sizes.age_rounds, sizes.age_inserts, AT_LEAST_ONCE))
+    # The goal line is about the variant named last; none named, none printed.
+    subject = AT_LEAST_ONCE if verdicts else ""
+    print(session_age.render(results.aged, sizes.age_transactions, sizes.age_rounds, sizes.age_inserts, subject))
     print()
-    print_delivery(results.delivered)
+    print_delivery(results.delivered, verdicts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,10 +336,14 @@ def main(argv: list[str] | None = None) -> int:
                 delivered = deliver_only(cluster, sizes)
             else:
                 results = run(cluster, sizes)
+        verdicts = not args.smoke
         if args.delivery_only:
-            print_delivery(delivered)
+            print_delivery(delivered, verdicts)
         else:
-            print_report(sizes, results)
+            print_report(sizes, results, verdicts)
+        if not verdicts:
+            print()
+            print(report.NO_VERDICTS)
     except measure.BenchError as error:
         print(f"bench: {error}", file=sys.stderr)
         return 1

@@ -136,8 +136,8 @@ def goals(results: Sequence[Latencies], anchor: str, subject: str) -> list[Goal]
     return found
 
 
-def render(results: Sequence[Latencies], anchor: str, subject: str) -> str:
-    """The table and the goal lines."""
+def render(results: Sequence[Latencies], anchor: str, subject: str, verdicts: bool = True) -> str:
+    """The table, and the goal lines unless `verdicts` is false (a smoke run's samples are too few)."""
     lines = []
     for workload in WORKLOADS:
         rows = [r for r in results if r.workload == workload]
@@ -159,7 +159,7 @@ def render(results: Sequence[Latencies], anchor: str, subject: str) -> str:
                 f"    {r.variant.label:<28} {r.percentile(50) * 1000:>8.1f} "
                 f"{r.percentile(99) * 1000:>8.1f} {max(r.seconds) * 1000:>8.1f}"
             )
-    for goal in goals(results, anchor, subject):
+    for goal in goals(results, anchor, subject) if verdicts else []:
         lines.append(
             f"goal: at-least-once first attempt, {goal.workload}, p{goal.percentile} <= static webhook "
             f"+ {GOAL_MARGIN_SECONDS * 1000:.0f} ms: {goal.subject_ms:.0f} ms vs {goal.anchor_ms:.0f} + "

@@ -1,4 +1,9 @@
-"""The results table and the goal lines, as plain text."""
+"""The results table and the goal lines, as plain text.
+
+Goal lines are verdicts: only a full run's sizes support them. A smoke run (`--smoke`: one round of a few
+transactions, figures that swing by 2x from run to run) checks that every measurement runs and prints
+NO_VERDICTS instead.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,10 @@ MODES = (
 )
 GOALS = (Goal("single-row", 1.10), Goal("interleaved", 1.10), Goal("bulk", 0.85))
 OURS = [variant for variant in VARIANTS if variant.key.startswith(("d-", "e"))]
+NO_VERDICTS = (
+    "smoke run: every measurement ran; its sizes are too small for the figures to judge a goal, so no goal "
+    "line is printed (a full run, `python -m bench`, prints them)"
+)
 
 
 def medians(samples: Mapping[str, Sequence[float]]) -> dict[str, float]:

@@ -1,0 +1,62 @@
+"""The benchmark's smoke run (scripts/test.sh runs it too) checks that every measurement runs and judges
+no goal: its sizes are too small for a verdict (issue 16 #5). Full runs keep their goal lines."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from bench import latency, recovery, report
+from bench.variants import AT_LEAST_ONCE, BASELINE, VARIANTS_BY_KEY
+from devtools.pulumi_cli import REPO
+
+VERDICT_WORDS = ("goal:", "PASS", "MISS", "goal holds")
+
+
+def test_a_smoke_run_measures_everything_and_prints_no_verdict():
+    ran = subprocess.run([sys.executable, "-m", "bench", "--smoke"], cwd=REPO, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    for section in ("vs (b)", "Where the time goes", "Session age", "First-attempt latency", "Recovery throughput"):
+        assert section in ran.stdout
+    assert not [line for line in ran.stdout.splitlines() if any(word in line for word in VERDICT_WORDS)]
+    assert ran.stdout.rstrip().endswith(report.NO_VERDICTS)
+
+
+def figures() -> tuple[list[latency.Latencies], recovery.Recovery, list[recovery.Anchor]]:
+    variants = (VARIANTS_BY_KEY[BASELINE], VARIANTS_BY_KEY[AT_LEAST_ONCE])
+    latencies = [
+        latency.Latencies(variant, workload, [0.1 * (i + 1) for i in range(10)])
+        for workload in latency.WORKLOADS
+        for variant in variants
+    ]
+    drained = recovery.Recovery(
+        events=200,
+        replayed=200,
+        all_failed_seconds=1.0,
+        handed_seconds=1.0,
+        arrived_seconds=2.0,
+        recorded_seconds=3.0,
+        received=200,
+        accepted=200,
+        duplicates=0,
+        events_received_twice=0,
+        responses={"2xx": 200},
+        attempts=200,
+        attempts_after_all_arrived=0,
+        attempt_outcomes={"delivered": 200},
+        timeout_ms=5000,
+    )
+    return latencies, drained, [recovery.Anchor("(b) Supabase webhook", 200, 2.0, 2)]
+
+
+def test_full_runs_print_the_goal_lines_and_smoke_runs_the_same_figures_without_them():
+    latencies, drained, anchors = figures()
+    full = latency.render(latencies, BASELINE, AT_LEAST_ONCE) + "\n" + recovery.render(drained, anchors)
+    smoke = (
+        latency.render(latencies, BASELINE, AT_LEAST_ONCE, verdicts=False)
+        + "\n"
+        + recovery.render(drained, anchors, verdicts=False)
+    )
+    goal_lines = [line for line in full.splitlines() if line.startswith("goal:")]
+    assert len(goal_lines) == 2 * 2 + 1, "latency: two workloads x p50/p99; recovery: one per anchor"
+    assert smoke.splitlines() == [line for line in full.splitlines() if not line.startswith("goal:")]
