@@ -50,6 +50,20 @@ class Engine:
                 raise TimeoutError(f"not {count} {status} events after {timeout} s")
             time.sleep(0.1)
 
+    def wait_until_failed_once(self, conn: psycopg.Connection, count: int, timeout: float = 15.0) -> None:
+        """Block until `count` events have each failed an attempt (whatever state their retry is in now).
+
+        Unlike a count of "failed" events, this holds still: an event retried every second is failed
+        for about a second, then pending while the retry is in flight. Its last error stays until it
+        is delivered.
+        """
+        deadline = time.monotonic() + timeout
+        query = "SELECT count(*) FROM secure_webhooks.events WHERE last_error IS NOT NULL AND state <> 'delivered'"
+        while (failed := conn.execute(query).fetchone()[0]) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{failed} events, not {count}, failed an attempt within {timeout} s")
+            time.sleep(0.1)
+
     def wait_until_delivered(self, timeout: float = 15.0) -> None:
         """Block until the outbox holds no undelivered event: destroy refuses while one waits."""
         deadline = time.monotonic() + timeout

@@ -5,16 +5,25 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import psycopg
 import pytest
 from engine_support import JWT_SECRET
 
 from devtools.pulumi_cli import REPO
 from local_supabase.orchestrator import WebhookReceiver
+from local_supabase.pg_net_worker import ROUND_WAIT
 
 SECURE = "secure-webhooks:index:SecureWebhooks$pulumi-python:dynamic/secure-webhooks"
 #: Retries every second, so the tests wait seconds, not the default minutes.
 FAST_RETRIES = {"retryInitialSeconds": 1, "retryMultiplier": 1, "retryJitter": 0, "maxAttempts": 100}
+#: How long an event keeps being retried at least: each of its attempts waits out the retry delay, then
+#: pg_net's next round (up to ROUND_WAIT later). Waits for these events to fail or be delivered are bounded
+#: by it: after that they are dead and nothing changes any more, however busy the machine.
+RETRYING_SECONDS = FAST_RETRIES["maxAttempts"] * (FAST_RETRIES["retryInitialSeconds"] + ROUND_WAIT)
 
 
 def operator(engine, stack, *args: str) -> str:
@@ -44,21 +53,48 @@ def stop_orchestrator(engine) -> int:
     return port
 
 
+@contextmanager
+def failed_and_held(engine, count: int, timeout: float) -> Iterator[None]:
+    """Wait until `count` events are failed (an attempt failed, the retry not sent yet) and hold them so.
+
+    Retried every second, an event is failed for about a second, then pending while the retry is in
+    flight: a look at it races the retries. Each event is locked as it is seen failed; the reconciler
+    claims events FOR UPDATE SKIP LOCKED, so it leaves a locked one as it is until the block ends.
+    """
+    deadline = time.monotonic() + timeout
+    held: set[int] = set()
+    with psycopg.connect(engine.cluster.dsn("postgres")) as conn:  # one transaction: its locks last
+        while len(held) < count:
+            held.update(
+                event
+                for (event,) in conn.execute(
+                    "SELECT id FROM secure_webhooks.events WHERE state = 'pending' AND attempts > 0"
+                    " FOR UPDATE SKIP LOCKED"
+                )
+            )
+            over = conn.execute("SELECT count(*) FROM secure_webhooks.events WHERE state IN ('dead', 'delivered')")
+            assert over.fetchone()[0] == 0, "an event was delivered or died during the outage"
+            if len(held) < count and time.monotonic() > deadline:
+                raise TimeoutError(f"{len(held)} of {count} events seen failed within {timeout} s")
+            time.sleep(0.05)
+        try:
+            yield
+        finally:
+            conn.rollback()
+
+
 def test_an_outage_is_visible_in_status_and_healed_by_the_reconciler(engine):
     stack = engine.stack("dev", delivery=FAST_RETRIES)
     stack.up()
     port = stop_orchestrator(engine)
     insert(engine, 3)
-    with engine.connect() as conn:
-        engine.wait_for_status(conn, "failed", 3)
-    during = operator(engine, stack, "status").splitlines()[1].split()
-    # Failed, or pending again while a retry is in flight (retries come every second): none dead or delivered.
-    assert during[0] == "orchestrator-ingest-interns-individual" and during[3:5] == ["0", "0"]
-    assert int(during[1]) + int(during[2]) == 3, during
-    assert "Couldn't connect to server" in operator(engine, stack, "status")
+    with failed_and_held(engine, 3, timeout=RETRYING_SECONDS):
+        during = operator(engine, stack, "status")
+    assert during.splitlines()[1].split()[:5] == ["orchestrator-ingest-interns-individual", "0", "3", "0", "0"]
+    assert "Couldn't connect to server" in during
     with WebhookReceiver(JWT_SECRET, port=port) as back:
-        back.wait_for(3, timeout=20)
-        engine.wait_until_delivered()
+        back.wait_for(3, timeout=RETRYING_SECONDS)
+        engine.wait_until_delivered(timeout=RETRYING_SECONDS)
         after = operator(engine, stack, "status").splitlines()[1].split()
     assert after[:5] == ["orchestrator-ingest-interns-individual", "0", "0", "0", "3"]
     assert all(d.status == 200 for d in back.deliveries)
@@ -101,8 +137,8 @@ def test_destroy_refuses_while_events_wait_then_succeeds(engine):
         ours = "SELECT count(*) FROM pg_trigger WHERE tgfoid = 'public.notify_orchestrator_secure'::regproc"
         assert conn.execute(ours).fetchone() == (2,)
     with WebhookReceiver(JWT_SECRET, port=port) as back:
-        back.wait_for(2, timeout=20)
-        engine.wait_until_delivered()
+        back.wait_for(2, timeout=RETRYING_SECONDS)
+        engine.wait_until_delivered(timeout=RETRYING_SECONDS)
     stack.destroy()
     with engine.connect() as conn:
         assert conn.execute("SELECT to_regnamespace('secure_webhooks')").fetchone() == (None,)
