@@ -7,7 +7,8 @@
 #   stdout: one line, the absolute path of a bin directory holding
 #           pulumi, pulumi-language-python, pulumi-language-python-exec,
 #           pulumi-resource-pulumi-python, pulumi-language-yaml and pulumi-resource-postgresql
-#   stderr: progress, one line per step with elapsed seconds
+#   stderr: progress, one line per step with elapsed seconds (counted from SECURE_WEBHOOKS_T0,
+#           epoch seconds, when the caller sets it: scripts/setup.sh does, so both share one clock)
 #
 # Results are cached per version under
 #   ${SECURE_WEBHOOKS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/secure-webhooks}/toolchain/
@@ -28,9 +29,9 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 requirements="$here/../requirements.txt"
-started=$SECONDS
+t0=${SECURE_WEBHOOKS_T0:-$EPOCHSECONDS}
 
-say() { printf 'pulumi-toolchain: [%4ds] %s\n' "$((SECONDS - started))" "$*" >&2; }
+say() { printf 'pulumi-toolchain: [%4ds] %s\n' "$((EPOCHSECONDS - t0))" "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
 # run STEP-NAME COMMAND...: run a step with its output in a log file, fail naming the step.

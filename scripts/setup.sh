@@ -12,12 +12,13 @@
 #         path and last lines are shown.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-started=$SECONDS
+# The elapsed seconds of every progress line count from here (or from the caller's start, scripts/demo.sh).
+export SECURE_WEBHOOKS_T0=${SECURE_WEBHOOKS_T0:-$EPOCHSECONDS}
 log=${SECURE_WEBHOOKS_SETUP_LOG:-$PWD/.local/setup.log}
 mkdir -p "$(dirname "$log")"
 printf '== scripts/setup.sh %s\n' "$(date -u +%FT%TZ)" >"$log"
 
-say() { printf 'setup: [%4ds] %s\n' "$((SECONDS - started))" "$*" >&2; }
+say() { printf 'setup: [%4ds] %s\n' "$((EPOCHSECONDS - SECURE_WEBHOOKS_T0))" "$*" >&2; }
 
 # fail MESSAGE: say what failed, where the full output is and its last lines, then exit.
 fail() {
