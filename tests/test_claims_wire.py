@@ -14,6 +14,7 @@ from google.protobuf import struct_pb2
 from providers import OWNER, as_stored
 from pulumi.runtime import rpc
 
+from secure_webhooks.configuration.config_errors import STACK_CONFIG
 from secure_webhooks.configuration.delivery_settings import DeliverySettings
 from secure_webhooks.configuration.settings import ConfigError, parse_settings
 from secure_webhooks.delivery.reconciler import ReconcilerSpec, function_sources, sources_sha256
@@ -113,13 +114,13 @@ def test_config_claims_keep_big_integers_and_nulls():
 )
 def test_claims_that_cannot_arrive_as_configured_are_refused_naming_the_key(claims, key, problem):
     with pytest.raises(ConfigError) as info:
-        parse_settings({**BASE, "claims": claims})
+        parse_settings({**BASE, "claims": claims}, key_names=STACK_CONFIG)
     assert info.value.key == key and problem in info.value.problem
 
 
 def test_binding_claims_may_be_configured_when_binding_is_off_and_a_past_nbf_is_kept():
     assert parse_settings({**BASE, "tokenBinding": "false", "claims": {"jti": "j"}}).claims == {"jti": "j"}
     with pytest.raises(ConfigError) as info:
-        parse_settings({**BASE, "tokenAudience": "true", "claims": {"aud": "x"}})
+        parse_settings({**BASE, "tokenAudience": "true", "claims": {"aud": "x"}}, key_names=STACK_CONFIG)
     assert info.value.key == "secure-webhooks:claims.aud"
     assert parse_settings({**BASE, "claims": {"nbf": 1_600_000_000}}).claims == {"nbf": 1_600_000_000}

@@ -20,6 +20,7 @@ from pulumi.dynamic.config import Config
 from supabase_lints import EXTENSION_IN_PUBLIC, lint
 
 from local_supabase.bootstrap import LEGACY_WEBHOOK_HEADERS
+from secure_webhooks.configuration.config_errors import IN_CODE, STACK_CONFIG, KeyNames
 from secure_webhooks.installation.installation_provider import InstallationProvider
 from secure_webhooks.installation.ownership import OwnershipError
 from secure_webhooks.installation.preflight import extension_problem
@@ -334,18 +335,29 @@ def test_trigger_check_names_a_missing_table(triggers, spec):
     assert failure.reason == "table public.no_such_table does not exist (secure-webhooks:webhooks entry 'hook')"
 
 
-def test_preflight_explains_each_extension_problem(supabase_ready, postgres_conn):
+def test_preflight_explains_each_extension_problem_on_the_input_to_fix(supabase_ready, postgres_conn):
+    def problem(extension: str, managed: bool, names: KeyNames = STACK_CONFIG) -> tuple[str, str] | None:
+        failure = extension_problem(cur, extension, "pgjwt", managed, names)
+        return None if failure is None else (failure.property, failure.reason)
+
     with postgres_conn.transaction(force_rollback=True), postgres_conn.cursor() as cur:
         assert extension_problem(cur, "pg_net", "pgcrypto", managed=False) is None
-        assert extension_problem(cur, "no_such_extension", "pgjwt", managed=True) == (
-            "extension no_such_extension is not available on this server (needed by signer 'pgjwt' and pg_net)"
+        assert problem("no_such_extension", managed=True) == (
+            "signer",
+            "extension no_such_extension is not available on this server (needed by signer 'pgjwt' and pg_net)",
         )
-        assert "secure-webhooks:manageExtensions is false" in extension_problem(cur, "citext", "pgjwt", managed=False)
-        assert extension_problem(cur, "citext", "pgjwt", managed=True) is None
+        prop, reason = problem("citext", managed=False)
+        assert prop == "extensions_managed" and "secure-webhooks:manageExtensions is false" in reason
+        # A program that passed settings in code reads the key it wrote, not a stack config key.
+        prop, reason = problem("citext", managed=False, names=IN_CODE)
+        assert prop == "extensions_managed" and 'parse_settings(...)["manageExtensions"] is false' in reason
+        assert "secure-webhooks:" not in reason
+        assert problem("citext", managed=True) is None
         cur.execute("CREATE EXTENSION citext SCHEMA public")
-        assert extension_problem(cur, "citext", "pgjwt", managed=True) == (
+        assert problem("citext", managed=True) == (
+            "signer",
             "extension citext is installed in schema 'public', but the function calls it as extensions.*; "
-            "move it with ALTER EXTENSION citext SET SCHEMA extensions"
+            "move it with ALTER EXTENSION citext SET SCHEMA extensions",
         )
 
 

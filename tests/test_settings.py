@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from secure_webhooks.configuration.config_errors import STACK_CONFIG
 from secure_webhooks.configuration.delivery_settings import DeliverySettings, check_delivery
 from secure_webhooks.configuration.settings import (
     DEFAULT_CLAIMS,
@@ -21,7 +22,7 @@ BASE = {"orchestratorUrl": "https://orchestrator.example.com"}
 
 
 def settings(**raw):
-    return parse_settings({**BASE, **raw})
+    return parse_settings({**BASE, **raw}, key_names=STACK_CONFIG)
 
 
 def error_of(**raw) -> ConfigError:
@@ -301,7 +302,7 @@ def test_standard_webhooks_are_opt_in_and_need_binding():
     assert settings(standardWebhooks=True, webhookSecretName="hooks").webhook_secret_name == "hooks"
     assert error_of(standardWebhooks=True, tokenBinding=False).key == "secure-webhooks:standardWebhooks"
     with pytest.raises(ConfigError) as info:
-        parse_settings(BASE, webhook_secret_set=True)
+        parse_settings(BASE, webhook_secret_set=True, key_names=STACK_CONFIG)
     assert info.value.key == "secure-webhooks:webhookSecret"
 
 

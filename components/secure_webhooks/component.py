@@ -49,7 +49,7 @@ def function_spec(settings: Settings) -> FunctionSpec:
 
 
 def reconciler_spec(settings: Settings, spec: FunctionSpec) -> ReconcilerSpec:
-    """The reconciler sends each webhook's events only to the URL configured here (components/secure_webhooks/delivery/reconciler.py)."""
+    """The reconciler sends each webhook's events only to the URL configured here (delivery/reconciler.py)."""
     routes = tuple(
         Route(schema=webhook.schema, table=webhook.table, webhook=trigger_name, url=webhook.url)
         for webhook in settings.webhooks
@@ -87,8 +87,9 @@ def installation_inputs(args: SecureWebhooksArgs, spec: FunctionSpec) -> dict[st
             webhook_secret_name=spec.webhook_secret_name,
             webhook_secret_managed=args.webhook_secret is not None,
             extensions_managed=args.settings.manage_extensions,
+            key_names=args.settings.key_names,
             webhook_tables=[
-                {"schema": w.schema, "table": w.table, "key": f"secure-webhooks:webhooks[{i}].table"}
+                {"schema": w.schema, "table": w.table, "key": args.settings.key_names.setting(f"webhooks[{i}].table")}
                 for i, w in enumerate(args.settings.webhooks)
             ],
         ),
@@ -149,6 +150,7 @@ class SecureWebhooks(pulumi.ComponentResource):
                         value=value,
                         owner=args.owner,
                         kind=kind,
+                        key_names=settings.key_names,
                         instance=installation.instance,
                         opts=child(),
                     )
@@ -210,6 +212,7 @@ class SecureWebhooks(pulumi.ComponentResource):
             schedule = ReconcilerSchedule(
                 f"{name}-reconciler-schedule",
                 schedule=settings.delivery.schedule,
+                key_names=settings.key_names,
                 owner=args.owner,
                 instance=installation.instance,
                 opts=child(reconciler, *triggers),

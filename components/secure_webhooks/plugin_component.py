@@ -24,8 +24,8 @@ from typing import Any, NotRequired, TypedDict
 import pulumi
 
 from secure_webhooks.component import SecureWebhooks, SecureWebhooksArgs
-from secure_webhooks.configuration.config_errors import ConfigError
-from secure_webhooks.configuration.settings import NAMESPACE, parse_settings
+from secure_webhooks.configuration.config_errors import NAMESPACE, STACK_CONFIG, ConfigError
+from secure_webhooks.configuration.settings import parse_settings
 
 #: The package's name in the schema: the first part of every type token it serves.
 PACKAGE = "secure-webhooks"
@@ -167,6 +167,7 @@ class Webhooks(pulumi.ComponentResource):
                 settings_input(args),
                 jwt_secret_set=jwt_secret is not None,
                 webhook_secret_set=webhook_secret is not None,
+                key_names=STACK_CONFIG,
             )
         except ConfigError as exc:
             # Worded as for stack config: input `x` is named by its key, secure-webhooks:x.

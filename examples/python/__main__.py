@@ -27,7 +27,7 @@ try:
         jwt_secret_set=True,
     )
 except ConfigError as exc:
-    # Messages name the parse_settings key as secure-webhooks:<key>; this program sets them in code above.
+    # Messages name each setting as written here, e.g. parse_settings(...)["tokenTtlSeconds"].
     raise pulumi.RunError(f"invalid webhook settings: {exc}") from None
 
 webhooks = SecureWebhooks(

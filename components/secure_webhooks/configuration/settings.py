@@ -8,6 +8,7 @@ config key and touches nothing in the database.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import math
 import time
@@ -16,11 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from secure_webhooks.configuration.config_errors import ConfigError
+from secure_webhooks.configuration.config_errors import IN_CODE, NAMESPACE, ConfigError, KeyNames
 from secure_webhooks.configuration.delivery_settings import DeliverySettings, check_delivery
 from secure_webhooks.configuration.urls import UrlPolicyError, check_base_url, check_path, join_url
-
-NAMESPACE = "secure-webhooks"
 
 #: PostgreSQL truncates identifiers longer than NAMEDATALEN - 1 bytes; a
 #: silently truncated trigger name would make drift detection lie.
@@ -119,6 +118,8 @@ class Settings:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     #: The instance id of a stack whose state is gone, whose database claim this stack takes over.
     replaces_instance: str | None = None
+    #: How errors found later (by the providers' checks) name settings: as the reader wrote them.
+    key_names: KeyNames = IN_CODE
 
 
 def _key(name: str) -> str:
@@ -366,9 +367,25 @@ def _check_instance(value: Any) -> str | None:
 
 
 def parse_settings(
-    raw: Mapping[str, Any], *, jwt_secret_set: bool = False, webhook_secret_set: bool = False
+    raw: Mapping[str, Any],
+    *,
+    jwt_secret_set: bool = False,
+    webhook_secret_set: bool = False,
+    key_names: KeyNames = IN_CODE,
 ) -> Settings:
-    """Build Settings from raw config values keyed by their short names (orchestratorUrl, ...)."""
+    """Build Settings from raw values keyed by their short names (orchestratorUrl, ...).
+
+    Errors name each setting as `key_names` says: by default as a program wrote it
+    (`parse_settings(...)["timeoutMs"]`); read_stack_config asks for stack config keys.
+    """
+    try:
+        settings = _parse_settings(raw, jwt_secret_set=jwt_secret_set, webhook_secret_set=webhook_secret_set)
+    except ConfigError as exc:
+        raise exc.named_for(key_names) from None
+    return dataclasses.replace(settings, key_names=key_names)
+
+
+def _parse_settings(raw: Mapping[str, Any], *, jwt_secret_set: bool, webhook_secret_set: bool) -> Settings:
     production = _check_bool(_key("production"), raw.get("production"))
     url_key = _key("orchestratorUrl")
     if raw.get("orchestratorUrl") is None:

@@ -1,4 +1,4 @@
-"""Reads the stack's Pulumi config into Settings (see components/secure_webhooks/configuration/settings.py for the rules)."""
+"""Reads the stack's Pulumi config into Settings (configuration/settings.py has the rules)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from dataclasses import dataclass
 import pulumi
 from pulumi.runtime.config import is_config_secret
 
+from secure_webhooks.configuration.config_errors import NAMESPACE, STACK_CONFIG, ConfigError
 from secure_webhooks.configuration.settings import (
-    NAMESPACE,
-    ConfigError,
     Settings,
     check_jwt_secret,
     check_webhook_secret,
@@ -67,6 +66,7 @@ def read_stack_config() -> tuple[Settings, ManagedSecrets]:
             {key: config.get(key) for key in SETTING_KEYS},
             jwt_secret_set=jwt_secret is not None,
             webhook_secret_set=webhook_secret is not None,
+            key_names=STACK_CONFIG,
         )
     except ConfigError as exc:
         raise pulumi.RunError(f"invalid configuration: {exc}") from None

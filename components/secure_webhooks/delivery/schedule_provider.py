@@ -23,6 +23,7 @@ import psycopg
 import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
 
+from secure_webhooks.configuration.config_errors import STACK_CONFIG, KeyNames
 from secure_webhooks.configuration.delivery_settings import AUTO_SCHEDULE
 from secure_webhooks.delivery.outbox_provider import OPERATOR_COMMAND, describe_counts, undelivered
 from secure_webhooks.delivery.reconciler import JOB_NAME, cron_command
@@ -167,8 +168,8 @@ class ScheduleProvider(DatabaseProvider):
                 failures.append(
                     CheckFailure(
                         "schedule",
-                        "secure-webhooks:delivery.mode is 'at-least-once', which needs pg_cron to run the reconciler: "
-                        "enable it (Supabase dashboard: Database > Extensions > pg_cron, or "
+                        f"{KeyNames.of(news).setting('delivery.mode')} is 'at-least-once', which needs pg_cron to "
+                        "run the reconciler: enable it (Supabase dashboard: Database > Extensions > pg_cron, or "
                         "`create extension pg_cron with schema pg_catalog`) or set the mode to 'direct'",
                     )
                 )
@@ -187,8 +188,8 @@ class ScheduleProvider(DatabaseProvider):
             failures.append(
                 CheckFailure(
                     "schedule",
-                    f"secure-webhooks:delivery.schedule {news['schedule']!r} needs pg_cron >= 1.5; this server has "
-                    f"{version}, which schedules by the minute: use 'auto' or a cron expression",
+                    f"{KeyNames.of(news).setting('delivery.schedule')} {news['schedule']!r} needs pg_cron >= 1.5; "
+                    f"this server has {version}, which schedules by the minute: use 'auto' or a cron expression",
                 )
             )
         if job is not None and job["managed_by"] not in (None, news["owner"]):
@@ -290,6 +291,7 @@ class ReconcilerSchedule(pulumi.dynamic.Resource, module="secure-webhooks", name
         owner: str,
         opts: pulumi.ResourceOptions | None = None,
         instance: pulumi.Input[str] | None = None,
+        key_names: KeyNames = STACK_CONFIG,
     ) -> None:
         props = {
             "owner": owner,
@@ -298,5 +300,6 @@ class ReconcilerSchedule(pulumi.dynamic.Resource, module="secure-webhooks", name
             "job_name": JOB_NAME,
             "resolved_schedule": None,
             "live_schedule": None,
+            **key_names.prop,
         }
         super().__init__(ScheduleProvider(), name, props, opts)

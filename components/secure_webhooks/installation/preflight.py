@@ -12,6 +12,8 @@ from typing import Any
 import psycopg
 from pulumi.dynamic import CheckFailure
 
+from secure_webhooks.configuration.config_errors import STACK_CONFIG, KeyNames
+
 #: The schema Supabase installs extensions into; the function calls
 #: extensions.sign / extensions.hmac by their qualified names.
 EXTENSION_SCHEMA = "extensions"
@@ -24,8 +26,11 @@ def required_extensions(signer: str) -> tuple[str, ...]:
     return (*SIGNER_EXTENSIONS[signer], "pg_net")
 
 
-def extension_problem(cur: psycopg.Cursor, extension: str, signer: str, managed: bool) -> str | None:
-    """Why the function could not call `extension` in schema `extensions` after `up`, or None."""
+def extension_problem(
+    cur: psycopg.Cursor, extension: str, signer: str, managed: bool, names: KeyNames = STACK_CONFIG
+) -> CheckFailure | None:
+    """Why the function could not call `extension` in schema `extensions` after `up` (on the input
+    the fix belongs to), or None."""
     cur.execute(
         """
         SELECT a.name IS NOT NULL, n.nspname
@@ -39,20 +44,25 @@ def extension_problem(cur: psycopg.Cursor, extension: str, signer: str, managed:
     available, schema = cur.fetchone()
     if schema is None and not available:
         if extension == "pgjwt":
-            return (
-                "secure-webhooks:signer is 'pgjwt' but this server cannot install the pgjwt extension "
-                "(Supabase does not offer it on Postgres 17); set secure-webhooks:signer to 'pgcrypto'"
+            return CheckFailure(
+                "signer",
+                f"{names.setting('signer')} is 'pgjwt' but this server cannot install the pgjwt extension "
+                f"(Supabase does not offer it on Postgres 17); set {names.setting('signer')} to 'pgcrypto'",
             )
-        return f"extension {extension} is not available on this server (needed by signer {signer!r} and pg_net)"
+        return CheckFailure(
+            "signer", f"extension {extension} is not available on this server (needed by signer {signer!r} and pg_net)"
+        )
     if schema is None and not managed:
-        return (
-            f"extension {extension} is not installed and secure-webhooks:manageExtensions is false; "
-            f"enable it in schema {EXTENSION_SCHEMA} (Supabase dashboard: Database > Extensions) or set it to true"
+        return CheckFailure(
+            "extensions_managed",
+            f"extension {extension} is not installed and {names.setting('manageExtensions')} is false; "
+            f"enable it in schema {EXTENSION_SCHEMA} (Supabase dashboard: Database > Extensions) or set it to true",
         )
     if schema is not None and schema != EXTENSION_SCHEMA and extension != "pg_net":
-        return (
+        return CheckFailure(
+            "signer",
             f"extension {extension} is installed in schema {schema!r}, but the function calls it as "
-            f"{EXTENSION_SCHEMA}.*; move it with ALTER EXTENSION {extension} SET SCHEMA {EXTENSION_SCHEMA}"
+            f"{EXTENSION_SCHEMA}.*; move it with ALTER EXTENSION {extension} SET SCHEMA {EXTENSION_SCHEMA}",
         )
     return None
 
@@ -114,6 +124,7 @@ def preflight_props(
     webhook_secret_managed: bool,
     extensions_managed: bool,
     webhook_tables: list[dict[str, str]],
+    key_names: KeyNames = STACK_CONFIG,
 ) -> dict[str, Any]:
     """preflight_failures' inputs: the signer, the Vault secrets (and whether this stack manages them),
     whether extensions are installed by the stack, and every webhook's table with its config key."""
@@ -125,6 +136,7 @@ def preflight_props(
         "webhook_secret_managed": webhook_secret_managed,
         "extensions_managed": extensions_managed,
         "webhook_tables": webhook_tables,
+        **key_names.prop,
     }
 
 
@@ -153,13 +165,14 @@ def pg_net_trigger_failures(cur: psycopg.Cursor) -> list[CheckFailure]:
 
 
 def preflight_failures(cur: psycopg.Cursor, props: dict[str, Any]) -> list[CheckFailure]:
+    names = KeyNames.of(props)
+    managed = props.get("extensions_managed", True)
     failures = target_failures(cur, props.get("webhook_tables") or [])
     failures += pg_net_trigger_failures(cur)
     failures += [
-        CheckFailure("signer", reason)
+        failure
         for extension in required_extensions(props["signer"])
-        if (reason := extension_problem(cur, extension, props["signer"], props.get("extensions_managed", True)))
-        is not None
+        if (failure := extension_problem(cur, extension, props["signer"], managed, names)) is not None
     ]
     cur.execute("SELECT pg_catalog.to_regclass('vault.secrets') IS NOT NULL")
     if not cur.fetchone()[0]:
@@ -176,8 +189,8 @@ def preflight_failures(cur: psycopg.Cursor, props: dict[str, Any]) -> list[Check
                 failures.append(
                     CheckFailure(
                         prop,
-                        f"Vault secret {props[prop]!r} (secure-webhooks:{name_key}) does not exist; "
-                        f"create it in the Vault, or set it with `pulumi config set --secret {value_key} ...`",
+                        f"Vault secret {props[prop]!r} ({names.setting(name_key)}) does not exist; "
+                        f"create it in the Vault, or {names.set_hint(value_key)} for the stack to keep it there",
                     )
                 )
     return failures

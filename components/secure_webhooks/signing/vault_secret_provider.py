@@ -22,7 +22,8 @@ import psycopg
 import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
 
-from secure_webhooks.configuration.settings import ConfigError, check_jwt_secret, check_webhook_secret
+from secure_webhooks.configuration.config_errors import STACK_CONFIG, ConfigError, KeyNames
+from secure_webhooks.configuration.settings import check_jwt_secret, check_webhook_secret
 from secure_webhooks.installation import adoption
 from secure_webhooks.installation.installation_provider import instance_input, refuse_stale_instance
 from secure_webhooks.installation.ownership import claim, marker, owner_of, refusal
@@ -123,7 +124,7 @@ class VaultSecretProvider(DatabaseProvider):
             # "kind" is absent from state written before webhook secrets existed: those are JWT keys.
             (check_webhook_secret if news.get("kind") == "webhook" else check_jwt_secret)(news["secret"])
         except ConfigError as exc:
-            failures.append(CheckFailure("secret", str(exc)))
+            failures.append(CheckFailure("secret", str(exc.named_for(KeyNames.of(news)))))
         with self.db.transaction() as cur:
             cur.execute("SELECT pg_catalog.to_regclass('vault.secrets') IS NOT NULL")
             if not cur.fetchone()[0]:
@@ -253,6 +254,7 @@ class VaultSecret(pulumi.dynamic.Resource, module="secure-webhooks", name="Vault
         kind: str = "jwt",
         opts: pulumi.ResourceOptions | None = None,
         instance: pulumi.Input[str] | None = None,
+        key_names: KeyNames = STACK_CONFIG,
     ) -> None:
         props = {
             "name": secret_name,
@@ -260,6 +262,7 @@ class VaultSecret(pulumi.dynamic.Resource, module="secure-webhooks", name="Vault
             "owner": owner,
             "instance": instance_input(instance, opts),
             "secret_id": None,
+            **key_names.prop,
         }
         if kind != "jwt":  # JWT keys keep the props they had before other kinds existed
             props["kind"] = kind
