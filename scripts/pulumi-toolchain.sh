@@ -220,9 +220,8 @@ EOF
 	cd "$pg"
 	say "step 'download pulumi-resource-postgresql module'"
 	if ! go mod download github.com/pulumi/pulumi-postgresql/provider/v3 >"$logs/download-postgresql.log" 2>&1; then
-		# The proxy answers 403 for this module; go's own words stay in the log.
-		say "note: the Go module proxy does not serve the pulumi-resource-postgresql module" \
-			"($logs/download-postgresql.log); building without that plugin"
+		# The proxy answers 403 for this module; go's own words stay in the log (named in the stamp), and
+		# finish says it in one note.
 		postgresql_state="unavailable (module download refused, see $logs/download-postgresql.log)"
 		return
 	fi

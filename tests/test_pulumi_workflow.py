@@ -94,9 +94,10 @@ def test_pulumi_install_then_preview_up_destroy_from_a_fresh_clone(engine, tmp_p
         assert conn.execute(FUNCTION).fetchone() == (True,)
         assert conn.execute(CRON_JOB).fetchone() == (1,)
         conn.execute("INSERT INTO public.resumes (name, storage_path) VALUES ('fresh-clone.pdf', 'r/')")
-    (delivery,) = engine.orchestrator.wait_for(1)
-    assert delivery.status == 200
-    engine.wait_until_delivered()
+    # Bounds for a loaded machine, not expectations: each wait returns as soon as its condition holds.
+    first = engine.orchestrator.wait_for(1, timeout=60)[0]
+    assert first.status == 200 and first.body["record"]["name"] == "fresh-clone.pdf"
+    engine.wait_until_delivered(timeout=60)  # destroy refuses while an event waits
 
     stack.destroy()
     assert stack.export()["deployment"].get("resources", []) == []
