@@ -19,10 +19,14 @@ from psycopg.types.json import Jsonb
 from test_engine_instances import everything, in_another_backend
 
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
+from local_supabase.pg_net_worker import ROUND_WAIT
 from local_supabase.scripted_server import ScriptedServer
 from secure_webhooks.configuration.settings import DEFAULT_WEBHOOKS
 
 FAST_RETRIES = {"retryInitialSeconds": 1, "retryMultiplier": 1, "retryJitter": 0, "maxAttempts": 100}
+#: How long an event keeps being retried at least (each attempt waits out the retry delay, then pg_net's
+#: next round): the bound of the waits for events to fail or be delivered, however busy the machine.
+RETRYING_SECONDS = FAST_RETRIES["maxAttempts"] * (FAST_RETRIES["retryInitialSeconds"] + ROUND_WAIT)
 RESUMES, ZIPS = DEFAULT_WEBHOOKS
 PLANT = """
 INSERT INTO net._http_response (id, status_code, headers, created)
@@ -87,7 +91,8 @@ def test_poison_forgery_takeover_foreign_trigger_and_retry_after_lose_nothing(en
                 for table in rows:
                     query = sql.SQL("INSERT INTO public.{} (name, storage_path) VALUES (%s, 'p/') RETURNING id")
                     rows[table].append(conn.execute(query.format(sql.Identifier(table)), (f"chaos-{n}",)).fetchone()[0])
-            engine.wait_for_status(conn, "failed", 11, timeout=30)
+            # Every event has failed an attempt (a count of "failed" ones would race the retries in flight).
+            engine.wait_until_failed_once(conn, 11, timeout=RETRYING_SECONDS)
 
         # The same-named stack in another backend takes over, without the zip_archives webhook.
         successor = in_another_backend(engine, tmp_path / "other-backend").stack(
@@ -117,9 +122,9 @@ def test_poison_forgery_takeover_foreign_trigger_and_retry_after_lose_nothing(en
 
         with WebhookReceiver(JWT_SECRET, port=port) as back:
             back.plan(PlannedResponse(503, headers={"Retry-After": "0"}))
-            back.wait_for(11, timeout=60)
+            back.wait_for(11, timeout=RETRYING_SECONDS)
             with engine.connect() as conn:
-                engine.wait_for_status(conn, "delivered", 10, timeout=60)
+                engine.wait_for_status(conn, "delivered", 10, timeout=RETRYING_SECONDS)
                 waiting = dict(conn.execute("SELECT status, count(*) FROM secure_webhooks.deliveries GROUP BY 1"))
                 poison = conn.execute(
                     "SELECT last_error FROM secure_webhooks.deliveries WHERE webhook = 'legacy-hook'"
