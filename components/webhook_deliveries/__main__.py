@@ -1,42 +1,47 @@
-"""Command line: status, list, replay and purge of webhook events (see README, "Operate deliveries")."""
+"""Command line: status, list, replay and purge of webhook events (see docs/operations.md)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
-from secure_webhooks.delivery.outbox import DELIVERIES_VIEW, SCHEMA, STATUSES
-from secure_webhooks.delivery.reconciler import JOB_NAME
+from secure_webhooks.delivery.outbox import SCHEMA, STATUSES
 from webhook_deliveries.connection import OperatorError, connect
+from webhook_deliveries.health import (
+    VIEW,
+    Limits,
+    age,
+    clip,
+    iso,
+    read_reconciler,
+    read_webhooks,
+    verdict,
+)
 
-VIEW = f"{SCHEMA}.{DELIVERIES_VIEW}"
+MODULE_COMMAND = "python -m webhook_deliveries"
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 #: The longest --since / --older-than: a century covers every event an outbox can hold.
 LONGEST = timedelta(days=36_500)
-
-STATUS_QUERY = f"""
-SELECT webhook, "table",
-       count(*) FILTER (WHERE status = 'pending'),
-       count(*) FILTER (WHERE status = 'failed'),
-       count(*) FILTER (WHERE status = 'dead'),
-       count(*) FILTER (WHERE status = 'delivered'),
-       pg_catalog.now() - min(created_at) FILTER (WHERE status IN ('pending', 'failed')),
-       (array_agg(last_error ORDER BY created_at DESC)
-          FILTER (WHERE last_error IS NOT NULL AND status <> 'delivered'))[1]
-  FROM {VIEW}
- GROUP BY webhook, "table"
- ORDER BY webhook
-"""
+#: Events the reconciler still means to deliver: purging them cancels deliveries in progress, so it takes
+#: --yes. Dead ones have been given up (the reconciler drops them itself after keepDeadHours), and
+#: destroy's advice purges them as they are.
+STILL_TO_DELIVER = ("pending", "failed")
+#: `status --check` defaults: longer than the first four retries (5 s, 20 s, 80 s, 5 min) of the default
+#: schedule, so one receiver hiccup does not page anyone; pending events leave at the next round.
+FAILING_LIMIT = timedelta(minutes=15)
+PENDING_LIMIT = timedelta(minutes=10)
 
 LIST_QUERY = f"""
-SELECT event_id, webhook, status, attempts, coalesce(last_status_code::text, '-'), created_at, next_attempt_at,
-       coalesce(last_error, '')
+SELECT event_id, webhook, "table", status, attempts, last_status_code, last_error, created_at, next_attempt_at,
+       delivered_at
   FROM {VIEW}
  WHERE (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s))
    AND (%(webhook)s::text IS NULL OR webhook = %(webhook)s)
@@ -44,17 +49,28 @@ SELECT event_id, webhook, status, attempts, coalesce(last_status_code::text, '-'
  ORDER BY created_at DESC
  LIMIT %(limit)s
 """
+LIST_FIELDS = (
+    "event_id",
+    "webhook",
+    "table",
+    "status",
+    "attempts",
+    "last_status_code",
+    "last_error",
+    "created_at",
+    "next_attempt_at",
+    "delivered_at",
+)
 
-
-#: The reconciler's job and its last finished run: a round that fails (a lock it could not get, a trigger
-#: on pg_net's tables) fails for every webhook, and shows nowhere in the events.
-JOB_QUERY = """
-SELECT j.active, d.status, d.end_time, d.return_message
-  FROM cron.job AS j
-  LEFT JOIN LATERAL (SELECT r.status, r.end_time, r.return_message FROM cron.job_run_details AS r
-                      WHERE r.jobid = j.jobid AND r.status IN ('succeeded', 'failed')
-                      ORDER BY r.runid DESC LIMIT 1) AS d ON true
- WHERE j.jobname = %s
+#: What a purge with these filters would delete now, by status: the figure its confirmation shows.
+PURGE_COUNT_QUERY = f"""
+SELECT status, count(*)
+  FROM {VIEW}
+ WHERE status = ANY(%(statuses)s)
+   AND created_at < pg_catalog.now() - %(older_than)s::interval
+   AND (%(webhook)s::text IS NULL OR webhook = %(webhook)s)
+ GROUP BY status
+ ORDER BY status
 """
 
 
@@ -79,72 +95,81 @@ def statuses(text: str) -> list[str]:
     return chosen
 
 
-def _age(value: timedelta | None) -> str:
-    if value is None:
-        return "-"
-    seconds = int(value.total_seconds())
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m"
-    if seconds < 86_400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86_400}d{seconds % 86_400 // 3600:02d}h"
-
-
-def _clip(text: str | None, width: int) -> str:
-    text = (text or "-").replace("\n", " ")
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def show_status(conn: psycopg.Connection) -> None:
-    rows = conn.execute(STATUS_QUERY).fetchall()
-    header = f"{'webhook':<40} {'pending':>7} {'failed':>6} {'dead':>5} {'delivered':>9} {'oldest':>7}  last error"
-    print(header)
-    for webhook, _table, pending, failed, dead, delivered, oldest, error in rows:
-        print(
-            f"{_clip(webhook, 40):<40} {pending:>7} {failed:>6} {dead:>5} {delivered:>9} {_age(oldest):>7}  "
-            f"{_clip(error, 60)}"
-        )
-    if not rows:
-        print("(no events)")
-    print(f"reconciler: {reconciler_health(conn)}")
-
-
-def reconciler_health(conn: psycopg.Connection) -> str:
-    """One line on the pg_cron job that sends the events: missing, paused, or how its last run ended."""
+def positive(text: str) -> int:
     try:
-        with conn.transaction():
-            job = conn.execute(JOB_QUERY, (JOB_NAME,)).fetchone()
-    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
-        return "(pg_cron's tables are not readable by this role)"
-    if job is None:
-        return f"NO pg_cron job {JOB_NAME}: nothing sends these events (pulumi up schedules it)"
-    active, status, ended, message = job
-    state = f"job {JOB_NAME}" + ("" if active else " is PAUSED (active = false)")
-    if status is None:
-        return f"{state}, no finished run yet"
-    if status == "failed":
-        return f"{state}, last run FAILED at {ended:%Y-%m-%d %H:%M:%S}: {_clip(message, 160)}"
-    return f"{state}, last run succeeded at {ended:%Y-%m-%d %H:%M:%S}"
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
 
 
-def show_list(conn: psycopg.Connection, args: argparse.Namespace) -> None:
-    params = {
-        "statuses": args.status,
-        "webhook": args.webhook,
-        "since": args.since,
-        "limit": args.limit,
-    }
-    print(f"{'event id':<36}  {'webhook':<32} {'status':<9} {'tries':>5} {'code':>4}  created              error")
-    for event_id, webhook, status, attempts, code, created, _next, error in conn.execute(LIST_QUERY, params):
+def _print_json(document: dict[str, Any]) -> None:
+    print(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+def show_status(conn: psycopg.Connection, args: argparse.Namespace) -> int:
+    webhooks = read_webhooks(conn)
+    reconciler = read_reconciler(conn)
+    healthy, line = verdict(webhooks, reconciler, Limits(args.failing_longer_than, args.pending_older_than))
+    if args.json:
+        document: dict[str, Any] = {
+            "webhooks": [status.as_json() for status in webhooks],
+            "reconciler": reconciler.as_json(),
+        }
+        if args.check:
+            document["check"] = {"ok": healthy, "summary": line}
+        _print_json(document)
+    elif args.check:
+        print(line)
+    else:
+        width = max([len("webhook"), *(len(status.webhook) for status in webhooks)])
         print(
-            f"{event_id!s:<36}  {_clip(webhook, 32):<32} {status:<9} {attempts:>5} {code:>4}  "
-            f"{created:%Y-%m-%d %H:%M:%S}  {_clip(error, 50)}"
+            f"{'webhook':<{width}} {'pending':>7} {'failed':>6} {'dead':>5} {'delivered':>9} {'oldest':>7}  last error"
         )
+        for status in webhooks:
+            print(
+                f"{status.webhook:<{width}} {status.pending:>7} {status.failed:>6} {status.dead:>5} "
+                f"{status.delivered:>9} {age(status.oldest_waiting_age):>7}  {clip(status.last_error, 60)}"
+            )
+        if not webhooks:
+            print("(no events)")
+        print(f"reconciler: {reconciler.summary}")
+    return 0 if healthy or not args.check else 1
 
 
-def replay(conn: psycopg.Connection, args: argparse.Namespace) -> None:
+def _next_attempt(status: str, next_attempt_at: Any) -> str:
+    """A pending event without a due time is in flight: pg_net holds its request."""
+    if next_attempt_at is not None:
+        return f"{next_attempt_at:%Y-%m-%d %H:%M:%S}"
+    return "in flight" if status == "pending" else "-"
+
+
+def show_list(conn: psycopg.Connection, args: argparse.Namespace) -> int:
+    params = {"statuses": args.status, "webhook": args.webhook, "since": args.since, "limit": args.limit}
+    events = [dict(zip(LIST_FIELDS, row, strict=True)) for row in conn.execute(LIST_QUERY, params)]
+    if args.json:
+        stamps = ("created_at", "next_attempt_at", "delivered_at")
+        rows = [{**event, "event_id": str(event["event_id"]), **{k: iso(event[k]) for k in stamps}} for event in events]
+        _print_json({"events": rows})
+        return 0
+    width = max([len("webhook"), *(len(event["webhook"]) for event in events)])
+    print(
+        f"{'event id':<36}  {'webhook':<{width}} {'status':<9} {'tries':>5} {'code':>4}  "
+        f"{'created':<19}  {'next attempt':<19}  error"
+    )
+    for event in events:
+        code = "-" if event["last_status_code"] is None else event["last_status_code"]
+        print(
+            f"{event['event_id']!s:<36}  {event['webhook']:<{width}} {event['status']:<9} {event['attempts']:>5} "
+            f"{code:>4}  {event['created_at']:%Y-%m-%d %H:%M:%S}  "
+            f"{_next_attempt(event['status'], event['next_attempt_at']):<19}  {clip(event['last_error'], 50)}"
+        )
+    return 0
+
+
+def replay(conn: psycopg.Connection, args: argparse.Namespace) -> int:
     if args.event_ids:
         replayed = sum(
             bool(conn.execute(f"SELECT {SCHEMA}.replay_event(%s::uuid)", (event_id,)).fetchone()[0])
@@ -156,41 +181,107 @@ def replay(conn: psycopg.Connection, args: argparse.Namespace) -> None:
             (args.webhook, args.since, args.status or ["failed", "dead"]),
         ).fetchone()[0]
     print(f"replayed {replayed} event(s); the reconciler sends them at its next round")
+    return 0
 
 
-def purge(conn: psycopg.Connection, args: argparse.Namespace) -> None:
+def _confirmed(question: str) -> bool:
+    """Ask on stderr, so a redirected stdout holds only the result; anything but yes is no."""
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    try:
+        answer = sys.stdin.readline()
+    except KeyboardInterrupt:
+        answer = ""
+    return answer.strip().lower() in ("y", "yes")
+
+
+def purge(conn: psycopg.Connection, args: argparse.Namespace) -> int:
+    params = {"statuses": args.status, "older_than": args.older_than, "webhook": args.webhook}
+    waiting = [status for status in args.status if status in STILL_TO_DELIVER]
+    if waiting and not args.yes:
+        counts = dict(conn.execute(PURGE_COUNT_QUERY, {**params, "statuses": waiting}).fetchall())
+        matching = ", ".join(f"{counts.get(status, 0)} {status}" for status in waiting)
+        if not (sys.stdin is not None and sys.stdin.isatty()):
+            raise OperatorError(
+                f"refusing to purge events not yet delivered ({matching} match now) without --yes; nothing was deleted"
+            )
+        if not _confirmed(f"Delete {matching} event(s) not yet delivered, for good?"):
+            print("nothing purged")
+            return 1
     purged = conn.execute(
         f"SELECT {SCHEMA}.purge(%s, %s::interval, %s)", (args.status, args.older_than, args.webhook)
     ).fetchone()[0]
     print(f"purged {purged} event(s)")
+    return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="python -m webhook_deliveries", description=__doc__)
+def program_name(argv0: str) -> str:
+    """The name the operator typed, for usage lines they copy: Python 3.11's argparse says `__main__.py` for -m."""
+    name = Path(argv0).name
+    return MODULE_COMMAND if name in ("", "__main__.py") else name
+
+
+def parser(prog: str) -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog=prog, description=__doc__)
     top.add_argument("--stack", help="the Pulumi stack whose postgresql:* config to use (default: the selected one)")
     top.add_argument("--cwd", type=Path, default=Path.cwd(), help="the Pulumi project directory (default: .)")
     top.add_argument("--dsn", help="a libpq conninfo to use instead of the stack config")
     commands = top.add_subparsers(dest="command", required=True)
-    commands.add_parser("status", help="per webhook: counts by status, oldest waiting event, last error")
-    listing = commands.add_parser("list", help="events, newest first")
+    status = commands.add_parser(
+        "status",
+        help="per webhook: counts by status, oldest waiting event, last error; the reconciler job's health",
+        description="Per webhook: counts by status, the oldest event still to be sent, the last error; "
+        "then the reconciler job's health. With --check: one line and an exit code for monitoring.",
+    )
+    status.add_argument("--json", action="store_true", help="a JSON document instead of the table")
+    status.add_argument(
+        "--check",
+        action="store_true",
+        help="print one OK or CRITICAL line; exit 1 when events are dead, failing or pending too long, "
+        "or the reconciler job is missing, paused or its last run failed",
+    )
+    status.add_argument(
+        "--failing-longer-than",
+        type=duration,
+        default=FAILING_LIMIT,
+        metavar="DURATION",
+        help=f"--check: the age a failed (retrying) event may reach (default: {age(FAILING_LIMIT)})",
+    )
+    status.add_argument(
+        "--pending-older-than",
+        type=duration,
+        default=PENDING_LIMIT,
+        metavar="DURATION",
+        help=f"--check: the age a pending event may reach (default: {age(PENDING_LIMIT)})",
+    )
+    listing = commands.add_parser("list", help="events, newest first, with their next attempt")
     listing.add_argument("--status", type=statuses, help="e.g. failed,dead")
     listing.add_argument("--webhook", help="trigger name")
     listing.add_argument("--since", type=duration, help="created within, e.g. 6h")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=positive, default=50, help="at most this many events (default: 50)")
+    listing.add_argument("--json", action="store_true", help="a JSON document instead of the table")
     replaying = commands.add_parser("replay", help="send events again (a fresh attempt budget each)")
     replaying.add_argument("event_ids", nargs="*", help="event ids (webhook-id); default: by filter")
     replaying.add_argument("--status", type=statuses, help="default: failed,dead")
     replaying.add_argument("--webhook", help="trigger name")
     replaying.add_argument("--since", type=duration, help="created within, e.g. 24h")
-    purging = commands.add_parser("purge", help="delete events for good")
+    purging = commands.add_parser(
+        "purge",
+        help="delete events for good",
+        description="Delete events for good. Events not yet delivered (pending, failed) are deleted only "
+        "with --yes, or after a yes on a terminal.",
+    )
     purging.add_argument("--status", type=statuses, required=True, help="e.g. delivered,dead (pending must be named)")
     purging.add_argument("--older-than", type=duration, default=timedelta(0), help="e.g. 7d (default: any age)")
     purging.add_argument("--webhook", help="trigger name")
+    purging.add_argument("--yes", "-y", action="store_true", help="delete pending and failed events without asking")
     return top
 
 
+COMMANDS = {"status": show_status, "list": show_list, "replay": replay, "purge": purge}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser(program_name(sys.argv[0])).parse_args(argv)
     try:
         with connect(args.dsn, args.stack, args.cwd) as conn:
             if conn.execute("SELECT pg_catalog.to_regclass(%s)", (VIEW,)).fetchone()[0] is None:
@@ -198,14 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{VIEW} does not exist in this database: the stack is not deployed or uses "
                     "secure-webhooks:delivery.mode direct"
                 )
-            if args.command == "status":
-                show_status(conn)
-            elif args.command == "list":
-                show_list(conn, args)
-            elif args.command == "replay":
-                replay(conn, args)
-            else:
-                purge(conn, args)
+            return COMMANDS[args.command](conn, args)
     except OperatorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -213,7 +297,6 @@ def main(argv: list[str] | None = None) -> int:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"error: {first}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,221 @@
+"""What `status` reads from the outbox and pg_cron, and how `status --check` judges it.
+
+The text table, the JSON document and the monitoring verdict are all drawn from the same
+read, so a check that fails names exactly what `status` shows. Ages are computed by the
+database (`now() - created_at`): the host running the check may have another clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from secure_webhooks.delivery.outbox import DELIVERIES_VIEW, SCHEMA
+from secure_webhooks.delivery.reconciler import JOB_NAME
+
+VIEW = f"{SCHEMA}.{DELIVERIES_VIEW}"
+
+STATUS_QUERY = f"""
+SELECT webhook, "table",
+       count(*) FILTER (WHERE status = 'pending'),
+       count(*) FILTER (WHERE status = 'failed'),
+       count(*) FILTER (WHERE status = 'dead'),
+       count(*) FILTER (WHERE status = 'delivered'),
+       min(created_at) FILTER (WHERE status = 'pending'),
+       pg_catalog.now() - min(created_at) FILTER (WHERE status = 'pending'),
+       min(created_at) FILTER (WHERE status = 'failed'),
+       pg_catalog.now() - min(created_at) FILTER (WHERE status = 'failed'),
+       (array_agg(last_error ORDER BY created_at DESC)
+          FILTER (WHERE last_error IS NOT NULL AND status <> 'delivered'))[1]
+  FROM {VIEW}
+ GROUP BY webhook, "table"
+ ORDER BY webhook, "table"
+"""
+
+#: The reconciler's job and its last finished run: a round that fails (a lock it could not get, a trigger
+#: on pg_net's tables) fails for every webhook, and shows nowhere in the events.
+JOB_QUERY = """
+SELECT j.active, d.status, d.end_time, d.return_message
+  FROM cron.job AS j
+  LEFT JOIN LATERAL (SELECT r.status, r.end_time, r.return_message FROM cron.job_run_details AS r
+                      WHERE r.jobid = j.jobid AND r.status IN ('succeeded', 'failed')
+                      ORDER BY r.runid DESC LIMIT 1) AS d ON true
+ WHERE j.jobname = %s
+"""
+
+
+def age(value: timedelta | None) -> str:
+    if value is None:
+        return "-"
+    seconds = int(value.total_seconds())
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86_400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86_400}d{seconds % 86_400 // 3600:02d}h"
+
+
+def clip(text: str | None, width: int) -> str:
+    text = (text or "-").replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def iso(value: datetime | None) -> str | None:
+    """UTC, so JSON consumers compare timestamps without knowing the session's TimeZone."""
+    return None if value is None else value.astimezone(UTC).isoformat()
+
+
+def seconds(value: timedelta | None) -> int | None:
+    return None if value is None else int(value.total_seconds())
+
+
+@dataclass(frozen=True)
+class WebhookStatus:
+    webhook: str
+    table: str
+    pending: int
+    failed: int
+    dead: int
+    delivered: int
+    oldest_pending_at: datetime | None
+    oldest_pending_age: timedelta | None
+    oldest_failed_at: datetime | None
+    oldest_failed_age: timedelta | None
+    last_error: str | None
+
+    @property
+    def oldest_waiting_age(self) -> timedelta | None:
+        """The oldest event still to be sent, failing or not: the `oldest` column of the text table."""
+        ages = [value for value in (self.oldest_pending_age, self.oldest_failed_age) if value is not None]
+        return max(ages) if ages else None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "webhook": self.webhook,
+            "table": self.table,
+            "pending": self.pending,
+            "failed": self.failed,
+            "dead": self.dead,
+            "delivered": self.delivered,
+            "oldest_pending_at": iso(self.oldest_pending_at),
+            "oldest_pending_seconds": seconds(self.oldest_pending_age),
+            "oldest_failed_at": iso(self.oldest_failed_at),
+            "oldest_failed_seconds": seconds(self.oldest_failed_age),
+            "last_error": self.last_error,
+        }
+
+
+@dataclass(frozen=True)
+class ReconcilerHealth:
+    """The pg_cron job that sends the events; `readable` is false when this role may not see pg_cron."""
+
+    readable: bool
+    exists: bool = False
+    active: bool = False
+    last_run: str | None = None
+    last_run_at: datetime | None = None
+    last_run_message: str | None = None
+    job: str = JOB_NAME
+
+    @property
+    def healthy(self) -> bool | None:
+        if not self.readable:
+            return None
+        return self.exists and self.active and self.last_run != "failed"
+
+    @property
+    def summary(self) -> str:
+        if not self.readable:
+            return "(pg_cron's tables are not readable by this role)"
+        if not self.exists:
+            return f"NO pg_cron job {self.job}: nothing sends these events (pulumi up schedules it)"
+        state = f"job {self.job}" + ("" if self.active else " is PAUSED (active = false)")
+        if self.last_run is None:
+            return f"{state}, no finished run yet"
+        when = f"{self.last_run_at:%Y-%m-%d %H:%M:%S}"
+        if self.last_run == "failed":
+            return f"{state}, last run FAILED at {when}: {clip(self.last_run_message, 160)}"
+        return f"{state}, last run succeeded at {when}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "readable": self.readable,
+            "exists": self.exists if self.readable else None,
+            "active": self.active if self.exists else None,
+            "last_run": self.last_run,
+            "last_run_at": iso(self.last_run_at),
+            "last_run_message": self.last_run_message,
+            "healthy": self.healthy,
+            "summary": self.summary,
+        }
+
+
+def read_webhooks(conn: psycopg.Connection) -> list[WebhookStatus]:
+    return [WebhookStatus(*row) for row in conn.execute(STATUS_QUERY).fetchall()]
+
+
+def read_reconciler(conn: psycopg.Connection) -> ReconcilerHealth:
+    try:
+        with conn.transaction():
+            job = conn.execute(JOB_QUERY, (JOB_NAME,)).fetchone()
+    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+        return ReconcilerHealth(readable=False)
+    if job is None:
+        return ReconcilerHealth(readable=True)
+    active, last_run, ended, message = job
+    return ReconcilerHealth(True, True, active, last_run, ended, message)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long a failed event may keep retrying, and a pending one wait, before monitoring is told."""
+
+    failing: timedelta
+    pending: timedelta
+
+
+def _named(webhooks: list[WebhookStatus]) -> str:
+    return ", ".join(status.webhook for status in webhooks)
+
+
+def problems(webhooks: list[WebhookStatus], reconciler: ReconcilerHealth, limits: Limits) -> list[str]:
+    """Each reason to wake someone, worded for a one-line alert; none when delivery is healthy."""
+    found = []
+    dead = [status for status in webhooks if status.dead]
+    if dead:
+        total = sum(status.dead for status in dead)
+        each = ", ".join(f"{status.webhook} {status.dead}" for status in dead)
+        found.append(f"{total} dead event(s) ({each}): replay or purge them")
+    failing = [s for s in webhooks if s.oldest_failed_age is not None and s.oldest_failed_age >= limits.failing]
+    if failing:
+        longest = max(status.oldest_failed_age for status in failing)
+        found.append(f"events failing for {age(longest)}, past the {age(limits.failing)} limit ({_named(failing)})")
+    waiting = [s for s in webhooks if s.oldest_pending_age is not None and s.oldest_pending_age >= limits.pending]
+    if waiting:
+        oldest = max(status.oldest_pending_age for status in waiting)
+        found.append(
+            f"oldest pending event is {age(oldest)} old, past the {age(limits.pending)} limit ({_named(waiting)})"
+        )
+    if reconciler.healthy is False:
+        found.append(f"reconciler: {reconciler.summary}")
+    return found
+
+
+def verdict(webhooks: list[WebhookStatus], reconciler: ReconcilerHealth, limits: Limits) -> tuple[bool, str]:
+    """(healthy, the one line a monitoring system shows)."""
+    found = problems(webhooks, reconciler, limits)
+    if found:
+        return False, "CRITICAL: " + "; ".join(found)
+    pending = sum(status.pending for status in webhooks)
+    failed = sum(status.failed for status in webhooks)
+    ages = [status.oldest_waiting_age for status in webhooks if status.oldest_waiting_age is not None]
+    return True, (
+        f"OK: no dead events, {failed} failed, {pending} pending (oldest {age(max(ages) if ages else None)}); "
+        f"reconciler: {reconciler.summary}"
+    )
