@@ -10,6 +10,10 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
+
+from secure_webhooks.configuration.config_errors import STACK_CONFIG
+from secure_webhooks.configuration.settings import parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -109,3 +113,13 @@ def test_the_readme_consumer_example_sets_manage_extensions_where_it_is_shown():
     values = {ast.literal_eval(k): v for k, v in zip(raw.keys, raw.values, strict=True)}
     assert isinstance(values["manageExtensions"], ast.Constant) and values["manageExtensions"].value is False
     assert "pulumi-resource-postgresql" in example  # the comment there says why
+
+
+def test_the_readme_stack_config_example_is_valid_config():
+    """The README's `Pulumi.<stack>.yaml` example for tables of your own passes every config rule."""
+    text = README.read_text(encoding="utf-8")
+    (block,) = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    config = yaml.safe_load(block)["config"]
+    raw = {key.removeprefix("secure-webhooks:"): value for key, value in config.items()}
+    settings = parse_settings(raw, key_names=STACK_CONFIG)
+    assert [(w.schema, w.table) for w in settings.webhooks] == [("public", "orders"), ("billing", "invoices")]
