@@ -37,7 +37,8 @@ OWNER = "secure-webhooks/bench"
 SECRET_NAME = FunctionSpec().secret_name
 #: The static-header webhook's arguments, as the Dashboard writes them.
 STATIC_WEBHOOK_ARGS = (URL, "POST", '{"Content-Type":"application/json"}', "{}", "5000")
-#: The seed plan's function, copied byte for byte from its SQL block (see README).
+#: The seed plan's function, copied byte for byte from its SQL block in
+#: ../shared/seed/secure-database-webhooks-plan.md (bench/seed_function.sql).
 SEED_FUNCTION_SQL = resources.files(__package__).joinpath("seed_function.sql").read_text(encoding="utf-8")
 SEED_FUNCTION = sql.SQL("public.notify_orchestrator_secure")
 

@@ -116,7 +116,8 @@ AWKWARD_CLAIMS = {
 
 
 #: What the verifiers can compare: they read JSON as the Rust crate's serde_json does, so an integer
-#: beyond 64 bits is a float there (README, "Hardening"); the token itself carries it in full.
+#: beyond 64 bits is a float there (docs/security.md, "Tokens bound to their request"); the token
+#: itself carries it in full.
 COMPARABLE_CLAIMS = {name: value for name, value in AWKWARD_CLAIMS.items() if name != "big"}
 
 
@@ -193,7 +194,7 @@ def test_insert_as_authenticated_with_an_empty_search_path(install, orchestrator
     assert delivery.status == 200 and delivery.body["record"] == row
 
 
-# pg_net >= 0.12 grants its queue to PUBLIC and `postgres` cannot revoke that (see README,
+# pg_net >= 0.12 grants its queue to PUBLIC and `postgres` cannot revoke that (see docs/security.md,
 # "Known limits"), so the queued token is only protected by its short lifetime.
 @pytest.mark.parametrize("relation", ["vault.decrypted_secrets", "vault.secrets"])
 def test_the_inserting_role_cannot_read_the_secret(install, orchestrator, postgres_conn, relation):

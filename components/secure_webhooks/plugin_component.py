@@ -49,7 +49,7 @@ class Webhook(TypedDict):
 
 
 class Delivery(TypedDict, total=False):
-    """How events reach the orchestrator (README "Delivery: at least once"); keys left out take their defaults."""
+    """How events reach the orchestrator (docs/delivery.md); keys left out take their defaults."""
 
     mode: str
     """at-least-once (default) or direct."""
@@ -68,7 +68,7 @@ class Delivery(TypedDict, total=False):
 
 
 class WebhooksArgs(TypedDict):
-    """The `secure-webhooks:*` stack config keys, as component inputs (README has what each means)."""
+    """The `secure-webhooks:*` stack config keys, as component inputs (docs/configuration.md says what each means)."""
 
     orchestratorUrl: str
     """Base URL of the orchestrator: https, or http to loopback."""

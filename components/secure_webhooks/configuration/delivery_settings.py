@@ -37,13 +37,13 @@ KEYS = (
     "batchSize",
     "receipts",
 )
-#: `required`: a 2xx counts as delivered only with a valid `webhook-receipt` (README, "Delivery receipts").
+#: `required`: a 2xx counts as delivered only with a valid `webhook-receipt` (docs/delivery.md, "Delivery receipts").
 RECEIPTS = ("off", "required")
 
 
 @dataclass(frozen=True)
 class DeliverySettings:
-    """Retry policy and retention of the outbox; see README "Delivery" for what each means."""
+    """Retry policy and retention of the outbox; docs/configuration.md, "Delivery", says what each means."""
 
     mode: str = DEFAULT_MODE
     #: Attempts per event before it becomes dead; a replay starts a new budget.
@@ -68,7 +68,7 @@ class DeliverySettings:
         return self.mode == "at-least-once"
 
     def retry_delays(self) -> list[float]:
-        """Seconds before each retry, without jitter: the schedule the README shows."""
+        """Seconds before each retry, without jitter: the schedule docs/configuration.md shows."""
         return [
             min(self.retry_max_seconds, self.retry_initial_seconds * self.retry_multiplier**attempt)
             for attempt in range(self.max_attempts - 1)
