@@ -10,7 +10,7 @@ A session by hand, from the repository (after scripts/setup.sh):
   venv/bin/python -m local_supabase start --example-tables --receiver 8787 --state-dir .local/db
   export PATH="$(scripts/pulumi-toolchain.sh 2>/dev/null):$PATH"
   export PULUMI_BACKEND_URL="file://$PWD/.local/pulumi" PULUMI_CONFIG_PASSPHRASE=local
-  mkdir -p .local/pulumi && pulumi stack init local
+  mkdir -p .local/pulumi && pulumi stack init byhand
   # the three config commands `start` printed, with its port, e.g.:
   pulumi config set-all --plaintext secure-webhooks:orchestratorUrl=http://127.0.0.1:8787 \\
       --plaintext secure-webhooks:manageExtensions=false --plaintext postgresql:host=127.0.0.1 \\
@@ -22,7 +22,7 @@ A session by hand, from the repository (after scripts/setup.sh):
       "INSERT INTO public.resumes (name, storage_path) VALUES ('cv.pdf', 'resumes/')"
   cat .local/db/receiver.log        # 200 accepted POST /ingest/interns/individual INSERT public.resumes id=1 ...
   venv/bin/python -m local_supabase status --state-dir .local/db
-  pulumi destroy --yes && pulumi stack rm --yes local
+  pulumi destroy --yes && pulumi stack rm --yes byhand
   venv/bin/python -m local_supabase stop --state-dir .local/db
 
 Without --receiver, point secure-webhooks:orchestratorUrl at your own receiver (an https ngrok URL,
