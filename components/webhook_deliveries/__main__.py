@@ -22,6 +22,7 @@ from webhook_deliveries.health import (
     iso,
     read_reconciler,
     read_webhooks,
+    span,
     verdict,
 )
 
@@ -244,14 +245,14 @@ def parser(prog: str) -> argparse.ArgumentParser:
         type=duration,
         default=FAILING_LIMIT,
         metavar="DURATION",
-        help=f"--check: the age a failed (retrying) event may reach (default: {age(FAILING_LIMIT)})",
+        help=f"--check: the age a failed (retrying) event may reach (default: {span(FAILING_LIMIT)})",
     )
     status.add_argument(
         "--pending-older-than",
         type=duration,
         default=PENDING_LIMIT,
         metavar="DURATION",
-        help=f"--check: the age a pending event may reach (default: {age(PENDING_LIMIT)})",
+        help=f"--check: the age a pending event may reach (default: {span(PENDING_LIMIT)})",
     )
     listing = commands.add_parser("list", help="events, newest first, with their next attempt")
     listing.add_argument("--status", type=statuses, help="e.g. failed,dead")

@@ -60,6 +60,15 @@ def age(value: timedelta | None) -> str:
     return f"{seconds // 86_400}d{seconds % 86_400 // 3600:02d}h"
 
 
+def span(value: timedelta) -> str:
+    """A limit as an operator writes it (`12h`, `90s`), not as an age (`12h00m`)."""
+    total = int(value.total_seconds())
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
+        if total and total % size == 0:
+            return f"{total // size}{unit}"
+    return f"{total}s"
+
+
 def clip(text: str | None, width: int) -> str:
     text = (text or "-").replace("\n", " ")
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -195,12 +204,12 @@ def problems(webhooks: list[WebhookStatus], reconciler: ReconcilerHealth, limits
     failing = [s for s in webhooks if s.oldest_failed_age is not None and s.oldest_failed_age >= limits.failing]
     if failing:
         longest = max(status.oldest_failed_age for status in failing)
-        found.append(f"events failing for {age(longest)}, past the {age(limits.failing)} limit ({_named(failing)})")
+        found.append(f"events failing for {age(longest)}, past the {span(limits.failing)} limit ({_named(failing)})")
     waiting = [s for s in webhooks if s.oldest_pending_age is not None and s.oldest_pending_age >= limits.pending]
     if waiting:
         oldest = max(status.oldest_pending_age for status in waiting)
         found.append(
-            f"oldest pending event is {age(oldest)} old, past the {age(limits.pending)} limit ({_named(waiting)})"
+            f"oldest pending event is {age(oldest)} old, past the {span(limits.pending)} limit ({_named(waiting)})"
         )
     if reconciler.healthy is False:
         found.append(f"reconciler: {reconciler.summary}")
