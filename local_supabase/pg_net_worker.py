@@ -371,7 +371,7 @@ class PgNetWorker:
         conninfo: str,
         *,
         poll_interval: float = 0.02,
-        concurrency: int = 16,
+        concurrency: int = DEFAULT_BATCH_SIZE,
         reconnect_delay: float = 0.05,
         max_reconnect_delay: float = 1.0,
     ) -> None:
