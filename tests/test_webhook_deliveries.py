@@ -384,7 +384,7 @@ def test_check_names_every_problem_on_one_line(outbox, capsys):
 
 
 class Terminal(io.StringIO):
-    """An operator at a terminal, who will type `answer`."""
+    """An operator at a terminal: `isatty()` is true, and `readline()` gives what they type."""
 
     def isatty(self) -> bool:
         return True
