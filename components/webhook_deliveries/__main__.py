@@ -245,14 +245,14 @@ def parser(prog: str) -> argparse.ArgumentParser:
         type=duration,
         default=FAILING_LIMIT,
         metavar="DURATION",
-        help=f"--check: the age a failed (retrying) event may reach (default: {span(FAILING_LIMIT)})",
+        help=f"--check: alarm once a failed (retrying) event is this old (default: {span(FAILING_LIMIT)})",
     )
     status.add_argument(
         "--pending-older-than",
         type=duration,
         default=PENDING_LIMIT,
         metavar="DURATION",
-        help=f"--check: the age a pending event may reach (default: {span(PENDING_LIMIT)})",
+        help=f"--check: alarm once a pending event is this old (default: {span(PENDING_LIMIT)})",
     )
     listing = commands.add_parser("list", help="events, newest first, with their next attempt")
     listing.add_argument("--status", type=statuses, help="e.g. failed,dead")
@@ -271,7 +271,9 @@ def parser(prog: str) -> argparse.ArgumentParser:
         description="Delete events for good. Events not yet delivered (pending, failed) are deleted only "
         "with --yes, or after a yes on a terminal.",
     )
-    purging.add_argument("--status", type=statuses, required=True, help="e.g. delivered,dead (pending must be named)")
+    purging.add_argument(
+        "--status", type=statuses, required=True, help="e.g. delivered,dead (pending and failed need --yes)"
+    )
     purging.add_argument("--older-than", type=duration, default=timedelta(0), help="e.g. 7d (default: any age)")
     purging.add_argument("--webhook", help="trigger name")
     purging.add_argument("--yes", "-y", action="store_true", help="delete pending and failed events without asking")
