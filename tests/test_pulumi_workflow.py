@@ -122,3 +122,18 @@ def test_the_readme_virtualenv_commands_make_a_program_pulumi_previews(engine, t
     planned = stack.preview_steps()
     assert ("create", "secure-webhooks:index:SecureWebhooks::secure-webhooks") in planned
     assert len([step for step in planned if step[1].startswith(f"{SECURE}:WebhookTrigger::")]) == 2
+
+
+def test_a_first_preview_without_a_virtualenv_makes_it_from_requirements_txt(engine, tmp_path):
+    """As upstream's host does: `pulumi preview` in a clone whose virtualenv is missing creates and fills it."""
+    project = fresh_tree(tmp_path / "clone")
+    stack = configured_stack(engine, workspace_for(project, tmp_path, engine.workspace.bin_dir))
+    started = time.monotonic()
+    previewed = stack.preview()
+    print(f"first pulumi preview, virtualenv included: {time.monotonic() - started:.1f} s")
+    assert "Creating virtual environment" in previewed.stdout + previewed.stderr
+    module_file, dev_tools = probe(project)
+    assert Path(module_file).is_relative_to(project / "components") and dev_tools == "[]"
+    planned = stack.preview_steps()
+    assert ("create", "secure-webhooks:index:SecureWebhooks::secure-webhooks") in planned
+    assert len([step for step in planned if step[1].startswith(f"{SECURE}:WebhookTrigger::")]) == 2
