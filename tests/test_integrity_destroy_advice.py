@@ -95,9 +95,9 @@ def test_without_the_job_the_outbox_refusal_says_only_a_purge_or_up_helps(cluste
         print(f"\n{advice}")
         assert "refusing to drop schema secure_webhooks: it holds undelivered webhook events (1 dead)" in advice
         assert f"pg_cron job {JOB_NAME} is gone" in advice and "pending forever" in advice
-        assert "`python -m webhook_deliveries purge --status dead`" in advice and "`pulumi up`" in advice
+        assert "`python -m webhook_deliveries purge --status dead --yes`" in advice and "`pulumi up`" in advice
 
-        assert operator(capsys, cluster, "purge", "--status", "dead").strip() == "purged 1 event(s)"
+        assert operator(capsys, cluster, "purge", "--status", "dead", "--yes").strip() == "purged 1 event(s)"
         destroy(pipeline)
         assert conn.execute("SELECT to_regnamespace('secure_webhooks')").fetchone() == (None,)
         conn.close()

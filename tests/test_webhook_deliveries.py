@@ -129,7 +129,7 @@ def test_the_longest_duration_works_against_the_database(cluster, capsys):
         code, out, err = run(capsys, "--dsn", cluster.dsn("postgres"), "list", "--since", "36500d")
         assert (code, err) == (0, "") and out.startswith("event id")
         code, out, err = run(
-            capsys, "--dsn", cluster.dsn("postgres"), "purge", "--status", "dead", "--older-than", "36500d"
+            capsys, "--dsn", cluster.dsn("postgres"), "purge", "--status", "dead", "--older-than", "36500d", "--yes"
         )
         assert (code, out.strip(), err) == (0, "purged 0 event(s)", "")
     finally:
@@ -392,7 +392,7 @@ class Terminal(io.StringIO):
 
 def test_purging_events_not_yet_delivered_needs_yes(outbox, capsys):
     before = outbox.counts()
-    for chosen in ("pending", "failed", "delivered,failed,pending"):
+    for chosen in ("pending", "failed", "dead", "delivered,failed,pending"):
         code, out, err = outbox.operator(capsys, "purge", "--status", chosen)
         assert (code, out) == (2, "") and err.count("\n") == 1, err
         assert err.startswith("error: refusing to purge events not yet delivered (") and err.endswith(

@@ -34,7 +34,7 @@ LONGEST = timedelta(days=36_500)
 #: Events the reconciler still means to deliver: purging them cancels deliveries in progress, so it takes
 #: --yes. Dead ones have been given up (the reconciler drops them itself after keepDeadHours), and
 #: destroy's advice purges them as they are.
-STILL_TO_DELIVER = ("pending", "failed")
+NOT_DELIVERED = ("pending", "failed", "dead")
 #: `status --check` defaults: longer than the first four retries (5 s, 20 s, 80 s, 5 min) of the default
 #: schedule, so one receiver hiccup does not page anyone; pending events leave at the next round.
 FAILING_LIMIT = timedelta(minutes=15)
@@ -197,7 +197,7 @@ def _confirmed(question: str) -> bool:
 
 def purge(conn: psycopg.Connection, args: argparse.Namespace) -> int:
     params = {"statuses": args.status, "older_than": args.older_than, "webhook": args.webhook}
-    waiting = [status for status in args.status if status in STILL_TO_DELIVER]
+    waiting = [status for status in args.status if status in NOT_DELIVERED]
     if waiting and not args.yes:
         counts = dict(conn.execute(PURGE_COUNT_QUERY, {**params, "statuses": waiting}).fetchall())
         matching = ", ".join(f"{counts.get(status, 0)} {status}" for status in waiting)
@@ -268,11 +268,11 @@ def parser(prog: str) -> argparse.ArgumentParser:
     purging = commands.add_parser(
         "purge",
         help="delete events for good",
-        description="Delete events for good. Events not yet delivered (pending, failed) are deleted only "
+        description="Delete events for good. Events not yet delivered (pending, failed, dead) are deleted only "
         "with --yes, or after a yes on a terminal.",
     )
     purging.add_argument(
-        "--status", type=statuses, required=True, help="e.g. delivered,dead (pending and failed need --yes)"
+        "--status", type=statuses, required=True, help="e.g. delivered,dead (pending, failed and dead need --yes)"
     )
     purging.add_argument("--older-than", type=duration, default=timedelta(0), help="e.g. 7d (default: any age)")
     purging.add_argument("--webhook", help="trigger name")

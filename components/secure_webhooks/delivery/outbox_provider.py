@@ -159,9 +159,8 @@ class OutboxProvider(FingerprintedProvider):
 def _undelivered_advice(cur: psycopg.Cursor, counts: dict[str, int]) -> str:
     """What gets the events out of the way: replaying only helps while the reconciler's pg_cron job runs."""
     statuses = ",".join(counts)
-    # The command purges pending and failed events (still being delivered) only when told --yes.
-    confirm = " --yes" if set(counts) - {"dead"} else ""
-    discard = f"`{OPERATOR_COMMAND} purge --status {statuses}{confirm}`"
+    # The command purges events not yet delivered only when told --yes.
+    discard = f"`{OPERATOR_COMMAND} purge --status {statuses} --yes`"
     cur.execute("SELECT pg_catalog.to_regclass('cron.job') IS NOT NULL")
     job_runs = cur.fetchone()[0]
     if job_runs:

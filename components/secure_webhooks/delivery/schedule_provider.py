@@ -275,7 +275,7 @@ def waiting_advice(waiting: dict[str, int]) -> str:
     replay = f"; replay dead ones with `{OPERATOR_COMMAND} replay` and it sends them again" if "dead" in waiting else ""
     return (
         f"{retried}{replay}. Run destroy again once `{OPERATOR_COMMAND} status` shows none undelivered, or discard "
-        f"them for good with `{OPERATOR_COMMAND} purge --status {statuses}`"
+        f"them for good with `{OPERATOR_COMMAND} purge --status {statuses} --yes`"
     )
 
 
