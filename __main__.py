@@ -13,6 +13,8 @@ webhooks = SecureWebhooks(
         owner=f"{pulumi.get_project()}/{pulumi.get_stack()}",
         jwt_secret=secrets.jwt,
         webhook_secret=secrets.webhook,
+        jwt_secret_next=secrets.jwt_next,
+        webhook_secret_next=secrets.webhook_next,
     ),
 )
 
@@ -23,3 +25,4 @@ pulumi.export("tokenTtlSeconds", settings.token_ttl_seconds)
 pulumi.export("webhooks", webhooks.webhooks)
 pulumi.export("delivery", webhooks.delivery)
 pulumi.export("instance", webhooks.instance)
+pulumi.export("signing", webhooks.signing)

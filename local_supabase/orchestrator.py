@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from local_supabase.recording_server import RecordingServer
-from webhook_verifier import VerificationError, Verified, Verifier
+from webhook_verifier import KeyFile, KeySet, VerificationError, Verified, Verifier
 
 
 @dataclass(frozen=True)
@@ -59,19 +59,22 @@ class WebhookReceiver(RecordingServer[Delivery]):
 
     def __init__(
         self,
-        secret: str,
+        secret: str | None = None,
         *,
         expected_claims: Mapping[str, Any] | None = None,
         expected_ttl: int | None = None,
         port: int = 0,
         require_binding: bool = True,
         audience: str | None = None,
+        keys: KeySet | KeyFile | None = None,
     ) -> None:
+        """`secret` is the HS256 key; or `keys`, a key set (a `KeyFile` follows its file: a key rotation)."""
         self.verifier = Verifier(
             secret,
             audience=audience,
             expected_claims=dict(expected_claims or {}),
             require_binding=require_binding,
+            keys=keys,
         )
         self._expected_ttl = expected_ttl
         self._plan: deque[PlannedResponse] = deque()

@@ -27,7 +27,14 @@ from secure_webhooks.delivery.reconciler import ReconcilerSpec
 from secure_webhooks.delivery.reconciler_provider import ReconcilerProvider, reconciler_props
 from secure_webhooks.installation.trigger_provider import WebhookTriggerProvider
 from secure_webhooks.signing.function_provider import SecureFunctionProvider
-from secure_webhooks.signing.trigger_function import FunctionSpec, sign_statement
+from secure_webhooks.signing.trigger_function import (
+    FunctionSpec,
+    base64url,
+    jwt_header,
+    jwt_header_statement,
+    key_id,
+    sign_statement,
+)
 
 TTL = 600
 
@@ -180,7 +187,8 @@ def test_a_wrong_secret_is_rejected_by_the_orchestrator(install, postgres_conn):
         insert(postgres_conn, "resumes", "eve.pdf")
         (delivery,) = impostor_check.wait_for(1)
     assert delivery.status == 401
-    assert delivery.rejection == "invalid token signature"
+    # the token names its key (kid), which the receiver does not hold: refused before any MAC is computed
+    assert delivery.rejection.endswith("names no key this verifier holds")
 
 
 def test_insert_as_authenticated_with_an_empty_search_path(install, orchestrator, postgres_conn):
@@ -268,7 +276,10 @@ def test_both_signers_mint_byte_identical_tokens_that_pyjwt_accepts(postgres_con
                 "CREATE FUNCTION pg_temp.mint(claims text, secret text) RETURNS text LANGUAGE plpgsql "
                 "SET search_path = '' AS {}"
             ).format(
-                sql.Literal(f"DECLARE signing_input text; token text; BEGIN {sign_statement(signer)} RETURN token; END")
+                sql.Literal(
+                    "DECLARE jwt_header text; signing_input text; token text; "
+                    f"BEGIN {jwt_header_statement()} {sign_statement(signer)} RETURN token; END"
+                )
             )
         )
         tokens[signer] = postgres_conn.execute("SELECT pg_temp.mint(%s, %s)", (claims, receiver_secret)).fetchone()[0]
@@ -276,4 +287,6 @@ def test_both_signers_mint_byte_identical_tokens_that_pyjwt_accepts(postgres_con
     assert tokens["pgjwt"] == tokens["pgcrypto"]
     decoded = jwt.decode(tokens["pgjwt"], receiver_secret, algorithms=["HS256"], options={"verify_exp": False})
     assert decoded == {"iat": 1700000000, "exp": 1700003600, "role": "service_role", "iss": "supabase", "sub": "ü"}
-    assert jwt.get_unverified_header(tokens["pgjwt"]) == {"alg": "HS256", "typ": "JWT"}
+    # the key's id, as the program and both verifiers compute it (docs/key-rotation.md)
+    assert jwt.get_unverified_header(tokens["pgjwt"]) == {"alg": "HS256", "kid": key_id(receiver_secret), "typ": "JWT"}
+    assert tokens["pgjwt"].split(".")[0] == base64url(jwt_header(key_id(receiver_secret)).encode())

@@ -27,12 +27,14 @@ from binding_support import PATH, authorization, direct_webhook, ensure_webhook_
 from outbox_support import deliver_once
 
 from local_supabase.scripted_server import Received, ScriptedServer
-from webhook_verifier import DEFAULT_EXPECTED_CLAIMS, VerificationError, Verifier, receipt
+from webhook_verifier import DEFAULT_EXPECTED_CLAIMS, KeySet, VerificationError, Verifier, key_id, receipt
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PATH = ROOT / ".local" / "webhook-vectors.json"
 SAMPLE_PATH = ROOT / "verifiers" / "rust" / "tests" / "vectors.sample.json"
 WRONG_KEY = "not-the-orchestrators-key-" + "9" * 20
+#: The Standard Webhooks key promoted in place of binding_support's (a rotation's second signature).
+NEXT_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"vectors-next-standard-webhooks-key").decode()
 
 
 def spec_receipt(secret: str, webhook_id: str, iat: int, body: bytes) -> str:
@@ -51,13 +53,32 @@ def token_iat(headers: dict[str, str]) -> int:
     return iat
 
 
+def signing_secret(secret: str, case: dict[str, Any]) -> str:
+    """The key that signed the case's token: of the case's key set (a rotation), the one its kid names,
+    or without kid the one whose signature fits; else the file's `secret`."""
+    if "keys" not in case:
+        return secret
+    token = next(v for k, v in case["headers"].items() if k.lower() == "authorization").split()[1]
+    kid = jwt.get_unverified_header(token).get("kid")
+    for candidate in case["keys"]["jwt_secrets"]:
+        if kid == key_id(candidate) or (kid is None and valid_signature(token, candidate)):
+            return candidate
+    raise AssertionError(f"{case['name']}: no key of its set signed it")
+
+
+def valid_signature(token: str, secret: str) -> bool:
+    signing_input, _, signature = token.rpartition(".")
+    mac = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode() == signature
+
+
 def with_receipts(secret: str, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for c in cases:
         c["receipt"] = None
         if c["expect"] == "accept" or c["reason"] == "replayed":
             webhook_id = next(v for k, v in c["headers"].items() if k.lower() == "webhook-id")
             body = base64.b64decode(c["body_base64"])
-            c["receipt"] = spec_receipt(secret, webhook_id, token_iat(c["headers"]), body)
+            c["receipt"] = spec_receipt(signing_secret(secret, c), webhook_id, token_iat(c["headers"]), body)
     return cases
 
 
@@ -94,6 +115,20 @@ def capture_direct(cluster, conn, **spec: Any) -> tuple[Received, str]:
         return request, endpoint.url + PATH
 
 
+def capture_promoted(cluster, conn) -> tuple[Received, str]:
+    """A request signed after a Standard Webhooks key was promoted: signatures with the new key and the old."""
+    conn.execute(
+        "SELECT vault.create_secret(%s, 'app_webhook_secret_next') WHERE NOT EXISTS "
+        "(SELECT FROM vault.secrets WHERE name = 'app_webhook_secret_next')",
+        (NEXT_WEBHOOK_SECRET,),
+    )
+    promoted = {"webhook_secret_name": "app_webhook_secret_next", "previous_webhook_secret_name": "app_webhook_secret"}
+    with ScriptedServer() as endpoint, direct_webhook(cluster, endpoint.url + PATH, **promoted):
+        insert_resumes(conn, "vector-promoted.pdf")
+        (request,) = endpoint.wait_for(1)
+        return request, endpoint.url + PATH
+
+
 def capture_at_least_once(cluster) -> tuple[Received, str]:
     with ScriptedServer() as endpoint:
         deliver_once(cluster, endpoint.url + PATH, 1, "vector-outbox", **SIGNED)
@@ -107,6 +142,7 @@ def make_vectors(cluster, conn: psycopg.Connection, secret: str) -> dict[str, An
     pgjwt, pgjwt_url = capture_direct(cluster, conn, signer="pgjwt")
     with_aud, aud_url = capture_direct(cluster, conn, audience=True)
     outbox, outbox_url = capture_at_least_once(cluster)
+    promoted, promoted_url = capture_promoted(cluster, conn)
     conn.execute("SELECT vault.update_secret(id, %s) FROM vault.secrets WHERE name = 'app_jwt_secret'", (WRONG_KEY,))
     try:
         wrong_key, wrong_url = capture_direct(cluster, conn)
@@ -142,7 +178,24 @@ def make_vectors(cluster, conn: psycopg.Connection, secret: str) -> dict[str, An
         ),
         case("aud-unexpected", with_aud, aud_url, expect="reject", reason="unexpected_audience"),
         case("expired", plain, url, now=claims["exp"] + 1, expect="reject", reason="expired"),
-        case("wrong-key", wrong_key, wrong_url, expect="reject", reason="invalid_signature"),
+        # the token names its key, which the orchestrator does not hold
+        case("wrong-key", wrong_key, wrong_url, expect="reject", reason="unknown_key_id"),
+        # a rotation: the key set holds the current and the staged key (WRONG_KEY stands for the staged one)
+        case("rotation-current-key-both-held", plain, url, keys=keys([WRONG_KEY, secret], [webhook_secret])),
+        case("rotation-staged-key-both-held", wrong_key, wrong_url, keys=keys([secret, WRONG_KEY], [webhook_secret])),
+        case(
+            "rotation-retired-key",
+            plain,
+            url,
+            keys=keys([WRONG_KEY], [webhook_secret]),
+            expect="reject",
+            reason="unknown_key_id",
+        ),
+        # promoted Standard Webhooks key: the request lists its signature and the old key's
+        case("rotation-two-signatures-old-key-held", promoted, promoted_url),
+        case(
+            "rotation-two-signatures-new-key-held", promoted, promoted_url, keys=keys([secret], [NEXT_WEBHOOK_SECRET])
+        ),
         case("replayed-jti", plain, url, expect="reject", reason="replayed", replay_of="valid-pgcrypto"),
         case(
             "alg-none",
@@ -158,6 +211,11 @@ def make_vectors(cluster, conn: psycopg.Connection, secret: str) -> dict[str, An
     return {"secret": secret, "webhook_secret": webhook_secret, "cases": with_receipts(secret, cases)}
 
 
+def keys(jwt_secrets: list[str], webhook_secrets: list[str]) -> dict[str, list[str]]:
+    """A case's own key set, in the form vectors.rs reads (instead of the file's secret and webhook_secret)."""
+    return {"jwt_secrets": jwt_secrets, "webhook_secrets": webhook_secrets}
+
+
 def python_outcomes(vectors: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
     """Each case's ("accept" | "reject", reason) by the Python verifier, configured as vectors.rs configures
     the Rust one: a verifier per case, the crate's default expected claims, the case's `now`; its replay_of
@@ -166,12 +224,15 @@ def python_outcomes(vectors: dict[str, Any]) -> dict[str, tuple[str, str | None]
     outcomes = {}
     for case in vectors["cases"]:
         now = [case["now"]]
+        if "keys" in case:  # a rotation: the case's key set
+            keys = {"keys": KeySet.of(case["keys"]["jwt_secrets"], case["keys"]["webhook_secrets"])}
+        else:
+            keys = {"secret": vectors["secret"], "webhook_secret": vectors["webhook_secret"]}
         verifier = Verifier(
-            vectors["secret"],
             audience=case["audience"],
             expected_claims=DEFAULT_EXPECTED_CLAIMS,
-            webhook_secret=vectors["webhook_secret"],
             clock=lambda now=now: now[0],
+            **keys,
         )
         chain, earlier = [], case["replay_of"]
         while earlier is not None:
@@ -254,6 +315,14 @@ def test_the_python_verifier_agrees_with_every_vector(vectors):
 def test_the_vectors_cover_valid_and_every_tampering(vectors):
     names = {c["name"] for c in vectors["cases"]}
     assert {"valid-pgcrypto", "valid-pgjwt", "valid-at-least-once", "body-changed", "endpoint-changed"} <= names
+    (promoted,) = [c["headers"] for c in vectors["cases"] if c["name"] == "rotation-two-signatures-old-key-held"]
+    signatures = next(v for k, v in promoted.items() if k.lower() == "webhook-signature").split(" ")
+    assert len(signatures) == 2 and all(s.startswith("v1,") for s in signatures)
+    # every token the database mints names its key
+    for case in vectors["cases"]:
+        if case["name"].startswith(("valid-", "rotation-")):
+            token = next(v for k, v in case["headers"].items() if k.lower() == "authorization").split()[1]
+            assert jwt.get_unverified_header(token)["kid"] in {key_id(vectors["secret"]), key_id(WRONG_KEY)}
     assert {"expired", "wrong-key", "replayed-jti", "alg-none", "aud-unexpected"} <= names
     # Both signers produce tokens PyJWT accepts as well.
     for name in ("valid-pgcrypto", "valid-pgjwt"):

@@ -16,10 +16,13 @@ import pytest
 from webhook_verifier import (
     _REASONS,
     RECEIPT_HEADER,
+    KeyFile,
+    KeySet,
     SeenEvents,
     VerificationError,
     Verifier,
     body_sha256,
+    key_id,
     receipt,
 )
 
@@ -156,7 +159,10 @@ def test_only_hs256_with_typ_jwt_and_nothing_else_in_the_header():
     )
     assert verifier().verify(request(raw_token('{"alg":"HS256"}', json.dumps(claims()))), BODY).event_id == "e-1"
     kid = jwt.encode(claims(), SECRET, headers={"kid": "key-1"})
-    assert refusal(request(kid)).code == "unsupported_header_parameter"
+    assert refusal(request(kid)).code == "unknown_key_id"
+    assert refusal(request(jwt.encode(claims(), SECRET, headers={"jku": "https://x"}))).code == (
+        "unsupported_header_parameter"
+    )
     assert refusal(request(jwt.encode(claims(), SECRET, algorithm="HS512"))).code == "unsupported_algorithm"
     assert refusal(request(raw_token('{"typ":"JWT"}', json.dumps(claims())))).code == "malformed_token"
     both = raw_token('{"alg":"none","alg":"HS256"}', json.dumps(claims()))
@@ -290,3 +296,111 @@ def test_a_receipt_for_the_same_id_and_body_but_another_iat_differs():
     assert receipt(SECRET, "e-1", 12, BODY) != receipt(SECRET, "e-1.1", 2, BODY)
     with pytest.raises(ValueError):
         receipt(SECRET, "e-1", -1, BODY)
+
+
+NEXT = "unit-test-next-signing-secret-" + "y" * 16
+
+
+def signed_by(key: str, jti: str = "e-1", kid: str | None = "derive") -> dict[str, str]:
+    """A request whose token `key` signed, naming it in kid (the database's way) unless told otherwise."""
+    header = {} if kid is None else {"kid": key_id(key) if kid == "derive" else kid}
+    return request(jwt.encode(claims(jti=jti), key, headers=header), jti)
+
+
+def test_key_ids_are_the_databases():
+    """The id the trigger's SQL writes (trigger_function.key_id_expression) and the Rust crate's key_id()."""
+    from secure_webhooks.signing.trigger_function import key_id as minted
+
+    assert key_id("key") == minted("key") == "R6wPs6M70uxu7dmW"  # the crate's tests/key_rotation.rs has it too
+    assert key_id(SECRET.encode()) == key_id(SECRET) != key_id(NEXT)
+
+
+def test_a_key_set_checks_each_token_with_the_key_its_kid_names():
+    keys = KeySet.of([SECRET, NEXT])
+    both = Verifier(keys=keys, clock=lambda: NOW)
+    for n, key in enumerate((SECRET, NEXT)):
+        verified = both.verify(signed_by(key, jti=f"e-{n}"), BODY)
+        assert verified.kid == key_id(key)
+        assert verified.receipt == receipt(key, f"e-{n}", NOW, BODY)  # signed with the key that verified it
+    # a kid naming one held key over a token another signed: only the named key is tried
+    with pytest.raises(VerificationError) as refused:
+        both.verify(signed_by(SECRET, jti="e-9", kid=key_id(NEXT)), BODY)
+    assert refused.value.code == "invalid_signature"
+    # without kid (minted before key ids): every key held is tried
+    assert both.verify(signed_by(NEXT, jti="e-10", kid=None), BODY).kid == key_id(NEXT)
+
+
+def test_an_unknown_kid_has_its_own_error():
+    error = refusal(signed_by(NEXT))
+    assert (error.code, error.reason) == ("unknown_key_id", "unknown_key")
+    assert NEXT not in str(error)
+
+
+def test_a_key_set_takes_either_keys_or_secrets():
+    with pytest.raises(ValueError):
+        Verifier()
+    with pytest.raises(ValueError):
+        Verifier(SECRET, keys=KeySet.of([NEXT]))
+    with pytest.raises(ValueError):
+        KeySet.of([])
+    with pytest.raises(ValueError):
+        KeySet.of([SECRET], ["not-whsec"])
+
+
+def write_keys(path: Path, document: object) -> None:
+    """Replace the key file atomically, as docs/key-rotation.md asks."""
+    fresh = path.with_suffix(".new")
+    fresh.write_text(json.dumps(document), encoding="utf-8")
+    fresh.replace(path)
+
+
+def test_a_key_file_is_read_again_when_it_changes(tmp_path):
+    path = tmp_path / "keys.json"
+    write_keys(path, {"jwt_secrets": [SECRET]})
+    following = Verifier(keys=KeyFile(path), clock=lambda: NOW)
+    assert following.verify(signed_by(SECRET, jti="a"), BODY).kid == key_id(SECRET)
+    with pytest.raises(VerificationError) as refused:
+        following.verify(signed_by(NEXT, jti="b"), BODY)
+    assert refused.value.code == "unknown_key_id"
+
+    write_keys(path, {"jwt_secrets": [SECRET, NEXT]})  # stage: no restart
+    assert following.verify(signed_by(NEXT, jti="c"), BODY).kid == key_id(NEXT)
+
+    path.write_text('{"jwt_secrets": [', encoding="utf-8")  # half written: the last good set stays
+    assert following.verify(signed_by(NEXT, jti="d"), BODY).kid == key_id(NEXT)
+
+    write_keys(path, {"jwt_secrets": [NEXT]})  # retire
+    with pytest.raises(VerificationError) as refused:
+        following.verify(signed_by(SECRET, jti="e"), BODY)
+    assert refused.value.code == "unknown_key_id"
+
+
+def test_a_bad_key_file_is_refused_without_showing_a_key(tmp_path):
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"jwt_secrets": SECRET}), encoding="utf-8")
+    with pytest.raises(ValueError) as refused:
+        KeyFile(path)
+    assert SECRET not in str(refused.value)
+    with pytest.raises(FileNotFoundError):
+        KeyFile(tmp_path / "absent.json")
+
+
+def test_any_listed_standard_webhooks_signature_that_fits_a_held_key_passes():
+    old, new = b"o" * 32, b"n" * 32
+    secret_of = {key: "whsec_" + base64.b64encode(key).decode() for key in (old, new)}
+
+    def signature(key: bytes) -> str:
+        return "v1," + base64.b64encode(hmac.new(key, f"e-1.{NOW}.".encode() + BODY, hashlib.sha256).digest()).decode()
+
+    both_signatures = {
+        **headers(),
+        "webhook-timestamp": str(NOW),
+        "webhook-signature": f"{signature(new)} {signature(old)}",
+    }
+    for held in (old, new):
+        checker = Verifier(keys=KeySet.of([SECRET], [secret_of[held]]), clock=lambda: NOW)
+        assert checker.verify(both_signatures, BODY).event_id == "e-1"
+    only_new = {**both_signatures, "webhook-signature": signature(new)}
+    with pytest.raises(VerificationError) as refused:
+        Verifier(keys=KeySet.of([SECRET], [secret_of[old]]), clock=lambda: NOW).verify(only_new, BODY)
+    assert refused.value.code == "invalid_webhook_signature"

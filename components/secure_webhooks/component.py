@@ -19,7 +19,7 @@ from secure_webhooks.installation.installation_provider import Installation, ins
 from secure_webhooks.installation.preflight import EXTENSION_SCHEMA, preflight_props, required_extensions
 from secure_webhooks.installation.trigger_provider import WebhookTrigger
 from secure_webhooks.signing.function_provider import SecureFunction
-from secure_webhooks.signing.trigger_function import FunctionSpec
+from secure_webhooks.signing.trigger_function import FunctionSpec, key_id
 from secure_webhooks.signing.vault_secret_provider import VaultSecret
 
 
@@ -32,11 +32,16 @@ class SecureWebhooksArgs:
     jwt_secret: pulumi.Input[str] | None = None
     #: The Standard Webhooks secret (whsec_...) to keep in the Vault; None when managed elsewhere or unused.
     webhook_secret: pulumi.Input[str] | None = None
+    #: Keys staged beside those two for a rotation (docs/key-rotation.md); Settings.signing_key says
+    #: which signs. None: nothing staged.
+    jwt_secret_next: pulumi.Input[str] | None = None
+    webhook_secret_next: pulumi.Input[str] | None = None
 
 
 def function_spec(settings: Settings) -> FunctionSpec:
+    """The signer reads the Vault secret of whichever key signs (a promoted one, during a rotation)."""
     return FunctionSpec(
-        secret_name=settings.secret_name,
+        secret_name=settings.signing_secret_name,
         signer=settings.signer,
         claims=dict(settings.claims),
         token_ttl_seconds=settings.token_ttl_seconds,
@@ -44,7 +49,51 @@ def function_spec(settings: Settings) -> FunctionSpec:
         mode=settings.delivery.mode,
         bind_request=settings.token_binding,
         audience=settings.token_audience,
-        webhook_secret_name=settings.webhook_secret_name,
+        webhook_secret_name=settings.signing_webhook_secret_name,
+        previous_webhook_secret_name=settings.previous_webhook_secret_name,
+    )
+
+
+def managed_secrets(args: SecureWebhooksArgs) -> list[tuple[str, str, pulumi.Input[str], str, str | None]]:
+    """(resource suffix, Vault secret name, value, kind, config key of a staged key) of each secret this
+    stack keeps in the Vault: the HS256 key and the Standard Webhooks secret, and the keys staged beside them."""
+    settings = args.settings
+    candidates = (
+        ("secret", settings.secret_name, args.jwt_secret, "jwt", None),
+        ("webhook-secret", settings.webhook_secret_name, args.webhook_secret, "webhook", None),
+        ("secret-next", settings.next_secret_name, args.jwt_secret_next, "jwt", "jwtSecretNext"),
+        (
+            "webhook-secret-next",
+            settings.next_webhook_secret_name,
+            args.webhook_secret_next,
+            "webhook",
+            "webhookSecretNext",
+        ),
+    )
+    return [candidate for candidate in candidates if candidate[1] is not None and candidate[2] is not None]
+
+
+def signing_output(args: SecureWebhooksArgs) -> pulumi.Output[dict[str, Any]]:
+    """Which key signs, by config slot and key id, for the stack output and `preview` (no secret: the id
+    is an HMAC of the key, docs/key-rotation.md). Ids only of keys this stack keeps."""
+    settings = args.settings
+    kids: dict[str, pulumi.Input[str | None]] = {}
+    for output, value in (("currentKid", args.jwt_secret), ("nextKid", args.jwt_secret_next)):
+        if value is not None:
+            kids[output] = pulumi.Output.unsecret(pulumi.Output.from_input(value).apply(key_id))
+    jwt_slot = "next" if settings.signing_secret_name != settings.secret_name else "current"
+    webhook_slot = "next" if settings.previous_webhook_secret_name is not None else "current"
+    # Output.all() of no keyword is a list: with no key kept here, no ids
+    known = pulumi.Output.all(**kids) if kids else pulumi.Output.from_input({})
+    return known.apply(
+        lambda ids: {
+            "jwtKey": jwt_slot,
+            "jwtVaultSecret": settings.signing_secret_name,
+            **({"jwtKid": ids.get(f"{jwt_slot}Kid")} if ids.get(f"{jwt_slot}Kid") else {}),
+            **({"stagedJwtKid": ids["nextKid"]} if ids.get("nextKid") and jwt_slot == "current" else {}),
+            **({"retiringJwtKid": ids["currentKid"]} if ids.get("currentKid") and jwt_slot == "next" else {}),
+            **({"webhookKey": webhook_slot} if settings.webhook_secret_name is not None else {}),
+        }
     )
 
 
@@ -60,6 +109,7 @@ def reconciler_spec(settings: Settings, spec: FunctionSpec) -> ReconcilerSpec:
 
 def installation_inputs(args: SecureWebhooksArgs, spec: FunctionSpec) -> dict[str, Any]:
     """What the stack's Installation checks before any change: every object it will touch, and preflight."""
+    managed_names = {secret_name for _, secret_name, _, _, _ in managed_secrets(args)}
     return installation_props(
         owner=args.owner,
         function_schema=spec.schema,
@@ -70,22 +120,15 @@ def installation_inputs(args: SecureWebhooksArgs, spec: FunctionSpec) -> dict[st
             for webhook in args.settings.webhooks
             for _, trigger_name in webhook.triggers
         ],
-        vault_secrets=[
-            secret_name
-            for secret_name, value in (
-                (args.settings.secret_name, args.jwt_secret),
-                (args.settings.webhook_secret_name, args.webhook_secret),
-            )
-            if secret_name is not None and value is not None
-        ],
+        vault_secrets=[secret_name for _, secret_name, _, _, _ in managed_secrets(args)],
         outbox_schema=OUTBOX_SCHEMA if args.settings.delivery.at_least_once else None,
         cron_job=JOB_NAME if args.settings.delivery.at_least_once else None,
         preflight=preflight_props(
             signer=spec.signer,
             secret_name=spec.secret_name,
-            secret_managed=args.jwt_secret is not None,
+            secret_managed=spec.secret_name in managed_names,
             webhook_secret_name=spec.webhook_secret_name,
-            webhook_secret_managed=args.webhook_secret is not None,
+            webhook_secret_managed=spec.webhook_secret_name in managed_names,
             extensions_managed=args.settings.manage_extensions,
             key_names=args.settings.key_names,
             webhook_tables=[
@@ -104,6 +147,8 @@ class SecureWebhooks(pulumi.ComponentResource):
     delivery: pulumi.Output[dict[str, str]]
     #: This stack instance's id, minted at its first `up` and held in the database's claim.
     instance: pulumi.Output[str]
+    #: Which key signs (docs/key-rotation.md): slot, Vault secret and key id, never a key.
+    signing: pulumi.Output[dict[str, Any]]
 
     def __init__(self, name: str, args: SecureWebhooksArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("secure-webhooks:index:SecureWebhooks", name, None, opts)
@@ -136,25 +181,22 @@ class SecureWebhooks(pulumi.ComponentResource):
             )
 
         function_depends: list[pulumi.Resource] = list(extensions.values())
-        # The Vault values this stack manages: the HS256 key, and the Standard Webhooks secret.
-        managed_secrets = (
-            ("secret", settings.secret_name, args.jwt_secret, "jwt"),
-            ("webhook-secret", settings.webhook_secret_name, args.webhook_secret, "webhook"),
-        )
-        for suffix, secret_name, value, kind in managed_secrets:
-            if value is not None and secret_name is not None:
-                function_depends.append(
-                    VaultSecret(
-                        f"{name}-{suffix}",
-                        secret_name=secret_name,
-                        value=value,
-                        owner=args.owner,
-                        kind=kind,
-                        key_names=settings.key_names,
-                        instance=installation.instance,
-                        opts=child(),
-                    )
+        # The Vault values this stack manages: the HS256 key, the Standard Webhooks secret, and any key
+        # staged beside them for a rotation.
+        for suffix, secret_name, value, kind, setting in managed_secrets(args):
+            function_depends.append(
+                VaultSecret(
+                    f"{name}-{suffix}",
+                    secret_name=secret_name,
+                    value=value,
+                    owner=args.owner,
+                    kind=kind,
+                    key_names=settings.key_names,
+                    instance=installation.instance,
+                    setting=setting,
+                    opts=child(),
                 )
+            )
 
         if settings.delivery.at_least_once:
             # Created before the function switches to the outbox body, so no insert goes unrecorded.
@@ -231,6 +273,8 @@ class SecureWebhooks(pulumi.ComponentResource):
 
         self.function_name = function.id
         self.instance = installation.instance
+        # After the function: a key is reported as signing once the function that signs with it is in.
+        self.signing = pulumi.Output.all(function.id, signing_output(args)).apply(lambda done: done[1])
         self.webhooks = pulumi.Output.all(*outputs)
         self.register_outputs(
             {
@@ -239,5 +283,6 @@ class SecureWebhooks(pulumi.ComponentResource):
                 "webhooks": self.webhooks,
                 "delivery": self.delivery,
                 "instance": self.instance,
+                "signing": self.signing,
             }
         )

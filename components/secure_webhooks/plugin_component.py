@@ -95,6 +95,12 @@ class WebhooksArgs(TypedDict):
     """A Pulumi secret: the Standard Webhooks key (whsec_...) to keep in the Vault."""
     replacesInstance: NotRequired[str]
     """The instance id of a stack whose state is lost: this one takes its database claim over."""
+    jwtSecretNext: NotRequired[pulumi.Input[str]]
+    """A Pulumi secret: an HS256 key staged beside jwtSecret for a rotation (docs/key-rotation.md)."""
+    webhookSecretNext: NotRequired[pulumi.Input[str]]
+    """A Pulumi secret: a whsec_ key staged beside webhookSecret for a rotation."""
+    signingKey: NotRequired[str]
+    """current (default) or next: which key signs during a rotation."""
 
 
 def _key(name: str) -> str:
@@ -102,7 +108,7 @@ def _key(name: str) -> str:
 
 
 #: Inputs that are Vault values, not settings.
-SECRET_INPUTS = ("jwtSecret", "webhookSecret")
+SECRET_INPUTS = ("jwtSecret", "webhookSecret", "jwtSecretNext", "webhookSecretNext")
 
 
 def _exact_integers(value: Any) -> Any:
@@ -163,10 +169,13 @@ class Webhooks(pulumi.ComponentResource):
         super().__init__(f"{PACKAGE}:index:Webhooks", name, None, opts)
         try:
             jwt_secret, webhook_secret = secret_input(args, "jwtSecret"), secret_input(args, "webhookSecret")
+            jwt_next, webhook_next = secret_input(args, "jwtSecretNext"), secret_input(args, "webhookSecretNext")
             settings = parse_settings(
                 settings_input(args),
                 jwt_secret_set=jwt_secret is not None,
                 webhook_secret_set=webhook_secret is not None,
+                jwt_next_set=jwt_next is not None,
+                webhook_next_set=webhook_next is not None,
                 key_names=STACK_CONFIG,
             )
         except ConfigError as exc:
@@ -179,6 +188,8 @@ class Webhooks(pulumi.ComponentResource):
                 owner=f"{pulumi.get_project()}/{pulumi.get_stack()}",
                 jwt_secret=jwt_secret,
                 webhook_secret=webhook_secret,
+                jwt_secret_next=jwt_next,
+                webhook_secret_next=webhook_next,
             ),
             opts=pulumi.ResourceOptions(parent=self),
         )

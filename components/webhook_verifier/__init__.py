@@ -18,7 +18,7 @@ duplicates included, carries
 
     webhook-receipt: v1,<base64url-nopad(HMAC-SHA256(key, "<webhook-id>.<iat>.<body_sha256>"))>
 
-where `key` is the UTF-8 bytes of the HS256 token secret (`Verifier.secret`),
+where `key` is the UTF-8 bytes of the HS256 key that verified the token (`Verified.kid`),
 `<webhook-id>` the event id (the token's `jti`), `<iat>` the verified token's
 `iat` claim in decimal (as in JSON: no sign, no leading zeros) and
 `<body_sha256>` the base64url-nopad SHA-256 of the exact body bytes received
@@ -32,6 +32,20 @@ later attempt delivered that was never sent. `Verified.receipt` holds
 it and `Verified.receipt_header()` gives (name, value) to send; `receipt()`
 computes it for any event. This package has no HTTP server integration of its
 own: a server sends `Verified.receipt_header()` with its 2xx answer.
+
+Key sets and rotation (docs/key-rotation.md): every token names its key in a
+`kid` header, `key_id(key)`: the first 16 characters of
+base64url(HMAC-SHA256(key, "secure-webhooks key id v1")), which the verifier
+computes from the keys it holds, so a key set is just a list of keys.
+`KeySet` holds several HS256 and Standard Webhooks keys; `KeyFile` reads one
+from a JSON file and reads it again whenever the file changes, so the
+orchestrator learns a staged key without a restart. A token is checked with
+the key its `kid` names; a `kid` that names no key held is refused as
+`unknown_key_id`. A token without `kid` (minted before key ids existed, valid
+for at most its TTL after the upgrade) is checked against every key held and
+accepted if one fits. A Standard Webhooks request passes when any `v1`
+signature in its `webhook-signature` list fits any key held. The receipt is
+computed with the key that verified the token (`Verified.kid` names it).
 
 The Rust crate in verifiers/rust checks the same things, in the same order,
 and refuses with the same codes (`VerificationError.code` is the crate's
@@ -54,11 +68,13 @@ import heapq
 import hmac
 import json
 import math
+import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -92,6 +108,7 @@ _REASONS = {
     "unsupported_token_type": "algorithm",
     "unsupported_header_parameter": "algorithm",
     "invalid_signature": "signature",
+    "unknown_key_id": "unknown_key",
     "expired": "expired",
     "issued_in_future": "not_yet_valid",
     "audience_mismatch": "audience",
@@ -129,6 +146,102 @@ def _refuse(code: str, message: str) -> VerificationError:
     return VerificationError(_REASONS[code], message, code=code)
 
 
+#: What the key id is an HMAC of; secure_webhooks.signing.trigger_function mints the same ids.
+KEY_ID_LABEL = b"secure-webhooks key id v1"
+KEY_ID_CHARS = 16
+
+
+def key_id(key: str | bytes) -> str:
+    """The `kid` the database writes for tokens signed with `key` (a str is taken as its UTF-8 bytes)."""
+    raw = key.encode() if isinstance(key, str) else key
+    return _b64url(hmac.new(raw, KEY_ID_LABEL, hashlib.sha256).digest())[:KEY_ID_CHARS]
+
+
+def _webhook_key(secret: str) -> bytes:
+    """The key of a Standard Webhooks secret, `whsec_<base64>`."""
+    if not secret.startswith("whsec_"):
+        raise ValueError("a Standard Webhooks secret is not whsec_<base64>")
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except ValueError:
+        raise ValueError("a Standard Webhooks secret is not whsec_<base64>") from None
+    if not key:
+        raise ValueError("a Standard Webhooks secret is not whsec_<base64>")
+    return key
+
+
+@dataclass(frozen=True)
+class KeySet:
+    """The keys a verifier accepts: HS256 keys by their `kid`, and Standard Webhooks keys.
+
+    Build it with `KeySet.of`; with no Standard Webhooks key, requests need no such signature.
+    """
+
+    jwt_keys: Mapping[str, bytes]
+    webhook_keys: tuple[bytes, ...] = ()
+
+    @classmethod
+    def of(cls, jwt_secrets: Iterable[str | bytes], webhook_secrets: Iterable[str] = ()) -> KeySet:
+        """HS256 keys (str: its UTF-8 bytes) and `whsec_` secrets; ValueError for an empty or malformed one."""
+        keys = [secret.encode() if isinstance(secret, str) else bytes(secret) for secret in jwt_secrets]
+        if not keys or not all(keys):
+            raise ValueError("a key set needs at least one HS256 secret, and none empty")
+        return cls({key_id(key): key for key in keys}, tuple(_webhook_key(s) for s in webhook_secrets))
+
+    @classmethod
+    def from_json(cls, document: Any) -> KeySet:
+        """`{"jwt_secrets": [...], "webhook_secrets": [...]}` (webhook_secrets optional), the key file's form."""
+        if not isinstance(document, dict) or set(document) - {"jwt_secrets", "webhook_secrets"}:
+            raise ValueError("a key file holds an object with jwt_secrets and optionally webhook_secrets")
+        jwt_secrets, webhook_secrets = document.get("jwt_secrets"), document.get("webhook_secrets", [])
+        for name, value in (("jwt_secrets", jwt_secrets), ("webhook_secrets", webhook_secrets)):
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise ValueError(f"{name} in a key file must be a list of strings")
+        return cls.of(jwt_secrets, webhook_secrets)
+
+    def current(self) -> KeySet:
+        """Itself: a `KeySet` is a key source that never changes (`KeyFile` is one that does)."""
+        return self
+
+
+class KeyFile:
+    """A `KeySet` in a JSON file (`KeySet.from_json`), read again whenever the file changes.
+
+    Each request stats the file (a few microseconds) and reads it again when its modification time,
+    size or inode changed, so a key staged for rotation is accepted without a restart. Replace the
+    file atomically (write a new file, then rename it over the old one): a file read while half
+    written that does not parse is ignored, the last good set stays in use and the next request
+    tries again. The first read must succeed.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._stamp, self._keys = self._load()
+
+    def _stamp_now(self) -> tuple[int, int, int]:
+        status = self.path.stat()
+        return (status.st_mtime_ns, status.st_size, status.st_ino)
+
+    def _load(self) -> tuple[tuple[int, int, int], KeySet]:
+        stamp = self._stamp_now()
+        try:
+            document = json.loads(self.path.read_text(encoding="utf-8"))
+        except (UnicodeError, json.JSONDecodeError):
+            raise ValueError(f"key file {self.path} is not JSON") from None
+        return stamp, KeySet.from_json(document)
+
+    def current(self) -> KeySet:
+        """The file's keys as of now: the last good set when the file is unreadable or malformed."""
+        with self._lock:
+            try:
+                if self._stamp_now() != self._stamp:
+                    self._stamp, self._keys = self._load()
+            except (OSError, ValueError):
+                pass  # mid-replacement, or broken: keep verifying with the last good set
+            return self._keys
+
+
 @dataclass(frozen=True)
 class Verified:
     claims: dict[str, Any]
@@ -139,6 +252,8 @@ class Verified:
     #: The `webhook-receipt` value for this event, token `iat` and body (None without an event id): send it
     #: with the 2xx.
     receipt: str | None = None
+    #: The id (`key_id`) of the key that verified the token, and signed the receipt.
+    kid: str | None = None
 
     def receipt_header(self) -> tuple[str, str] | None:
         """(`webhook-receipt`, value) for the 2xx answer, duplicates included; None without an event id."""
@@ -327,12 +442,14 @@ def _str_claim(claims: Mapping[str, Any], name: str) -> str:
 
 @dataclass
 class Verifier:
-    """Checks, in the Rust crate's order: the bearer token (HS256 only, header `alg` and `typ` and
-    nothing else), `exp` after `iat`, `exp`/`iat` against the clock (with `leeway`), `aud`, `jti`,
-    `body_sha256`, expected claims, `webhook-id` equal to `jti`, the content type, the body size and
-    hash, Standard Webhooks' signature when a `whsec_` secret is set, then duplicates."""
+    """Checks, in the Rust crate's order: the bearer token (HS256 only, header `alg`, `typ` and `kid`
+    and nothing else; the key `kid` names, or without `kid` any key held), `exp` after `iat`,
+    `exp`/`iat` against the clock (with `leeway`), `aud`, `jti`, `body_sha256`, expected claims,
+    `webhook-id` equal to `jti`, the content type, the body size and hash, Standard Webhooks'
+    signature when a `whsec_` key is held, then duplicates."""
 
-    secret: str
+    #: The HS256 key; or give `keys` instead (several keys, or a `KeyFile`).
+    secret: str | bytes | None = None
     leeway: int = 0
     #: The exact URL tokens must name in `aud`; None: tokens must not carry `aud`.
     audience: str | None = None
@@ -346,41 +463,41 @@ class Verifier:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     #: Require `Content-Type: application/json` (parameters such as charset allowed).
     require_json_content_type: bool = True
+    #: The keys accepted, instead of `secret` and `webhook_secret`: a `KeySet`, or a `KeyFile` that follows
+    #: its file.
+    keys: KeySet | KeyFile | None = None
 
     def __post_init__(self) -> None:
-        self._key = self.secret if isinstance(self.secret, bytes) else self.secret.encode()
-        if not self._key:
-            raise ValueError("the HS256 secret is empty")
-        self._webhook_key: bytes | None = None
-        if self.webhook_secret is not None:
-            try:
-                self._webhook_key = base64.b64decode(self.webhook_secret.removeprefix("whsec_"), validate=True)
-            except ValueError:
-                raise ValueError("the Standard Webhooks secret is not whsec_<base64>") from None
-            if not self.webhook_secret.startswith("whsec_") or not self._webhook_key:
-                raise ValueError("the Standard Webhooks secret is not whsec_<base64>")
+        if self.keys is None:
+            if self.secret is None:
+                raise ValueError("give the HS256 secret, or a key set (keys=)")
+            webhook_secrets = [] if self.webhook_secret is None else [self.webhook_secret]
+            self.keys = KeySet.of([self.secret], webhook_secrets)
+        elif self.secret is not None or self.webhook_secret is not None:
+            raise ValueError("give either keys= or secret (and webhook_secret), not both")
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> Verified:
         """The verified claims, or VerificationError; `body` is the raw request body, never re-serialised."""
         now = math.floor(self.clock())
-        claims = self._claims(headers, now)
+        keys = self.keys.current()
+        claims, kid = self._claims(keys, headers, now)
         event_id = claims.get("jti")
         if len(body) > self.max_body_bytes:
             raise _refuse("payload_too_large", f"the body is larger than {self.max_body_bytes} bytes")
         if "body_sha256" in claims and not hmac.compare_digest(claims["body_sha256"], body_sha256(body)):
             raise _refuse("body_hash_mismatch", "the body is not the one the token was minted for")
-        if self._webhook_key is not None:
-            self._check_webhook_signature(self._webhook_key, headers, event_id, body, now)
+        if keys.webhook_keys:
+            self._check_webhook_signature(keys.webhook_keys, headers, event_id, body, now)
         if event_id is None:
-            return Verified(claims, None)
+            return Verified(claims, None, kid=kid)
         first = self.seen.first_time(event_id, claims["exp"] + self.leeway, now)
         # the receipt of this attempt: bound to this token's iat, a duplicate's too
-        signed = receipt(self._key, event_id, claims["iat"], body)
-        return Verified(claims, event_id, duplicate=not first, receipt=signed)
+        signed = receipt(keys.jwt_keys[kid], event_id, claims["iat"], body)
+        return Verified(claims, event_id, duplicate=not first, receipt=signed, kid=kid)
 
-    def _claims(self, headers: Mapping[str, str], now: int) -> dict[str, Any]:
-        """Every check that needs only the headers, in the Rust crate's order."""
-        claims = self._decode(self._bearer_token(headers))
+    def _claims(self, keys: KeySet, headers: Mapping[str, str], now: int) -> tuple[dict[str, Any], str]:
+        """Every check that needs only the headers, in the Rust crate's order; the claims and the key's id."""
+        claims, kid = self._decode(keys, self._bearer_token(headers))
         exp, iat = _u64_claim(claims, "exp"), _u64_claim(claims, "iat")
         # Before the clock: a token whose exp is not after its iat is refused the same way at any time.
         if exp <= iat:
@@ -416,7 +533,7 @@ class Verifier:
                 raise _refuse(
                     "unsupported_content_type", f"content type {content_type!r} refused: only application/json"
                 )
-        return claims
+        return claims, kid
 
     @staticmethod
     def _bearer_token(headers: Mapping[str, str]) -> str:
@@ -429,8 +546,10 @@ class Verifier:
             raise _refuse("invalid_authorization_scheme", "Authorization is not a Bearer token")
         return token
 
-    def _decode(self, token: str) -> dict[str, Any]:
-        """The JOSE header (HS256, `typ` JWT if any, nothing else), the MAC, then the claims."""
+    @staticmethod
+    def _decode(keys: KeySet, token: str) -> tuple[dict[str, Any], str]:
+        """The JOSE header (HS256, `typ` JWT and `kid` if any, nothing else), the MAC with the key `kid`
+        names (any key held, without `kid`), then the claims; and the id of the key that fits."""
         parts = token.split(".")
         if len(parts) != 3:
             raise _refuse("malformed_token", "invalid token: not three dot-separated parts")
@@ -443,26 +562,40 @@ class Verifier:
             raise _refuse("unsupported_algorithm", f"algorithm {header['alg']!r} is refused; only HS256")
         if "typ" in header and header["typ"] != "JWT":
             raise _refuse("unsupported_token_type", f"token typ {header['typ']!r} is refused; only JWT")
-        extra = sorted(set(header) - {"alg", "typ"})
+        extra = sorted(set(header) - {"alg", "kid", "typ"})
         if extra:
             raise _refuse("unsupported_header_parameter", f"token header parameter {extra[0]!r} is refused")
+        if "kid" in header and not isinstance(header["kid"], str):
+            raise _refuse("malformed_token", "invalid token: the header's kid is not a string")
+        if "kid" in header and header["kid"] not in keys.jwt_keys:
+            raise _refuse("unknown_key_id", f"the token's key id {header['kid']!r} names no key this verifier holds")
         signature = _b64url_decode(parts[2])
         if signature is None:
             raise _refuse("malformed_token", "invalid token: the signature is not base64url")
-        expected = hmac.new(self._key, f"{parts[0]}.{parts[1]}".encode(), hashlib.sha256).digest()
-        if not hmac.compare_digest(signature, expected):
+        # With kid, only the key it names; without (tokens minted before key ids), every key held.
+        candidates = [header["kid"]] if "kid" in header else list(keys.jwt_keys)
+        signing_input = f"{parts[0]}.{parts[1]}".encode()
+        kid = next(
+            (
+                kid
+                for kid in candidates
+                if hmac.compare_digest(signature, hmac.new(keys.jwt_keys[kid], signing_input, hashlib.sha256).digest())
+            ),
+            None,
+        )
+        if kid is None:
             raise _refuse("invalid_signature", "invalid token signature")
         # A second opinion from PyJWT, the library the plan names, on the signature and the token's form:
         # a token this strict reading accepts and PyJWT refuses is refused. Time, audience and claim
         # types are checked below, the same way the Rust crate checks them.
         try:
-            jwt.decode(token, self._key, algorithms=["HS256"], options=_PYJWT_SIGNATURE_ONLY)
+            jwt.decode(token, keys.jwt_keys[kid], algorithms=["HS256"], options=_PYJWT_SIGNATURE_ONLY)
         except jwt.PyJWTError as error:
             raise _refuse("malformed_token", f"invalid token: PyJWT refuses it ({type(error).__name__})") from None
         claims = _json_object(_b64url_decode(parts[1]))
         if claims is None:
             raise _refuse("malformed_token", "invalid token: the claims are not a base64url JSON object")
-        return claims
+        return claims, kid
 
     def _check_audience(self, claims: Mapping[str, Any]) -> None:
         if "aud" in claims and not isinstance(claims["aud"], str):
@@ -478,9 +611,10 @@ class Verifier:
 
     @staticmethod
     def _check_webhook_signature(
-        key: bytes, headers: Mapping[str, str], event_id: str | None, body: bytes, now: int
+        webhook_keys: tuple[bytes, ...], headers: Mapping[str, str], event_id: str | None, body: bytes, now: int
     ) -> None:
-        """Standard Webhooks: a timestamp within the tolerance, then any matching `v1` signature."""
+        """Standard Webhooks: a timestamp within the tolerance, then any `v1` signature in the list that
+        fits any key held (while a key is rotated out, the database sends one signature per key)."""
         timestamp = _header(headers, "webhook-timestamp")
         if timestamp is None:
             raise _refuse("missing_webhook_header", "missing webhook-timestamp header")
@@ -494,10 +628,12 @@ class Verifier:
         if signatures is None:
             raise _refuse("missing_webhook_header", "missing webhook-signature header")
         webhook_id = event_id if event_id is not None else _header(headers, "webhook-id") or ""
-        mac = hmac.new(key, f"{webhook_id}.{timestamp}.".encode() + body, hashlib.sha256)
-        expected = base64.b64encode(mac.digest())
-        if not any(
-            version == "v1" and hmac.compare_digest(value.encode(), expected)
-            for version, _, value in (signature.partition(",") for signature in signatures.split())
-        ):
-            raise _refuse("invalid_webhook_signature", "no webhook-signature matches")
+        signed = f"{webhook_id}.{timestamp}.".encode() + body
+        offered = [
+            value.encode() for version, _, value in (s.partition(",") for s in signatures.split()) if version == "v1"
+        ]
+        for key in webhook_keys:
+            expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest())
+            if any(hmac.compare_digest(value, expected) for value in offered):
+                return
+        raise _refuse("invalid_webhook_signature", "no webhook-signature matches")

@@ -14,7 +14,12 @@ from dataclasses import dataclass
 NAMESPACE = "secure-webhooks"
 
 #: Where a program passes the secrets that stack config holds as jwtSecret and webhookSecret.
-_ARGS_FIELDS = {"jwtSecret": "SecureWebhooksArgs.jwt_secret", "webhookSecret": "SecureWebhooksArgs.webhook_secret"}
+_ARGS_FIELDS = {
+    "jwtSecret": "SecureWebhooksArgs.jwt_secret",
+    "webhookSecret": "SecureWebhooksArgs.webhook_secret",
+    "jwtSecretNext": "SecureWebhooksArgs.jwt_secret_next",
+    "webhookSecretNext": "SecureWebhooksArgs.webhook_secret_next",
+}
 _CONFIG_KEY = re.compile(rf"{NAMESPACE}:([A-Za-z][A-Za-z0-9_]*(?:\[\d+\]|\.[A-Za-z][A-Za-z0-9_]*)*)")
 #: Hints in a stack config user's terms: `pulumi config set [--secret] key ...`.
 _CONFIG_HINT = re.compile(r"`pulumi config set (?:--secret )?(?:secure-webhooks:)?([A-Za-z]+)[^`]*`")

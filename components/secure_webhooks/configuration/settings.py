@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hmac
 import json
 import math
 import time
@@ -118,8 +119,39 @@ class Settings:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     #: The instance id of a stack whose state is gone, whose database claim this stack takes over.
     replaces_instance: str | None = None
+    #: Key rotation (docs/key-rotation.md): the Vault secrets of the staged keys (jwtSecretNext,
+    #: webhookSecretNext; None: none staged), and which key signs, "current" or "next".
+    next_secret_name: str | None = None
+    next_webhook_secret_name: str | None = None
+    signing_key: str = "current"
     #: How errors found later (by the providers' checks) name settings: as the reader wrote them.
     key_names: KeyNames = IN_CODE
+
+    @property
+    def signing_secret_name(self) -> str:
+        """The Vault secret of the HS256 key that signs: the staged one once promoted."""
+        if self.signing_key == "next" and self.next_secret_name is not None:
+            return self.next_secret_name
+        return self.secret_name
+
+    @property
+    def signing_webhook_secret_name(self) -> str | None:
+        """The Vault secret of the whsec_ key whose signature comes first: the staged one once promoted."""
+        if self.signing_key == "next" and self.next_webhook_secret_name is not None:
+            return self.next_webhook_secret_name
+        return self.webhook_secret_name
+
+    @property
+    def previous_webhook_secret_name(self) -> str | None:
+        """Once a staged whsec_ key is promoted, the current one signs too (its signature second) until retired."""
+        if self.signing_key == "next" and self.next_webhook_secret_name is not None:
+            return self.webhook_secret_name
+        return None
+
+
+#: The Vault secret of a staged key is named after the current one's: `<name>_next`.
+NEXT_SUFFIX = "_next"
+SIGNING_KEYS = ("current", "next")
 
 
 def _key(name: str) -> str:
@@ -237,11 +269,11 @@ def check_claims_against_binding(claims: Mapping[str, Any], token_binding: bool,
             raise ConfigError(f"{_key('claims')}.{name}", "is set by the trigger for every token; remove it")
 
 
-def check_jwt_secret(secret: str) -> str:
-    """Raise ConfigError when the Vault secret is too weak for HS256; never echoes it."""
+def check_jwt_secret(secret: str, setting: str = "jwtSecret") -> str:
+    """Raise ConfigError (naming `setting`) when the Vault secret is too weak for HS256; never echoes it."""
     if len(secret.encode()) < MIN_SECRET_BYTES:
         raise ConfigError(
-            _key("jwtSecret"),
+            _key(setting),
             f"is {len(secret.encode())} bytes; HS256 needs at least {MIN_SECRET_BYTES} (RFC 7518 section 3.2)",
         )
     return secret
@@ -251,9 +283,9 @@ def check_jwt_secret(secret: str) -> str:
 MIN_WEBHOOK_KEY_BYTES, MAX_WEBHOOK_KEY_BYTES = 24, 64
 
 
-def check_webhook_secret(secret: str) -> str:
-    """Raise ConfigError unless `secret` is a Standard Webhooks secret; never echoes it."""
-    key = _key("webhookSecret")
+def check_webhook_secret(secret: str, setting: str = "webhookSecret") -> str:
+    """Raise ConfigError (naming `setting`) unless `secret` is a Standard Webhooks secret; never echoes it."""
+    key = _key(setting)
     if not secret.startswith("whsec_"):
         raise ConfigError(key, "must be a Standard Webhooks secret: whsec_ followed by a base64 key")
     try:
@@ -355,6 +387,67 @@ def _check_webhook_signing(raw: Mapping[str, Any], token_binding: bool, secret_s
     return name
 
 
+def check_staged_key(current: str | None, staged: str | None, setting: str) -> None:
+    """Refuse a staged key equal to the current one: the rotation would change nothing (never echoes either).
+
+    The same key in both is also what a retire looks like half done: jwtSecret was given the staged
+    value, but jwtSecretNext was not removed.
+    """
+    if current is not None and staged is not None and hmac.compare_digest(current.encode(), staged.encode()):
+        current_setting = setting.removesuffix("Next")
+        raise ConfigError(
+            _key(setting),
+            f"holds the same key as secure-webhooks:{current_setting}. To finish retiring the old key, remove it: "
+            f"`pulumi config rm secure-webhooks:{setting}` (and secure-webhooks:signingKey); to stage a new "
+            "key, set a new one",
+        )
+
+
+def check_rotation(
+    raw: Mapping[str, Any],
+    *,
+    secret_name: str,
+    webhook_secret_name: str | None,
+    jwt_secret_set: bool,
+    webhook_secret_set: bool,
+    jwt_next_set: bool,
+    webhook_next_set: bool,
+) -> tuple[str | None, str | None, str]:
+    """(staged JWT key's Vault secret, staged whsec_ key's, which signs): the rotation's config steps.
+
+    Only keys this stack keeps in the Vault rotate through config: a staged key sits beside the
+    current one, so both must be the stack's.
+    """
+    if jwt_next_set and not jwt_secret_set:
+        raise ConfigError(
+            _key("jwtSecretNext"),
+            "stages a key beside secure-webhooks:jwtSecret, which is not set: rotation through config needs "
+            "the stack to keep the current key too (`pulumi config set --secret secure-webhooks:jwtSecret ...`)",
+        )
+    if webhook_next_set and not (webhook_secret_set and webhook_secret_name is not None):
+        raise ConfigError(
+            _key("webhookSecretNext"),
+            "stages a key beside secure-webhooks:webhookSecret, which is not set (or standardWebhooks is off)",
+        )
+    signing = raw.get("signingKey") or "current"
+    if signing not in SIGNING_KEYS:
+        raise ConfigError(_key("signingKey"), f"must be one of {list(SIGNING_KEYS)}, got {signing!r}")
+    if signing == "next" and not (jwt_next_set or webhook_next_set):
+        raise ConfigError(
+            _key("signingKey"),
+            "is next, but no key is staged: stage one first "
+            "(`pulumi config set --secret secure-webhooks:jwtSecretNext ...`, then `pulumi up`)",
+        )
+    next_name = f"{secret_name}{NEXT_SUFFIX}" if jwt_next_set else None
+    next_webhook = f"{webhook_secret_name}{NEXT_SUFFIX}" if webhook_next_set and webhook_secret_name else None
+    for key, name in (("secretName", next_name), ("webhookSecretName", next_webhook)):
+        if name is not None and len(name) > 200:
+            raise ConfigError(
+                _key(key), f"is too long to name its staged key {name[:20]!r}... (at most 195 characters)"
+            )
+    return next_name, next_webhook, signing
+
+
 def _check_instance(value: Any) -> str | None:
     if value is None:
         return None
@@ -372,6 +465,8 @@ def parse_settings(
     jwt_secret_set: bool = False,
     webhook_secret_set: bool = False,
     key_names: KeyNames = IN_CODE,
+    jwt_next_set: bool = False,
+    webhook_next_set: bool = False,
 ) -> Settings:
     """Build Settings from raw values keyed by their short names (orchestratorUrl, ...).
 
@@ -380,9 +475,24 @@ def parse_settings(
     """
     try:
         settings = _parse_settings(raw, jwt_secret_set=jwt_secret_set, webhook_secret_set=webhook_secret_set)
+        next_name, next_webhook, signing = check_rotation(
+            raw,
+            secret_name=settings.secret_name,
+            webhook_secret_name=settings.webhook_secret_name,
+            jwt_secret_set=jwt_secret_set,
+            webhook_secret_set=webhook_secret_set,
+            jwt_next_set=jwt_next_set,
+            webhook_next_set=webhook_next_set,
+        )
     except ConfigError as exc:
         raise exc.named_for(key_names) from None
-    return dataclasses.replace(settings, key_names=key_names)
+    return dataclasses.replace(
+        settings,
+        key_names=key_names,
+        next_secret_name=next_name,
+        next_webhook_secret_name=next_webhook,
+        signing_key=signing,
+    )
 
 
 def _parse_settings(raw: Mapping[str, Any], *, jwt_secret_set: bool, webhook_secret_set: bool) -> Settings:

@@ -11,6 +11,7 @@ from secure_webhooks.configuration.config_errors import NAMESPACE, STACK_CONFIG,
 from secure_webhooks.configuration.settings import (
     Settings,
     check_jwt_secret,
+    check_staged_key,
     check_webhook_secret,
     parse_settings,
 )
@@ -31,10 +32,17 @@ SETTING_KEYS = (
     "standardWebhooks",
     "webhookSecretName",
     "replacesInstance",
+    "signingKey",
 )
 
 #: Secrets we refuse to accept in plaintext config: they would sit unencrypted in Pulumi.<stack>.yaml.
-SECRET_KEYS = (f"{NAMESPACE}:jwtSecret", f"{NAMESPACE}:webhookSecret", "postgresql:password")
+SECRET_KEYS = (
+    f"{NAMESPACE}:jwtSecret",
+    f"{NAMESPACE}:webhookSecret",
+    f"{NAMESPACE}:jwtSecretNext",
+    f"{NAMESPACE}:webhookSecretNext",
+    "postgresql:password",
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,13 @@ class ManagedSecrets:
 
     jwt: pulumi.Output[str] | None = None
     webhook: pulumi.Output[str] | None = None
+    #: Keys staged for rotation (docs/key-rotation.md).
+    jwt_next: pulumi.Output[str] | None = None
+    webhook_next: pulumi.Output[str] | None = None
+
+
+def _secret(value: str | None) -> pulumi.Output[str] | None:
+    return pulumi.Output.secret(value) if value is not None else None
 
 
 def read_stack_config() -> tuple[Settings, ManagedSecrets]:
@@ -62,15 +77,27 @@ def read_stack_config() -> tuple[Settings, ManagedSecrets]:
         webhook_secret = config.get("webhookSecret")
         if webhook_secret is not None:
             check_webhook_secret(webhook_secret)
+        jwt_next = config.get("jwtSecretNext")
+        if jwt_next is not None:
+            check_jwt_secret(jwt_next, "jwtSecretNext")
+        webhook_next = config.get("webhookSecretNext")
+        if webhook_next is not None:
+            check_webhook_secret(webhook_next, "webhookSecretNext")
+        check_staged_key(jwt_secret, jwt_next, "jwtSecretNext")
+        check_staged_key(webhook_secret, webhook_next, "webhookSecretNext")
         settings = parse_settings(
             {key: config.get(key) for key in SETTING_KEYS},
             jwt_secret_set=jwt_secret is not None,
             webhook_secret_set=webhook_secret is not None,
+            jwt_next_set=jwt_next is not None,
+            webhook_next_set=webhook_next is not None,
             key_names=STACK_CONFIG,
         )
     except ConfigError as exc:
         raise pulumi.RunError(f"invalid configuration: {exc}") from None
     return settings, ManagedSecrets(
-        jwt=pulumi.Output.secret(jwt_secret) if jwt_secret is not None else None,
-        webhook=pulumi.Output.secret(webhook_secret) if webhook_secret is not None else None,
+        jwt=_secret(jwt_secret),
+        webhook=_secret(webhook_secret),
+        jwt_next=_secret(jwt_next),
+        webhook_next=_secret(webhook_next),
     )

@@ -38,6 +38,7 @@ from secure_webhooks.signing.trigger_function import (
     FunctionSpec,
     body_sha256_expression,
     claims_expression,
+    jwt_header_statement,
     missing_secret_error,
     read_webhook_key,
     sign_statement,
@@ -221,6 +222,7 @@ DECLARE
   n integer;
   due record;
   secret text;
+  jwt_header text;
   issued_at bigint;
   claims text;
   signing_input text;
@@ -228,6 +230,7 @@ DECLARE
   headers jsonb;
   request bigint;
   webhook_key bytea;
+  previous_webhook_key bytea;
   failure text;
   step text;
   foreign_triggers text;
@@ -347,6 +350,8 @@ BEGIN
   -- 2. Due events: a fresh token each, then pg_net.
   IF secret IS NULL THEN
     failure := {missing_secret_error(f.secret_name)};
+  ELSE
+    {jwt_header_statement()}
   END IF;
   {_guarded_webhook_key(f, note_missing_webhook_key, malformed_webhook_key)}
   IF failure IS NOT NULL THEN

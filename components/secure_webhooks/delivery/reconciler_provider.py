@@ -30,7 +30,7 @@ from secure_webhooks.installation.installation_provider import instance_input, r
 from secure_webhooks.installation.ownership import claim, marker, owner_of
 from secure_webhooks.postgres.catalog import fingerprint, revoked_roles
 from secure_webhooks.postgres.fingerprinted_provider import FingerprintedProvider
-from secure_webhooks.signing.function_provider import function_props, spec_from
+from secure_webhooks.signing.function_provider import function_props, note_key_switches, spec_from
 
 #: SECURITY DEFINER: the job runs as postgres, but an operator's service_role session may call a round too.
 _DEFINER = {RECONCILE: True, RETRY_AFTER: False}
@@ -105,6 +105,8 @@ class ReconcilerProvider(FingerprintedProvider):
                 _name(RECONCILE, dict(FUNCTIONS)[RECONCILE]), sql.Literal(marker(props["owner"], props.get("instance")))
             )
         )
+        if previous is not None:  # the next round signs with the new keys: the old ones stop signing now
+            note_key_switches(cur, spec_from(previous), spec_from(props))
 
     def fingerprint(self, cur: psycopg.Cursor, props: dict[str, Any]) -> dict[str, str] | None:
         exists, comment = _reconcile_comment(cur)

@@ -23,6 +23,7 @@ from secure_webhooks.installation.installation_provider import instance_input, r
 from secure_webhooks.installation.ownership import claim, marker, owner_of, refusal
 from secure_webhooks.postgres.catalog import existing_roles
 from secure_webhooks.postgres.database import DatabaseProvider
+from secure_webhooks.signing import key_rotation
 from secure_webhooks.signing.trigger_function import (
     FunctionSpec,
     body_sha256,
@@ -50,6 +51,7 @@ INPUTS = (
     "bind_request",
     "audience",
     "webhook_secret_name",
+    "previous_webhook_secret_name",
     "owner",
 )
 IDENTITY = ("schema", "name")
@@ -70,6 +72,7 @@ def function_props(spec: FunctionSpec, owner: str) -> dict[str, Any]:
         "bind_request": spec.bind_request,
         "audience": spec.audience,
         "webhook_secret_name": spec.webhook_secret_name,
+        "previous_webhook_secret_name": spec.previous_webhook_secret_name,
         "owner": owner,
     }
 
@@ -90,6 +93,7 @@ def spec_from(props: dict[str, Any]) -> FunctionSpec:
         bind_request=props.get("bind_request", False),
         audience=props.get("audience", False),
         webhook_secret_name=props.get("webhook_secret_name"),
+        previous_webhook_secret_name=props.get("previous_webhook_secret_name"),
     )
 
 
@@ -233,6 +237,16 @@ def restore(cur: psycopg.Cursor, spec: FunctionSpec, adopted: dict[str, Any]) ->
     _comment(cur, spec, adopted.get("comment"))  # Pulumi state drops null map values
 
 
+def note_key_switches(cur: psycopg.Cursor, old: FunctionSpec, new: FunctionSpec) -> None:
+    """Record, in the transaction that switches signing keys, until when the keys left behind signed
+    what is still valid (key_rotation.py): the HS256 key for the token TTL; the whsec_ key for the
+    Standard Webhooks timestamp tolerance, or less: each request's token expires with its TTL too."""
+    ttl = max(old.token_ttl_seconds, new.token_ttl_seconds)
+    key_rotation.note_switch(cur, old.secret_name, new.secret_name, ttl)
+    whsec = min(ttl, key_rotation.WEBHOOK_TOLERANCE_SECONDS)
+    key_rotation.note_switch(cur, old.webhook_secret_name, new.webhook_secret_name, whsec)
+
+
 class SecureFunctionProvider(DatabaseProvider):
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         spec = spec_from(news)
@@ -306,6 +320,8 @@ class SecureFunctionProvider(DatabaseProvider):
                 cur, adoption.FUNCTION, adoption_key(spec), news["owner"], olds.get("adopted")
             )
             installed = install(cur, spec, news["owner"], news.get("instance"))
+            if spec.mode == "direct":  # in at-least-once mode the reconciler signs (reconciler_provider.py)
+                note_key_switches(cur, spec_from(olds), spec)
         outs = {**news, **installed.state, "adopted": adopted}
         return UpdateResult({**outs, "installed_definition_sha256": outs["definition_sha256"]})
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,13 +36,31 @@ from secure_webhooks.delivery.outbox import SCHEMA as OUTBOX_SCHEMA
 NEW_ROWS = "new_rows"
 OLD_ROWS = "old_rows"
 
-#: pgjwt writes exactly this header; the pgcrypto signer reuses it so both
-#: signers produce byte-identical tokens for the same claims.
-JWT_HEADER = '{"alg":"HS256","typ":"JWT"}'
+#: What the key id is an HMAC of, keyed by the signing key (docs/key-rotation.md, "Key ids").
+KEY_ID_LABEL = "secure-webhooks key id v1"
+#: Characters of base64url kept: 96 bits, so two keys never share an id by chance.
+KEY_ID_CHARS = 16
 
 
 def base64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def key_id(secret: str | bytes) -> str:
+    """The `kid` of a key: base64url(HMAC-SHA256(key, KEY_ID_LABEL)), its first KEY_ID_CHARS characters.
+
+    Derived from the key itself, so a verifier computes the ids of the keys it holds and needs no
+    list of names kept in step with the Vault; a pseudo-random function of the key, so the id tells
+    nothing about the key that a token signed with it did not already (each token is an HMAC of known
+    text under that key). A Vault secret's name would not do: the name stays while the key changes.
+    """
+    key = secret.encode() if isinstance(secret, str) else secret
+    return base64url(hmac.new(key, KEY_ID_LABEL.encode(), hashlib.sha256).digest())[:KEY_ID_CHARS]
+
+
+def jwt_header(kid: str) -> str:
+    """The JOSE header every token carries: members sorted, no spaces (`jwt_header_statement` in SQL)."""
+    return f'{{"alg":"HS256","kid":"{kid}","typ":"JWT"}}'
 
 
 @dataclass(frozen=True)
@@ -67,6 +86,9 @@ class FunctionSpec:
     audience: bool = False
     #: The Vault secret (whsec_...) for Standard Webhooks' webhook-timestamp/-signature; None: not sent.
     webhook_secret_name: str | None = None
+    #: The Vault secret (whsec_...) of the key being rotated out: its signature is sent as well, until
+    #: the key is retired (docs/key-rotation.md); None: one signature.
+    previous_webhook_secret_name: str | None = None
 
     @property
     def qualified_name(self) -> str:
@@ -139,16 +161,41 @@ def claims_expression(spec: FunctionSpec, *, jti: str | None = None, body: str |
     return f"""{opening} || issued_at || ',"exp":' || (issued_at + {int(spec.token_ttl_seconds)}){extra} || '}}'"""
 
 
-def sign_statement(signer: str) -> str:
-    """PL/pgSQL that sets `token` from the text `claims` (JSON) and `secret` variables."""
+def key_id_expression(key: str) -> str:
+    """SQL for `key_id` of the text key `key` (pgcrypto's hmac takes the key as text, i.e. its UTF-8 bytes)."""
+    mac = f"extensions.hmac({sql_literal(KEY_ID_LABEL)}, {key}, 'sha256')"
+    return f"pg_catalog.left({urlsafe_base64(mac)}, {KEY_ID_CHARS})"
+
+
+def jwt_header_statement() -> str:
+    """PL/pgSQL that sets `jwt_header` (the encoded `jwt_header(kid)` and its dot) from the `secret` variable.
+
+    Once per statement (direct) or round (reconciler), beside the one Vault read: the key is the same
+    for every token signed with it.
+    """
+    header = f"""'{{"alg":"HS256","kid":"' || {key_id_expression("secret")} || '","typ":"JWT"}}'"""
+    encoded = urlsafe_base64(f"pg_catalog.convert_to({header}, 'UTF8')")
+    return f"jwt_header := {encoded} || '.';"
+
+
+def _signature(signer: str, signing_input: str) -> str:
+    """SQL for the HS256 signature of `signing_input` with the `secret` variable, base64url.
+
+    pgjwt's `sign()` writes its own header, without `kid`; its `algorithm_sign` signs what we give it,
+    so both signers still mint byte-identical tokens.
+    """
     if signer == "pgjwt":
-        return "token := extensions.sign(claims::json, secret, 'HS256');"
+        return f"extensions.algorithm_sign({signing_input}, secret, 'HS256')"
     if signer == "pgcrypto":
-        header = sql_literal(base64url(JWT_HEADER.encode()) + ".")
-        payload = urlsafe_base64("pg_catalog.convert_to(claims, 'UTF8')")
-        signature = urlsafe_base64("extensions.hmac(signing_input, secret, 'sha256')")
-        return f"signing_input := {header} || {payload};\n  token := signing_input || '.' || {signature};"
+        return urlsafe_base64(f"extensions.hmac({signing_input}, secret, 'sha256')")
     raise ValueError(f"unknown signer {signer!r}")
+
+
+def sign_statement(signer: str) -> str:
+    """PL/pgSQL that sets `token` from the text `claims` (JSON), `jwt_header` and `secret` variables."""
+    payload = urlsafe_base64("pg_catalog.convert_to(claims, 'UTF8')")
+    signature = _signature(signer, "signing_input")
+    return f"signing_input := jwt_header || {payload};\n  token := signing_input || '.' || {signature};"
 
 
 def token_joins(signer: str, claims: str) -> str:
@@ -156,21 +203,13 @@ def token_joins(signer: str, claims: str) -> str:
 
     The set-based twin of `sign_statement`, for one token per row in a single statement.
     """
-    joins = f"\n    CROSS JOIN LATERAL (SELECT {claims} AS claims) AS c"
-    if signer == "pgjwt":
-        return (
-            joins + "\n    CROSS JOIN LATERAL (SELECT extensions.sign(c.claims::json, secret, 'HS256') AS token) AS t"
-        )
-    if signer == "pgcrypto":
-        header = sql_literal(base64url(JWT_HEADER.encode()) + ".")
-        payload = urlsafe_base64("pg_catalog.convert_to(c.claims, 'UTF8')")
-        signature = urlsafe_base64("extensions.hmac(s.signing_input, secret, 'sha256')")
-        return (
-            joins
-            + f"\n    CROSS JOIN LATERAL (SELECT {header} || {payload} AS signing_input) AS s"
-            + f"\n    CROSS JOIN LATERAL (SELECT s.signing_input || '.' || {signature} AS token) AS t"
-        )
-    raise ValueError(f"unknown signer {signer!r}")
+    payload = urlsafe_base64("pg_catalog.convert_to(c.claims, 'UTF8')")
+    signature = _signature(signer, "s.signing_input")
+    return (
+        f"\n    CROSS JOIN LATERAL (SELECT {claims} AS claims) AS c"
+        f"\n    CROSS JOIN LATERAL (SELECT jwt_header || {payload} AS signing_input) AS s"
+        f"\n    CROSS JOIN LATERAL (SELECT s.signing_input || '.' || {signature} AS token) AS t"
+    )
 
 
 def _payload(record_expr: str, old_expr: str) -> str:
@@ -202,25 +241,42 @@ def _post(record_expr: str, old_expr: str, timeout_ms: int, source: str = "") ->
 def standard_webhook_headers(spec: FunctionSpec, event_id: str, body: str) -> str:
     """Extra jsonb_build_object pairs: Standard Webhooks' timestamp and v1 signature of "id.timestamp.body".
 
-    Uses the `issued_at` and `webhook_key` (the decoded whsec_ key) variables; empty when off.
+    Uses the `issued_at` and `webhook_key` (the decoded whsec_ key) variables; empty when off. While a
+    key is rotated out (`previous_webhook_secret_name`), `webhook-signature` is the spec's
+    space-separated list: the signature with `previous_webhook_key` follows, unless that key has left
+    the Vault.
     """
     if spec.webhook_secret_name is None:
         return ""
     signed = f"pg_catalog.convert_to({event_id} || '.' || issued_at || '.' || ({body})::text, 'UTF8')"
-    signature = f"pg_catalog.encode(extensions.hmac({signed}, webhook_key, 'sha256'), 'base64')"
-    return f", 'webhook-timestamp', issued_at::text, 'webhook-signature', 'v1,' || {signature}"
+
+    def signature(key: str) -> str:
+        return f"pg_catalog.encode(extensions.hmac({signed}, {key}, 'sha256'), 'base64')"
+
+    value = f"'v1,' || {signature('webhook_key')}"
+    if spec.previous_webhook_secret_name is not None:
+        value += f" || COALESCE(' v1,' || {signature('previous_webhook_key')}, '')"
+    return f", 'webhook-timestamp', issued_at::text, 'webhook-signature', {value}"
+
+
+def _read_whsec(name: str, into: str) -> str:
+    return f"""SELECT pg_catalog.decode(pg_catalog.substr(s.decrypted_secret, 7), 'base64') INTO {into}
+    FROM vault.decrypted_secrets AS s
+   WHERE s.name = {sql_literal(name)};"""
 
 
 def read_webhook_key(spec: FunctionSpec, on_missing: str) -> str:
-    """PL/pgSQL that sets `webhook_key` from the Vault's whsec_ secret, then runs `on_missing` if absent."""
+    """PL/pgSQL that sets `webhook_key` from the Vault's whsec_ secret, then runs `on_missing` if absent;
+    and `previous_webhook_key` from the key being rotated out, if any (NULL once it has left the Vault)."""
     if spec.webhook_secret_name is None:
         return ""
-    return f"""SELECT pg_catalog.decode(pg_catalog.substr(s.decrypted_secret, 7), 'base64') INTO webhook_key
-    FROM vault.decrypted_secrets AS s
-   WHERE s.name = {sql_literal(spec.webhook_secret_name)};
+    previous = ""
+    if spec.previous_webhook_secret_name is not None:
+        previous = "\n  " + _read_whsec(spec.previous_webhook_secret_name, "previous_webhook_key")
+    return f"""{_read_whsec(spec.webhook_secret_name, "webhook_key")}
   IF webhook_key IS NULL THEN
     {on_missing}
-  END IF;"""
+  END IF;{previous}"""
 
 
 def missing_secret_error(name: str) -> str:
@@ -254,6 +310,7 @@ def _post_bound(spec: FunctionSpec, record_expr: str, old_expr: str, rows: str =
 
 #: The variables of the function body; `read_secret` and `authorize` assign them.
 DECLARATIONS = """  secret text;
+  jwt_header text;
   issued_at bigint;
   claims text;
   signing_input text;
@@ -275,7 +332,8 @@ def read_secret(spec: FunctionSpec) -> str:
 
 def authorize(spec: FunctionSpec) -> str:
     """PL/pgSQL that sets `headers`, with a token signed now by `secret`, for the requests."""
-    return f"""issued_at := pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()))::bigint;
+    return f"""{jwt_header_statement()}
+  issued_at := pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()))::bigint;
   claims := {claims_expression(spec)};
   {sign_statement(spec.signer)}
   headers := pg_catalog.jsonb_build_object(
@@ -352,10 +410,13 @@ def render_bound_body(spec: FunctionSpec) -> str:
     return f"""
 DECLARE
   secret text;
+  jwt_header text;
   webhook_key bytea;
+  previous_webhook_key bytea;
   issued_at bigint;
 BEGIN
   {read_secret(spec)}
+  {jwt_header_statement()}
   {read_webhook_key(spec, raise_missing)}
   issued_at := pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()))::bigint;
 

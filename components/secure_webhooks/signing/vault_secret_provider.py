@@ -28,6 +28,7 @@ from secure_webhooks.installation import adoption
 from secure_webhooks.installation.installation_provider import instance_input, refuse_stale_instance
 from secure_webhooks.installation.ownership import claim, marker, owner_of, refusal
 from secure_webhooks.postgres.database import DatabaseProvider
+from secure_webhooks.signing import key_rotation
 from secure_webhooks.signing.trigger_function import sql_literal
 
 INPUTS = ("name", "secret", "owner")
@@ -117,14 +118,23 @@ def kept_for(description: str | None, owner: str) -> bool:
     return (description or "").startswith(_kept_prefix(owner))
 
 
+def setting_of(props: dict[str, Any]) -> str:
+    """The stack config key holding this secret's value: "setting" is absent for the current keys (and
+    from state written before rotation existed), whose kind names them."""
+    return props.get("setting") or ("webhookSecret" if props.get("kind") == "webhook" else "jwtSecret")
+
+
 class VaultSecretProvider(DatabaseProvider):
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures: list[CheckFailure] = []
+        names = KeyNames.of(news)
         try:
             # "kind" is absent from state written before webhook secrets existed: those are JWT keys.
-            (check_webhook_secret if news.get("kind") == "webhook" else check_jwt_secret)(news["secret"])
+            (check_webhook_secret if news.get("kind") == "webhook" else check_jwt_secret)(
+                news["secret"], setting_of(news)
+            )
         except ConfigError as exc:
-            failures.append(CheckFailure("secret", str(exc.named_for(KeyNames.of(news)))))
+            failures.append(CheckFailure("secret", str(exc.named_for(names))))
         with self.db.transaction() as cur:
             cur.execute("SELECT pg_catalog.to_regclass('vault.secrets') IS NOT NULL")
             if not cur.fetchone()[0]:
@@ -132,8 +142,14 @@ class VaultSecretProvider(DatabaseProvider):
                 return CheckResult(news, failures)
             cur.execute("SELECT description FROM vault.secrets WHERE name = %s", (news["name"],))
             row = cur.fetchone()
+            retiring = None
+            if row is not None and olds.get("secret") is not None and olds.get("secret") != news["secret"]:
+                # A new value for a key of ours: the key it replaces leaves the Vault.
+                retiring = key_rotation.retire_refusal(cur, news["name"])
         if row is not None and (reason := refusal("Vault secret", repr(news["name"]), row[0], news["owner"])):
             failures.append(CheckFailure("name", reason))
+        if retiring is not None:
+            failures.append(CheckFailure("secret", names.rename(f"secure-webhooks:{setting_of(news)}: {retiring}")))
         return CheckResult(news, failures)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
@@ -193,6 +209,7 @@ class VaultSecretProvider(DatabaseProvider):
             else:
                 claim("Vault secret", repr(news["name"]), existing[1], news["owner"])
                 _set_value(cur, existing[0], marker(news["owner"], news.get("instance")))
+            key_rotation.forget_gone(cur)
             row = find_secret(cur, news["name"])
             adoption.lock(cur)
             adopted_description = _adopted_description(cur, news["name"])
@@ -232,6 +249,7 @@ class VaultSecretProvider(DatabaseProvider):
                 )
             else:
                 cur.execute("DELETE FROM vault.secrets WHERE id = %s::uuid", (existing[0],))
+                key_rotation.forget_gone(cur)
         if still_read_by:  # only now: the change has committed
             pulumi.log.warn(
                 f"kept Vault secret {props['name']!r} in place: {', '.join(still_read_by)} managed by this stack "
@@ -255,6 +273,7 @@ class VaultSecret(pulumi.dynamic.Resource, module="secure-webhooks", name="Vault
         opts: pulumi.ResourceOptions | None = None,
         instance: pulumi.Input[str] | None = None,
         key_names: KeyNames = STACK_CONFIG,
+        setting: str | None = None,
     ) -> None:
         props = {
             "name": secret_name,
@@ -266,5 +285,7 @@ class VaultSecret(pulumi.dynamic.Resource, module="secure-webhooks", name="Vault
         }
         if kind != "jwt":  # JWT keys keep the props they had before other kinds existed
             props["kind"] = kind
+        if setting is not None:  # a staged key (jwtSecretNext, ...): the current keys' props stay as they were
+            props["setting"] = setting
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["secret"]))
         super().__init__(VaultSecretProvider(), name, props, opts)

@@ -36,10 +36,13 @@ pub enum VerifyError {
     /// The header's `typ` is present and not exactly `JWT` (the database always sends `JWT`;
     /// `jwt`, `JWS` or `at+jwt` name other kinds of tokens).
     UnsupportedTokenType(String),
-    /// The header has a parameter other than `alg` and `typ` (e.g. `kid`, `jku`, `crit`). The
+    /// The header has a parameter other than `alg`, `typ` and `kid` (e.g. `jku`, `crit`). The
     /// database never sends one, and refusing them keeps both verifiers from having to agree on
     /// what each would mean.
     UnsupportedHeaderParameter(String),
+    /// The header's `kid` names no key this verifier holds: a key the orchestrator has not been
+    /// given yet (add it to the key set before the database signs with it), or one it dropped.
+    UnknownKeyId(String),
     /// The HS256 signature does not match the configured key.
     InvalidSignature,
     /// `exp + leeway` is not after the verifier's clock (a token is valid while `now < exp`).
@@ -204,6 +207,7 @@ impl VerifyError {
             UnsupportedAlgorithm(_) => "unsupported_algorithm",
             UnsupportedTokenType(_) => "unsupported_token_type",
             UnsupportedHeaderParameter(_) => "unsupported_header_parameter",
+            UnknownKeyId(_) => "unknown_key_id",
             InvalidSignature => "invalid_signature",
             Expired { .. } => "expired",
             IssuedInFuture { .. } => "issued_in_future",
@@ -240,9 +244,10 @@ impl fmt::Display for VerifyError {
             UnsupportedHeaderParameter(name) => {
                 write!(
                     f,
-                    "token header parameter {name:?} refused: only alg and typ"
+                    "token header parameter {name:?} refused: only alg, kid and typ"
                 )
             }
+            UnknownKeyId(kid) => write!(f, "token key id {kid:?} names no key this verifier holds"),
             InvalidSignature => write!(f, "invalid token signature"),
             Expired { exp, now } => write!(f, "token expired at {exp} (now {now})"),
             IssuedInFuture { iat, now } => {
@@ -334,6 +339,9 @@ pub enum ConfigError {
     ReservedClaim(String),
     /// The body limit is zero.
     InvalidBodyLimit,
+    /// The key file cannot be read, or is not `{"jwt_secrets": [...], "webhook_secrets": [...]}`
+    /// (the message names where, never a value).
+    InvalidKeyFile(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -349,6 +357,7 @@ impl fmt::Display for ConfigError {
                 "claim {name} cannot be an expected claim: the verifier checks it itself"
             ),
             ConfigError::InvalidBodyLimit => write!(f, "the body limit must be at least 1 byte"),
+            ConfigError::InvalidKeyFile(why) => write!(f, "invalid key file: {why}"),
         }
     }
 }

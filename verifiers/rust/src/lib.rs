@@ -5,8 +5,9 @@
 //! Webhooks' `webhook-timestamp` / `webhook-signature` headers. [`Verifier`] checks, in order:
 //!
 //! 1. the token: canonical base64url parts, a JOSE header of `alg: HS256` (`none`, HS384, HS512,
-//!    RS256… refused) and at most `typ: JWT`, the MAC via jsonwebtoken, JSON objects without
-//!    duplicate keys;
+//!    RS256… refused), at most `typ: JWT` and `kid`, the MAC via jsonwebtoken with the key `kid`
+//!    names ([`VerifyError::UnknownKeyId`] when none held has that [`key_id`]; a token without
+//!    `kid` is tried with every key held), JSON objects without duplicate keys;
 //! 2. `exp` after `iat`, then both against the (injectable) clock with a leeway (default 0);
 //!    valid while `now < exp + leeway`;
 //! 3. `aud`: a string equal to the configured audience; refused when none is configured;
@@ -23,6 +24,10 @@
 //!    database delivers at least once, so it must see a 2xx to stop retrying), without running
 //!    the handler. Add the [`forget_on_failure`] middleware so that a handler that fails (non-2xx)
 //!    gets the retry instead of it being acknowledged as a duplicate.
+//!
+//! Keys rotate without a restart: [`Verifier::builder_with_keys`] takes a [`KeySet`] of several
+//! keys, and [`Verifier::builder_with_key_file`] a JSON file it reads again whenever the file
+//! changes (docs/key-rotation.md in the repository has the steps).
 //!
 //! Every accepted request's 2xx answer, duplicates included, carries a signed delivery receipt,
 //! `webhook-receipt: v1,<base64url-nopad(HMAC-SHA256(secret, "<webhook-id>.<iat>.<body_sha256>"))>`
@@ -56,6 +61,7 @@ mod error;
 mod extract;
 mod forget;
 mod json;
+mod keys;
 mod receipt;
 mod replay;
 mod verifier;
@@ -63,6 +69,7 @@ mod verifier;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ConfigError, VerifyError};
 pub use forget::forget_on_failure;
+pub use keys::{KeySet, key_id};
 pub use receipt::{WEBHOOK_RECEIPT, receipt, webhook_receipts};
 pub use replay::{
     DEFAULT_MAX_ENTRIES, MemoryReplayStore, ReplayStore, ReplayStoreError, StoreFuture, WhenFull,

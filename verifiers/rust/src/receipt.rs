@@ -15,8 +15,8 @@ use sha2::{Digest, Sha256};
 pub const WEBHOOK_RECEIPT: &str = "webhook-receipt";
 
 /// The `webhook-receipt` value for an event: `v1,<base64url-nopad(HMAC-SHA256(secret,
-/// "<webhook_id>.<iat>.<body_sha256>"))>`, where `secret` is the HS256 token secret (the same
-/// bytes the [`Verifier`](crate::Verifier) is built with), `webhook_id` the event id (`jti` /
+/// "<webhook_id>.<iat>.<body_sha256>"))>`, where `secret` is the HS256 key that verified the
+/// token ([`VerifiedWebhook::kid`](crate::VerifiedWebhook::kid) names it), `webhook_id` the event id (`jti` /
 /// `webhook-id`), `<iat>` the verified token's `iat` claim in decimal (as in JSON: no sign, no
 /// leading zeros) and `<body_sha256>` the base64url-nopad SHA-256 of the exact body bytes
 /// received (the form of the `body_sha256` claim).

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -9,7 +10,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
 use http::{HeaderMap, HeaderValue, header};
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -17,6 +18,7 @@ use subtle::ConstantTimeEq;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{ConfigError, VerifyError};
 use crate::json::strict_object;
+use crate::keys::{KeyFile, KeySet, KeySource, decode_webhook_secret};
 use crate::replay::{DEFAULT_MAX_ENTRIES, MemoryReplayStore, ReplayStore, WhenFull};
 
 /// The default body limit: 1 MiB.
@@ -88,6 +90,9 @@ pub struct VerifiedWebhook {
     /// [`webhook_receipts`](crate::webhook_receipts) middleware adds it to a 2xx response; send
     /// it yourself outside axum ([`receipt_header`](Self::receipt_header)).
     pub receipt: String,
+    /// The id ([`key_id`](crate::key_id)) of the key that verified the token and signed the
+    /// receipt.
+    pub kid: String,
 }
 
 impl VerifiedWebhook {
@@ -103,9 +108,16 @@ enum Audience {
     BaseUrl(String),
 }
 
+/// Where the builder takes the HS256 keys from.
+enum Keys {
+    Secret(Vec<u8>),
+    Set(KeySet),
+    File(PathBuf),
+}
+
 /// Builds a [`Verifier`]; see [`Verifier::builder`].
 pub struct VerifierBuilder {
-    secret: Vec<u8>,
+    keys: Keys,
     leeway: u64,
     audience: Option<Audience>,
     accept_missing_audience: bool,
@@ -177,7 +189,7 @@ impl VerifierBuilder {
 
     /// Also require a valid Standard Webhooks signature with this `whsec_<base64>` secret. Call
     /// again to accept several secrets while rotating: a request passes when any `v1` signature
-    /// in `webhook-signature` matches any configured secret.
+    /// in `webhook-signature` matches any configured secret (or any in the key set or file).
     pub fn standard_webhooks_secret(mut self, secret: impl Into<String>) -> Self {
         self.webhook_secrets.push(secret.into());
         self
@@ -231,9 +243,6 @@ impl VerifierBuilder {
 
     /// Check the configuration and build the verifier.
     pub fn build(self) -> Result<Verifier, ConfigError> {
-        if self.secret.is_empty() {
-            return Err(ConfigError::EmptySecret);
-        }
         if self.max_body_bytes == 0 {
             return Err(ConfigError::InvalidBodyLimit);
         }
@@ -256,8 +265,13 @@ impl VerifierBuilder {
             .iter()
             .map(|secret| decode_webhook_secret(secret))
             .collect::<Result<Vec<_>, _>>()?;
-        let decoding_key =
-            DecodingKey::from_secret(&self.secret).map_err(|_| ConfigError::EmptySecret)?;
+        let keys = match self.keys {
+            Keys::Secret(secret) => {
+                KeySource::Fixed(Arc::new(KeySet::new([secret], &self.webhook_secrets)?))
+            }
+            Keys::Set(set) => KeySource::Fixed(Arc::new(set.with_webhook_keys(&webhook_keys))),
+            Keys::File(path) => KeySource::File(KeyFile::open(path, webhook_keys)?),
+        };
         let replay_store = self.replay_store.unwrap_or_else(|| {
             Arc::new(MemoryReplayStore::with_policy(
                 self.replay_capacity,
@@ -266,14 +280,11 @@ impl VerifierBuilder {
         });
         Ok(Verifier {
             inner: Arc::new(Inner {
-                decoding_key,
-                receipt_mac: HmacSha256::new_from_slice(&self.secret)
-                    .expect("HMAC takes any key length"),
+                keys,
                 leeway: self.leeway,
                 audience: self.audience,
                 accept_missing_audience: self.accept_missing_audience,
                 expected: self.expected,
-                webhook_keys,
                 webhook_tolerance: self.webhook_tolerance,
                 max_body_bytes: self.max_body_bytes,
                 require_json_content_type: self.require_json_content_type,
@@ -294,19 +305,6 @@ impl fmt::Debug for VerifierBuilder {
     }
 }
 
-fn decode_webhook_secret(secret: &str) -> Result<Vec<u8>, ConfigError> {
-    let encoded = secret
-        .strip_prefix("whsec_")
-        .ok_or_else(|| ConfigError::InvalidWebhookSecret("does not start with whsec_".into()))?;
-    let key = STANDARD.decode(encoded).map_err(|error| {
-        ConfigError::InvalidWebhookSecret(format!("the part after whsec_ is not base64: {error}"))
-    })?;
-    if key.is_empty() {
-        return Err(ConfigError::InvalidWebhookSecret("the key is empty".into()));
-    }
-    Ok(key)
-}
-
 /// Verifies webhook requests from the database. Cheap to clone (one `Arc`); share one per
 /// configuration, since the replay cache lives in it.
 #[derive(Clone)]
@@ -315,14 +313,12 @@ pub struct Verifier {
 }
 
 struct Inner {
-    decoding_key: DecodingKey,
-    /// The HS256 secret as an HMAC key, for receipts.
-    receipt_mac: HmacSha256,
+    /// The HS256 keys (each also the key of its receipts) and Standard Webhooks keys.
+    keys: KeySource,
     leeway: u64,
     audience: Option<Audience>,
     accept_missing_audience: bool,
     expected: BTreeMap<String, Value>,
-    webhook_keys: Vec<Vec<u8>>,
     webhook_tolerance: u64,
     max_body_bytes: usize,
     require_json_content_type: bool,
@@ -338,7 +334,7 @@ impl fmt::Debug for Verifier {
             .field("audience", &inner.audience)
             .field("accept_missing_audience", &inner.accept_missing_audience)
             .field("expected", &inner.expected)
-            .field("standard_webhooks_keys", &inner.webhook_keys.len())
+            .field("keys", &inner.keys.current())
             .field("webhook_tolerance", &inner.webhook_tolerance)
             .field("max_body_bytes", &inner.max_body_bytes)
             .finish_non_exhaustive()
@@ -349,6 +345,9 @@ impl fmt::Debug for Verifier {
 #[derive(Debug)]
 pub(crate) struct Pending {
     claims: WebhookClaims,
+    /// The keys as they were when the token was checked, and which of them verified it.
+    keys: Arc<KeySet>,
+    key: usize,
     body_digest: [u8; 32],
     timestamp: Option<HeaderValue>,
     signature: Option<HeaderValue>,
@@ -359,8 +358,28 @@ impl Verifier {
     /// Start a configuration with the HS256 key (the Vault's `app_jwt_secret`; RFC 7518 wants at
     /// least 32 bytes).
     pub fn builder(secret: impl AsRef<[u8]>) -> VerifierBuilder {
+        Self::builder_from(Keys::Secret(secret.as_ref().to_vec()))
+    }
+
+    /// Start a configuration with several HS256 keys (and Standard Webhooks keys), e.g. the
+    /// current and the staged key of a rotation. A token is checked with the key its `kid` names.
+    pub fn builder_with_keys(keys: KeySet) -> VerifierBuilder {
+        Self::builder_from(Keys::Set(keys))
+    }
+
+    /// Start a configuration whose keys come from a JSON file (`{"jwt_secrets": [...],
+    /// "webhook_secrets": [...]}`, see [`KeySet::from_json`]). It is read when the verifier is
+    /// built (an unreadable or invalid file is a [`ConfigError`]) and read again on the first
+    /// request after its modification time, size or inode changed, so keys rotate without a
+    /// restart. Replace it atomically (write a new file, then rename it over the old one): a file
+    /// that does not parse is ignored and the last good keys stay in use.
+    pub fn builder_with_key_file(path: impl Into<PathBuf>) -> VerifierBuilder {
+        Self::builder_from(Keys::File(path.into()))
+    }
+
+    fn builder_from(keys: Keys) -> VerifierBuilder {
         VerifierBuilder {
-            secret: secret.as_ref().to_vec(),
+            keys,
             leeway: 0,
             audience: None,
             accept_missing_audience: false,
@@ -419,7 +438,8 @@ impl Verifier {
         let inner = &self.inner;
         let now = inner.clock.now();
         let token = bearer_token(headers)?;
-        let all = self.decode(token)?;
+        let keys = inner.keys.current();
+        let (all, key) = decode(&keys, token)?;
 
         // exp and iat: first their order, which no clock changes, then the clock
         let exp = integer_claim(&all, "exp")?;
@@ -528,6 +548,8 @@ impl Verifier {
         };
         Ok(Pending {
             claims,
+            keys,
+            key,
             body_digest,
             timestamp: headers.get(WEBHOOK_TIMESTAMP).cloned(),
             signature: headers.get(WEBHOOK_SIGNATURE).cloned(),
@@ -552,10 +574,17 @@ impl Verifier {
         if !bool::from(digest.ct_eq(&pending.body_digest)) {
             return Err(VerifyError::BodyHashMismatch);
         }
-        if !inner.webhook_keys.is_empty() {
+        if !pending.keys.webhook.is_empty() {
             self.check_standard_webhooks(&pending, &body)?;
         }
-        let Pending { claims, now, .. } = pending;
+        let Pending {
+            claims,
+            now,
+            keys,
+            key,
+            ..
+        } = pending;
+        let key = &keys.jwt[key];
         let expires_at = claims.exp.saturating_add(inner.leeway);
         let new = inner
             .replay_store
@@ -563,7 +592,7 @@ impl Verifier {
             .await
             .map_err(|error| VerifyError::ReplayStore(error.0))?;
         let receipt =
-            crate::receipt::sign(inner.receipt_mac.clone(), &claims.jti, claims.iat, &digest);
+            crate::receipt::sign(key.receipt_mac.clone(), &claims.jti, claims.iat, &digest);
         if !new {
             return Err(VerifyError::Replayed {
                 event_id: claims.jti,
@@ -575,6 +604,7 @@ impl Verifier {
             claims,
             body,
             receipt,
+            kid: key.kid.clone(),
         })
     }
 
@@ -619,7 +649,7 @@ impl Verifier {
             .filter(|(version, _)| *version == "v1")
             .filter_map(|(_, encoded)| STANDARD.decode(encoded).ok())
             .collect();
-        for key in &inner.webhook_keys {
+        for key in &pending.keys.webhook {
             let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
             mac.update(pending.claims.jti.as_bytes());
             mac.update(b".");
@@ -636,73 +666,100 @@ impl Verifier {
         }
         Err(VerifyError::InvalidWebhookSignature)
     }
+}
 
-    /// The JOSE header (HS256 only, `typ` JWT if any, no other parameter), the MAC (checked by
-    /// jsonwebtoken), then the claims. Both JSON parts are parsed strictly (duplicate keys
-    /// refused, see [`strict_object`]) and base64url strictly (no padding, no stray bits), the
-    /// same way the Python verifier reads them.
-    fn decode(&self, token: &str) -> Result<Map<String, Value>, VerifyError> {
-        let mut parts = token.split('.');
-        let (Some(header), Some(payload), Some(signature), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+/// The JOSE header (HS256 only, `typ` JWT and `kid` if any, no other parameter), the MAC
+/// (checked by jsonwebtoken) with the key `kid` names (any key held, for a token without `kid`),
+/// then the claims; and which key verified it. Both JSON parts are parsed strictly (duplicate
+/// keys refused, see [`strict_object`]) and base64url strictly (no padding, no stray bits), the
+/// same way the Python verifier reads them.
+fn decode(keys: &KeySet, token: &str) -> Result<(Map<String, Value>, usize), VerifyError> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(VerifyError::MalformedToken(
+            "not three dot-separated parts".into(),
+        ));
+    };
+    let header_json = URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()
+        .and_then(|json| strict_object(&json))
+        .ok_or_else(|| {
+            VerifyError::MalformedToken("the header is not a base64url JSON object".into())
+        })?;
+    match header_json.get("alg") {
+        Some(Value::String(alg)) if alg == "HS256" => {}
+        Some(Value::String(alg)) => return Err(VerifyError::UnsupportedAlgorithm(alg.clone())),
+        Some(other) => return Err(VerifyError::UnsupportedAlgorithm(other.to_string())),
+        None => return Err(VerifyError::MalformedToken("the header has no alg".into())),
+    }
+    match header_json.get("typ") {
+        None => {}
+        Some(Value::String(typ)) if typ == "JWT" => {}
+        Some(other) => {
+            let typ = other
+                .as_str()
+                .map_or_else(|| other.to_string(), str::to_owned);
+            return Err(VerifyError::UnsupportedTokenType(typ));
+        }
+    }
+    // serde_json's Map is sorted, so this is the first other parameter by name, as in Python
+    if let Some(name) = header_json
+        .keys()
+        .find(|name| !matches!(name.as_str(), "alg" | "kid" | "typ"))
+    {
+        return Err(VerifyError::UnsupportedHeaderParameter(name.clone()));
+    }
+    // with kid, only the key it names; without (tokens minted before key ids), every key held
+    let candidates: Vec<usize> = match header_json.get("kid") {
+        None => (0..keys.jwt.len()).collect(),
+        Some(Value::String(kid)) => match keys.jwt.iter().position(|key| key.kid == *kid) {
+            Some(index) => vec![index],
+            None => return Err(VerifyError::UnknownKeyId(kid.clone())),
+        },
+        Some(_) => {
             return Err(VerifyError::MalformedToken(
-                "not three dot-separated parts".into(),
+                "the header's kid is not a string".into(),
             ));
-        };
-        let header_json = URL_SAFE_NO_PAD
-            .decode(header)
-            .ok()
-            .and_then(|json| strict_object(&json))
-            .ok_or_else(|| {
-                VerifyError::MalformedToken("the header is not a base64url JSON object".into())
-            })?;
-        match header_json.get("alg") {
-            Some(Value::String(alg)) if alg == "HS256" => {}
-            Some(Value::String(alg)) => return Err(VerifyError::UnsupportedAlgorithm(alg.clone())),
-            Some(other) => return Err(VerifyError::UnsupportedAlgorithm(other.to_string())),
-            None => return Err(VerifyError::MalformedToken("the header has no alg".into())),
         }
-        match header_json.get("typ") {
-            None => {}
-            Some(Value::String(typ)) if typ == "JWT" => {}
-            Some(other) => {
-                let typ = other
-                    .as_str()
-                    .map_or_else(|| other.to_string(), str::to_owned);
-                return Err(VerifyError::UnsupportedTokenType(typ));
-            }
-        }
-        // serde_json's Map is sorted, so this is the first other parameter by name, as in Python
-        if let Some(name) = header_json
-            .keys()
-            .find(|name| !matches!(name.as_str(), "alg" | "typ"))
-        {
-            return Err(VerifyError::UnsupportedHeaderParameter(name.clone()));
-        }
-        let message = &token[..header.len() + 1 + payload.len()];
+    };
+    if URL_SAFE_NO_PAD.decode(signature).is_err() {
+        return Err(VerifyError::MalformedToken(
+            "the signature is not base64url".into(),
+        ));
+    }
+    let message = &token[..header.len() + 1 + payload.len()];
+    let mut verified = None;
+    for index in candidates {
         match jsonwebtoken::crypto::verify(
             signature,
             message.as_bytes(),
-            &self.inner.decoding_key,
+            &keys.jwt[index].decoding,
             Algorithm::HS256,
         ) {
-            Ok(true) => {}
-            Ok(false) => return Err(VerifyError::InvalidSignature),
+            Ok(true) => {
+                verified = Some(index);
+                break;
+            }
+            Ok(false) => {}
             Err(_) => {
                 return Err(VerifyError::MalformedToken(
                     "the signature is not base64url".into(),
                 ));
             }
         }
-        URL_SAFE_NO_PAD
-            .decode(payload)
-            .ok()
-            .and_then(|json| strict_object(&json))
-            .ok_or_else(|| {
-                VerifyError::MalformedToken("the claims are not a base64url JSON object".into())
-            })
     }
+    let key = verified.ok_or(VerifyError::InvalidSignature)?;
+    let claims = URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()
+        .and_then(|json| strict_object(&json))
+        .ok_or_else(|| {
+            VerifyError::MalformedToken("the claims are not a base64url JSON object".into())
+        })?;
+    Ok((claims, key))
 }
 
 fn bearer_token(headers: &HeaderMap) -> Result<&str, VerifyError> {

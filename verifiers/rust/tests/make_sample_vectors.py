@@ -20,6 +20,11 @@ import jwt
 SECRET = "sample-vectors-jwt-secret-of-at-least-32-bytes"
 WEBHOOK_KEY = b"sample-vectors-standard-webhooks"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(WEBHOOK_KEY).decode()
+# Rotation: the key staged beside SECRET (and WEBHOOK_KEY), then signing in their place.
+NEXT_SECRET = "sample-vectors-next-jwt-secret-of-32-bytes-too"
+NEXT_WEBHOOK_KEY = b"sample-vectors-next-standard-webhooks-key"
+NEXT_WEBHOOK_SECRET = "whsec_" + base64.b64encode(NEXT_WEBHOOK_KEY).decode()
+KEY_ID_LABEL = b"secure-webhooks key id v1"
 BASE = "https://orchestrator.example.com"
 RESUMES = "/ingest/resumes/batch"
 ZIPS = "/ingest/zip_archives/batch"
@@ -30,6 +35,11 @@ CLAIMS = {"role": "service_role", "iss": "supabase", "sub": "orchestrator"}
 
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def key_id(secret: str) -> str:
+    """The kid the database writes: b64url-nopad(HMAC-SHA256(key, "secure-webhooks key id v1"))[:16]."""
+    return b64url(hmac.new(secret.encode(), KEY_ID_LABEL, hashlib.sha256).digest())[:16]
 
 
 def jsonb_text(value: dict) -> str:
@@ -80,15 +90,22 @@ def case(
     webhook_id=None,
     without=(),
     timestamp_text=None,
+    keys=None,
+    signing_secret=SECRET,
+    webhook_keys=(WEBHOOK_KEY,),
 ):
+    """One request; `keys` (jwt_secrets, webhook_secrets) replaces the file's secret and webhook_secret
+    for this case, `signing_secret` is the key that signed the token (for its receipt), and
+    `webhook_keys` the keys whose signatures `webhook-signature` lists."""
     timestamp_text = str(timestamp) if timestamp_text is None else timestamp_text
+    signed = body if signed_body is None else signed_body
     headers = {
         "Content-Type": "application/json",
         "Authorization": f"Bearer {token}",
         "webhook-id": webhook_id or jti,
         "webhook-timestamp": timestamp_text,
-        "webhook-signature": standard_signature(
-            WEBHOOK_KEY, webhook_id or jti, timestamp_text, body if signed_body is None else signed_body
+        "webhook-signature": " ".join(
+            standard_signature(key, webhook_id or jti, timestamp_text, signed) for key in webhook_keys
         ),
     }
     headers = {name: value for name, value in headers.items() if name not in without}
@@ -103,6 +120,8 @@ def case(
         "expect": expect,
         "reason": reason,
         "replay_of": replay_of,
+        **({} if keys is None else {"keys": {"jwt_secrets": keys[0], "webhook_secrets": keys[1]}}),
+        "_signing_secret": signing_secret,
     }
 
 
@@ -135,6 +154,102 @@ def payload_text(claims: dict, **raw: str) -> str:
     """`claims` as JSON text, with `raw` claims spliced in as literal JSON text."""
     text = json.dumps(claims, ensure_ascii=False)
     return text[:-1] + "".join(f", {json.dumps(name)}: {value}" for name, value in raw.items()) + "}"
+
+
+def add_rotation_cases(add) -> None:
+    """A rotation as the orchestrator sees it: tokens name their key (kid); the key set holds the
+    current and the staged key; Standard Webhooks requests list one signature per key."""
+    both = ([SECRET, NEXT_SECRET], [WEBHOOK_SECRET, NEXT_WEBHOOK_SECRET])
+    body, jti = payload("resumes", 20, "Grace"), event_id(20)
+    current = sign(claims_for(body, jti), headers={"kid": key_id(SECRET)})
+    promoted = sign(claims_for(body, jti), key=NEXT_SECRET, headers={"kid": key_id(NEXT_SECRET)})
+    add(case("rotation_current_key_with_both_held", body=body, token=current, jti=jti, keys=both))
+    add(
+        case(
+            "rotation_next_key_with_both_held",
+            body=body,
+            token=promoted,
+            jti=jti,
+            keys=both,
+            signing_secret=NEXT_SECRET,
+            webhook_keys=(NEXT_WEBHOOK_KEY, WEBHOOK_KEY),
+        )
+    )
+    add(case("rotation_current_key_alone", body=body, token=current, jti=jti))
+    add(
+        case(
+            "rotation_next_key_not_yet_held",
+            body=body,
+            token=promoted,
+            jti=jti,
+            expect="reject",
+            reason="unknown_key_id",
+        )
+    )
+    add(
+        case(
+            "rotation_retired_key",
+            body=body,
+            token=current,
+            jti=jti,
+            keys=([NEXT_SECRET], [NEXT_WEBHOOK_SECRET]),
+            webhook_keys=(NEXT_WEBHOOK_KEY,),
+            expect="reject",
+            reason="unknown_key_id",
+        )
+    )
+    add(
+        case(
+            "rotation_token_without_kid_tries_every_key",
+            body=body,
+            token=sign(claims_for(body, jti), key=NEXT_SECRET),
+            jti=jti,
+            keys=both,
+            signing_secret=NEXT_SECRET,
+        )
+    )
+    add(
+        case(
+            "rotation_kid_names_another_held_key",
+            body=body,
+            token=sign(claims_for(body, jti), headers={"kid": key_id(NEXT_SECRET)}),
+            jti=jti,
+            keys=both,
+            expect="reject",
+            reason="invalid_signature",
+        )
+    )
+    add(
+        case(
+            "rotation_two_signatures_new_key_held",
+            body=body,
+            token=promoted,
+            jti=jti,
+            keys=([NEXT_SECRET], [NEXT_WEBHOOK_SECRET]),
+            signing_secret=NEXT_SECRET,
+            webhook_keys=(NEXT_WEBHOOK_KEY, WEBHOOK_KEY),
+        )
+    )
+    add(
+        case(
+            "rotation_two_signatures_old_key_held",
+            body=body,
+            token=current,
+            jti=jti,
+            webhook_keys=(NEXT_WEBHOOK_KEY, WEBHOOK_KEY),
+        )
+    )
+    add(
+        case(
+            "rotation_signature_of_a_key_not_held",
+            body=body,
+            token=current,
+            jti=jti,
+            webhook_keys=(NEXT_WEBHOOK_KEY,),
+            expect="reject",
+            reason="invalid_webhook_signature",
+        )
+    )
 
 
 def main() -> None:
@@ -441,9 +556,20 @@ def main() -> None:
             token=sign(claims_for(b6, j6), headers={"kid": "key-1"}),
             jti=j6,
             expect="reject",
-            reason="unsupported_header_parameter",
+            reason="unknown_key_id",
         )
     )
+    add(
+        case(
+            "header_kid_not_a_string",
+            body=b6,
+            token=raw_token('{"alg":"HS256","kid":5,"typ":"JWT"}', json.dumps(claims_for(b6, j6))),
+            jti=j6,
+            expect="reject",
+            reason="malformed_token",
+        )
+    )
+    add_rotation_cases(add)
     add(
         case(
             "valid_without_typ",
@@ -525,13 +651,15 @@ def main() -> None:
     )
 
     # The receipt every accepted request's answer carries, duplicates included: bound to the iat of
-    # the token that request carries (a retry's fresh token gives another receipt).
+    # the token that request carries (a retry's fresh token gives another receipt), signed with the
+    # key that verified the token.
     for c in cases:
         acknowledged = c["expect"] == "accept" or c["reason"] == "replayed"
         body_bytes = base64.b64decode(c["body_base64"])
+        signing_secret = c.pop("_signing_secret")
         # the event id: the webhook-id header, which an accepted request's jti equals
         c["receipt"] = (
-            spec_receipt(SECRET, c["headers"]["webhook-id"], token_iat(c["headers"]), body_bytes)
+            spec_receipt(signing_secret, c["headers"]["webhook-id"], token_iat(c["headers"]), body_bytes)
             if acknowledged
             else None
         )

@@ -15,7 +15,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use secure_webhook_verifier::{ManualClock, Verifier, VerifyError, receipt};
+use secure_webhook_verifier::{KeySet, ManualClock, Verifier, VerifyError, receipt};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -54,6 +54,15 @@ struct Case {
     /// The `webhook-receipt` an accepted (or duplicate) case's answer carries, when given.
     #[serde(default)]
     receipt: Option<String>,
+    /// The verifier's key set for this case (a rotation), instead of `secret` and `webhook_secret`.
+    #[serde(default)]
+    keys: Option<Keys>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Keys {
+    jwt_secrets: Vec<String>,
+    webhook_secrets: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, PartialEq, Eq, Clone, Copy)]
@@ -98,12 +107,22 @@ fn request(case: &Case) -> Result<(HeaderMap, Bytes), String> {
 }
 
 fn verifier(vectors: &Vectors, case: &Case, clock: Arc<ManualClock>) -> Verifier {
-    let mut builder = Verifier::builder(&vectors.secret).clock(clock);
+    let mut builder = match &case.keys {
+        Some(keys) => Verifier::builder_with_keys(
+            KeySet::new(&keys.jwt_secrets, &keys.webhook_secrets)
+                .unwrap_or_else(|error| panic!("case {}: its keys: {error}", case.name)),
+        ),
+        None => {
+            let builder = Verifier::builder(&vectors.secret);
+            match &vectors.webhook_secret {
+                Some(secret) => builder.standard_webhooks_secret(secret),
+                None => builder,
+            }
+        }
+    }
+    .clock(clock);
     if let Some(audience) = &case.audience {
         builder = builder.audience(audience);
-    }
-    if let Some(secret) = &vectors.webhook_secret {
-        builder = builder.standard_webhooks_secret(secret);
     }
     builder.build().unwrap_or_else(|error| {
         panic!("case {}: cannot configure the verifier: {error}", case.name)

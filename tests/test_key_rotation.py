@@ -1,0 +1,341 @@
+"""Key rotation under load (issue 18): stage, promote and retire while inserts keep committing.
+
+Each step is what `pulumi up` runs for that config step (docs/key-rotation.md), driven through the
+same providers: stage creates the `_next` Vault secrets, promote updates the signer (the function in
+direct mode, the reconciler at least once) to read them, retire gives the current secrets the new
+values, points the signer back at them and deletes the `_next` ones. A receiver runs the real
+verifier on a key file (KeyFile) that the test rewrites as the orchestrator's operator would:
+both keys after stage, only the new ones after retire. Every request is real HTTP over loopback
+from the stand-in's pg_net worker; nothing waits a guessed time.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+import psycopg
+import pytest
+from outbox_support import TEST_DELIVERY, install_pipeline, reconcile, supabase_with_secret
+from providers import OWNER, configured, function_props, trigger_props, unique
+
+from local_supabase.bootstrap import create_demo_tables
+from local_supabase.cluster import LocalSupabase
+from local_supabase.orchestrator import Delivery, WebhookReceiver
+from local_supabase.pg_net_worker import PgNetWorker
+from secure_webhooks.delivery.reconciler import ReconcilerSpec
+from secure_webhooks.delivery.reconciler_provider import ReconcilerProvider, reconciler_props
+from secure_webhooks.installation.trigger_provider import WebhookTriggerProvider
+from secure_webhooks.signing import key_rotation
+from secure_webhooks.signing.function_provider import SecureFunctionProvider
+from secure_webhooks.signing.trigger_function import FunctionSpec, key_id
+from secure_webhooks.signing.vault_secret_provider import VaultSecretProvider
+from webhook_verifier import KeyFile
+
+OLD = "rotation-test-current-jwt-key-" + "a" * 20
+NEW = "rotation-test-staged-jwt-key-" + "b" * 20
+OLD_WHSEC = "whsec_" + base64.b64encode(b"rotation-test-current-whsec-key!").decode()
+NEW_WHSEC = "whsec_" + base64.b64encode(b"rotation-test-staged-whsec-key!!").decode()
+JWT_NAME, WEBHOOK_NAME = "app_jwt_secret", "app_webhook_secret"
+#: Short, so that retire is allowed soon after promote; the rule is the same for an hour.
+TTL = 15
+INSERTS_PER_SECOND = 20
+
+
+def spec_for(mode: str, *, promoted: bool) -> FunctionSpec:
+    """The signer's spec as the component renders it (component.function_spec) before and after promote."""
+    return FunctionSpec(
+        name="notify_rotation",
+        mode=mode,
+        token_ttl_seconds=TTL,
+        timeout_ms=2000,
+        secret_name=f"{JWT_NAME}_next" if promoted else JWT_NAME,
+        webhook_secret_name=f"{WEBHOOK_NAME}_next" if promoted else WEBHOOK_NAME,
+        previous_webhook_secret_name=WEBHOOK_NAME if promoted else None,
+    )
+
+
+def write_keys(path: Path, jwt_secrets: list[str], webhook_secrets: list[str]) -> None:
+    """What the operator does on the orchestrator: a new key file renamed over the old one."""
+    fresh = path.with_suffix(".new")
+    fresh.write_text(json.dumps({"jwt_secrets": jwt_secrets, "webhook_secrets": webhook_secrets}), encoding="utf-8")
+    fresh.replace(path)
+
+
+@dataclass
+class Vault:
+    """The Vault secrets as the stack keeps them (VaultSecretProvider), by name."""
+
+    cluster: LocalSupabase
+    provider: VaultSecretProvider = field(init=False)
+    outs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.provider = configured(VaultSecretProvider, self.cluster)
+
+    @staticmethod
+    def props(name: str, value: str) -> dict[str, Any]:
+        kind = {"kind": "webhook"} if value.startswith("whsec_") else {}
+        setting = {"setting": "webhookSecretNext" if kind else "jwtSecretNext"} if name.endswith("_next") else {}
+        return {"name": name, "secret": value, "owner": OWNER, "instance": None, "secret_id": None, **kind, **setting}
+
+    def create(self, name: str, value: str) -> None:
+        props = self.props(name, value)
+        assert self.provider.check({}, props).failures == []
+        self.outs[name] = self.provider.create(props).outs
+
+    def refusal(self, name: str, value: str) -> str | None:
+        """What `preview` says about giving secret `name` the value `value`: the retire guard's message."""
+        failures = self.provider.check(self.outs[name], self.props(name, value)).failures
+        return "; ".join(f.reason for f in failures) or None
+
+    def update(self, name: str, value: str) -> None:
+        assert self.refusal(name, value) is None
+        olds = self.outs[name]
+        self.outs[name] = self.provider.update(olds["secret_id"], olds, self.props(name, value)).outs
+
+    def delete(self, name: str) -> None:
+        outs = self.outs.pop(name)
+        self.provider.delete(outs["secret_id"], outs)
+
+
+@dataclass
+class Signer:
+    """The resource whose body signs: the function (direct) or the reconciler (at least once)."""
+
+    mode: str
+    update: Callable[[FunctionSpec], None]
+
+
+def install_signer(cluster: LocalSupabase, mode: str, url: str, stack: list[Callable[[], None]]) -> Signer:
+    spec = spec_for(mode, promoted=False)
+    triggers = configured(WebhookTriggerProvider, cluster)
+    if mode == "direct":
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+            create_demo_tables(conn)
+        functions = configured(SecureFunctionProvider, cluster)
+        created = functions.create(function_props(spec))
+        state = {"outs": created.outs}
+        stack.append(lambda: functions.delete(created.id, state["outs"]))
+
+        def update(new: FunctionSpec) -> None:
+            state["outs"] = functions.update(created.id, state["outs"], function_props(new)).outs
+
+    else:
+        pipeline = install_pipeline(cluster, name=spec.name)
+        pipeline.spec = spec
+        stack.append(pipeline.remove)
+        provider, created = next(item for item in pipeline.installed if isinstance(item[0], ReconcilerProvider))
+        state = {"outs": created.outs}
+
+        def update(new: FunctionSpec) -> None:
+            props = reconciler_props(ReconcilerSpec(function=new, delivery=TEST_DELIVERY), OWNER)
+            state["outs"] = provider.update(created.id, state["outs"], {**state["outs"], **props}).outs
+
+        update(spec)  # the pipeline installs without Standard Webhooks: sign as the test's spec says
+    trigger = triggers.create(trigger_props("resumes", unique("rotation"), url, spec))
+    stack.append(lambda: triggers.delete(trigger.id, trigger.outs))
+    return Signer(mode, update)
+
+
+class Load:
+    """Inserts committing continuously (one row per transaction) from a thread, until stopped."""
+
+    def __init__(self, cluster: LocalSupabase, per_second: int) -> None:
+        self._conninfo = cluster.dsn("postgres")
+        self._interval = 1 / per_second
+        self._stop = threading.Event()
+        self.ids: list[int] = []
+        self._thread = threading.Thread(target=self._run, name="inserts", daemon=True)
+
+    def _run(self) -> None:
+        with psycopg.connect(self._conninfo, autocommit=True) as conn:
+            while not self._stop.wait(self._interval):
+                row = conn.execute(
+                    "INSERT INTO public.resumes (name, storage_path) VALUES (%s, 'p') RETURNING id",
+                    (f"rotation-{len(self.ids)}",),
+                ).fetchone()
+                self.ids.append(row[0])
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+@contextmanager
+def reconciling(cluster: LocalSupabase, mode: str) -> Iterator[None]:
+    """The reconciler's cron loop at least once (rounds back to back); nothing in direct mode."""
+    if mode == "direct":
+        yield
+        return
+    stop = threading.Event()
+
+    def rounds() -> None:
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+            while not stop.is_set():
+                if reconcile(conn) == 0:
+                    stop.wait(0.05)
+
+    thread = threading.Thread(target=rounds, name="reconciler", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout} s: {what}")
+        time.sleep(0.1)
+
+
+def kid_of(delivery: Delivery) -> str:
+    return jwt.get_unverified_header(delivery.header("Authorization").split()[1])["kid"]
+
+
+def delivered_ids(receiver: WebhookReceiver) -> set[int]:
+    return {d.body["record"]["id"] for d in receiver.deliveries if d.status == 200}
+
+
+@dataclass(frozen=True)
+class Counts:
+    inserted: int
+    delivered: int
+    rejected: int
+    lost: int
+
+
+@contextmanager
+def rotation_setup(mode: str, tmp_path: Path) -> Iterator[tuple[LocalSupabase, Vault, WebhookReceiver, Path]]:
+    """A fresh cluster whose Vault holds the current keys (kept by the stack), a receiver on a key
+    file holding them, and the signer installed in `mode`."""
+    key_file = tmp_path / "orchestrator-keys.json"
+    write_keys(key_file, [OLD], [OLD_WHSEC])
+    with supabase_with_secret(OLD) as cluster, WebhookReceiver(keys=KeyFile(key_file)) as receiver:
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+            conn.execute("DELETE FROM vault.secrets WHERE name = %s", (JWT_NAME,))  # the stack keeps it instead
+        vault = Vault(cluster)
+        vault.create(JWT_NAME, OLD)
+        vault.create(WEBHOOK_NAME, OLD_WHSEC)
+        yield cluster, vault, receiver, key_file
+
+
+@pytest.mark.parametrize("mode", ["at-least-once", "direct"])
+def test_a_rotation_under_continuous_load_rejects_nothing_and_loses_nothing(mode, tmp_path):
+    with rotation_setup(mode, tmp_path) as (cluster, vault, receiver, key_file):
+        cleanup: list[Callable[[], None]] = []
+        signer = install_signer(cluster, mode, receiver.url + "/ingest/interns/individual", cleanup)
+        try:
+            with PgNetWorker(cluster.admin_dsn), reconciling(cluster, mode), Load(cluster, INSERTS_PER_SECOND) as load:
+                wait_for(lambda: len(delivered_ids(receiver)) >= 10, 30, "deliveries before stage")
+
+                # stage: the new keys enter the Vault; the database still signs with the current ones
+                vault.create(f"{JWT_NAME}_next", NEW)
+                vault.create(f"{WEBHOOK_NAME}_next", NEW_WHSEC)
+                staged_at = len(receiver.deliveries)
+                wait_for(lambda: len(receiver.deliveries) >= staged_at + 10, 30, "deliveries after stage")
+                assert {kid_of(d) for d in receiver.deliveries} == {key_id(OLD)}
+                # ... and the orchestrator learns them: both keys valid there, no restart
+                write_keys(key_file, [OLD, NEW], [OLD_WHSEC, NEW_WHSEC])
+
+                # promote: every attempt from now on is signed with the new key
+                signer.update(spec_for(mode, promoted=True))
+                promoted_at = len(receiver.deliveries)
+                wait_for(
+                    lambda: any(kid_of(d) == key_id(NEW) for d in receiver.deliveries[promoted_at:]),
+                    30,
+                    "a delivery signed with the promoted key",
+                )
+
+                # retire too early: refused, saying when it may go
+                refusal = vault.refusal(JWT_NAME, NEW)
+                assert refusal is not None and "secure-webhooks:jwtSecret:" in refusal
+                assert "is refused until 20" in refusal and "s from now" in refusal
+                assert NEW not in refusal and OLD not in refusal
+                wait_for(lambda: vault.refusal(JWT_NAME, NEW) is None, TTL + 30, "retire allowed")
+                assert vault.refusal(WEBHOOK_NAME, NEW_WHSEC) is None
+
+                # retire: the current secrets take the new keys, the signer reads them, _next goes
+                vault.update(JWT_NAME, NEW)
+                vault.update(WEBHOOK_NAME, NEW_WHSEC)
+                signer.update(spec_for(mode, promoted=False))
+                vault.delete(f"{JWT_NAME}_next")
+                vault.delete(f"{WEBHOOK_NAME}_next")
+                write_keys(key_file, [NEW], [NEW_WHSEC])  # the orchestrator drops the old keys
+                retired_at = len(receiver.deliveries)
+                wait_for(lambda: len(receiver.deliveries) >= retired_at + 10, 30, "deliveries after retire")
+                load.stop()
+
+                inserted = set(load.ids)
+                wait_for(lambda: inserted <= delivered_ids(receiver), 60, "every insert delivered")
+        finally:
+            for undo in reversed(cleanup):
+                undo()
+
+        deliveries = receiver.deliveries
+        counts = Counts(
+            inserted=len(inserted),
+            delivered=len(delivered_ids(receiver) & inserted),
+            rejected=sum(d.status != 200 for d in deliveries),
+            lost=len(inserted - delivered_ids(receiver)),
+        )
+        print(f"\nkey rotation under load, {mode}: {counts}")
+        assert counts.rejected == 0, [d.rejection for d in deliveries if d.status != 200][:5]
+        assert counts.lost == 0
+        assert counts.inserted >= 100
+        # promoted: the new key's token and both Standard Webhooks signatures; retired: one signature
+        after_promote = deliveries[promoted_at:retired_at]
+        assert any(len(d.header("webhook-signature").split()) == 2 for d in after_promote)
+        late = deliveries[-5:]
+        assert {kid_of(d) for d in late} == {key_id(NEW)}
+        assert all(len(d.header("webhook-signature").split()) == 1 for d in late)
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+            assert conn.execute(
+                "SELECT to_regclass(%s)", (f"{key_rotation.SCHEMA}.{key_rotation.TABLE}",)
+            ).fetchone() == (None,), "the retired key's record is forgotten once it left the Vault"
+
+
+def test_the_emergency_switch_is_retried_until_the_orchestrator_learns_the_key(tmp_path):
+    """One step, for a leaked key: the database signs with the new key at once. Requests the orchestrator
+    refuses meanwhile (unknown kid) are retried at least once, and delivered once it holds the key."""
+    with rotation_setup("at-least-once", tmp_path) as (cluster, vault, receiver, key_file):
+        cleanup: list[Callable[[], None]] = []
+        install_signer(cluster, "at-least-once", receiver.url + "/ingest/interns/individual", cleanup)
+        try:
+            with PgNetWorker(cluster.admin_dsn), reconciling(cluster, "at-least-once"):
+                with Load(cluster, INSERTS_PER_SECOND) as load:
+                    wait_for(lambda: len(delivered_ids(receiver)) >= 5, 30, "deliveries before the switch")
+                    # the current key signs: replacing it at once is allowed (no rotation under way)
+                    vault.update(JWT_NAME, NEW)
+                    wait_for(lambda: any(d.status == 401 for d in receiver.deliveries), 30, "a refused request")
+                    write_keys(key_file, [NEW], [OLD_WHSEC])  # the orchestrator learns the new key
+                    learned_at = len(receiver.deliveries)
+                    wait_for(lambda: len(receiver.deliveries) >= learned_at + 5, 30, "deliveries after")
+                inserted = set(load.ids)
+                wait_for(lambda: inserted <= delivered_ids(receiver), 60, "every insert delivered")
+        finally:
+            for undo in reversed(cleanup):
+                undo()
+        refused = [d for d in receiver.deliveries if d.status != 200]
+        print(f"\nemergency switch: inserted {len(inserted)}, refused during the gap {len(refused)}, lost 0")
+        assert refused and all(d.rejection.endswith("names no key this verifier holds") for d in refused)
+        assert {d.body["record"]["id"] for d in refused} <= delivered_ids(receiver)
