@@ -339,3 +339,18 @@ def test_the_emergency_switch_is_retried_until_the_orchestrator_learns_the_key(t
         print(f"\nemergency switch: inserted {len(inserted)}, refused during the gap {len(refused)}, lost 0")
         assert refused and all(d.rejection.endswith("names no key this verifier holds") for d in refused)
         assert {d.body["record"]["id"] for d in refused} <= delivered_ids(receiver)
+
+
+def test_a_staged_key_changed_or_removed_out_of_band_is_drift(supabase_ready):
+    """What `pulumi refresh` sees (the provider's read) when someone edits or deletes a staged key in the Vault."""
+    vault = Vault(supabase_ready)
+    name = unique("drift") + "_next"
+    vault.create(name, NEW)
+    outs = vault.outs[name]
+    with psycopg.connect(supabase_ready.dsn("postgres"), autocommit=True) as conn:
+        conn.execute("SELECT vault.update_secret(id, %s) FROM vault.secrets WHERE name = %s", (OLD, name))
+        read = vault.provider.read(outs["secret_id"], outs)
+        assert read.outs["value_matches"] is False
+        assert vault.provider.diff(outs["secret_id"], read.outs, Vault.props(name, NEW)).changes  # `up` puts it back
+        conn.execute("DELETE FROM vault.secrets WHERE name = %s", (name,))
+    assert vault.provider.read(outs["secret_id"], outs).id is None  # gone: refresh drops it, `up` creates it again
