@@ -40,6 +40,9 @@ step() {
 missing=()
 [[ -x /usr/lib/postgresql/15/bin/initdb ]] || missing+=(postgresql-15)
 [[ -e /usr/lib/postgresql/15/lib/pg_cron.so ]] || missing+=(postgresql-15-cron)
+# The metrics tests scrape `webhook-deliveries serve-metrics` with a real Prometheus and check the alert rules
+# with its promtool (docs/metrics.md).
+command -v promtool >/dev/null || missing+=(prometheus)
 command -v cc >/dev/null || missing+=(gcc)
 [[ -e /usr/lib/x86_64-linux-gnu/libsodium.so.23 ]] || missing+=(libsodium23)
 [[ -e /usr/lib/x86_64-linux-gnu/libcurl.so.4 ]] || missing+=(libcurl4)

@@ -47,7 +47,7 @@ def test_the_wheel_declares_what_it_imports(wheel):
     (metadata_name,) = [name for name in archive.namelist() if name.endswith(".dist-info/METADATA")]
     metadata = email.message_from_bytes(archive.read(metadata_name))
     required = {Requirement(entry).name.lower() for entry in metadata.get_all("Requires-Dist")}
-    assert required == {"pulumi", "pulumi-postgresql", "psycopg", "pyjwt"}
+    assert required == {"pulumi", "pulumi-postgresql", "psycopg", "pyjwt", "prometheus-client"}
     (entry_points,) = [name for name in archive.namelist() if name.endswith(".dist-info/entry_points.txt")]
     assert "webhook-deliveries = webhook_deliveries.__main__:main" in archive.read(entry_points).decode()
 
