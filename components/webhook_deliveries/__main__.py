@@ -1,4 +1,5 @@
-"""Command line: status, list, replay and purge of webhook events (see docs/operations.md)."""
+"""Command line: status, list, replay and purge of webhook events, and their Prometheus metrics (see
+docs/operations.md and docs/metrics.md)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from webhook_deliveries.health import (
     span,
     verdict,
 )
+from webhook_deliveries.metrics import DEFAULT_WINDOW
+from webhook_deliveries.serving import DEFAULT_LISTEN, listen_address, print_metrics, refuse_exposed, serve_metrics
 
 MODULE_COMMAND = "python -m webhook_deliveries"
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -277,15 +280,50 @@ def parser(prog: str) -> argparse.ArgumentParser:
     purging.add_argument("--older-than", type=duration, default=timedelta(0), help="e.g. 7d (default: any age)")
     purging.add_argument("--webhook", help="trigger name")
     purging.add_argument("--yes", "-y", action="store_true", help="delete pending and failed events without asking")
+    window_help = (
+        f"latencies and attempt outcomes cover this recent window (default: {span(DEFAULT_WINDOW)}); "
+        "at least the scrape interval"
+    )
+    metrics = commands.add_parser(
+        "metrics", help="print the Prometheus metrics once", description="Print the Prometheus metrics once."
+    )
+    metrics.add_argument("--window", type=duration, default=DEFAULT_WINDOW, metavar="DURATION", help=window_help)
+    serving = commands.add_parser(
+        "serve-metrics",
+        help="serve the Prometheus metrics on /metrics",
+        description="Serve the Prometheus metrics on http://LISTEN/metrics, read from the database at each scrape.",
+    )
+    serving.add_argument(
+        "--listen",
+        type=listen_address,
+        default=listen_address(DEFAULT_LISTEN),
+        metavar="HOST:PORT",
+        help=f"an IP address (IPv6 in brackets) and port; port 0 picks a free one (default: {DEFAULT_LISTEN})",
+    )
+    serving.add_argument(
+        "--allow-non-loopback",
+        action="store_true",
+        help="serve on a non-loopback address: the metrics name every webhook and have no authentication",
+    )
+    serving.add_argument("--window", type=duration, default=DEFAULT_WINDOW, metavar="DURATION", help=window_help)
     return top
 
 
-COMMANDS = {"status": show_status, "list": show_list, "replay": replay, "purge": purge}
+COMMANDS = {
+    "status": show_status,
+    "list": show_list,
+    "replay": replay,
+    "purge": purge,
+    "metrics": print_metrics,
+    "serve-metrics": serve_metrics,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser(program_name(sys.argv[0])).parse_args(argv)
     try:
+        if args.command == "serve-metrics":
+            refuse_exposed(args.listen, args.allow_non_loopback)
         with connect(args.dsn, args.stack, args.cwd) as conn:
             if conn.execute("SELECT pg_catalog.to_regclass(%s)", (VIEW,)).fetchone()[0] is None:
                 raise OperatorError(

@@ -88,6 +88,8 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.{ATTEMPTS} (
     error text
 );
 CREATE INDEX IF NOT EXISTS attempts_event ON {SCHEMA}.{ATTEMPTS} (event_id);
+-- The metrics' recent attempts (docs/metrics.md): a scrape reads a window, not every attempt kept.
+CREATE INDEX IF NOT EXISTS attempts_finished ON {SCHEMA}.{ATTEMPTS} (finished_at);
 
 CREATE UNLOGGED TABLE IF NOT EXISTS {SCHEMA}.{PG_NET_EPOCH} (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),

@@ -1,0 +1,280 @@
+"""Prometheus metrics of the outbox, read from the database on each scrape (see docs/metrics.md).
+
+An outbox keeps delivered events for a week by default (`keepDeliveredHours`): millions of rows at a
+modest rate. A scrape must not cost more as they pile up, so no query here reads all of them:
+
+- what is still to be sent (pending, failed, dead) is counted through the partial indexes the
+  reconciler itself uses, so it costs what the backlog holds;
+- latencies and attempt outcomes are those of a recent window (`--window`, 5 minutes by default),
+  read by range scans on `events_delivered` and `attempts_finished`, so they cost what that
+  window delivered. They are gauges of the window, not counters since the start: the window is
+  the same whichever process scrapes and whenever it restarts, and `metrics` prints the same
+  figures `serve-metrics` serves.
+
+All of one scrape is read in one read-only REPEATABLE READ transaction: its figures are of one
+instant, and every age is computed by the database's clock.
+
+The circuit breaker of issue 17 part 1 does not exist yet; its endpoint state will be one more
+reader here (a gauge per endpoint), read in the same transaction.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import psycopg
+from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from secure_webhooks.delivery.outbox import ATTEMPTS, EVENTS, SCHEMA, STATUS_EXPRESSION
+from webhook_deliveries.connection import OperatorError
+from webhook_deliveries.health import ReconcilerHealth, read_reconciler
+
+PREFIX = "secure_webhooks"
+#: Upper bounds of the latency buckets, in seconds: from a fast first delivery to the retry schedule's
+#: last attempts (the default schedule's 12th attempt comes about four days after the first).
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0, 345600.0)
+DEFAULT_WINDOW = timedelta(minutes=5)
+#: A scrape that takes longer is cut short by the database rather than pile up behind the next one
+#: (Prometheus gives up on a scrape after 10 s by default).
+STATEMENT_TIMEOUT = "5s"
+
+_EVENTS = f"{SCHEMA}.{EVENTS}"
+_ATTEMPTS = f"{SCHEMA}.{ATTEMPTS}"
+_WAITING_STATES = ("pending", "sending", "dead")
+
+#: One branch per internal state, so each reads its own partial index (events_due, events_in_flight,
+#: events_dead); the deliveries view's names: an event in flight is pending, a retry is failed.
+WAITING_QUERY = f"""
+SELECT w.webhook, w.status, pg_catalog.count(*),
+       EXTRACT(epoch FROM pg_catalog.now() - pg_catalog.min(w.created_at))::float8
+  FROM ({
+    " UNION ALL ".join(
+        f"SELECT e.webhook, {STATUS_EXPRESSION} AS status, e.created_at FROM {_EVENTS} AS e WHERE e.state = '{state}'"
+        for state in _WAITING_STATES
+    )
+}) AS w
+ GROUP BY w.webhook, w.status
+ ORDER BY w.webhook, w.status
+"""
+
+#: What an attempt's outcome was, in the classes an operator acts on. An attempt with no request never
+#: left the database (a missing signing key, a URL pg_net refuses); pg_net's timeouts say "Timeout of
+#: N ms reached"; a 2xx the reconciler did not accept lacked a valid receipt.
+OUTCOME_EXPRESSION = """CASE
+    WHEN a.request_id IS NULL THEN 'not_sent'
+    WHEN a.status_code BETWEEN 200 AND 299 AND a.error IS NULL THEN '2xx'
+    WHEN a.status_code BETWEEN 200 AND 299 THEN '2xx_rejected'
+    WHEN a.status_code BETWEEN 300 AND 399 THEN '3xx'
+    WHEN a.status_code BETWEEN 400 AND 499 THEN '4xx'
+    WHEN a.status_code BETWEEN 500 AND 599 THEN '5xx'
+    WHEN a.status_code IS NOT NULL THEN 'other_status'
+    WHEN a.error ~* 'time(d)? ?out' THEN 'timeout'
+    WHEN a.error LIKE 'request vanished%%' OR a.error LIKE 'request lost%%' THEN 'lost'
+    ELSE 'connection_error'
+  END"""
+
+ATTEMPTS_QUERY = f"""
+SELECT e.webhook, {OUTCOME_EXPRESSION} AS outcome, pg_catalog.count(*)
+  FROM {_ATTEMPTS} AS a
+  JOIN {_EVENTS} AS e ON e.id = a.event_id
+ WHERE a.finished_at >= pg_catalog.now() - %(window)s::interval
+ GROUP BY 1, 2
+ ORDER BY 1, 2
+"""
+
+
+def _histogram_query(source: str) -> str:
+    """Per webhook: count, sum and the cumulative count at each bound, in one pass over `source`'s latencies."""
+    buckets = ", ".join(f"pg_catalog.count(*) FILTER (WHERE s.latency <= {bound!r})" for bound in LATENCY_BUCKETS)
+    return f"""
+SELECT s.webhook, pg_catalog.count(*), COALESCE(pg_catalog.sum(s.latency), 0), {buckets}
+  FROM ({source}) AS s
+ GROUP BY s.webhook
+ ORDER BY s.webhook
+"""
+
+
+DELIVERY_QUERY = _histogram_query(
+    f"SELECT e.webhook, EXTRACT(epoch FROM e.delivered_at - e.created_at)::float8 AS latency FROM {_EVENTS} AS e"
+    " WHERE e.state = 'delivered' AND e.delivered_at >= pg_catalog.now() - %(window)s::interval"
+)
+#: A replayed event starts again at attempt 1: its new first attempt counts, measured from its creation.
+FIRST_ATTEMPT_QUERY = _histogram_query(
+    f"SELECT e.webhook, EXTRACT(epoch FROM a.finished_at - e.created_at)::float8 AS latency FROM {_ATTEMPTS} AS a"
+    f" JOIN {_EVENTS} AS e ON e.id = a.event_id"
+    " WHERE a.attempt = 1 AND a.finished_at >= pg_catalog.now() - %(window)s::interval"
+)
+
+
+@dataclass(frozen=True)
+class Latencies:
+    """One webhook's latencies in the window: how many, their sum, and the cumulative count per bound."""
+
+    count: int
+    total: float
+    cumulative: tuple[int, ...]
+
+    def buckets(self) -> list[tuple[str, float]]:
+        bounds = [(repr(bound), float(count)) for bound, count in zip(LATENCY_BUCKETS, self.cumulative, strict=True)]
+        return [*bounds, ("+Inf", float(self.count))]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one scrape reports, read in one transaction."""
+
+    window: timedelta
+    waiting: list[tuple[str, str, int, float]]
+    attempts: list[tuple[str, str, int]]
+    first_attempt: dict[str, Latencies]
+    delivery: dict[str, Latencies]
+    reconciler: ReconcilerHealth
+
+
+def _latencies(conn: psycopg.Connection, query: str, window: timedelta) -> dict[str, Latencies]:
+    rows = conn.execute(query, {"window": window}).fetchall()
+    return {webhook: Latencies(count, total, tuple(cumulative)) for webhook, count, total, *cumulative in rows}
+
+
+def read_snapshot(conn: psycopg.Connection, window: timedelta) -> Snapshot:
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
+        return Snapshot(
+            window=window,
+            waiting=conn.execute(WAITING_QUERY).fetchall(),
+            attempts=conn.execute(ATTEMPTS_QUERY, {"window": window}).fetchall(),
+            first_attempt=_latencies(conn, FIRST_ATTEMPT_QUERY, window),
+            delivery=_latencies(conn, DELIVERY_QUERY, window),
+            reconciler=read_reconciler(conn),
+        )
+
+
+def _gauge(name: str, documentation: str, labels: list[str] | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}_{name}", documentation, labels=labels)
+
+
+def _reconciler_families(health: ReconcilerHealth) -> Iterator[Metric]:
+    readable = _gauge("reconciler_job_readable", "1 if this role may read pg_cron's tables, else 0.")
+    readable.add_metric([], float(health.readable))
+    yield readable
+    if not health.readable:
+        return
+    for name, value, documentation in (
+        (
+            "reconciler_healthy",
+            health.healthy,
+            "1 if the reconciler job exists, is active and its last run did "
+            "not fail (what `status --check` judges), else 0.",
+        ),
+        ("reconciler_job_present", health.exists, "1 if the reconciler's pg_cron job exists, else 0."),
+        ("reconciler_job_active", health.active, "1 if the reconciler's pg_cron job is active (not paused), else 0."),
+    ):
+        family = _gauge(name, documentation)
+        family.add_metric([], float(bool(value)))
+        yield family
+    if health.last_run_at is not None:
+        succeeded = _gauge("reconciler_last_run_succeeded", "1 if the job's last finished run succeeded, else 0.")
+        succeeded.add_metric([], float(health.last_run == "succeeded"))
+        yield succeeded
+        ended = _gauge("reconciler_last_run_end_timestamp_seconds", "When the job's last finished run ended (Unix).")
+        ended.add_metric([], health.last_run_at.timestamp())
+        yield ended
+
+
+def families(snapshot: Snapshot) -> Iterator[Metric]:
+    """The metric families of one snapshot (docs/metrics.md lists them)."""
+    window = _gauge("recent_window_seconds", "The window the secure_webhooks_recent_* metrics cover.")
+    window.add_metric([], snapshot.window.total_seconds())
+    yield window
+
+    events = _gauge(
+        "events",
+        "Events still to be sent or given up, by webhook and status (pending, failed: a retry is due, dead).",
+        ["webhook", "status"],
+    )
+    oldest = _gauge(
+        "oldest_event_age_seconds",
+        "Age of the oldest pending or failed (retrying) event, by webhook and status.",
+        ["webhook", "status"],
+    )
+    for webhook, status, count, age in snapshot.waiting:
+        events.add_metric([webhook, status], count)
+        if status != "dead":
+            oldest.add_metric([webhook, status], age)
+    yield events
+    yield oldest
+
+    attempts = _gauge(
+        "recent_attempts",
+        "Attempts that finished within the window, by webhook and outcome class.",
+        ["webhook", "outcome"],
+    )
+    for webhook, outcome, count in snapshot.attempts:
+        attempts.add_metric([webhook, outcome], count)
+    yield attempts
+
+    for name, latencies, documentation in (
+        (
+            "recent_first_attempt_latency_seconds",
+            snapshot.first_attempt,
+            "From an event's creation to the end of its first attempt, for first attempts finished within the window.",
+        ),
+        (
+            "recent_delivery_latency_seconds",
+            snapshot.delivery,
+            "From an event's creation to its delivery, for events delivered within the window.",
+        ),
+    ):
+        histogram = GaugeHistogramMetricFamily(f"{PREFIX}_{name}", documentation, labels=["webhook"])
+        for webhook, latency in latencies.items():
+            histogram.add_metric([webhook], latency.buckets(), latency.total)
+        yield histogram
+
+    yield from _reconciler_families(snapshot.reconciler)
+
+
+class OutboxCollector(Collector):
+    """Reads the outbox at each scrape through one connection, opened again after it breaks.
+
+    Scrapes are served one at a time (a connection runs one transaction): Prometheus scrapes a target
+    once per interval, and a second scraper waits for the first. When the database cannot be read the
+    scrape still answers, with `secure_webhooks_database_up 0`, so an alert can tell a down database
+    from a down exporter; the reason goes to stderr, one line.
+    """
+
+    def __init__(
+        self, connect: Callable[[], psycopg.Connection], window: timedelta, conn: psycopg.Connection | None = None
+    ) -> None:
+        self._connect = connect
+        self._window = window
+        self._conn = conn
+        self._lock = threading.Lock()
+        self.last_error: str | None = None
+
+    def _read(self) -> Snapshot:
+        if self._conn is None or self._conn.closed:
+            self._conn = self._connect()
+        return read_snapshot(self._conn, self._window)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            try:
+                snapshot = self._read()
+                self.last_error = None
+            except (psycopg.Error, OperatorError) as exc:  # OperatorError: reconnecting failed
+                snapshot = None
+                self.last_error = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                print(f"metrics: cannot read the outbox: {self.last_error}", file=sys.stderr, flush=True)
+                if self._conn is not None and self._conn.broken:
+                    self._conn.close()
+        up = _gauge("database_up", "1 if this scrape read the outbox, else 0 (the reason is on the exporter's stderr).")
+        up.add_metric([], float(snapshot is not None))
+        yield up
+        if snapshot is not None:
+            yield from families(snapshot)
