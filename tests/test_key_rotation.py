@@ -154,24 +154,31 @@ class Load:
         self._interval = 1 / per_second
         self._stop = threading.Event()
         self.ids: list[int] = []
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="inserts", daemon=True)
 
     def _run(self) -> None:
-        with psycopg.connect(self._conninfo, autocommit=True) as conn:
-            while not self._stop.wait(self._interval):
-                row = conn.execute(
-                    "INSERT INTO public.resumes (name, storage_path) VALUES (%s, 'p') RETURNING id",
-                    (f"rotation-{len(self.ids)}",),
-                ).fetchone()
-                self.ids.append(row[0])
+        try:
+            with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                while not self._stop.wait(self._interval):
+                    row = conn.execute(
+                        "INSERT INTO public.resumes (name, storage_path) VALUES (%s, 'p') RETURNING id",
+                        (f"rotation-{len(self.ids)}",),
+                    ).fetchone()
+                    self.ids.append(row[0])
+        except BaseException as error:  # an insert failing during a step is what this test must see
+            self._error = error
 
     def __enter__(self) -> Load:
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        """Stop inserting; an insert that failed meanwhile fails the test here."""
         self._stop.set()
         self._thread.join()
+        if self._error is not None:
+            raise AssertionError(f"an insert failed after {len(self.ids)} rows") from self._error
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
