@@ -21,7 +21,6 @@ from webhook_deliveries.metrics import (
     ATTEMPTS_QUERY,
     DEFAULT_WINDOW,
     DELIVERY_QUERY,
-    FIRST_ATTEMPT_QUERY,
     WAITING_QUERY,
     families,
     read_snapshot,
@@ -35,8 +34,8 @@ FILL = """
 WITH delivered AS (
   INSERT INTO secure_webhooks.events (webhook, url, payload, state, attempts, created_at, delivered_at)
   SELECT 'hook_' || (g %% 3), 'http://127.0.0.1:9/x', '{"schema": "public", "table": "resumes"}', 'delivered', 1,
-         pg_catalog.now() - %(kept)s + g * %(kept)s / %(count)s,
-         pg_catalog.now() - %(kept)s + g * %(kept)s / %(count)s + interval '150 ms'
+         pg_catalog.clock_timestamp() - %(kept)s + g * %(kept)s / %(count)s,
+         pg_catalog.clock_timestamp() - %(kept)s + g * %(kept)s / %(count)s + interval '150 ms'
     FROM generate_series(1, %(count)s) AS g
   RETURNING id, created_at, delivered_at
 )
@@ -79,32 +78,36 @@ def scrape_seconds(conn: psycopg.Connection, window: timedelta) -> list[float]:
     return times
 
 
+def in_window(conn: psycopg.Connection, window: timedelta) -> int:
+    query = "SELECT count(*) FROM secure_webhooks.events WHERE state = 'delivered' AND delivered_at >= now() - %s"
+    return conn.execute(query, (window,)).fetchone()[0]
+
+
 def test_a_scrape_reads_no_table_whole(big_outbox):
-    for query in (WAITING_QUERY, ATTEMPTS_QUERY, DELIVERY_QUERY, FIRST_ATTEMPT_QUERY):
+    for query in (WAITING_QUERY, ATTEMPTS_QUERY, DELIVERY_QUERY):
         plan = "\n".join(row[0] for row in big_outbox.execute(f"EXPLAIN {query}", {"window": DEFAULT_WINDOW}))
         assert "Seq Scan" not in plan, plan
 
 
 def test_a_scrape_counts_the_backlog_and_the_window(big_outbox):
+    """The window slides while the test counts: no delivery is added, so its count can only fall."""
+    before = in_window(big_outbox, DEFAULT_WINDOW)
     snapshot = read_snapshot(big_outbox, DEFAULT_WINDOW)
+    after = in_window(big_outbox, DEFAULT_WINDOW)
     assert {(webhook, status): count for webhook, status, count, _ in snapshot.waiting} == {
         ("hook_0", "pending"): PENDING,
         ("hook_0", "dead"): DEAD,
     }
-    in_window = big_outbox.execute(
-        "SELECT count(*) FROM secure_webhooks.events WHERE state = 'delivered' AND delivered_at >= now() - %s",
-        (DEFAULT_WINDOW,),
-    ).fetchone()[0]
-    assert sum(latency.count for latency in snapshot.delivery.values()) == in_window > 0
-    assert sum(count for _, outcome, count in snapshot.attempts if outcome == "2xx") == in_window
+    assert before >= sum(latency.count for latency in snapshot.delivery.values()) >= after > 0
+    assert before >= sum(count for _, outcome, count in snapshot.attempts if outcome == "2xx") >= after
 
 
 @pytest.mark.parametrize("window", [DEFAULT_WINDOW, timedelta(hours=1)], ids=["5m", "1h"])
 def test_scrape_cost(big_outbox, window):
     """Printed, not judged: the machine's load decides the figure; the plans above decide how it grows."""
+    delivered = in_window(big_outbox, window)
     times = scrape_seconds(big_outbox, window)
-    per_window = DELIVERED * window / KEPT
     print(
-        f"\nscrape with {DELIVERED:,} delivered events kept, window {window} (~{per_window:,.0f} delivered in it):"
+        f"\nscrape with {DELIVERED:,} delivered events kept, window {window} ({delivered:,} delivered in it):"
         f" median {statistics.median(times) * 1000:.0f} ms, best {min(times) * 1000:.0f} ms"
     )

@@ -78,37 +78,37 @@ OUTCOME_EXPRESSION = """CASE
     ELSE 'connection_error'
   END"""
 
+
+def _latency_columns(condition: str) -> str:
+    """Count, sum and the cumulative count at each bound of the latencies of the rows meeting `condition`."""
+    where = f"FILTER (WHERE {condition})"
+    buckets = [
+        f"pg_catalog.count(*) FILTER (WHERE {condition} AND s.latency <= {bound!r})" for bound in LATENCY_BUCKETS
+    ]
+    return ", ".join([f"pg_catalog.count(*) {where}", f"COALESCE(pg_catalog.sum(s.latency) {where}, 0)", *buckets])
+
+
+#: Attempts finished within the window by outcome, and with them the first attempts' latencies: one pass
+#: over the window's attempts, one look-up of each one's event (its webhook, its creation). A replayed
+#: event starts again at attempt 1: its new first attempt counts, measured from the event's creation.
 ATTEMPTS_QUERY = f"""
-SELECT e.webhook, {OUTCOME_EXPRESSION} AS outcome, pg_catalog.count(*)
-  FROM {_ATTEMPTS} AS a
-  JOIN {_EVENTS} AS e ON e.id = a.event_id
- WHERE a.finished_at >= pg_catalog.now() - %(window)s::interval
- GROUP BY 1, 2
- ORDER BY 1, 2
+SELECT s.webhook, s.outcome, pg_catalog.count(*), {_latency_columns("s.attempt = 1")}
+  FROM (SELECT e.webhook, {OUTCOME_EXPRESSION} AS outcome, a.attempt,
+               EXTRACT(epoch FROM a.finished_at - e.created_at)::float8 AS latency
+          FROM {_ATTEMPTS} AS a
+          JOIN {_EVENTS} AS e ON e.id = a.event_id
+         WHERE a.finished_at >= pg_catalog.now() - %(window)s::interval) AS s
+ GROUP BY s.webhook, s.outcome
+ ORDER BY s.webhook, s.outcome
 """
-
-
-def _histogram_query(source: str) -> str:
-    """Per webhook: count, sum and the cumulative count at each bound, in one pass over `source`'s latencies."""
-    buckets = ", ".join(f"pg_catalog.count(*) FILTER (WHERE s.latency <= {bound!r})" for bound in LATENCY_BUCKETS)
-    return f"""
-SELECT s.webhook, pg_catalog.count(*), COALESCE(pg_catalog.sum(s.latency), 0), {buckets}
-  FROM ({source}) AS s
+DELIVERY_QUERY = f"""
+SELECT s.webhook, {_latency_columns("true")}
+  FROM (SELECT e.webhook, EXTRACT(epoch FROM e.delivered_at - e.created_at)::float8 AS latency
+          FROM {_EVENTS} AS e
+         WHERE e.state = 'delivered' AND e.delivered_at >= pg_catalog.now() - %(window)s::interval) AS s
  GROUP BY s.webhook
  ORDER BY s.webhook
 """
-
-
-DELIVERY_QUERY = _histogram_query(
-    f"SELECT e.webhook, EXTRACT(epoch FROM e.delivered_at - e.created_at)::float8 AS latency FROM {_EVENTS} AS e"
-    " WHERE e.state = 'delivered' AND e.delivered_at >= pg_catalog.now() - %(window)s::interval"
-)
-#: A replayed event starts again at attempt 1: its new first attempt counts, measured from its creation.
-FIRST_ATTEMPT_QUERY = _histogram_query(
-    f"SELECT e.webhook, EXTRACT(epoch FROM a.finished_at - e.created_at)::float8 AS latency FROM {_ATTEMPTS} AS a"
-    f" JOIN {_EVENTS} AS e ON e.id = a.event_id"
-    " WHERE a.attempt = 1 AND a.finished_at >= pg_catalog.now() - %(window)s::interval"
-)
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,10 @@ class Latencies:
     count: int
     total: float
     cumulative: tuple[int, ...]
+
+    def __add__(self, other: Latencies) -> Latencies:
+        cumulative = tuple(a + b for a, b in zip(self.cumulative, other.cumulative, strict=True))
+        return Latencies(self.count + other.count, self.total + other.total, cumulative)
 
     def buckets(self) -> list[tuple[str, float]]:
         bounds = [(repr(bound), float(count)) for bound, count in zip(LATENCY_BUCKETS, self.cumulative, strict=True)]
@@ -136,23 +140,31 @@ class Snapshot:
     reconciler: ReconcilerHealth
 
 
-def _latencies(conn: psycopg.Connection, query: str, window: timedelta) -> dict[str, Latencies]:
-    rows = conn.execute(query, {"window": window}).fetchall()
-    return {webhook: Latencies(count, total, tuple(cumulative)) for webhook, count, total, *cumulative in rows}
+def _latencies(count: int, total: float, *cumulative: int) -> Latencies:
+    return Latencies(count, total, tuple(cumulative))
 
 
 def read_snapshot(conn: psycopg.Connection, window: timedelta) -> Snapshot:
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         conn.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
-        return Snapshot(
-            window=window,
-            waiting=conn.execute(WAITING_QUERY).fetchall(),
-            attempts=conn.execute(ATTEMPTS_QUERY, {"window": window}).fetchall(),
-            first_attempt=_latencies(conn, FIRST_ATTEMPT_QUERY, window),
-            delivery=_latencies(conn, DELIVERY_QUERY, window),
-            reconciler=read_reconciler(conn),
-        )
+        attempts = conn.execute(ATTEMPTS_QUERY, {"window": window}).fetchall()
+        delivered = conn.execute(DELIVERY_QUERY, {"window": window}).fetchall()
+        reconciler = read_reconciler(conn)
+        waiting = conn.execute(WAITING_QUERY).fetchall()
+    first_attempt: dict[str, Latencies] = {}
+    for webhook, _, _, *first in attempts:
+        if first[0]:  # some attempts of this outcome were first attempts
+            latencies = _latencies(*first)
+            first_attempt[webhook] = first_attempt[webhook] + latencies if webhook in first_attempt else latencies
+    return Snapshot(
+        window=window,
+        waiting=waiting,
+        attempts=[(webhook, outcome, count) for webhook, outcome, count, *_ in attempts],
+        first_attempt=first_attempt,
+        delivery={webhook: _latencies(*columns) for webhook, *columns in delivered},
+        reconciler=reconciler,
+    )
 
 
 def _gauge(name: str, documentation: str, labels: list[str] | None = None) -> GaugeMetricFamily:
