@@ -36,6 +36,7 @@ from secure_webhooks.signing.trigger_function import (
     FunctionSpec,
     authorize,
     claims_expression,
+    jwt_header_statement,
     read_secret,
     token_joins,
 )
@@ -67,11 +68,13 @@ def _whole_path(key: str) -> Piece:
 
 
 def _bound_token(spec: FunctionSpec) -> str:
-    """The per-row part of the bound body: claims with jti and body_sha256, and their signature."""
+    """The per-row part of the bound body: the header with its kid (once per statement, so once per
+    single-row insert), claims with jti and body_sha256, and their signature."""
     claims = claims_expression(spec, jti="p.id", body="p.body")
     body = sql.Literal(SAMPLE_BODY).as_string(None)
     return (
-        "issued_at := pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()))::bigint;\n"
+        f"{jwt_header_statement()}\n"
+        "    issued_at := pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()))::bigint;\n"
         f"    PERFORM t.token FROM (SELECT {body}::jsonb AS body, pg_catalog.gen_random_uuid() AS id) AS p"
         f"{token_joins(spec.signer, claims)};"
     )
