@@ -353,3 +353,16 @@ def test_a_listen_address_must_be_an_ip_and_port(capsys, listen):
     with pytest.raises(SystemExit) as exit_:
         main(["serve-metrics", "--listen", listen])
     assert exit_.value.code == 2 and "is not HOST:PORT with an IP address" in capsys.readouterr().err
+
+
+def test_service_role_reads_them_too(outbox, cluster, capsys):
+    """The role docs/metrics.md offers besides postgres: it may read the outbox's tables."""
+    dsn = f"{cluster.dsn('authenticator')} options='-c role=service_role'"
+    capsys.readouterr()
+    code = main(["--dsn", dsn, "metrics"])
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    families = {family.name: family for family in text_string_to_metric_families(out)}
+    assert {s.labels["status"]: s.value for s in families["secure_webhooks_events"].samples} == EXPECTED_EVENTS
+    readable = families["secure_webhooks_reconciler_job_readable"].samples[0].value
+    print(f"\nservice_role may read pg_cron's tables: {bool(readable)}")

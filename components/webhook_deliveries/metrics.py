@@ -20,9 +20,11 @@ reader here (a gauge per endpoint), read in the same transaction.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -79,36 +81,45 @@ OUTCOME_EXPRESSION = """CASE
   END"""
 
 
-def _latency_columns(condition: str) -> str:
-    """Count, sum and the cumulative count at each bound of the latencies of the rows meeting `condition`."""
-    where = f"FILTER (WHERE {condition})"
-    buckets = [
-        f"pg_catalog.count(*) FILTER (WHERE {condition} AND s.latency <= {bound!r})" for bound in LATENCY_BUCKETS
-    ]
-    return ", ".join([f"pg_catalog.count(*) {where}", f"COALESCE(pg_catalog.sum(s.latency) {where}, 0)", *buckets])
+def _bucket(latency: str) -> str:
+    """SQL: the index in LATENCY_BUCKETS of the smallest bound at least `latency` (Prometheus' `le` is
+    inclusive), or len(LATENCY_BUCKETS) for +Inf only. width_bucket counts the bounds at most its operand,
+    so it is given both negated: it then counts the bounds at least the latency. One expression per row
+    instead of one filtered count per bound: most of a large window's cost was in those counts."""
+    negated = ", ".join(repr(-bound) for bound in reversed(LATENCY_BUCKETS))
+    return f"{len(LATENCY_BUCKETS)} - pg_catalog.width_bucket(-({latency}), ARRAY[{negated}]::float8[])"
 
 
-#: Attempts finished within the window by outcome, and with them the first attempts' latencies: one pass
-#: over the window's attempts, one look-up of each one's event (its webhook, its creation). A replayed
-#: event starts again at attempt 1: its new first attempt counts, measured from the event's creation.
+#: Attempts finished within the window by outcome, and with them the first attempts' latencies by bucket:
+#: one pass over the window's attempts, one look-up of each one's event (its webhook, its creation). A
+#: replayed event starts again at attempt 1: its new first attempt counts, measured from its creation.
 ATTEMPTS_QUERY = f"""
-SELECT s.webhook, s.outcome, pg_catalog.count(*), {_latency_columns("s.attempt = 1")}
-  FROM (SELECT e.webhook, {OUTCOME_EXPRESSION} AS outcome, a.attempt,
-               EXTRACT(epoch FROM a.finished_at - e.created_at)::float8 AS latency
-          FROM {_ATTEMPTS} AS a
-          JOIN {_EVENTS} AS e ON e.id = a.event_id
-         WHERE a.finished_at >= pg_catalog.now() - %(window)s::interval) AS s
- GROUP BY s.webhook, s.outcome
- ORDER BY s.webhook, s.outcome
+SELECT s.webhook, s.outcome, s.bucket, pg_catalog.count(*), COALESCE(pg_catalog.sum(s.latency), 0)
+  FROM (SELECT l.webhook, l.outcome, CASE WHEN l.attempt = 1 THEN {_bucket("l.latency")} END AS bucket,
+               CASE WHEN l.attempt = 1 THEN l.latency END AS latency
+          FROM (SELECT e.webhook, {OUTCOME_EXPRESSION} AS outcome, a.attempt,
+                       EXTRACT(epoch FROM a.finished_at - e.created_at)::float8 AS latency
+                  FROM {_ATTEMPTS} AS a
+                  JOIN {_EVENTS} AS e ON e.id = a.event_id
+                 WHERE a.finished_at >= pg_catalog.now() - %(window)s::interval) AS l) AS s
+ GROUP BY s.webhook, s.outcome, s.bucket
 """
 DELIVERY_QUERY = f"""
-SELECT s.webhook, {_latency_columns("true")}
+SELECT s.webhook, {_bucket("s.latency")} AS bucket, pg_catalog.count(*), pg_catalog.sum(s.latency)
   FROM (SELECT e.webhook, EXTRACT(epoch FROM e.delivered_at - e.created_at)::float8 AS latency
           FROM {_EVENTS} AS e
          WHERE e.state = 'delivered' AND e.delivered_at >= pg_catalog.now() - %(window)s::interval) AS s
- GROUP BY s.webhook
- ORDER BY s.webhook
+ GROUP BY 1, 2
 """
+#: For the scrape's transaction: a window's rows are looked up by index, however many the planner expects
+#: (past a few thousand it would hash-join a sequential scan of all events, the cost this module avoids),
+#: and a monitoring query takes no parallel workers from the application.
+PLANNER_SETTINGS = (
+    "enable_seqscan = off",
+    "enable_hashjoin = off",
+    "enable_mergejoin = off",
+    "max_parallel_workers_per_gather = 0",
+)
 
 
 @dataclass(frozen=True)
@@ -119,9 +130,15 @@ class Latencies:
     total: float
     cumulative: tuple[int, ...]
 
-    def __add__(self, other: Latencies) -> Latencies:
-        cumulative = tuple(a + b for a, b in zip(self.cumulative, other.cumulative, strict=True))
-        return Latencies(self.count + other.count, self.total + other.total, cumulative)
+    @classmethod
+    def of(cls, rows: Iterable[tuple[int, int, float]]) -> Latencies:
+        """From (bucket index, count, sum) rows, as the queries group them."""
+        per_bucket = [0] * (len(LATENCY_BUCKETS) + 1)
+        total = 0.0
+        for bucket, count, subtotal in rows:
+            per_bucket[bucket] += count
+            total += subtotal
+        return cls(sum(per_bucket), total, tuple(itertools.accumulate(per_bucket[:-1])))
 
     def buckets(self) -> list[tuple[str, float]]:
         bounds = [(repr(bound), float(count)) for bound, count in zip(LATENCY_BUCKETS, self.cumulative, strict=True)]
@@ -140,29 +157,31 @@ class Snapshot:
     reconciler: ReconcilerHealth
 
 
-def _latencies(count: int, total: float, *cumulative: int) -> Latencies:
-    return Latencies(count, total, tuple(cumulative))
-
-
 def read_snapshot(conn: psycopg.Connection, window: timedelta) -> Snapshot:
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         conn.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
+        for setting in PLANNER_SETTINGS:
+            conn.execute(f"SET LOCAL {setting}")
         attempts = conn.execute(ATTEMPTS_QUERY, {"window": window}).fetchall()
         delivered = conn.execute(DELIVERY_QUERY, {"window": window}).fetchall()
         reconciler = read_reconciler(conn)
         waiting = conn.execute(WAITING_QUERY).fetchall()
-    first_attempt: dict[str, Latencies] = {}
-    for webhook, _, _, *first in attempts:
-        if first[0]:  # some attempts of this outcome were first attempts
-            latencies = _latencies(*first)
-            first_attempt[webhook] = first_attempt[webhook] + latencies if webhook in first_attempt else latencies
+    outcomes: dict[tuple[str, str], int] = defaultdict(int)
+    first: dict[str, list[tuple[int, int, float]]] = defaultdict(list)
+    for webhook, outcome, bucket, count, total in attempts:
+        outcomes[webhook, outcome] += count
+        if bucket is not None:
+            first[webhook].append((bucket, count, total))
+    by_webhook: dict[str, list[tuple[int, int, float]]] = defaultdict(list)
+    for webhook, bucket, count, total in delivered:
+        by_webhook[webhook].append((bucket, count, total))
     return Snapshot(
         window=window,
         waiting=waiting,
-        attempts=[(webhook, outcome, count) for webhook, outcome, count, *_ in attempts],
-        first_attempt=first_attempt,
-        delivery={webhook: _latencies(*columns) for webhook, *columns in delivered},
+        attempts=[(webhook, outcome, count) for (webhook, outcome), count in sorted(outcomes.items())],
+        first_attempt={webhook: Latencies.of(rows) for webhook, rows in sorted(first.items())},
+        delivery={webhook: Latencies.of(rows) for webhook, rows in sorted(by_webhook.items())},
         reconciler=reconciler,
     )
 
@@ -261,11 +280,17 @@ class OutboxCollector(Collector):
     """
 
     def __init__(
-        self, connect: Callable[[], psycopg.Connection], window: timedelta, conn: psycopg.Connection | None = None
+        self,
+        connect: Callable[[], psycopg.Connection],
+        window: timedelta,
+        conn: psycopg.Connection | None = None,
+        *,
+        report_errors: bool = True,
     ) -> None:
         self._connect = connect
         self._window = window
         self._conn = conn
+        self._report_errors = report_errors
         self._lock = threading.Lock()
         self.last_error: str | None = None
 
@@ -282,7 +307,8 @@ class OutboxCollector(Collector):
             except (psycopg.Error, OperatorError) as exc:  # OperatorError: reconnecting failed
                 snapshot = None
                 self.last_error = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                print(f"metrics: cannot read the outbox: {self.last_error}", file=sys.stderr, flush=True)
+                if self._report_errors:
+                    print(f"metrics: cannot read the outbox: {self.last_error}", file=sys.stderr, flush=True)
                 if self._conn is not None and self._conn.broken:
                     self._conn.close()
         up = _gauge("database_up", "1 if this scrape read the outbox, else 0 (the reason is on the exporter's stderr).")

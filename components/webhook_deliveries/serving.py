@@ -55,7 +55,8 @@ def refuse_exposed(address: tuple[str, int], allowed: bool) -> None:
 
 def print_metrics(conn: psycopg.Connection, args: argparse.Namespace) -> int:
     registry = CollectorRegistry()
-    collector = OutboxCollector(lambda: conn, args.window, conn)
+    # One read: its error is the command's own one-line error, not a scrape's report.
+    collector = OutboxCollector(lambda: conn, args.window, conn, report_errors=False)
     registry.register(collector)
     text = generate_latest(registry).decode()
     if collector.last_error is not None:
