@@ -144,14 +144,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(dsn: str) -> Iterator[str]:
+def serving(dsn: str, listen: str = "127.0.0.1:0") -> Iterator[str]:
     """`python -m webhook_deliveries serve-metrics` on a free loopback port; yields its /metrics URL."""
     command = [sys.executable, "-m", "webhook_deliveries", "--dsn", dsn]
-    command += ["serve-metrics", "--listen", "127.0.0.1:0", "--window", WINDOW]
+    command += ["serve-metrics", "--listen", listen, "--window", WINDOW]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()  # printed once it listens; EOF if it exited
-        assert line.startswith("serving metrics on http://127.0.0.1:"), line + process.stderr.read()
+        host = listen.rpartition(":")[0]
+        assert line.startswith(f"serving metrics on http://{host}:"), line + process.stderr.read()
         yield line.split()[-1]
     finally:
         process.terminate()
@@ -338,6 +339,11 @@ def test_a_lost_connection_is_reported_then_reopened(outbox):
         assert outbox.conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
         assert "secure_webhooks_database_up 0.0" in scrape(exporter)
         assert "secure_webhooks_database_up 1.0" in scrape(exporter)
+
+
+def test_serve_metrics_listens_on_ipv6_loopback(outbox):
+    with serving(outbox.dsn, "[::1]:0") as exporter:
+        assert exporter.startswith("http://[::1]:") and "secure_webhooks_database_up 1.0" in scrape(exporter)
 
 
 @pytest.mark.parametrize("listen", ["0.0.0.0:9187", "[::]:9187", "192.0.2.1:9187"])
