@@ -1,8 +1,9 @@
 """A scrape's cost with millions of delivered events kept: it must follow the backlog and the window, not the
-outbox's size. The outbox is filled in SQL (2,000,000 delivered events over the week `keepDeliveredHours`
-keeps them, one attempt each, plus a backlog), then a scrape is timed (the figure is printed: docs/metrics.md
-quotes it) and every query's plan is checked for a sequential scan of `events` or `attempts`, the part of
-the cost that would grow with the outbox. METRICS_SCALE_EVENTS sets another size.
+outbox's size. The outbox is filled in SQL (delivered events over the week `keepDeliveredHours` keeps them,
+one attempt each, plus a backlog), then a scrape is timed (the figure is printed) and every query's plan is
+checked for a sequential scan of `events` or `attempts`, the part of the cost that would grow with the
+outbox. The suite runs it with 200,000 events (the plans are what it asserts); docs/metrics.md quotes a run
+with METRICS_SCALE_EVENTS=2000000.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from webhook_deliveries.metrics import (
     read_snapshot,
 )
 
-DELIVERED = int(os.environ.get("METRICS_SCALE_EVENTS", "2000000"))
+DELIVERED = int(os.environ.get("METRICS_SCALE_EVENTS", "200000"))
 PENDING, DEAD = 1_000, 100
 KEPT = timedelta(days=7)
 #: Each delivered event: first (and only) attempt sent 50 ms after its creation, answered 100 ms later.
