@@ -53,6 +53,10 @@ class Sizes:
     isolated_samples: int = 30
     #: Events of the backlog that the recovery measurement fails and replays.
     recovery_events: int = 10_000
+    #: Whether the interleaved rounds must account for pgbench's wall time (measure.check_attributed).
+    #: A smoke run's round is some 140 ms, which one scheduler stall on a loaded machine upsets: there
+    #: the mismatch is printed, as its figures support no verdict anyway.
+    strict_attribution: bool = True
 
 
 FULL = Sizes(
@@ -70,6 +74,7 @@ SMOKE = Sizes(
     age_inserts=20,
     latency_samples=10,
     isolated_samples=2,
+    strict_attribution=False,
     recovery_events=200,
 )
 #: Session age and first-attempt latency: Supabase's webhook, ours direct and ours at-least-once.
@@ -180,7 +185,9 @@ def run(cluster: LocalSupabase, sizes: Sizes) -> Results:
                 measure.check_work(admin, {variant.key: sizes.transactions}, jwt_secret)
                 measure.reset(admin)
             _progress(f"round {round_no + 1}/{sizes.rounds}: single-row, interleaved")
-            results = measure.interleaved_single_row_ms(cluster, VARIANTS, sizes.transactions)
+            results = measure.interleaved_single_row_ms(
+                cluster, VARIANTS, sizes.transactions, strict=sizes.strict_attribution
+            )
             for key, result in results.items():
                 interleaved_ms[key].append(result.latency_ms)
             measure.check_work(admin, {key: result.transactions for key, result in results.items()}, jwt_secret)
