@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import psycopg
 import pytest
 from outbox_support import TEST_DELIVERY, install_pipeline, reconcile, supabase_with_secret
 from providers import OWNER, configured, function_props, trigger_props, unique
+from waiting import eventually
 
 from local_supabase.bootstrap import create_demo_tables
 from local_supabase.cluster import LocalSupabase
@@ -207,14 +207,6 @@ def reconciling(cluster: LocalSupabase, mode: str) -> Iterator[None]:
         thread.join()
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {timeout} s: {what}")
-        time.sleep(0.1)
-
-
 def kid_of(delivery: Delivery) -> str:
     return jwt.get_unverified_header(delivery.header("Authorization").split()[1])["kid"]
 
@@ -253,13 +245,13 @@ def test_a_rotation_under_continuous_load_rejects_nothing_and_loses_nothing(mode
         signer = install_signer(cluster, mode, receiver.url + "/ingest/interns/individual", cleanup)
         try:
             with PgNetWorker(cluster.admin_dsn), reconciling(cluster, mode), Load(cluster, INSERTS_PER_SECOND) as load:
-                wait_for(lambda: len(delivered_ids(receiver)) >= 10, 120, "deliveries before stage")
+                eventually(lambda: len(delivered_ids(receiver)) >= 10, "deliveries before stage", 120)
 
                 # stage: the new keys enter the Vault; the database still signs with the current ones
                 vault.create(f"{JWT_NAME}_next", NEW)
                 vault.create(f"{WEBHOOK_NAME}_next", NEW_WHSEC)
                 staged_at = len(receiver.deliveries)
-                wait_for(lambda: len(receiver.deliveries) >= staged_at + 10, 120, "deliveries after stage")
+                eventually(lambda: len(receiver.deliveries) >= staged_at + 10, "deliveries after stage", 120)
                 assert {kid_of(d) for d in receiver.deliveries} == {key_id(OLD)}
                 # ... and the orchestrator learns them: both keys valid there, no restart
                 write_keys(key_file, [OLD, NEW], [OLD_WHSEC, NEW_WHSEC])
@@ -267,10 +259,10 @@ def test_a_rotation_under_continuous_load_rejects_nothing_and_loses_nothing(mode
                 # promote: every attempt from now on is signed with the new key
                 signer.update(spec_for(mode, promoted=True))
                 promoted_at = len(receiver.deliveries)
-                wait_for(
+                eventually(
                     lambda: any(kid_of(d) == key_id(NEW) for d in receiver.deliveries[promoted_at:]),
-                    30,
                     "a delivery signed with the promoted key",
+                    30,
                 )
 
                 # retire too early: refused, saying when it may go
@@ -278,7 +270,7 @@ def test_a_rotation_under_continuous_load_rejects_nothing_and_loses_nothing(mode
                 assert refusal is not None and "secure-webhooks:jwtSecret:" in refusal
                 assert "is refused until 20" in refusal and "s from now" in refusal
                 assert NEW not in refusal and OLD not in refusal
-                wait_for(lambda: vault.refusal(JWT_NAME, NEW) is None, TTL + 30, "retire allowed")
+                eventually(lambda: vault.refusal(JWT_NAME, NEW) is None, "retire allowed", TTL + 30)
                 assert vault.refusal(WEBHOOK_NAME, NEW_WHSEC) is None
 
                 # retire: the current secrets take the new keys, the signer reads them, _next goes
@@ -293,17 +285,17 @@ def test_a_rotation_under_continuous_load_rejects_nothing_and_loses_nothing(mode
                 # the code it started with) are signed after it, whenever they arrive: pg_net sends a
                 # batch at once, so the order of arrival says nothing.
                 after_retire = len(load.ids)
-                wait_for(lambda: len(load.ids) >= after_retire + 10, 120, "inserts after retire")
-                wait_for(
+                eventually(lambda: len(load.ids) >= after_retire + 10, "inserts after retire", 120)
+                eventually(
                     lambda: len(set(load.ids[after_retire + 10 :]) & delivered_ids(receiver)) >= 5,
-                    120,
                     "deliveries of rows inserted after retire",
+                    120,
                 )
                 load.stop()
                 late_ids = set(load.ids[after_retire + 10 :])
 
                 inserted = set(load.ids)
-                wait_for(lambda: inserted <= delivered_ids(receiver), 180, "every insert delivered")
+                eventually(lambda: inserted <= delivered_ids(receiver), "every insert delivered", 180)
         finally:
             for undo in reversed(cleanup):
                 undo()
@@ -341,15 +333,15 @@ def test_the_emergency_switch_is_retried_until_the_orchestrator_learns_the_key(t
         try:
             with PgNetWorker(cluster.admin_dsn), reconciling(cluster, "at-least-once"):
                 with Load(cluster, INSERTS_PER_SECOND) as load:
-                    wait_for(lambda: len(delivered_ids(receiver)) >= 5, 30, "deliveries before the switch")
+                    eventually(lambda: len(delivered_ids(receiver)) >= 5, "deliveries before the switch", 30)
                     # the current key signs: replacing it at once is allowed (no rotation under way)
                     vault.update(JWT_NAME, NEW)
-                    wait_for(lambda: any(d.status == 401 for d in receiver.deliveries), 30, "a refused request")
+                    eventually(lambda: any(d.status == 401 for d in receiver.deliveries), "a refused request", 30)
                     write_keys(key_file, [NEW], [OLD_WHSEC])  # the orchestrator learns the new key
                     learned_at = len(receiver.deliveries)
-                    wait_for(lambda: len(receiver.deliveries) >= learned_at + 5, 30, "deliveries after")
+                    eventually(lambda: len(receiver.deliveries) >= learned_at + 5, "deliveries after", 30)
                 inserted = set(load.ids)
-                wait_for(lambda: inserted <= delivered_ids(receiver), 180, "every insert delivered")
+                eventually(lambda: inserted <= delivered_ids(receiver), "every insert delivered", 180)
         finally:
             for undo in reversed(cleanup):
                 undo()

@@ -16,11 +16,12 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from waiting import eventually
 
 from devtools.pulumi_cli import REPO, Workspace, copy_project, toolchain_bin
 
@@ -36,16 +37,6 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "local_supabase", *args], cwd=REPO, capture_output=True, text=True, timeout=DEADLINE
     )
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> float:
-    """Seconds until `condition` held."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > DEADLINE:
-            raise TimeoutError(f"{what}: not within {DEADLINE} s")
-        time.sleep(0.1)
-    return time.monotonic() - started
 
 
 def running(pid: int) -> bool:
@@ -116,7 +107,7 @@ def test_stop_after_the_background_process_was_killed_still_stops_the_cluster(st
     background = int((state_dir / "session.pid").read_text())
     postmaster = postmaster_pid(connection)
     os.kill(background, signal.SIGKILL)
-    wait_until(lambda: not running(background), "the background process ends")
+    eventually(lambda: not running(background), "the background process ends", DEADLINE)
 
     status = cli("status", "--state-dir", str(state_dir))
     assert status.returncode == 1
@@ -186,7 +177,9 @@ def test_a_session_by_hand_delivers_every_row_and_stops_clean(state_dir: Path, t
                     f"INSERT INTO public.{table} (name, storage_path) VALUES (%s, 'files/') RETURNING id", (name,)
                 ).fetchone()
                 inserted[(f"public.{table}", row[0])] += 1
-    deliver_seconds = wait_until(lambda: set(accepted_rows(state_dir)) == set(inserted), "every row delivered")
+    started = time.monotonic()
+    eventually(lambda: set(accepted_rows(state_dir)) == set(inserted), "every row delivered", DEADLINE)
+    deliver_seconds = time.monotonic() - started
     delivered = accepted_rows(state_dir)
     print(
         f"\nsession: start {start_seconds:.1f} s, up {up_seconds:.1f} s; {sum(inserted.values())} rows inserted, "
@@ -199,7 +192,7 @@ def test_a_session_by_hand_delivers_every_row_and_stops_clean(state_dir: Path, t
 
     with psycopg.connect(connection["dsn"]["postgres"], autocommit=True) as conn:
         waiting = "SELECT count(*) FROM secure_webhooks.deliveries WHERE status <> 'delivered'"
-        wait_until(lambda: conn.execute(waiting).fetchone()[0] == 0, "the outbox records every delivery")
+        eventually(lambda: conn.execute(waiting).fetchone()[0] == 0, "the outbox records every delivery", DEADLINE)
     began = time.monotonic()
     stack.destroy()
     destroy_seconds = time.monotonic() - began

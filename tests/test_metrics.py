@@ -12,21 +12,21 @@ import json
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 import pytest
 from outbox_support import insert_rows, install_pipeline, settle, statuses, supabase_with_secret
 from prometheus_client.parser import text_string_to_metric_families
+from waiting import eventually
 
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
@@ -51,19 +51,6 @@ PLAN = (PlannedResponse(410), PlannedResponse(500), PlannedResponse(503), Planne
 EXPECTED_EVENTS = {"dead": 1, "failed": 3, "pending": 2}
 EXPECTED_ATTEMPTS = {"2xx": 2, "4xx": 1, "5xx": 2, "timeout": 1}
 WINDOW = "1h"
-T = TypeVar("T")
-
-
-def eventually(check: Callable[[], T], what: str, timeout: float = 90.0) -> T:
-    """`check()`'s first truthy value, asked five times a second; AssertionError naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.2)
 
 
 @dataclass
@@ -236,7 +223,7 @@ def prometheus(exporter, tmp_path_factory) -> Iterator[Prometheus]:
             except (urllib.error.URLError, ConnectionError):  # not listening yet
                 return False
 
-        eventually(scraped, "Prometheus scraped serve-metrics")
+        eventually(scraped, "Prometheus scraped serve-metrics", 90)
         yield server
     finally:
         process.terminate()
@@ -294,7 +281,7 @@ def test_prometheus_loads_the_shipped_rules_and_fires_on_this_outbox(prometheus)
         "SecureWebhooksPendingTooOld": "pending",
         "SecureWebhooksReconcilerUnhealthy": "pending",
     }
-    eventually(lambda: alerts() == expected, "alerts")
+    eventually(lambda: alerts() == expected, "alerts", 90)
     (group,) = prometheus.get("/api/v1/rules")["groups"]
     assert len(group["rules"]) == 6 and {rule["health"] for rule in group["rules"]} == {"ok"}
 
