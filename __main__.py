@@ -15,6 +15,7 @@ webhooks = SecureWebhooks(
         webhook_secret=secrets.webhook,
         jwt_secret_next=secrets.jwt_next,
         webhook_secret_next=secrets.webhook_next,
+        alert_url=secrets.alert_url,
     ),
 )
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 import pulumi_postgresql as postgresql
 
-from secure_webhooks.configuration.settings import Settings
+from secure_webhooks.configuration.settings import ALERT_URL_SETTING, Settings
+from secure_webhooks.delivery.alerts import ALERT_URL_SECRET, CHANNEL
 from secure_webhooks.delivery.outbox import DELIVERIES_VIEW
 from secure_webhooks.delivery.outbox import SCHEMA as OUTBOX_SCHEMA
 from secure_webhooks.delivery.outbox_provider import Outbox
@@ -36,6 +38,9 @@ class SecureWebhooksArgs:
     #: which signs. None: nothing staged.
     jwt_secret_next: pulumi.Input[str] | None = None
     webhook_secret_next: pulumi.Input[str] | None = None
+    #: Where alerts are posted (a Slack or Teams incoming webhook; at-least-once only), kept in Vault as a
+    #: secret: its path or query is a credential. None: alerts go to the pg_notify channel only.
+    alert_url: pulumi.Input[str] | None = None
 
 
 def function_spec(settings: Settings) -> FunctionSpec:
@@ -68,6 +73,13 @@ def managed_secrets(args: SecureWebhooksArgs) -> list[tuple[str, str, pulumi.Inp
             args.webhook_secret_next,
             "webhook",
             "webhookSecretNext",
+        ),
+        (
+            "alert-url",
+            ALERT_URL_SECRET,
+            args.alert_url if settings.delivery.at_least_once else None,
+            "alert_url",
+            ALERT_URL_SETTING,
         ),
     )
     return [candidate for candidate in candidates if candidate[1] is not None and candidate[2] is not None]
@@ -153,6 +165,9 @@ class SecureWebhooks(pulumi.ComponentResource):
     def __init__(self, name: str, args: SecureWebhooksArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("secure-webhooks:index:SecureWebhooks", name, None, opts)
         settings = args.settings
+        if args.alert_url is not None:  # the reconciler reads the URL from Vault when it posts an alert
+            delivery = dataclasses.replace(settings.delivery, alert_url_secret=ALERT_URL_SECRET)
+            settings = dataclasses.replace(settings, delivery=delivery)
         spec = function_spec(settings)
 
         # First, and everything else depends on it: the checks that must pass and the claim this
@@ -266,6 +281,11 @@ class SecureWebhooks(pulumi.ComponentResource):
                     "view": f"{OUTBOX_SCHEMA}.{DELIVERIES_VIEW}",
                     "cronJob": JOB_NAME,
                     "schedule": job[1],
+                    "alerts": {
+                        "channel": CHANNEL,
+                        "url": f"in Vault ({ALERT_URL_SECRET})" if settings.delivery.alert_url_secret else None,
+                        "intervalSeconds": settings.delivery.alert_interval_seconds,
+                    },
                 }
             )
         else:

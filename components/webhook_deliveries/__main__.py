@@ -21,6 +21,7 @@ from webhook_deliveries.health import (
     age,
     clip,
     iso,
+    read_alerts,
     read_reconciler,
     read_webhooks,
     span,
@@ -116,11 +117,13 @@ def _print_json(document: dict[str, Any]) -> None:
 def show_status(conn: psycopg.Connection, args: argparse.Namespace) -> int:
     webhooks = read_webhooks(conn)
     reconciler = read_reconciler(conn)
-    healthy, line = verdict(webhooks, reconciler, Limits(args.failing_longer_than, args.pending_older_than))
+    alerts = read_alerts(conn)
+    healthy, line = verdict(webhooks, reconciler, Limits(args.failing_longer_than, args.pending_older_than), alerts)
     if args.json:
         document: dict[str, Any] = {
             "webhooks": [status.as_json() for status in webhooks],
             "reconciler": reconciler.as_json(),
+            "alerts": alerts.as_json(),
         }
         if args.check:
             document["check"] = {"ok": healthy, "summary": line}
@@ -140,6 +143,7 @@ def show_status(conn: psycopg.Connection, args: argparse.Namespace) -> int:
         if not webhooks:
             print("(no events)")
         print(f"reconciler: {reconciler.summary}")
+        print(f"alerts: {alerts.summary}")
     return 0 if healthy or not args.check else 1
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 
+from secure_webhooks.delivery.alerts import ALERTS
 from secure_webhooks.delivery.outbox import DELIVERIES_VIEW, SCHEMA
 from secure_webhooks.delivery.reconciler import JOB_NAME
 
@@ -193,7 +194,9 @@ def _named(webhooks: list[WebhookStatus]) -> str:
     return ", ".join(status.webhook for status in webhooks)
 
 
-def problems(webhooks: list[WebhookStatus], reconciler: ReconcilerHealth, limits: Limits) -> list[str]:
+def problems(
+    webhooks: list[WebhookStatus], reconciler: ReconcilerHealth, limits: Limits, alerts: AlertsHealth | None = None
+) -> list[str]:
     """Each reason to wake someone, worded for a one-line alert; none when delivery is healthy."""
     found = []
     dead = [status for status in webhooks if status.dead]
@@ -213,12 +216,19 @@ def problems(webhooks: list[WebhookStatus], reconciler: ReconcilerHealth, limits
         )
     if reconciler.healthy is False:
         found.append(f"reconciler: {reconciler.summary}")
+    if alerts is not None and alerts.failed:
+        found.append(
+            f"{alerts.failed} alert(s) could not be posted ({clip(alerts.last_error, 120)}): "
+            "check secure-webhooks:delivery.alertUrl"
+        )
     return found
 
 
-def verdict(webhooks: list[WebhookStatus], reconciler: ReconcilerHealth, limits: Limits) -> tuple[bool, str]:
+def verdict(
+    webhooks: list[WebhookStatus], reconciler: ReconcilerHealth, limits: Limits, alerts: AlertsHealth | None = None
+) -> tuple[bool, str]:
     """(healthy, the one line a monitoring system shows)."""
-    found = problems(webhooks, reconciler, limits)
+    found = problems(webhooks, reconciler, limits, alerts)
     if found:
         line = "CRITICAL: " + "; ".join(found)
     else:
@@ -231,3 +241,59 @@ def verdict(webhooks: list[WebhookStatus], reconciler: ReconcilerHealth, limits:
         )
     # A quoted trigger name or a pg_cron message may hold a line break; an alert is one line.
     return not found, " ".join(line.splitlines())
+
+
+#: `status --check` fails while an alert that could not be delivered is this recent (docs/operations.md, "Alerts").
+FAILED_ALERT_WINDOW = timedelta(hours=24)
+
+ALERTS_QUERY = f"""
+SELECT pg_catalog.count(*) FILTER (WHERE a.state IN ('pending', 'sending')),
+       pg_catalog.count(*) FILTER (WHERE a.state = 'failed' AND a.finished_at > pg_catalog.now() - %s::interval),
+       pg_catalog.count(*) FILTER (WHERE a.state = 'sent'),
+       pg_catalog.count(*) FILTER (WHERE a.state = 'unsent'),
+       (pg_catalog.array_agg(a.last_error ORDER BY a.id DESC)
+          FILTER (WHERE a.state IN ('pending', 'failed') AND a.last_error IS NOT NULL))[1]
+  FROM {SCHEMA}.{ALERTS} AS a
+"""
+
+
+@dataclass(frozen=True)
+class AlertsHealth:
+    """The alerts of the last days (kept 7 days): how many wait, failed for good, were posted or only notified.
+
+    `failed` counts those that failed within FAILED_ALERT_WINDOW: nobody was told about something.
+    """
+
+    pending: int = 0
+    failed: int = 0
+    sent: int = 0
+    unsent: int = 0
+    last_error: str | None = None
+
+    @property
+    def summary(self) -> str:
+        text = (
+            f"{self.sent} posted, {self.pending} pending, {self.failed} failed in the last {span(FAILED_ALERT_WINDOW)}"
+        )
+        if self.unsent:
+            text += f", {self.unsent} on the channel only (no alert URL)"
+        if self.last_error and (self.pending or self.failed):
+            text += f"; last error: {clip(self.last_error, 120)}"
+        return text
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "pending": self.pending,
+            "failed": self.failed,
+            "sent": self.sent,
+            "unsent": self.unsent,
+            "last_error": self.last_error,
+            "summary": self.summary,
+        }
+
+
+def read_alerts(conn: psycopg.Connection) -> AlertsHealth:
+    """Nothing to report on an outbox installed before alerts existed."""
+    if conn.execute("SELECT pg_catalog.to_regclass(%s) IS NULL", (f"{SCHEMA}.{ALERTS}",)).fetchone()[0]:
+        return AlertsHealth()
+    return AlertsHealth(*conn.execute(ALERTS_QUERY, (FAILED_ALERT_WINDOW,)).fetchone())

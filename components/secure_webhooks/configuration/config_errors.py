@@ -19,6 +19,7 @@ _ARGS_FIELDS = {
     "webhookSecret": "SecureWebhooksArgs.webhook_secret",
     "jwtSecretNext": "SecureWebhooksArgs.jwt_secret_next",
     "webhookSecretNext": "SecureWebhooksArgs.webhook_secret_next",
+    "delivery.alertUrl": "SecureWebhooksArgs.alert_url",
 }
 _CONFIG_KEY = re.compile(rf"{NAMESPACE}:([A-Za-z][A-Za-z0-9_]*(?:\[\d+\]|\.[A-Za-z][A-Za-z0-9_]*)*)")
 #: Hints in a stack config user's terms: `pulumi config set [--secret] key ...`.

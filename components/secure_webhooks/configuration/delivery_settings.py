@@ -36,6 +36,7 @@ KEYS = (
     "schedule",
     "batchSize",
     "receipts",
+    "alertIntervalSeconds",
 )
 #: `required`: a 2xx counts as delivered only with a valid `webhook-receipt` (docs/delivery.md, "Delivery receipts").
 RECEIPTS = ("off", "required")
@@ -62,6 +63,10 @@ class DeliverySettings:
     #: "required": only a 2xx that carries a receipt signed with the JWT key is a delivery, so a role
     #: that writes pg_net's world-writable responses cannot mark an event delivered.
     receipts: str = "off"
+    #: Dead events are summarised in one alert per interval at most (docs/operations.md, "Alerts").
+    alert_interval_seconds: int = 300
+    #: The Vault secret holding the alert URL, set by the component when the stack keeps one (never the URL).
+    alert_url_secret: str | None = None
 
     @property
     def at_least_once(self) -> bool:
@@ -125,6 +130,10 @@ def check_delivery(value: Any) -> DeliverySettings:
         return DeliverySettings()
     if not isinstance(raw, dict):
         raise ConfigError("secure-webhooks:delivery", "must be an object, e.g. {mode: at-least-once}")
+    if "alertUrl" in raw:  # stack config takes it out (stack_config.py): it never reaches the settings
+        raise ConfigError(
+            "secure-webhooks:delivery", "holds alertUrl, a secret: pass it as SecureWebhooksArgs.alert_url"
+        )
     unknown = sorted(set(raw) - set(KEYS))
     if unknown:
         raise ConfigError(_key(unknown[0]), f"is not a delivery setting; expected one of {list(KEYS)}")
@@ -155,4 +164,12 @@ def check_delivery(value: Any) -> DeliverySettings:
         schedule=check_schedule(raw.get("schedule")),
         batch_size=_number("batchSize", raw.get("batchSize"), defaults.batch_size, 1, 10_000, integer=True),
         receipts=receipts,
+        alert_interval_seconds=_number(
+            "alertIntervalSeconds",
+            raw.get("alertIntervalSeconds"),
+            defaults.alert_interval_seconds,
+            1,
+            86_400,
+            integer=True,
+        ),
     )

@@ -20,7 +20,7 @@ from typing import Any
 
 from secure_webhooks.configuration.config_errors import IN_CODE, NAMESPACE, ConfigError, KeyNames
 from secure_webhooks.configuration.delivery_settings import DeliverySettings, check_delivery
-from secure_webhooks.configuration.urls import UrlPolicyError, check_base_url, check_path, join_url
+from secure_webhooks.configuration.urls import UrlPolicyError, check_alert_url, check_base_url, check_path, join_url
 
 #: PostgreSQL truncates identifiers longer than NAMEDATALEN - 1 bytes; a
 #: silently truncated trigger name would make drift detection lie.
@@ -295,6 +295,18 @@ def check_webhook_secret(secret: str, setting: str = "webhookSecret") -> str:
     if not MIN_WEBHOOK_KEY_BYTES <= size <= MAX_WEBHOOK_KEY_BYTES:
         raise ConfigError(key, f"holds a {size}-byte key; use {MIN_WEBHOOK_KEY_BYTES} to {MAX_WEBHOOK_KEY_BYTES} bytes")
     return secret
+
+
+#: Where the alert URL is set: a secret inside the delivery object (docs/configuration.md, "Alerts").
+ALERT_URL_SETTING = "delivery.alertUrl"
+
+
+def check_alert_url_secret(url: str, setting: str = ALERT_URL_SETTING, *, production: bool = False) -> str:
+    """Raise ConfigError (naming `setting`) unless `url` may receive alerts; never echoes its path or query."""
+    try:
+        return check_alert_url(url, production=production)
+    except UrlPolicyError as exc:
+        raise ConfigError(_key(setting), str(exc)) from None
 
 
 def _check_events(key: str, value: Any) -> tuple[str, ...]:

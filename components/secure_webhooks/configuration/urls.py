@@ -226,3 +226,37 @@ def check_path(path: str) -> str:
 def join_url(base_url: str, path: str) -> str:
     """The trigger URL: the orchestrator base followed by the webhook path."""
     return base_url.rstrip("/") + path
+
+
+def check_alert_url(url: str, *, production: bool) -> str:
+    """Return the alert URL (an incoming webhook of Slack, Teams, ...) or raise UrlPolicyError.
+
+    Its path (Slack) or query (Teams workflows) is the credential, so a message names at most the
+    scheme and host, never the rest. https, or http to loopback only; production stacks refuse
+    http, loopback and tunnel hosts, as for the orchestrator.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise UrlPolicyError("must be a non-empty absolute https URL, e.g. a Slack or Teams incoming webhook")
+    if any(ch.isspace() for ch in url) or any(unicodedata.category(ch) == "Cc" for ch in url):
+        raise UrlPolicyError("must not contain whitespace or control characters")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise UrlPolicyError(f"must be an absolute http(s) URL, got scheme {parts.scheme or 'none'!r}")
+    if not parts.hostname:
+        raise UrlPolicyError("must name a host")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise UrlPolicyError("must not embed credentials before the host")
+    if parts.fragment or "#" in url:
+        raise UrlPolicyError("must not carry a fragment ('#')")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked
+    except ValueError:
+        raise UrlPolicyError("has an invalid port") from None
+    host = normalise_host(parts.hostname)
+    if parts.scheme == "http" and not is_loopback_host(host):
+        raise UrlPolicyError(f"uses plain http to {host!r}; alerts leave the database over https only")
+    if production and (parts.scheme != "https" or is_loopback_host(host) or is_tunnel_host(host)):
+        raise UrlPolicyError("production stacks require https to a host that is neither loopback nor a tunnel")
+    if not url.isascii() or re.search(r"%(?![0-9A-Fa-f]{2})", url):
+        raise UrlPolicyError("must be ASCII with well-formed %XX escapes after the host")
+    return url

@@ -33,6 +33,7 @@ import re
 from dataclasses import dataclass, field
 
 from secure_webhooks.configuration.delivery_settings import DeliverySettings
+from secure_webhooks.delivery import alerts
 from secure_webhooks.delivery.outbox import ATTEMPTS, EVENTS, PG_NET_EPOCH, SCHEMA
 from secure_webhooks.signing.trigger_function import (
     FunctionSpec,
@@ -51,7 +52,7 @@ from secure_webhooks.signing.trigger_function import (
 RECONCILE = "reconcile"
 PURGE_EXPIRED = "purge_expired"
 RETRY_AFTER = "retry_after_seconds"
-FUNCTIONS = ((RECONCILE, "batch_size integer"), (PURGE_EXPIRED, ""), (RETRY_AFTER, "headers jsonb"))
+FUNCTIONS = ((RECONCILE, "batch_size integer"), (PURGE_EXPIRED, ""), (RETRY_AFTER, "headers jsonb"), *alerts.FUNCTIONS)
 
 JOB_NAME = "secure_webhooks_reconciler"
 #: How long an idle loop waits before the next round: what a first attempt after a quiet spell
@@ -346,6 +347,7 @@ BEGIN
    WHERE e.id = o.id;
   GET DIAGNOSTICS n = ROW_COUNT;
   handled := handled + n;
+  {alerts.round_call()}
 
   -- 2. Due events: a fresh token each, then pg_net.
   IF secret IS NULL THEN
@@ -477,6 +479,7 @@ BEGIN
   DELETE FROM {events} AS e
    WHERE e.state = 'dead' AND e.dead_at < pg_catalog.now() - interval '{int(d.keep_dead_hours)} hours';
   GET DIAGNOSTICS n = ROW_COUNT;
+  {alerts.purge_statement()}
   DELETE FROM cron.job_run_details AS d
    WHERE d.jobid IN (SELECT j.jobid FROM cron.job AS j WHERE j.jobname = {sql_literal(JOB_NAME)})
      AND d.end_time < pg_catalog.now() - interval '{KEEP_RUN_DETAILS}';
@@ -510,6 +513,7 @@ def function_sources(spec: ReconcilerSpec) -> dict[str, tuple[str, str, str]]:
         RECONCILE: (f"batch_size integer DEFAULT {int(spec.delivery.batch_size)}", "integer", render_reconcile(spec)),
         PURGE_EXPIRED: ("", "integer", render_purge_expired(spec)),
         RETRY_AFTER: ("headers jsonb", "double precision", RETRY_AFTER_BODY),
+        **alerts.function_sources(spec.delivery),
     }
 
 

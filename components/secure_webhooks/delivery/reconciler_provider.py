@@ -16,6 +16,7 @@ import pulumi
 from psycopg import sql
 
 from secure_webhooks.configuration.delivery_settings import DeliverySettings
+from secure_webhooks.delivery import alerts
 from secure_webhooks.delivery.outbox import CLIENT_ROLES, OPERATOR_ROLES, SCHEMA
 from secure_webhooks.delivery.reconciler import (
     FUNCTIONS,
@@ -28,7 +29,7 @@ from secure_webhooks.delivery.reconciler import (
 )
 from secure_webhooks.installation.installation_provider import instance_input, refuse_stale_instance
 from secure_webhooks.installation.ownership import claim, marker, owner_of
-from secure_webhooks.postgres.catalog import fingerprint, revoked_roles
+from secure_webhooks.postgres.catalog import existing_roles, fingerprint, revoked_roles
 from secure_webhooks.postgres.fingerprinted_provider import FingerprintedProvider
 from secure_webhooks.signing.function_provider import function_props, note_key_switches, spec_from
 
@@ -83,6 +84,8 @@ class ReconcilerProvider(FingerprintedProvider):
             refuse_stale_instance(cur, props, f"function {SCHEMA}.{RECONCILE}()", comment)
         revoked = revoked_roles(cur, SCHEMA, CLIENT_ROLES, OPERATOR_ROLES)
         nobody = sql.SQL(", ").join([sql.SQL("PUBLIC"), *(sql.Identifier(role) for role in revoked)])
+        for statement in alerts.install_statements(nobody, existing_roles(cur, OPERATOR_ROLES)):
+            cur.execute(statement)
         sources = function_sources(reconciler_spec_from(props))
         for function, arguments in FUNCTIONS:
             declared, returns, body = sources[function]
@@ -122,6 +125,7 @@ class ReconcilerProvider(FingerprintedProvider):
             refuse_stale_instance(cur, props, f"function {SCHEMA}.{RECONCILE}()", comment)
             for function, arguments in FUNCTIONS:
                 cur.execute(sql.SQL("DROP FUNCTION IF EXISTS {}").format(_name(function, arguments)))
+            cur.execute(alerts.drop_statement())
 
 
 class Reconciler(pulumi.dynamic.Resource, module="secure-webhooks", name="Reconciler"):

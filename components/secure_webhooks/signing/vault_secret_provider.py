@@ -23,7 +23,7 @@ import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
 
 from secure_webhooks.configuration.config_errors import STACK_CONFIG, ConfigError, KeyNames
-from secure_webhooks.configuration.settings import check_jwt_secret, check_webhook_secret
+from secure_webhooks.configuration.settings import check_alert_url_secret, check_jwt_secret, check_webhook_secret
 from secure_webhooks.installation import adoption
 from secure_webhooks.installation.installation_provider import instance_input, refuse_stale_instance
 from secure_webhooks.installation.ownership import claim, marker, owner_of, refusal
@@ -130,9 +130,8 @@ class VaultSecretProvider(DatabaseProvider):
         names = KeyNames.of(news)
         try:
             # "kind" is absent from state written before webhook secrets existed: those are JWT keys.
-            (check_webhook_secret if news.get("kind") == "webhook" else check_jwt_secret)(
-                news["secret"], setting_of(news)
-            )
+            checks = {"webhook": check_webhook_secret, "alert_url": check_alert_url_secret}
+            checks.get(news.get("kind"), check_jwt_secret)(news["secret"], setting_of(news))
         except ConfigError as exc:
             failures.append(CheckFailure("secret", str(exc.named_for(names))))
         with self.db.transaction() as cur:
