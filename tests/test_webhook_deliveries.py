@@ -57,11 +57,15 @@ def test_status_list_replay_and_purge(cluster, capsys):
             settle(conn, worker, lambda: set(statuses(conn)) == {"dead", "delivered"} and statuses(conn)["dead"] == 1)
             code, out, _ = run(capsys, "--dsn", dsn, "status")
             assert code == 0
-            header, row, job = out.splitlines()
+            header, row, job, alerts = out.splitlines()
             assert header.split()[:6] == ["webhook", "pending", "failed", "dead", "delivered", "oldest"]
             assert job.startswith("reconciler: NO pg_cron job secure_webhooks_reconciler: nothing sends these events")
             assert row.split()[:5] == ["resumes_hook", "0", "0", "1", "3"]
             assert row.rstrip().endswith("HTTP 410")
+            # The dead event's alert went to the pg_notify channel only: this stack has no alert URL.
+            assert (
+                alerts == "alerts: 0 posted, 0 pending, 0 failed in the last 1d, 1 on the channel only (no alert URL)"
+            )
 
             code, out, _ = run(capsys, "--dsn", dsn, "list", "--status", "dead")
             assert code == 0 and len(out.splitlines()) == 2 and " dead " in out
@@ -154,7 +158,7 @@ def test_status_shows_the_reconcilers_last_failed_run(cluster, capsys):
             )
             code, out, _ = run(capsys, "--dsn", dsn, "status")
             assert code == 0
-            line = out.splitlines()[-1]
+            line = out.splitlines()[-2]
             assert line.startswith("reconciler: job secure_webhooks_reconciler, last run FAILED at ")
             assert "not delivering while pg_net's tables have triggers" in line
             conn.execute("UPDATE cron.job SET active = false WHERE jobid = %s", (job,))
@@ -275,7 +279,15 @@ def test_status_json_has_the_documented_fields(outbox, capsys):
     code, out, err = outbox.operator(capsys, "status", "--json")
     assert (code, err) == (0, "")
     document = json.loads(out)
-    assert set(document) == {"webhooks", "reconciler"}
+    assert set(document) == {"webhooks", "reconciler", "alerts"}
+    assert document["alerts"] == {
+        "pending": 0,
+        "failed": 0,
+        "sent": 0,
+        "unsent": 0,
+        "last_error": None,
+        "summary": "0 posted, 0 pending, 0 failed in the last 1d",
+    }
     (webhook,) = document["webhooks"]
     assert webhook == {
         "webhook": LONG_NAME,

@@ -5,8 +5,9 @@ change, and dead events summarised (one alert per `delivery.alertIntervalSeconds
 event, so an outage cannot flood a chat channel). The reconciler's round calls `alerts_round()`
 (`round_call`), which
 
-1. reports dead events nobody was told about yet (each event's death is marked on it, so deaths
-   committed by a concurrent round are reported by a later one, never lost, never twice);
+1. reports dead events nobody was told about yet: each death reported is kept in `dead_reported`
+   (the outbox's tables are not touched), and deaths are looked for back to DEAD_LAG_SECONDS before
+   the last look, so a death a concurrent round commits late is reported by a later one, never twice;
 2. compares `endpoints` (the circuit breaker's table) with `endpoint_alerts`, the last state it
    alerted per endpoint, and alerts each difference once;
 3. records each alert in `alerts` and publishes it on the `pg_notify` channel in the same
@@ -34,7 +35,12 @@ ENDPOINT_ALERTS = "endpoint_alerts"
 ENDPOINTS = "endpoints"
 #: One row: when the last dead-events alert was made (the summary interval counts from it).
 ALERT_STATE = "alert_state"
-TABLES = (ALERTS, ENDPOINT_ALERTS, ALERT_STATE)
+DEAD_REPORTED = "dead_reported"
+TABLES = (ALERTS, ENDPOINT_ALERTS, ALERT_STATE, DEAD_REPORTED)
+#: Deaths are looked for from this long before the last check: a round marks events dead at its start
+#: (`now()`) and commits later, so a check may not see a death dated before it yet. A round that commits
+#: more than this after it began could have its deaths go unreported (rounds last well under a second).
+DEAD_LAG_SECONDS = 300
 
 ROUND = "alerts_round"
 FUNCTIONS = ((ROUND, "epoch uuid, round_started timestamp with time zone"),)
@@ -81,7 +87,9 @@ CREATE INDEX IF NOT EXISTS alerts_created ON {SCHEMA}.{ALERTS} (created_at);
 
 CREATE TABLE IF NOT EXISTS {SCHEMA}.{ALERT_STATE} (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    last_dead_alert_at timestamptz
+    last_dead_alert_at timestamptz,
+    -- Deaths before this minus DEAD_LAG_SECONDS have all been looked at.
+    dead_checked_until timestamptz
 );
 INSERT INTO {SCHEMA}.{ALERT_STATE} DEFAULT VALUES ON CONFLICT DO NOTHING;
 
@@ -101,10 +109,12 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.{ENDPOINTS} (
     consecutive_failures integer NOT NULL DEFAULT 0
 );
 
--- The death an alert reported (dead_at then): a replayed event that dies again is reported again.
-ALTER TABLE {SCHEMA}.{EVENTS} ADD COLUMN IF NOT EXISTS dead_reported_at timestamptz;
-CREATE INDEX IF NOT EXISTS events_dead_unreported ON {SCHEMA}.{EVENTS} (dead_at)
- WHERE state = 'dead' AND dead_reported_at IS DISTINCT FROM dead_at;
+-- Each death an alert reported (the event's dead_at then): a replayed event that dies again is reported again.
+CREATE TABLE IF NOT EXISTS {SCHEMA}.{DEAD_REPORTED} (
+    event_id uuid PRIMARY KEY,
+    dead_at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_reported_dead_at ON {SCHEMA}.{DEAD_REPORTED} (dead_at);
 """
 
 
@@ -173,28 +183,30 @@ def _dead_summary(delivery: DeliverySettings, initial_state: str) -> str:
         'last_dead_at', {_when("last_dead")},
         'webhooks', named,
         'more_webhooks', more)"""
+    reported = f"{SCHEMA}.{DEAD_REPORTED}"
+    lag = f"interval '{DEAD_LAG_SECONDS} seconds'"
     return f"""IF last_dead_alert IS NULL
      OR last_dead_alert <= pg_catalog.now() - interval '{int(delivery.alert_interval_seconds)} seconds' THEN
+    since := COALESCE(checked_until, pg_catalog.now()) - {lag};
     WITH unreported AS (
-      SELECT e.id FROM {events} AS e
-       WHERE e.state = 'dead' AND e.dead_reported_at IS DISTINCT FROM e.dead_at
+      SELECT e.id, e.webhook, e.dead_at, e.created_at FROM {events} AS e
+       WHERE e.state = 'dead' AND e.dead_at > since
+         AND NOT EXISTS (SELECT FROM {reported} AS r WHERE r.event_id = e.id AND r.dead_at = e.dead_at)
        ORDER BY e.dead_at
        LIMIT {DEAD_BATCH}
-         FOR UPDATE OF e SKIP LOCKED
     ), marked AS (
-      UPDATE {events} AS e SET dead_reported_at = e.dead_at
-        FROM unreported AS u
-       WHERE e.id = u.id
-      RETURNING e.id, e.webhook, e.dead_at, e.created_at
+      INSERT INTO {reported} AS r (event_id, dead_at) SELECT u.id, u.dead_at FROM unreported AS u
+      ON CONFLICT (event_id) DO UPDATE SET dead_at = excluded.dead_at
     ), per_webhook AS (
-      SELECT m.webhook, pg_catalog.count(*) AS dead, pg_catalog.min(m.dead_at) AS first_dead_at,
-             pg_catalog.max(m.dead_at) AS last_dead_at,
-             (pg_catalog.array_agg(m.id ORDER BY m.created_at))[1] AS oldest_event_id,
-             pg_catalog.row_number() OVER (ORDER BY pg_catalog.count(*) DESC, m.webhook) AS rank
-        FROM marked AS m
-       GROUP BY m.webhook
+      SELECT u.webhook, pg_catalog.count(*) AS dead, pg_catalog.min(u.dead_at) AS first_dead_at,
+             pg_catalog.max(u.dead_at) AS last_dead_at,
+             (pg_catalog.array_agg(u.id ORDER BY u.created_at))[1] AS oldest_event_id,
+             pg_catalog.row_number() OVER (ORDER BY pg_catalog.count(*) DESC, u.webhook) AS rank
+        FROM unreported AS u
+       GROUP BY u.webhook
     )
-    SELECT pg_catalog.sum(w.dead)::integer, pg_catalog.min(w.first_dead_at), pg_catalog.max(w.last_dead_at),
+    SELECT COALESCE(pg_catalog.sum(w.dead)::integer, 0), pg_catalog.min(w.first_dead_at),
+           pg_catalog.max(w.last_dead_at),
            COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
              'webhook', w.webhook, 'dead', w.dead, 'oldest_event_id', w.oldest_event_id,
              'first_dead_at', {_when("w.first_dead_at")}) ORDER BY w.rank) FILTER (WHERE w.rank <= {NAMED_WEBHOOKS}),
@@ -210,6 +222,12 @@ def _dead_summary(delivery: DeliverySettings, initial_state: str) -> str:
       END IF;
       {_make_alert("events.dead", body, initial_state)}
       UPDATE {SCHEMA}.{ALERT_STATE} SET last_dead_alert_at = pg_catalog.now();
+    END IF;
+    -- The window moves on (at most once a minute, so an idle round writes nothing); a full batch
+    -- leaves the rest of its deaths inside it. Marks older than the window are never looked at again.
+    IF total < {DEAD_BATCH} AND (checked_until IS NULL OR checked_until < pg_catalog.now() - interval '1 minute') THEN
+      UPDATE {SCHEMA}.{ALERT_STATE} SET dead_checked_until = pg_catalog.now();
+      DELETE FROM {reported} AS r WHERE r.dead_at < pg_catalog.now() - {lag};
     END IF;
   END IF;"""
 
@@ -371,6 +389,8 @@ def render_round(delivery: DeliverySettings) -> str:
 DECLARE
   made integer := 0;
   last_dead_alert timestamptz;
+  checked_until timestamptz;
+  since timestamptz;
   total integer;
   first_dead timestamptz;
   last_dead timestamptz;
@@ -386,7 +406,8 @@ DECLARE
   request bigint;
 BEGIN
   -- One round at a time makes alerts; a concurrent round skips them (a later round reports what it saw).
-  SELECT s.last_dead_alert_at INTO last_dead_alert FROM {SCHEMA}.{ALERT_STATE} AS s FOR UPDATE SKIP LOCKED;
+  SELECT s.last_dead_alert_at, s.dead_checked_until INTO last_dead_alert, checked_until
+    FROM {SCHEMA}.{ALERT_STATE} AS s FOR UPDATE SKIP LOCKED;
   IF NOT FOUND THEN
     INSERT INTO {SCHEMA}.{ALERT_STATE} DEFAULT VALUES ON CONFLICT DO NOTHING;
     RETURN 0;
