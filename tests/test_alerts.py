@@ -11,6 +11,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -36,7 +37,7 @@ from local_supabase.pg_net_worker import PgNetWorker
 from local_supabase.scripted_server import Received, Reply, ScriptedServer
 from secure_webhooks.delivery.alerts import ALERT_URL_SECRET, CHANNEL, MAX_ATTEMPTS
 from secure_webhooks.signing.vault_secret_provider import VaultSecretProvider
-from webhook_deliveries.health import read_alerts
+from webhook_deliveries.health import Limits, ReconcilerHealth, read_alerts, verdict
 
 SECRET = "alerts-test-signing-secret-" + "0123456789abcdef" * 2
 #: What makes a Slack incoming-webhook URL a credential: its path.
@@ -148,7 +149,14 @@ def test_dead_events_are_summarised_once_per_interval(alerting, worker, slack):
         run_rounds(conn, worker, lambda: dead_alert_window_over(conn), "a quiet interval")
         run_rounds(conn, worker, lambda: True, "one more round")
         assert len(slack.received) == 2
-        assert alert_rows(conn) == [("events.dead", "sent", 1), ("events.dead", "sent", 1)]
+
+        # A replayed event that dies again is a new death, reported again (the window is over: at once).
+        conn.execute("SELECT secure_webhooks.replay_event(%s::uuid)", (oldest,))
+        run_rounds(conn, worker, lambda: len(slack.received) >= 3, "the replayed event's death")
+        third = alerts_of(slack)[2]
+        assert third["dead"] == 1 and third["webhooks"][0]["oldest_event_id"] == oldest
+        expected = [("events.dead", "sent", 1)] * 3
+        run_rounds(conn, worker, lambda: alert_rows(conn) == expected, "every alert's outcome")
         print(f"dead alerts: {[(a['dead'], a['text']) for a in alerts_of(slack)]}")
 
 
@@ -281,6 +289,12 @@ def test_a_failing_alert_url_never_holds_events_back_and_is_retried(cluster, wor
                 alerts = read_alerts(conn)
                 assert alerts.failed == 1 and alerts.pending == 0 and "HTTP 500" in alerts.summary
                 assert SLACK_PATH not in alerts.summary
+                healthy, line = verdict(
+                    [], ReconcilerHealth(readable=False), Limits(timedelta(1), timedelta(1)), alerts
+                )
+                assert not healthy and line == (
+                    "CRITICAL: 1 alert(s) could not be posted (HTTP 500): check secure-webhooks:delivery.alertUrl"
+                )
         finally:
             pipeline.remove()
             provider.delete(created.id, created.outs)
