@@ -184,14 +184,20 @@ def _dead_summary(delivery: DeliverySettings, initial_state: str) -> str:
         'webhooks', named,
         'more_webhooks', more)"""
     reported = f"{SCHEMA}.{DEAD_REPORTED}"
+    unreported = (
+        f"SELECT e.id, e.webhook, e.dead_at, e.created_at FROM {events} AS e"
+        " WHERE e.state = 'dead' AND e.dead_at > since"
+        f" AND NOT EXISTS (SELECT FROM {reported} AS r WHERE r.event_id = e.id AND r.dead_at = e.dead_at)"
+    )
     lag = f"interval '{DEAD_LAG_SECONDS} seconds'"
     return f"""IF last_dead_alert IS NULL
      OR last_dead_alert <= pg_catalog.now() - interval '{int(delivery.alert_interval_seconds)} seconds' THEN
     since := COALESCE(checked_until, pg_catalog.now()) - {lag};
+    total := 0;
+    -- The cheap question first: most rounds find no unreported death.
+    IF EXISTS ({unreported}) THEN
     WITH unreported AS (
-      SELECT e.id, e.webhook, e.dead_at, e.created_at FROM {events} AS e
-       WHERE e.state = 'dead' AND e.dead_at > since
-         AND NOT EXISTS (SELECT FROM {reported} AS r WHERE r.event_id = e.id AND r.dead_at = e.dead_at)
+      {unreported}
        ORDER BY e.dead_at
        LIMIT {DEAD_BATCH}
     ), marked AS (
@@ -222,6 +228,7 @@ def _dead_summary(delivery: DeliverySettings, initial_state: str) -> str:
       END IF;
       {_make_alert("events.dead", body, initial_state)}
       UPDATE {SCHEMA}.{ALERT_STATE} SET last_dead_alert_at = pg_catalog.now();
+    END IF;
     END IF;
     -- The window moves on (at most once a minute, so an idle round writes nothing); a full batch
     -- leaves the rest of its deaths inside it. Marks older than the window are never looked at again.
@@ -289,7 +296,8 @@ def _endpoint_transitions(initial_state: str) -> str:
 
 def _outcomes() -> str:
     alerts = f"{SCHEMA}.{ALERTS}"
-    return f"""WITH in_flight AS (
+    return f"""IF EXISTS (SELECT FROM {alerts} AS a WHERE a.state = 'sending') THEN
+  WITH in_flight AS (
     SELECT a.id, a.request_id, a.request_epoch, a.sent_at FROM {alerts} AS a
      WHERE a.state = 'sending'
        FOR UPDATE SKIP LOCKED
@@ -327,7 +335,8 @@ def _outcomes() -> str:
          last_status_code = j.status_code,
          last_error = j.error
     FROM judged AS j
-   WHERE a.id = j.id;"""
+   WHERE a.id = j.id;
+  END IF;"""
 
 
 def _sending(secret_name: str) -> str:
@@ -406,8 +415,12 @@ DECLARE
   request bigint;
 BEGIN
   -- One round at a time makes alerts; a concurrent round skips them (a later round reports what it saw).
+  -- An advisory lock, not a row lock: an idle round writes nothing, so it takes no transaction id.
+  IF NOT pg_catalog.pg_try_advisory_xact_lock('{SCHEMA}.{ALERT_STATE}'::regclass::oid::integer, 0) THEN
+    RETURN 0;
+  END IF;
   SELECT s.last_dead_alert_at, s.dead_checked_until INTO last_dead_alert, checked_until
-    FROM {SCHEMA}.{ALERT_STATE} AS s FOR UPDATE SKIP LOCKED;
+    FROM {SCHEMA}.{ALERT_STATE} AS s;
   IF NOT FOUND THEN
     INSERT INTO {SCHEMA}.{ALERT_STATE} DEFAULT VALUES ON CONFLICT DO NOTHING;
     RETURN 0;
