@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import unicodedata
-from urllib.parse import quote, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 #: Public tunnel services used for local development. A production stack that
 #: points at one of these is almost certainly a forgotten dev setting.
@@ -150,6 +150,27 @@ def _encode_path(path: str, what: str) -> str:
     return quote(path, safe=_PRINTABLE_ASCII)
 
 
+def _absolute_http_url(url: str, example: str, no_credentials: str) -> SplitResult:
+    """The parts of an absolute http(s) URL with a host, no whitespace, control characters or userinfo.
+
+    Messages never quote the URL: only the scheme, when it is the problem.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise UrlPolicyError(f"must be a non-empty absolute URL such as {example}")
+    if url != url.strip() or any(ch.isspace() for ch in url):
+        raise UrlPolicyError("must not contain whitespace")
+    if any(unicodedata.category(ch) == "Cc" for ch in url):
+        raise UrlPolicyError("must not contain NUL or other control characters")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise UrlPolicyError(f"must be an absolute http(s) URL, got scheme {parts.scheme or 'none'!r}")
+    if not parts.hostname:
+        raise UrlPolicyError(f"must name a host, e.g. {example}")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise UrlPolicyError(no_credentials)
+    return parts
+
+
 def check_base_url(url: str, *, production: bool) -> str:
     """Return the normalised base URL (no trailing slash) or raise UrlPolicyError.
 
@@ -162,19 +183,11 @@ def check_base_url(url: str, *, production: bool) -> str:
     percent-encoded, as in webhook paths (`check_path`). A `?` or `#`, even with
     nothing after it, is refused: the webhook path would land in the query or fragment.
     """
-    if not isinstance(url, str) or not url.strip():
-        raise UrlPolicyError("must be a non-empty absolute URL such as https://orchestrator.example.com")
-    if url != url.strip() or any(ch.isspace() for ch in url):
-        raise UrlPolicyError("must not contain whitespace")
-    if any(unicodedata.category(ch) == "Cc" for ch in url):
-        raise UrlPolicyError("must not contain NUL or other control characters")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise UrlPolicyError(f"must be an absolute http(s) URL, got scheme {parts.scheme or 'none'!r}")
-    if not parts.hostname:
-        raise UrlPolicyError("must name a host, e.g. https://orchestrator.example.com")
-    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
-        raise UrlPolicyError("must not embed credentials; the trigger authenticates with a signed JWT")
+    parts = _absolute_http_url(
+        url,
+        "https://orchestrator.example.com",
+        "must not embed credentials; the trigger authenticates with a signed JWT",
+    )
     if parts.query or parts.fragment or "?" in url or "#" in url:
         raise UrlPolicyError(
             "must not carry a query string or fragment (not even an empty '?' or '#'); "
@@ -235,17 +248,9 @@ def check_alert_url(url: str, *, production: bool) -> str:
     scheme and host, never the rest. https, or http to loopback only; production stacks refuse
     http, loopback and tunnel hosts, as for the orchestrator.
     """
-    if not isinstance(url, str) or not url.strip():
-        raise UrlPolicyError("must be a non-empty absolute https URL, e.g. a Slack or Teams incoming webhook")
-    if any(ch.isspace() for ch in url) or any(unicodedata.category(ch) == "Cc" for ch in url):
-        raise UrlPolicyError("must not contain whitespace or control characters")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise UrlPolicyError(f"must be an absolute http(s) URL, got scheme {parts.scheme or 'none'!r}")
-    if not parts.hostname:
-        raise UrlPolicyError("must name a host")
-    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
-        raise UrlPolicyError("must not embed credentials before the host")
+    parts = _absolute_http_url(
+        url, "https://hooks.slack.com/services/...", "must not embed credentials before the host"
+    )
     if parts.fragment or "#" in url:
         raise UrlPolicyError("must not carry a fragment ('#')")
     try:

@@ -166,6 +166,14 @@ def _when(expression: str) -> str:
     return f"pg_catalog.to_char({expression} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
 
 
+def _body(kind: str, text: str, **fields: str) -> str:
+    """SQL: an alert's JSON body, `text` first (what Slack and Teams show), then its type and `fields`
+    (name: SQL expression)."""
+    pairs = [("text", text), ("type", sql_literal(kind)), ("source", "'secure-webhooks'")]
+    pairs += [("created_at", _when("pg_catalog.now()")), *fields.items()]
+    return "pg_catalog.jsonb_build_object(" + ", ".join(f"'{name}', {value}" for name, value in pairs) + ")"
+
+
 def _dead_summary(delivery: DeliverySettings, initial_state: str) -> str:
     events = f"{SCHEMA}.{EVENTS}"
     text = (
@@ -173,16 +181,15 @@ def _dead_summary(delivery: DeliverySettings, initial_state: str) -> str:
         " || ' went dead (' || summary || '): they are not retried any more. '"
         " || 'See `webhook-deliveries list --status dead`; send them again with `webhook-deliveries replay`.'"
     )
-    body = f"""pg_catalog.jsonb_build_object(
-        'text', {text},
-        'type', 'events.dead',
-        'source', 'secure-webhooks',
-        'created_at', {_when("pg_catalog.now()")},
-        'dead', total,
-        'first_dead_at', {_when("first_dead")},
-        'last_dead_at', {_when("last_dead")},
-        'webhooks', named,
-        'more_webhooks', more)"""
+    body = _body(
+        "events.dead",
+        text,
+        dead="total",
+        first_dead_at=_when("first_dead"),
+        last_dead_at=_when("last_dead"),
+        webhooks="named",
+        more_webhooks="more",
+    )
     reported = f"{SCHEMA}.{DEAD_REPORTED}"
     unreported = (
         f"SELECT e.id, e.webhook, e.dead_at, e.created_at FROM {events} AS e"
@@ -247,28 +254,26 @@ def _endpoint_transitions(initial_state: str) -> str:
         " || ': its events wait without using attempts'"
         f" || COALESCE('; next probe at ' || {_when('change.next_probe_at')}, '') || '.'"
     )
-    paused = f"""pg_catalog.jsonb_build_object(
-        'text', {paused_text},
-        'type', 'endpoint.paused',
-        'source', 'secure-webhooks',
-        'created_at', {_when("pg_catalog.now()")},
-        'endpoint', {endpoint},
-        'paused_since', {_when("change.paused_since")},
-        'next_probe_at', {_when("change.next_probe_at")},
-        'consecutive_failures', change.consecutive_failures)"""
+    paused = _body(
+        "endpoint.paused",
+        paused_text,
+        endpoint=endpoint,
+        paused_since=_when("change.paused_since"),
+        next_probe_at=_when("change.next_probe_at"),
+        consecutive_failures="change.consecutive_failures",
+    )
     resumed_text = (
         f"'secure-webhooks: endpoint ' || {endpoint} || ' resumed'"
         f" || COALESCE(' (paused since ' || {_when('change.alerted_since')} || ')', '')"
         " || ': its waiting events are being delivered.'"
     )
-    resumed = f"""pg_catalog.jsonb_build_object(
-        'text', {resumed_text},
-        'type', 'endpoint.resumed',
-        'source', 'secure-webhooks',
-        'created_at', {_when("pg_catalog.now()")},
-        'endpoint', {endpoint},
-        'paused_since', {_when("change.alerted_since")},
-        'resumed_at', {_when("pg_catalog.now()")})"""
+    resumed = _body(
+        "endpoint.resumed",
+        resumed_text,
+        endpoint=endpoint,
+        paused_since=_when("change.alerted_since"),
+        resumed_at=_when("pg_catalog.now()"),
+    )
     endpoints = f"{SCHEMA}.{ENDPOINTS}"
     alerted = f"{SCHEMA}.{ENDPOINT_ALERTS}"
     return f"""FOR change IN
@@ -292,6 +297,11 @@ def _endpoint_transitions(initial_state: str) -> str:
   END LOOP;
   -- An endpoint the breaker forgot: nothing to say about it any more.
   DELETE FROM {alerted} AS a WHERE NOT EXISTS (SELECT FROM {endpoints} AS p WHERE p.endpoint = a.endpoint);"""
+
+
+def _retry_at(attempts: str) -> str:
+    """SQL: when an alert that failed its `attempts`-th attempt is tried again (MAX_ATTEMPTS says the waits)."""
+    return f"pg_catalog.now() + pg_catalog.make_interval(secs => LEAST(3600, 10 * 3 ^ GREATEST({attempts} - 1, 0)))"
 
 
 def _outcomes() -> str:
@@ -330,8 +340,7 @@ def _outcomes() -> str:
      SET state = CASE WHEN j.error IS NULL THEN 'sent' WHEN a.attempts >= {MAX_ATTEMPTS} THEN 'failed'
                       ELSE 'pending' END,
          finished_at = CASE WHEN j.error IS NULL OR a.attempts >= {MAX_ATTEMPTS} THEN pg_catalog.now() END,
-         next_attempt_at = pg_catalog.now() + pg_catalog.make_interval(
-           secs => LEAST(3600, 10 * 3 ^ GREATEST(a.attempts - 1, 0))),
+         next_attempt_at = {_retry_at("a.attempts")},
          last_status_code = j.status_code,
          last_error = j.error
     FROM judged AS j
@@ -373,7 +382,7 @@ def _sending(secret_name: str) -> str:
            SET attempts = a.attempts + 1,
                state = CASE WHEN a.attempts + 1 >= {MAX_ATTEMPTS} THEN 'failed' ELSE 'pending' END,
                finished_at = CASE WHEN a.attempts + 1 >= {MAX_ATTEMPTS} THEN pg_catalog.now() END,
-               next_attempt_at = pg_catalog.now() + pg_catalog.make_interval(secs => LEAST(3600, 10 * 3 ^ a.attempts)),
+               next_attempt_at = {_retry_at("a.attempts + 1")},
                last_status_code = NULL, last_error = failure
          WHERE a.id = due.id;
       END IF;
