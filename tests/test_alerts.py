@@ -364,5 +364,9 @@ def test_an_alert_error_is_a_warning_of_the_round(cluster, worker):
                 assert tally(inserted, orchestrator.deliveries).delivered == 5
                 skipped = "secure_webhooks: alerts skipped this round (SQLSTATE 55P03)"
                 assert any(w.startswith(skipped) for w in warnings), warnings
+                # Alerts wait 1 s for a lock; the round's own 5 s applies again after them.
+                with conn.transaction():
+                    reconcile(conn)
+                    assert conn.execute("SHOW lock_timeout").fetchone()[0] == "5s"
         finally:
             pipeline.remove()

@@ -61,6 +61,8 @@ SEND_BATCH = 20
 DEAD_BATCH = 10_000
 #: Webhooks named one by one in a summary (the rest are counted): keeps a NOTIFY payload far below 8000 bytes.
 NAMED_WEBHOOKS = 20
+#: How long alerts wait for a lock before the round gives them up (a warning) and goes on delivering.
+ALERT_LOCK_TIMEOUT = "1s"
 #: Alerts are kept this long after they were made, for `status` and for inspection.
 KEEP_ALERTS = "7 days"
 STATES = ("pending", "sending", "sent", "failed", "unsent")
@@ -406,6 +408,7 @@ def render_round(delivery: DeliverySettings) -> str:
     return f"""
 DECLARE
   made integer := 0;
+  round_lock_timeout text;
   last_dead_alert timestamptz;
   checked_until timestamptz;
   since timestamptz;
@@ -423,20 +426,27 @@ DECLARE
   failure text;
   request bigint;
 BEGIN
+  -- A lock held on an alert table delays the round's deliveries by at most this (then the round's
+  -- subtransaction gives up with a warning); the round's own lock_timeout is put back at the end.
+  round_lock_timeout := pg_catalog.current_setting('lock_timeout');
+  PERFORM pg_catalog.set_config('lock_timeout', '{ALERT_LOCK_TIMEOUT}', true);
   -- One round at a time makes alerts; a concurrent round skips them (a later round reports what it saw).
   -- An advisory lock, not a row lock: an idle round writes nothing, so it takes no transaction id.
   IF NOT pg_catalog.pg_try_advisory_xact_lock('{SCHEMA}.{ALERT_STATE}'::regclass::oid::integer, 0) THEN
+    PERFORM pg_catalog.set_config('lock_timeout', round_lock_timeout, true);
     RETURN 0;
   END IF;
   SELECT s.last_dead_alert_at, s.dead_checked_until INTO last_dead_alert, checked_until
     FROM {SCHEMA}.{ALERT_STATE} AS s;
   IF NOT FOUND THEN
     INSERT INTO {SCHEMA}.{ALERT_STATE} DEFAULT VALUES ON CONFLICT DO NOTHING;
+    PERFORM pg_catalog.set_config('lock_timeout', round_lock_timeout, true);
     RETURN 0;
   END IF;
   {_dead_summary(delivery, initial_state)}
   {_endpoint_transitions(initial_state)}
   {send}
+  PERFORM pg_catalog.set_config('lock_timeout', round_lock_timeout, true);
   RETURN made;
 END
 """
