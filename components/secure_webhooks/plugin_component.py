@@ -65,6 +65,8 @@ class Delivery(TypedDict, total=False):
     batchSize: int
     receipts: str
     """off (default) or required: a 2xx counts only with a valid webhook-receipt."""
+    alertIntervalSeconds: int
+    """Dead events are summarised in one alert per interval at most; default 300 (docs/operations.md, "Alerts")."""
 
 
 class WebhooksArgs(TypedDict):
@@ -101,6 +103,8 @@ class WebhooksArgs(TypedDict):
     """A Pulumi secret: a whsec_ key staged beside webhookSecret for a rotation."""
     signingKey: NotRequired[str]
     """current (default) or next: which key signs during a rotation."""
+    alertUrl: NotRequired[pulumi.Input[str]]
+    """A Pulumi secret: where alerts are POSTed (a Slack or Teams incoming webhook), kept in the Vault."""
 
 
 def _key(name: str) -> str:
@@ -108,7 +112,7 @@ def _key(name: str) -> str:
 
 
 #: Inputs that are Vault values, not settings.
-SECRET_INPUTS = ("jwtSecret", "webhookSecret", "jwtSecretNext", "webhookSecretNext")
+SECRET_INPUTS = ("jwtSecret", "webhookSecret", "jwtSecretNext", "webhookSecretNext", "alertUrl")
 
 
 def _exact_integers(value: Any) -> Any:
@@ -170,6 +174,7 @@ class Webhooks(pulumi.ComponentResource):
         try:
             jwt_secret, webhook_secret = secret_input(args, "jwtSecret"), secret_input(args, "webhookSecret")
             jwt_next, webhook_next = secret_input(args, "jwtSecretNext"), secret_input(args, "webhookSecretNext")
+            alert_url = secret_input(args, "alertUrl")
             settings = parse_settings(
                 settings_input(args),
                 jwt_secret_set=jwt_secret is not None,
@@ -190,6 +195,7 @@ class Webhooks(pulumi.ComponentResource):
                 webhook_secret=webhook_secret,
                 jwt_secret_next=jwt_next,
                 webhook_secret_next=webhook_next,
+                alert_url=alert_url,
             ),
             opts=pulumi.ResourceOptions(parent=self),
         )
