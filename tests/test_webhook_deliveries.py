@@ -28,6 +28,7 @@ from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
 from secure_webhooks.delivery.reconciler import JOB_NAME
+from secure_webhooks.signing.trigger_function import key_id
 from webhook_deliveries.__main__ import main
 
 SECRET = "operator-test-signing-secret-" + "0123456789abcdef" * 2
@@ -57,8 +58,10 @@ def test_status_list_replay_and_purge(cluster, capsys):
             settle(conn, worker, lambda: set(statuses(conn)) == {"dead", "delivered"} and statuses(conn)["dead"] == 1)
             code, out, _ = run(capsys, "--dsn", dsn, "status")
             assert code == 0
-            header, row, job = out.splitlines()
+            header, row, job, key = out.splitlines()
             assert header.split()[:6] == ["webhook", "pending", "failed", "dead", "delivered", "oldest"]
+            # which key signs, by its id only (computed in the database)
+            assert key == f"jwt key: signs with kid {key_id(SECRET)} (Vault secret app_jwt_secret)"
             assert job.startswith("reconciler: NO pg_cron job secure_webhooks_reconciler: nothing sends these events")
             assert row.split()[:5] == ["resumes_hook", "0", "0", "1", "3"]
             assert row.rstrip().endswith("HTTP 410")
@@ -154,7 +157,7 @@ def test_status_shows_the_reconcilers_last_failed_run(cluster, capsys):
             )
             code, out, _ = run(capsys, "--dsn", dsn, "status")
             assert code == 0
-            line = out.splitlines()[-1]
+            (line,) = [line for line in out.splitlines() if line.startswith("reconciler:")]
             assert line.startswith("reconciler: job secure_webhooks_reconciler, last run FAILED at ")
             assert "not delivering while pg_net's tables have triggers" in line
             conn.execute("UPDATE cron.job SET active = false WHERE jobid = %s", (job,))
@@ -275,7 +278,14 @@ def test_status_json_has_the_documented_fields(outbox, capsys):
     code, out, err = outbox.operator(capsys, "status", "--json")
     assert (code, err) == (0, "")
     document = json.loads(out)
-    assert set(document) == {"webhooks", "reconciler"}
+    assert set(document) == {"webhooks", "reconciler", "signing_keys"}
+    assert document["signing_keys"] == {
+        "source": "secure_webhooks.reconcile() as installed",
+        "jwt": {"vault_secret": "app_jwt_secret", "kid": key_id(SECRET), "staged": None, "also_signing": None},
+        "webhook": None,
+        "retiring": [],
+        "problem": None,
+    }
     (webhook,) = document["webhooks"]
     assert webhook == {
         "webhook": LONG_NAME,

@@ -26,6 +26,7 @@ from webhook_deliveries.health import (
     span,
     verdict,
 )
+from webhook_deliveries.keys import read_signing_keys
 from webhook_deliveries.metrics import DEFAULT_WINDOW
 from webhook_deliveries.serving import DEFAULT_LISTEN, listen_address, print_metrics, refuse_exposed, serve_metrics
 
@@ -117,10 +118,12 @@ def show_status(conn: psycopg.Connection, args: argparse.Namespace) -> int:
     webhooks = read_webhooks(conn)
     reconciler = read_reconciler(conn)
     healthy, line = verdict(webhooks, reconciler, Limits(args.failing_longer_than, args.pending_older_than))
+    keys = None if args.check and not args.json else read_signing_keys(conn)
     if args.json:
         document: dict[str, Any] = {
             "webhooks": [status.as_json() for status in webhooks],
             "reconciler": reconciler.as_json(),
+            "signing_keys": keys.as_json(),
         }
         if args.check:
             document["check"] = {"ok": healthy, "summary": line}
@@ -140,6 +143,8 @@ def show_status(conn: psycopg.Connection, args: argparse.Namespace) -> int:
         if not webhooks:
             print("(no events)")
         print(f"reconciler: {reconciler.summary}")
+        for key_line in keys.lines():
+            print(key_line)
     return 0 if healthy or not args.check else 1
 
 
@@ -232,9 +237,11 @@ def parser(prog: str) -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
     status = commands.add_parser(
         "status",
-        help="per webhook: counts by status, oldest waiting event, last error; the reconciler job's health",
+        help="per webhook: counts by status, oldest waiting event, last error; the reconciler job's health; "
+        "which keys sign",
         description="Per webhook: counts by status, the oldest event still to be sent, the last error; "
-        "then the reconciler job's health. With --check: one line and an exit code for monitoring.",
+        "then the reconciler job's health, and which keys sign (key ids only: staged, signing, retiring). "
+        "With --check: one line and an exit code for monitoring.",
     )
     status.add_argument("--json", action="store_true", help="a JSON document instead of the table")
     status.add_argument(

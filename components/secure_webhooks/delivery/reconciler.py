@@ -33,12 +33,14 @@ import re
 from dataclasses import dataclass, field
 
 from secure_webhooks.configuration.delivery_settings import DeliverySettings
+from secure_webhooks.configuration.settings import NEXT_SUFFIX, rotation_partner
 from secure_webhooks.delivery.outbox import ATTEMPTS, EVENTS, PG_NET_EPOCH, SCHEMA
 from secure_webhooks.signing.trigger_function import (
     FunctionSpec,
     body_sha256_expression,
     claims_expression,
     jwt_header_statement,
+    key_id_expression,
     missing_secret_error,
     read_webhook_key,
     sign_statement,
@@ -129,36 +131,65 @@ def _routes(spec: ReconcilerSpec) -> str:
     return "VALUES " + ",\n                ".join(rows)
 
 
-def receipt_expression(event_id: str, issued_at: str, body: str) -> str:
-    """SQL for the receipt a receiver holding the JWT key answers with: `v1,` base64url(HMAC-SHA256(key,
-    "<event id>.<iat>.<body_sha256>")), using the `secret` variable (README, "Delivery receipts").
+def receipt_expression(event_id: str, issued_at: str, body: str, key: str = "secret") -> str:
+    """SQL for the MAC of a receipt: base64url(HMAC-SHA256(`key`, "<event id>.<iat>.<body_sha256>")).
 
-    `iat` ties it to one attempt: a receipt read from an earlier attempt's response (pg_net's
-    responses are readable by every role) does not fit a retry or a replay.
+    A receiver holding the JWT key answers `v1,<kid>,<mac>` (and, for reconcilers older than key ids,
+    `v1,<mac>` beside it: README, "Delivery receipts"). `iat` ties it to one attempt: a receipt read
+    from an earlier attempt's response (pg_net's responses are readable by every role) does not fit
+    a retry or a replay.
     """
     signed = f"({event_id})::text || '.' || ({issued_at})::text || '.' || {body_sha256_expression(body)}"
-    mac = f"extensions.hmac({signed}, secret, 'sha256')"
-    return f"'v1,' || {urlsafe_base64(mac)}"
+    return urlsafe_base64(f"extensions.hmac({signed}, {key}, 'sha256')")
 
 
 def _receipts_ctes(spec: ReconcilerSpec) -> str:
-    """CTEs `receipt` (the expected receipt of each event with a 2xx candidate) and `scored` (the
-    candidates with `receipted`: does it carry that receipt? Always true when receipts are off)."""
+    """CTEs `receipt_key`, `receipt` (the receipts each event with a 2xx candidate may carry) and `scored`
+    (the candidates with `receipted`: does it carry one? Always true when receipts are off).
+
+    An attempt was signed with the key the round reads (`secret`) or, around a promote, with the key of
+    the other Vault secret of the rotation (`<name>_next`, or `<name>` once it is promoted): a receipt
+    `v1,<kid>,<mac>` is checked with the key its kid names, of those two, so an answer to an attempt
+    signed just before a promote, arriving after it, still delivers (docs/key-rotation.md). A receipt
+    without kid (`v1,<mac>`, receivers older than key ids) is checked with the key that signs now.
+    """
     if spec.delivery.receipts != "required":
         return "scored AS (SELECT c.*, true AS receipted FROM candidate AS c)"
-    expected = receipt_expression("i.id", "i.token_iat", "i.payload")
+    mac = receipt_expression("i.id", "i.token_iat", "i.payload", "k.key")
     header = (
         "(SELECT h.value FROM pg_catalog.jsonb_each_text(c.headers) AS h"
         " WHERE pg_catalog.lower(h.key) = 'webhook-receipt' LIMIT 1)"
     )
-    return f"""receipt AS (
-    SELECT i.id, {expected} AS expected
+    # The partner's name is computed, not written as a literal: the Vault secret provider keeps a secret
+    # that a function's body names (vault_secret_provider.readers), and this one is optional (absent
+    # outside a rotation), so a retire must be able to delete it.
+    name = spec.function.secret_name
+    partner = rotation_partner(name)
+    if partner == name + NEXT_SUFFIX:
+        partner_sql = f"{sql_literal(name)} || {sql_literal(NEXT_SUFFIX)}"
+    else:
+        partner_sql = f"pg_catalog.left({sql_literal(name)}, -{len(NEXT_SUFFIX)})"
+    return f"""receipt_key AS MATERIALIZED (
+    SELECT k.key, {key_id_expression("k.key")} AS kid, k.signing
+      FROM (SELECT secret AS key, true AS signing
+            UNION ALL
+            SELECT s.decrypted_secret, false FROM vault.decrypted_secrets AS s WHERE s.name = {partner_sql}) AS k
+     WHERE k.key IS NOT NULL
+  ), receipt AS (
+    SELECT i.id, e.expected
       FROM in_flight AS i
-     WHERE secret IS NOT NULL AND i.token_iat IS NOT NULL
+      CROSS JOIN LATERAL (
+        SELECT pg_catalog.array_agg(r.value) AS expected
+          FROM receipt_key AS k
+          CROSS JOIN LATERAL (SELECT {mac} AS mac) AS m
+          CROSS JOIN LATERAL (VALUES ('v1,' || k.kid || ',' || m.mac),
+                                     (CASE WHEN k.signing THEN 'v1,' || m.mac END)) AS r(value)
+         WHERE r.value IS NOT NULL) AS e
+     WHERE i.token_iat IS NOT NULL
        AND EXISTS (SELECT FROM candidate AS c WHERE c.id = i.id AND c.status_code BETWEEN 200 AND 299)
   ), scored AS (
     SELECT c.*, COALESCE(c.status_code BETWEEN 200 AND 299
-                         AND t.expected = ANY (pg_catalog.string_to_array(pg_catalog.btrim({header}), ' ')), false)
+                         AND t.expected && pg_catalog.string_to_array(pg_catalog.btrim({header}), ' '), false)
              AS receipted
       FROM candidate AS c
       LEFT JOIN receipt AS t ON t.id = c.id
