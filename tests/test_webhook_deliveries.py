@@ -27,9 +27,12 @@ from outbox_support import (
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
-from secure_webhooks.delivery.reconciler import JOB_NAME
-from secure_webhooks.signing.trigger_function import key_id
+from secure_webhooks.configuration.delivery_settings import DeliverySettings
+from secure_webhooks.configuration.settings import rotation_partner
+from secure_webhooks.delivery.reconciler import JOB_NAME, ReconcilerSpec, render_reconcile
+from secure_webhooks.signing.trigger_function import FunctionSpec, key_id, sql_literal
 from webhook_deliveries.__main__ import main
+from webhook_deliveries.keys import vault_reads
 
 SECRET = "operator-test-signing-secret-" + "0123456789abcdef" * 2
 
@@ -468,3 +471,18 @@ def test_bad_options_are_usage_errors(capsys, argv, message):
         main(["--dsn", "host=127.0.0.1", *argv])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err and err.splitlines()[-1].endswith(message)
+
+
+@pytest.mark.parametrize("name", ["app_jwt_secret", "app_jwt_secret_next", "it's", "back\\slash"])
+def test_status_reads_the_vault_secret_names_from_the_reconcilers_source(name):
+    """status finds the names the installed reconciler reads in its source (as sql_literal writes them), the
+    partner staged beside it apart: a literal only the receipt check could name would keep it in the Vault."""
+    spec = ReconcilerSpec(
+        function=FunctionSpec(
+            secret_name=name, webhook_secret_name="w'h", previous_webhook_secret_name="p\\w", mode="at-least-once"
+        ),
+        delivery=DeliverySettings(receipts="required"),
+    )
+    source = render_reconcile(spec)
+    assert vault_reads(source) == {"secret": name, "webhook_key": "w'h", "previous_webhook_key": "p\\w"}
+    assert sql_literal(rotation_partner(name)) not in source

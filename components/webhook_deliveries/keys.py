@@ -30,9 +30,10 @@ from secure_webhooks.signing.trigger_function import key_id_expression
 from webhook_deliveries.health import iso
 
 #: The round's Vault reads, as trigger_function/reconciler render them: the variable, then the name literal.
+#: sql_literal writes a name with a backslash as E'...' (backslash doubled), any other as '...'.
 _VAULT_READ = re.compile(
     r"INTO (secret|webhook_key|previous_webhook_key)\s+FROM vault\.decrypted_secrets AS s\s+"
-    r"WHERE s\.name = '((?:[^']|'')*)'"
+    r"WHERE s\.name =\s+(E?)'((?:[^'\\]|''|\\.)*)'"
 )
 _SOURCE = """
 SELECT p.prosrc FROM pg_catalog.pg_proc AS p JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
@@ -138,7 +139,12 @@ class SigningKeys:
 
 def vault_reads(source: str) -> dict[str, str]:
     """{variable: Vault secret name} of the reconciler's source: `secret`, `webhook_key`, `previous_webhook_key`."""
-    return {variable: literal.replace("''", "'") for variable, literal in _VAULT_READ.findall(source)}
+    return {variable: _unquote(literal, escaped == "E") for variable, escaped, literal in _VAULT_READ.findall(source)}
+
+
+def _unquote(literal: str, escaped: bool) -> str:
+    text = literal.replace("''", "'")
+    return re.sub(r"\\(.)", r"\1", text) if escaped else text
 
 
 def read_signing_keys(conn: psycopg.Connection) -> SigningKeys:
