@@ -163,6 +163,9 @@ def read_signing_keys(conn: psycopg.Connection) -> SigningKeys:
     except psycopg.errors.InsufficientPrivilege:
         kids = {}
         problems.append("this role may not read vault.decrypted_secrets: key ids unknown")
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction):
+        kids = {}
+        problems.append("the Vault or pgcrypto's hmac is missing here: key ids unknown")
     try:
         retiring = _retiring(conn)
     except psycopg.errors.InsufficientPrivilege:
