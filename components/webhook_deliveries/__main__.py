@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 
+from secure_webhooks.delivery.ordering import read_waiting
 from secure_webhooks.delivery.outbox import SCHEMA, STATUSES
 from webhook_deliveries.connection import OperatorError, connect
 from webhook_deliveries.health import (
@@ -116,11 +117,16 @@ def _print_json(document: dict[str, Any]) -> None:
 def show_status(conn: psycopg.Connection, args: argparse.Namespace) -> int:
     webhooks = read_webhooks(conn)
     reconciler = read_reconciler(conn)
+    waiting = read_waiting(conn)
     healthy, line = verdict(webhooks, reconciler, Limits(args.failing_longer_than, args.pending_older_than))
     if args.json:
         document: dict[str, Any] = {
             "webhooks": [status.as_json() for status in webhooks],
             "reconciler": reconciler.as_json(),
+            # delivery.ordering per-row: events held behind an earlier event of their row (docs/delivery.md).
+            "waiting_behind_earlier": [
+                {"webhook": webhook, "events": count, "behind_dead": dead} for webhook, (count, dead) in waiting.items()
+            ],
         }
         if args.check:
             document["check"] = {"ok": healthy, "summary": line}
@@ -139,6 +145,9 @@ def show_status(conn: psycopg.Connection, args: argparse.Namespace) -> int:
             )
         if not webhooks:
             print("(no events)")
+        for webhook, (count, dead) in waiting.items():
+            behind_dead = f", {dead} behind a dead one (replay or purge it)" if dead else ""
+            print(f"order: {count} events of {webhook} wait behind an earlier event of their row{behind_dead}")
         print(f"reconciler: {reconciler.summary}")
     return 0 if healthy or not args.check else 1
 
