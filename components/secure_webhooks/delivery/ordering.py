@@ -169,7 +169,7 @@ def tables_without_primary_key(cur: psycopg.Cursor, tables: Iterable[tuple[str, 
     cur.execute(
         """
         SELECT t.schema_name, t.table_name
-          FROM pg_catalog.unnest(%s::text[], %s::text[]) AS t(schema_name, table_name)
+          FROM ROWS FROM (pg_catalog.unnest(%s::text[]), pg_catalog.unnest(%s::text[])) AS t(schema_name, table_name)
           JOIN pg_catalog.pg_namespace AS n ON n.nspname = t.schema_name
           JOIN pg_catalog.pg_class AS c ON c.relnamespace = n.oid AND c.relname = t.table_name
          WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_index AS i WHERE i.indrelid = c.oid AND i.indisprimary)
