@@ -29,6 +29,7 @@ from secure_webhooks.delivery.ordering import read_waiting
 from secure_webhooks.delivery.reconciler import Route
 from secure_webhooks.installation.preflight import preflight_failures, preflight_props
 from secure_webhooks.installation.trigger_provider import WebhookTriggerProvider
+from webhook_deliveries.__main__ import main as deliveries_main
 
 SECRET = "order-test-signing-secret-" + "0123456789abcdef" * 2
 TABLE = "versioned_rows"
@@ -226,7 +227,7 @@ def event_state(conn: psycopg.Connection, version: int) -> tuple[str, int]:
     ).fetchone()
 
 
-def test_a_dead_event_blocks_its_rows_later_events_until_it_is_replayed(cluster, worker, pipelines):
+def test_a_dead_event_blocks_its_rows_later_events_until_it_is_replayed(cluster, worker, pipelines, capsys):
     with (
         WebhookReceiver(SECRET) as receiver,
         blocked_by_a_dead_event(cluster, worker, receiver, pipelines, "block") as conn,
@@ -234,7 +235,13 @@ def test_a_dead_event_blocks_its_rows_later_events_until_it_is_replayed(cluster,
         round_trip(conn, worker)  # the updates are due: only the dead event holds them
         assert event_state(conn, 1) == ("pending", 0) and event_state(conn, 2) == ("pending", 0)
         assert len(receiver.deliveries) == 1
-        assert read_waiting(conn) == {"versions-update": (2, 2)}  # what `status` shows
+        assert read_waiting(conn) == {"versions-update": (2, 2)}
+        capsys.readouterr()
+        assert deliveries_main(["--dsn", cluster.dsn("postgres"), "status"]) == 0
+        assert (
+            "order: 2 events of versions-update wait behind an earlier event of their row, "
+            "2 behind a dead one (replay or purge it)"
+        ) in capsys.readouterr().out
         (event_id,) = conn.execute("SELECT event_id FROM secure_webhooks.deliveries WHERE status = 'dead'").fetchone()
         assert conn.execute("SELECT secure_webhooks.replay_event(%s)", (event_id,)).fetchone()[0]
         eventually(lambda: (round_trip(conn, worker), set(statuses(conn)) == {"delivered"})[1], "delivered", 60)

@@ -123,11 +123,11 @@ def show_status(conn: psycopg.Connection, args: argparse.Namespace) -> int:
         document: dict[str, Any] = {
             "webhooks": [status.as_json() for status in webhooks],
             "reconciler": reconciler.as_json(),
-            # delivery.ordering per-row: events held behind an earlier event of their row (docs/delivery.md).
-            "waiting_behind_earlier": [
-                {"webhook": webhook, "events": count, "behind_dead": dead} for webhook, (count, dead) in waiting.items()
-            ],
         }
+        if waiting:  # delivery.ordering per-row: events held behind an earlier event of their row
+            document["waiting_behind_earlier"] = [
+                {"webhook": webhook, "events": count, "behind_dead": dead} for webhook, (count, dead) in waiting.items()
+            ]
         if args.check:
             document["check"] = {"ok": healthy, "summary": line}
         _print_json(document)
