@@ -26,9 +26,11 @@ from secure_webhooks import ConfigError, parse_settings
 from secure_webhooks.component import ordered_webhooks
 from secure_webhooks.configuration.config_errors import STACK_CONFIG
 from secure_webhooks.delivery.ordering import read_waiting
-from secure_webhooks.delivery.reconciler import Route
+from secure_webhooks.delivery.outbox_provider import OutboxProvider
+from secure_webhooks.delivery.reconciler import ReconcilerSpec, Route, render_reconcile
 from secure_webhooks.installation.preflight import preflight_failures, preflight_props
 from secure_webhooks.installation.trigger_provider import WebhookTriggerProvider
+from secure_webhooks.signing.trigger_function import FunctionSpec, render_body, render_outbox_body
 from webhook_deliveries.__main__ import main as deliveries_main
 
 SECRET = "order-test-signing-secret-" + "0123456789abcdef" * 2
@@ -310,3 +312,35 @@ def test_bad_ordering_config_names_its_key(delivery, key, says):
             {"orchestratorUrl": "https://orchestrator.example.com", "delivery": delivery}, key_names=STACK_CONFIG
         )
     assert info.value.key == key and says in info.value.problem
+
+
+def test_an_outbox_from_before_ordering_is_upgraded_in_place(cluster, pipelines):
+    """The columns, sequence and index are added to an outbox that lacks them, its waiting events kept."""
+    pipeline = install_pipeline(cluster)
+    pipelines.append(pipeline)
+    pipeline.add_trigger(TABLE, "http://127.0.0.1:9/ingest", "versions")
+    with pipeline.connect() as conn:
+        conn.execute("DROP INDEX secure_webhooks.events_row_order")
+        conn.execute("DROP SEQUENCE secure_webhooks.event_seq")
+        conn.execute("ALTER TABLE secure_webhooks.events DROP COLUMN seq, DROP COLUMN row_key")
+        conn.execute(f"INSERT INTO public.{TABLE} VALUES (1, 0)")
+        provider, created = next(item for item in pipeline.installed if isinstance(item[0], OutboxProvider))
+        provider.update(created.id, {**created.outs, "script_sha256": "the release before"}, created.outs)
+        assert statuses(conn) == {"pending": 1}
+        assert conn.execute("SELECT seq, row_key FROM secure_webhooks.events").fetchone() == (
+            None,
+            None,
+        )  # recorded before: not ordered
+        assert conn.execute("SELECT to_regclass('secure_webhooks.events_row_order') IS NOT NULL").fetchone()[0]
+        assert conn.execute("SELECT to_regclass('secure_webhooks.event_seq') IS NOT NULL").fetchone()[0]
+
+
+def test_ordering_none_leaves_the_trigger_and_the_round_as_they_were():
+    none = FunctionSpec(mode="at-least-once")
+    assert render_body(none) == render_outbox_body() and "event_seq" not in render_body(none)
+    assert "event_seq" in render_body(dataclasses.replace(none, ordering="per-row"))
+    routes = (Route("public", TABLE, "versions", "http://x"),)
+    unordered = render_reconcile(ReconcilerSpec(function=none, delivery=TEST_DELIVERY, routes=routes))
+    assert "row_key" not in unordered
+    ordered = dataclasses.replace(TEST_DELIVERY, ordering="per-row")
+    assert "row_key" in render_reconcile(ReconcilerSpec(function=none, delivery=ordered, routes=routes))

@@ -8,11 +8,13 @@ the same):
   trigger runs, so one row's `seq` values follow commit order. `created_at` does not (it is the
   transaction's start: a later-starting transaction can commit first).
 - `row_key`: `[schema, table, {primary key columns: values}]` of the row (NEW for INSERT and UPDATE, OLD
-  for DELETE). It is computed in the trigger rather than by the reconciler from the routes: the
-  reconciler would have to write every event once more to key it, and the index the condition reads
-  needs a column. The primary key is read from the catalog once per statement (per row for row-level
-  triggers), so it follows the table even if its key changes after `up`. A table without a primary
-  key (preview refuses it; one dropped later) gives NULL: such events are not ordered.
+  for DELETE), as text in the "C" collation: jsonb's text form is canonical, and comparing bytes makes
+  the index probe about five times faster than comparing jsonb. It is computed in the trigger rather
+  than by the reconciler from the routes: the reconciler would have to write every event once more to
+  key it, and the index the condition reads needs a column. The primary key is read from the catalog
+  once per statement (per row for row-level triggers), so it follows the table even if its key changes
+  after `up`. A table without a primary key (preview refuses it; one dropped later) gives NULL: such
+  events are not ordered.
 
 The reconciler then leaves a due event alone while an earlier event (smaller `seq`) of the same row and
 the same webhook is pending, failed or in flight, and, with `orderingOnDead: block`, dead. "The same
@@ -48,14 +50,14 @@ DECLARATIONS = f"""DECLARE
   {OTHER_COLUMNS} text[];
 """
 
-#: No row when the table has no primary key: the variable stays NULL, and so does every row key.
-READ_PRIMARY_KEY = f"""SELECT COALESCE(pg_catalog.array_agg(a.attname::text)
-                    FILTER (WHERE a.attnum <> ALL (i.indkey::pg_catalog.int2[])), '{{}}')
+#: No row when the table has no primary key: the variable stays NULL, and so does every row key. Two index
+#: lookups (pg_index by table, pg_attribute by table), about as cheap as reading the catalog gets.
+READ_PRIMARY_KEY = f"""SELECT ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute AS a
+                 WHERE a.attrelid = i.indrelid AND a.attnum > 0 AND NOT a.attisdropped
+                   AND a.attnum <> ALL (i.indkey::pg_catalog.int2[]))
     INTO {OTHER_COLUMNS}
     FROM pg_catalog.pg_index AS i
-    JOIN pg_catalog.pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum > 0 AND NOT a.attisdropped
-   WHERE i.indrelid = TG_RELID AND i.indisprimary
-   GROUP BY i.indexrelid;"""
+   WHERE i.indrelid = TG_RELID AND i.indisprimary;"""
 
 COLUMNS = "seq, row_key"
 
@@ -67,7 +69,7 @@ def values(body: str) -> str:
     return (
         f"pg_catalog.nextval('{SCHEMA}.{EVENT_SEQUENCE}'), CASE WHEN {OTHER_COLUMNS} IS NOT NULL THEN "
         "pg_catalog.jsonb_build_array(COALESCE(TG_ARGV[1], TG_TABLE_SCHEMA), COALESCE(TG_ARGV[2], TG_TABLE_NAME), "
-        f"{record} - {OTHER_COLUMNS}) END"
+        f"{record} - {OTHER_COLUMNS})::text END"
     )
 
 
@@ -86,27 +88,23 @@ def _literal(value: object) -> str:
     return sql.Literal(value).as_string(None)
 
 
-def _streams(routes: Iterable[RouteLike]) -> list[tuple[str, str, list[str]]]:
-    """(schema, table, trigger names) of each configured webhook: its triggers share table and URL."""
-    groups: dict[tuple[str, str, str], list[str]] = {}
-    for route in routes:
-        groups.setdefault((route.schema, route.table, route.url), []).append(route.webhook)
-    return [(schema, table, sorted(set(names))) for (schema, table, _), names in groups.items()]
-
-
 def _same_webhook(alias: str, routes: Sequence[RouteLike]) -> str:
-    """SQL: the trigger names whose events are ordered with those of event `alias`."""
-    cases = []
-    for schema, table, names in _streams(routes):
+    """SQL: the trigger names whose events are ordered with those of event `alias`: the triggers of its
+    configured webhook (those of one table and URL). The row key already pins the table."""
+    groups: dict[tuple[str, str, str], set[str]] = {}
+    for route in routes:
+        groups.setdefault((route.schema, route.table, route.url), set()).add(route.webhook)
+    together: dict[str, set[str]] = {}
+    for names in groups.values():
         for name in names:
-            array = ", ".join(_literal(n) for n in names)
-            cases.append(
-                f"WHEN {alias}.webhook = {_literal(name)} AND {alias}.row_key ->> 0 = {_literal(schema)} "
-                f"AND {alias}.row_key ->> 1 = {_literal(table)} THEN ARRAY[{array}]"
-            )
-    if not cases:
+            together.setdefault(name, set()).update(names)
+    if not together:
         return f"ARRAY[{alias}.webhook]"
-    return "CASE " + " ".join(cases) + f" ELSE ARRAY[{alias}.webhook] END"
+    cases = " ".join(
+        f"WHEN {_literal(name)} THEN ARRAY[{', '.join(_literal(n) for n in sorted(names))}]"
+        for name, names in sorted(together.items())
+    )
+    return f"CASE {alias}.webhook {cases} ELSE ARRAY[{alias}.webhook] END"
 
 
 def blocking_states(on_dead: str) -> str:
@@ -126,7 +124,11 @@ def may_send(alias: str, ordering: str, on_dead: str, routes: Sequence[RouteLike
         f"\n       AND NOT EXISTS (SELECT FROM {SCHEMA}.{EVENTS} AS earlier"
         f"\n                        WHERE earlier.row_key = {alias}.row_key AND earlier.seq < {alias}.seq"
         f"\n                          AND earlier.state IN ({blocking_states(on_dead)})"
-        f"\n                          AND earlier.webhook = ANY ({_same_webhook(alias, routes)}))"
+        f"\n                          AND earlier.webhook = ANY ({_same_webhook(alias, routes)})"
+        # One probe per candidate, down the index in row and number order, that stops at the row's earliest
+        # open event: OFFSET 0 keeps it a probe (as an anti join it compared every pair of a row's waiting
+        # events: 0.9 s for 5,000 of 10 rows), and the ORDER BY makes the index the cheapest way to it.
+        "\n                        ORDER BY earlier.row_key, earlier.seq LIMIT 1 OFFSET 0)"
     )
 
 

@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.{EVENTS} (
     last_status_code integer,
     last_error text,
     seq bigint,
-    row_key jsonb,
+    row_key text COLLATE "C",
     created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     delivered_at timestamptz,
     dead_at timestamptz
@@ -83,7 +83,7 @@ CREATE INDEX IF NOT EXISTS events_delivered ON {SCHEMA}.{EVENTS} (delivered_at) 
 -- change on an outbox from before; the CREATE TABLE above has them), and the index its condition reads (before
 -- events_dead: catalog.fingerprint lists indexes in creation order, and a test restores events_dead).
 ALTER TABLE {SCHEMA}.{EVENTS} ADD COLUMN IF NOT EXISTS seq bigint;
-ALTER TABLE {SCHEMA}.{EVENTS} ADD COLUMN IF NOT EXISTS row_key jsonb;
+ALTER TABLE {SCHEMA}.{EVENTS} ADD COLUMN IF NOT EXISTS row_key text COLLATE "C";
 CREATE SEQUENCE IF NOT EXISTS {SCHEMA}.{EVENT_SEQUENCE} AS bigint CACHE 1 NO CYCLE;
 CREATE INDEX IF NOT EXISTS events_row_order ON {SCHEMA}.{EVENTS} (row_key, seq)
  WHERE row_key IS NOT NULL AND state IN ('pending', 'sending', 'dead');

@@ -347,11 +347,12 @@ def authorize(spec: FunctionSpec) -> str:
 def _enqueue(record_expr: str, old_expr: str, source: str = "", *, ordered: bool = False) -> str:
     columns = f"INSERT INTO {OUTBOX_SCHEMA}.{OUTBOX_EVENTS} (webhook, url, payload"
     if ordered:
-        # The payload is built once, in a LATERAL of its own, and the row key read from it.
+        # The payload is built once, in a LATERAL of its own (OFFSET 0: not pulled up, which would build it
+        # once for each reference), and the row key read from it.
         rows = f"{source}\n      CROSS JOIN LATERAL " if source else "FROM "
         return (
             f"{columns}, {ordering.COLUMNS})\n    SELECT TG_NAME, TG_ARGV[0], p.body, {ordering.values('p.body')}\n"
-            f"      {rows}(SELECT {_payload(record_expr, old_expr)} AS body) AS p;"
+            f"      {rows}(SELECT {_payload(record_expr, old_expr)} AS body OFFSET 0) AS p;"
         )
     if not source:
         return f"{columns})\n    VALUES (TG_NAME, TG_ARGV[0], {_payload(record_expr, old_expr)});"
