@@ -23,12 +23,12 @@ from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
 from secure_webhooks import ConfigError, parse_settings
-from secure_webhooks.component import ordered_webhooks
+from secure_webhooks.component import SecureWebhooksArgs, function_spec, installation_inputs, ordered_webhooks
 from secure_webhooks.configuration.config_errors import STACK_CONFIG
 from secure_webhooks.delivery.ordering import read_waiting
 from secure_webhooks.delivery.outbox_provider import OutboxProvider
 from secure_webhooks.delivery.reconciler import ReconcilerSpec, Route, render_reconcile
-from secure_webhooks.installation.preflight import preflight_failures, preflight_props
+from secure_webhooks.installation.preflight import preflight_failures
 from secure_webhooks.installation.trigger_provider import WebhookTriggerProvider
 from secure_webhooks.signing.trigger_function import FunctionSpec, render_body, render_outbox_body
 from webhook_deliveries.__main__ import main as deliveries_main
@@ -276,15 +276,9 @@ def test_preview_refuses_per_row_order_on_a_table_without_a_primary_key(cluster)
         "delivery": {"ordering": "per-row"},
     }
     settings = parse_settings(raw, key_names=STACK_CONFIG)
-    props = preflight_props(
-        signer="pgcrypto",
-        secret_name="app_jwt_secret",
-        secret_managed=False,
-        webhook_secret_name=None,
-        webhook_secret_managed=False,
-        extensions_managed=True,
-        webhook_tables=[],
-        ordered_webhooks=ordered_webhooks(settings),
+    # The Installation's inputs as the component renders them: its check is what preview runs.
+    props = installation_inputs(
+        SecureWebhooksArgs(settings=settings, owner="secure-webhooks/test"), function_spec(settings)
     )
     with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn, conn.cursor() as cur:
         reasons = [f.reason for f in preflight_failures(cur, props) if f.property == "ordered_webhooks"]
