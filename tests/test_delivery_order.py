@@ -338,3 +338,36 @@ def test_ordering_none_leaves_the_trigger_and_the_round_as_they_were():
     assert "row_key" not in unordered
     ordered = dataclasses.replace(TEST_DELIVERY, ordering="per-row")
     assert "row_key" in render_reconcile(ReconcilerSpec(function=none, delivery=ordered, routes=routes))
+
+
+def test_every_event_of_a_row_carries_its_key_in_commit_order(cluster, pipelines):
+    """INSERT, UPDATE and DELETE of one row share its key (DELETE from the old row), on a plain table and on a
+    partitioned one (whose triggers fire per row on the partition and name the configured table)."""
+    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS public.regional (id integer, region text, version integer, "
+            "PRIMARY KEY (region, id)) PARTITION BY LIST (region)"
+        )
+        conn.execute("CREATE TABLE IF NOT EXISTS public.regional_eu PARTITION OF public.regional FOR VALUES IN ('eu')")
+    pipeline = ordered_pipeline(cluster, "http://127.0.0.1:9/ingest")
+    pipelines.append(pipeline)
+    provider = configured(WebhookTriggerProvider, cluster)
+    for table in (TABLE, "regional"):
+        props = trigger_props(table, f"{table}-delete", "http://127.0.0.1:9/ingest", pipeline.spec, "DELETE")
+        pipeline.installed.append((provider, provider.create(props)))
+    for name, event in (("regional", "INSERT"), ("regional-update", "UPDATE")):
+        props = trigger_props("regional", name, "http://127.0.0.1:9/ingest", pipeline.spec, event)
+        pipeline.installed.append((provider, provider.create(props)))
+    with pipeline.connect() as conn:
+        for table, values in ((TABLE, "(7, 0)"), ("regional", "(7, 'eu', 0)")):
+            conn.execute(f"INSERT INTO public.{table} VALUES {values}")
+            conn.execute(f"UPDATE public.{table} SET version = 1 WHERE id = 7")
+            conn.execute(f"DELETE FROM public.{table} WHERE id = 7")
+        keys = conn.execute(
+            "SELECT payload ->> 'table', array_agg(payload ->> 'type' ORDER BY seq), array_agg(DISTINCT row_key)"
+            " FROM secure_webhooks.events GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    assert keys == [
+        ("regional", ["INSERT", "UPDATE", "DELETE"], ['["public", "regional", {"id": 7, "region": "eu"}]']),
+        (TABLE, ["INSERT", "UPDATE", "DELETE"], [f'["public", "{TABLE}", {{"id": 7}}]']),
+    ]
