@@ -65,6 +65,10 @@ class Delivery(TypedDict, total=False):
     batchSize: int
     receipts: str
     """off (default) or required: a 2xx counts only with a valid webhook-receipt."""
+    ordering: str
+    """none (default) or per-row: a row's events go out one at a time, in commit order."""
+    orderingOnDead: str
+    """block (default) or skip: whether a dead event holds its row's later events."""
 
 
 class WebhooksArgs(TypedDict):

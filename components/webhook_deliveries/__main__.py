@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 
+from secure_webhooks.delivery.ordering import read_waiting
 from secure_webhooks.delivery.outbox import SCHEMA, STATUSES
 from webhook_deliveries.connection import OperatorError, connect
 from webhook_deliveries.health import (
@@ -117,6 +118,7 @@ def _print_json(document: dict[str, Any]) -> None:
 def show_status(conn: psycopg.Connection, args: argparse.Namespace) -> int:
     webhooks = read_webhooks(conn)
     reconciler = read_reconciler(conn)
+    waiting = read_waiting(conn)
     healthy, line = verdict(webhooks, reconciler, Limits(args.failing_longer_than, args.pending_older_than))
     keys = None if args.check and not args.json else read_signing_keys(conn)
     if args.json:
@@ -125,6 +127,10 @@ def show_status(conn: psycopg.Connection, args: argparse.Namespace) -> int:
             "reconciler": reconciler.as_json(),
             "signing_keys": keys.as_json(),
         }
+        if waiting:  # delivery.ordering per-row: events held behind an earlier event of their row
+            document["waiting_behind_earlier"] = [
+                {"webhook": webhook, "events": count, "behind_dead": dead} for webhook, (count, dead) in waiting.items()
+            ]
         if args.check:
             document["check"] = {"ok": healthy, "summary": line}
         _print_json(document)
@@ -142,6 +148,9 @@ def show_status(conn: psycopg.Connection, args: argparse.Namespace) -> int:
             )
         if not webhooks:
             print("(no events)")
+        for webhook, (count, dead) in waiting.items():
+            behind_dead = f", {dead} behind a dead one (replay or purge it)" if dead else ""
+            print(f"order: {count} events of {webhook} wait behind an earlier event of their row{behind_dead}")
         print(f"reconciler: {reconciler.summary}")
         for key_line in keys.lines():
             print(key_line)

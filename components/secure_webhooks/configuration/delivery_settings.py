@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from secure_webhooks.configuration.config_errors import ConfigError
+from secure_webhooks.delivery.ordering import DEFAULT_ON_DEAD, DEFAULT_ORDERING, ON_DEAD, ORDERINGS
 
 MODES = ("at-least-once", "direct")
 DEFAULT_MODE = "at-least-once"
@@ -36,6 +37,8 @@ KEYS = (
     "schedule",
     "batchSize",
     "receipts",
+    "ordering",
+    "orderingOnDead",
 )
 #: `required`: a 2xx counts as delivered only with a valid `webhook-receipt` (docs/delivery.md, "Delivery receipts").
 RECEIPTS = ("off", "required")
@@ -62,6 +65,10 @@ class DeliverySettings:
     #: "required": only a 2xx that carries a receipt signed with the JWT key is a delivery, so a role
     #: that writes pg_net's world-writable responses cannot mark an event delivered.
     receipts: str = "off"
+    #: "per-row": a row's events go out one at a time, in commit order (docs/delivery.md, "Order").
+    ordering: str = DEFAULT_ORDERING
+    #: With per-row order, whether a dead event holds its row's later events ("block") or not ("skip").
+    ordering_on_dead: str = DEFAULT_ON_DEAD
 
     @property
     def at_least_once(self) -> bool:
@@ -93,6 +100,12 @@ def _number(name: str, value: Any, default: float, low: float, high: float, *, i
         raise ConfigError(key, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
     if not low <= value <= high:
         raise ConfigError(key, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(_key(name), f"must be one of {list(allowed)}, got {value!r}")
     return value
 
 
@@ -134,6 +147,10 @@ def check_delivery(value: Any) -> DeliverySettings:
     receipts = raw.get("receipts", "off")
     if receipts not in RECEIPTS:
         raise ConfigError(_key("receipts"), f"must be one of {list(RECEIPTS)}, got {receipts!r}")
+    ordering = _choice("ordering", raw.get("ordering", DEFAULT_ORDERING), ORDERINGS)
+    if ordering != DEFAULT_ORDERING and mode != "at-least-once":
+        raise ConfigError(_key("ordering"), f"{ordering!r} needs mode 'at-least-once' (direct mode sends at once)")
+    on_dead = _choice("orderingOnDead", raw.get("orderingOnDead", DEFAULT_ON_DEAD), ON_DEAD)
     defaults = DeliverySettings()
     initial = _number("retryInitialSeconds", raw.get("retryInitialSeconds"), 5, 1, 3600, integer=True)
     maximum = _number("retryMaxSeconds", raw.get("retryMaxSeconds"), 86_400, 1, 7 * 86_400, integer=True)
@@ -155,4 +172,6 @@ def check_delivery(value: Any) -> DeliverySettings:
         schedule=check_schedule(raw.get("schedule")),
         batch_size=_number("batchSize", raw.get("batchSize"), defaults.batch_size, 1, 10_000, integer=True),
         receipts=receipts,
+        ordering=ordering,
+        ordering_on_dead=on_dead,
     )

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from secure_webhooks.configuration.delivery_settings import DeliverySettings
 from secure_webhooks.configuration.settings import NEXT_SUFFIX, rotation_partner
+from secure_webhooks.delivery.ordering import may_send
 from secure_webhooks.delivery.outbox import ATTEMPTS, EVENTS, PG_NET_EPOCH, SCHEMA
 from secure_webhooks.signing.trigger_function import (
     FunctionSpec,
@@ -217,6 +218,7 @@ def render_reconcile(spec: ReconcilerSpec) -> str:
     events = f"{SCHEMA}.{EVENTS}"
     attempts = f"{SCHEMA}.{ATTEMPTS}"
     receipts = d.receipts == "required"
+    in_order = may_send("e", d.ordering, d.ordering_on_dead, spec.routes)
     note_missing_webhook_key = f"failure := COALESCE(failure, {missing_secret_error(f.webhook_secret_name or '')});"
     malformed_webhook_key = sql_literal(
         f"{f.webhook_secret_name} in vault is not a valid Standard Webhooks secret (whsec_ followed by base64)"
@@ -389,7 +391,7 @@ BEGIN
     -- A failed attempt, logged and retried like any other: the event waits for the key.
     WITH due_events AS (
       SELECT e.id FROM {events} AS e
-       WHERE e.state = 'pending' AND e.next_attempt_at <= pg_catalog.now()
+       WHERE e.state = 'pending' AND e.next_attempt_at <= pg_catalog.now(){in_order}
        ORDER BY e.next_attempt_at
        LIMIT batch_size
          FOR UPDATE SKIP LOCKED
@@ -428,7 +430,7 @@ BEGIN
       LEFT JOIN ({_routes(spec)}) AS route(schema_name, table_name, webhook, url)
         ON route.webhook = e.webhook AND route.schema_name = e.payload ->> 'schema'
        AND route.table_name = e.payload ->> 'table'
-     WHERE e.state = 'pending' AND e.next_attempt_at <= pg_catalog.now()
+     WHERE e.state = 'pending' AND e.next_attempt_at <= pg_catalog.now(){in_order}
      ORDER BY e.next_attempt_at
      LIMIT room
        FOR UPDATE OF e SKIP LOCKED
