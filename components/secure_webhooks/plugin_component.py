@@ -65,6 +65,14 @@ class Delivery(TypedDict, total=False):
     batchSize: int
     receipts: str
     """off (default) or required: a 2xx counts only with a valid webhook-receipt."""
+    maxInFlight: int
+    """Per endpoint: requests queued or in flight (default 100)."""
+    maxPerSecond: int
+    """Per endpoint: requests arriving at the receiver in any second (default 100)."""
+    pauseAfterFailures: int
+    """Consecutive failures that pause an endpoint (default 10)."""
+    probeSeconds: int
+    """A paused endpoint's probe interval (default 30)."""
 
 
 class WebhooksArgs(TypedDict):
