@@ -181,12 +181,16 @@ def check_delivery(value: Any) -> DeliverySettings:
 def _endpoint_limits(raw: dict[str, Any], defaults: DeliverySettings) -> dict[str, int]:
     """The endpoint limits and circuit breaker keys (docs/configuration.md, "Delivery")."""
     return {
-        "max_in_flight": _number("maxInFlight", raw.get("maxInFlight"), defaults.max_in_flight, 1, 10_000, integer=True),
+        "max_in_flight": _number(
+            "maxInFlight", raw.get("maxInFlight"), defaults.max_in_flight, 1, 10_000, integer=True
+        ),
         "max_per_second": _number(
             "maxPerSecond", raw.get("maxPerSecond"), defaults.max_per_second, 1, 10_000, integer=True
         ),
         "pause_after_failures": _number(
             "pauseAfterFailures", raw.get("pauseAfterFailures"), defaults.pause_after_failures, 1, 1000, integer=True
         ),
-        "probe_seconds": _number("probeSeconds", raw.get("probeSeconds"), defaults.probe_seconds, 1, 3600, integer=True),
+        "probe_seconds": _number(
+            "probeSeconds", raw.get("probeSeconds"), defaults.probe_seconds, 1, 3600, integer=True
+        ),
     }

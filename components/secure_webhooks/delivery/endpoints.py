@@ -99,9 +99,7 @@ def due_condition(alias: str) -> str:
     return _slot_free(alias)
 
 
-def limited_due(
-    schema: str, events: str, window: str, route_join: str, max_in_flight: int, max_per_second: int
-) -> str:
+def limited_due(schema: str, events: str, window: str, route_join: str, max_in_flight: int, max_per_second: int) -> str:
     """SQL rows (id, url, payload, endpoint, probe, send) for the send loop.
 
     `window` selects the due events (id, url, payload, queued_at) as the reconciler always has; this
@@ -193,8 +191,7 @@ def gives_back(outcome: str) -> str:
 def judged_columns(round_started: str) -> str:
     """SET items for a judged event: its slot lasts one second past this round; it is no probe now."""
     return (
-        f"slot_until = CASE WHEN e.endpoint IS NOT NULL THEN {round_started} + interval '1 second' END, "
-        f"probe = false"
+        f"slot_until = CASE WHEN e.endpoint IS NOT NULL THEN {round_started} + interval '1 second' END, probe = false"
     )
 
 
