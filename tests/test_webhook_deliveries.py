@@ -275,7 +275,7 @@ def test_status_json_has_the_documented_fields(outbox, capsys):
     code, out, err = outbox.operator(capsys, "status", "--json")
     assert (code, err) == (0, "")
     document = json.loads(out)
-    assert set(document) == {"webhooks", "reconciler"}
+    assert set(document) == {"webhooks", "reconciler", "endpoints"}
     (webhook,) = document["webhooks"]
     assert webhook == {
         "webhook": LONG_NAME,
