@@ -82,15 +82,10 @@ class MeasuringReceiver(WebhookReceiver):
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalSupabase]:
-    with supabase_with_secret(SECRET) as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def worker(cluster) -> Iterator[PgNetWorker]:
-    with PgNetWorker(cluster.admin_dsn) as worker:
-        yield worker
+def database() -> Iterator[tuple[LocalSupabase, PgNetWorker]]:
+    """A cluster, and pg_net's worker sending what the reconciler queues there."""
+    with supabase_with_secret(SECRET) as cluster, PgNetWorker(cluster.admin_dsn) as sender:
+        yield cluster, sender
 
 
 def insert_bulk(conn: psycopg.Connection, count: int) -> list[int]:
@@ -125,7 +120,8 @@ def total_attempts(conn: psycopg.Connection) -> int:
     ],
     ids=["configured", "defaults"],
 )
-def test_a_backlog_after_an_outage_reaches_the_receiver_within_the_limits(cluster, worker, events, limits):
+def test_a_backlog_after_an_outage_reaches_the_receiver_within_the_limits(database, events, limits):
+    cluster, sender = database
     delivery = dataclasses.replace(TEST_DELIVERY, **limits)
     pipeline = install_pipeline(cluster, delivery)
     try:
@@ -135,10 +131,10 @@ def test_a_backlog_after_an_outage_reaches_the_receiver_within_the_limits(cluste
         with pipeline.connect() as conn:
             inserted = insert_bulk(conn, events)
             # The receiver is down: the first attempts fail (connection refused) and the rest pile up.
-            settle(conn, worker, lambda: statuses(conn).get("failed", 0) > 0)
+            settle(conn, sender, lambda: statuses(conn).get("failed", 0) > 0)
             with MeasuringReceiver(SECRET, port=port) as back:
                 started = time.monotonic()
-                settle(conn, worker, all_delivered(conn), timeout=600)
+                settle(conn, sender, all_delivered(conn), timeout=600)
                 drained = time.monotonic() - started
                 counts = tally(inserted, back.deliveries)
                 print(
@@ -158,7 +154,8 @@ def run_cli(capsys, dsn: str, *argv: str) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
-def test_a_long_outage_pauses_the_endpoint_uses_no_attempts_and_resumes_on_a_probe(cluster, worker, capsys):
+def test_a_long_outage_pauses_the_endpoint_uses_no_attempts_and_resumes_on_a_probe(database, capsys):
+    cluster, sender = database
     delivery = dataclasses.replace(TEST_DELIVERY, pause_after_failures=3, probe_seconds=2, max_attempts=4)
     pipeline = install_pipeline(cluster, delivery)
     try:
@@ -175,11 +172,11 @@ def test_a_long_outage_pauses_the_endpoint_uses_no_attempts_and_resumes_on_a_pro
                 row = endpoint_row(conn, endpoint)
                 return row is not None and row["state"] == "paused" and not sending()
 
-            settle(conn, worker, paused_and_settled)
+            settle(conn, sender, paused_and_settled)
             attempts_at_pause, arrived_at_pause = total_attempts(conn), len(receiver.arrivals)
             paused_at = time.monotonic()
             # Over several probe intervals only probes reach the receiver, and they use no attempts.
-            settle(conn, worker, lambda: len(receiver.arrivals) >= arrived_at_pause + 3 and not sending(), timeout=60)
+            settle(conn, sender, lambda: len(receiver.arrivals) >= arrived_at_pause + 3 and not sending(), timeout=60)
             probes, elapsed = len(receiver.arrivals) - arrived_at_pause, time.monotonic() - paused_at
             print(f"paused after {arrived_at_pause} requests; {probes} probes in {elapsed:.1f} s")
             assert probes <= elapsed / delivery.probe_seconds + 1, (probes, elapsed)
@@ -206,7 +203,7 @@ def test_a_long_outage_pauses_the_endpoint_uses_no_attempts_and_resumes_on_a_pro
 
             # The receiver returns: the next probe resumes the endpoint and everything is delivered.
             receiver.down = False
-            settle(conn, worker, all_delivered(conn), timeout=120)
+            settle(conn, sender, all_delivered(conn), timeout=120)
             counts = tally(inserted, receiver.deliveries)
             print(f"long outage: {counts}; {len(receiver.arrivals)} requests in all")
             assert counts.lost == 0 and counts.unexpected == 0 and counts.delivered == 30, counts
@@ -217,7 +214,8 @@ def test_a_long_outage_pauses_the_endpoint_uses_no_attempts_and_resumes_on_a_pro
         pipeline.remove()
 
 
-def test_503s_lower_the_endpoints_budget_and_successes_restore_it(cluster, worker):
+def test_503s_lower_the_endpoints_budget_and_successes_restore_it(database):
+    cluster, sender = database
     delivery = dataclasses.replace(TEST_DELIVERY, max_per_second=8)
     pipeline = install_pipeline(cluster, delivery)
     try:
@@ -233,11 +231,11 @@ def test_503s_lower_the_endpoints_budget_and_successes_restore_it(cluster, worke
                 budgets.append(None if row is None else row["rate_budget"])
                 return statuses(conn).get("failed", 0) == 3
 
-            settle(conn, worker, failed_thrice)
+            settle(conn, sender, failed_thrice)
             lowered = endpoint_row(conn, endpoint)["rate_budget"]
             assert lowered is not None and lowered <= 4, budgets
             inserted += insert_bulk(conn, 10)
-            settle(conn, worker, all_delivered(conn), timeout=60)
+            settle(conn, sender, all_delivered(conn), timeout=60)
             counts = tally(inserted, receiver.deliveries)
             restored = endpoint_row(conn, endpoint)["rate_budget"]
             print(f"503s: budget {delivery.max_per_second} -> {lowered} -> {restored or 'full'}; {counts}")
@@ -247,8 +245,9 @@ def test_503s_lower_the_endpoints_budget_and_successes_restore_it(cluster, worke
         pipeline.remove()
 
 
-def test_a_round_reads_only_what_is_in_flight_or_parked(cluster):
+def test_a_round_reads_only_what_is_in_flight_or_parked(database):
     """The per-endpoint counts use partial indexes: delivered history is not read."""
+    cluster, _ = database
     pipeline = install_pipeline(cluster)
     try:
         with pipeline.connect() as conn:

@@ -27,6 +27,7 @@ from outbox_support import (
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
+from secure_webhooks.delivery.endpoints import endpoint_of
 from secure_webhooks.delivery.reconciler import JOB_NAME
 from webhook_deliveries.__main__ import main
 
@@ -57,7 +58,9 @@ def test_status_list_replay_and_purge(cluster, capsys):
             settle(conn, worker, lambda: set(statuses(conn)) == {"dead", "delivered"} and statuses(conn)["dead"] == 1)
             code, out, _ = run(capsys, "--dsn", dsn, "status")
             assert code == 0
-            header, row, job = out.splitlines()
+            header, row, endpoints, endpoint, job = out.splitlines()
+            assert endpoints.split()[:2] == ["endpoint", "state"]
+            assert endpoint.split()[:2] == [endpoint_of(receiver.url), "open"]
             assert header.split()[:6] == ["webhook", "pending", "failed", "dead", "delivered", "oldest"]
             assert job.startswith("reconciler: NO pg_cron job secure_webhooks_reconciler: nothing sends these events")
             assert row.split()[:5] == ["resumes_hook", "0", "0", "1", "3"]

@@ -149,8 +149,8 @@ def show_status(conn: psycopg.Connection, args: argparse.Namespace) -> int:
             )
         if not webhooks:
             print("(no events)")
-        print(f"reconciler: {reconciler.summary}")
         show_endpoints(endpoints)
+        print(f"reconciler: {reconciler.summary}")
     return 0 if healthy or not args.check else 1
 
 
