@@ -196,7 +196,7 @@ def judged_columns(round_started: str) -> str:
 
 
 def judge_statements(schema: str, outcomes: str, pause_after: int, probe_seconds: int, max_per_second: int) -> str:
-    """PL/pgSQL: the round's outcomes (jsonb array `outcomes` of {{endpoint, status_code, probe, at}})
+    """PL/pgSQL: the round's outcomes (jsonb array `outcomes` of {endpoint, status_code, probe, at})
     move each endpoint's circuit breaker and rate budget.
 
     A run of failures counts outcomes in the order they finished; any answer showing the endpoint alive

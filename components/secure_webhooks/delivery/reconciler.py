@@ -8,7 +8,8 @@ One call of `reconcile()` is one round in one transaction:
    another role) or was lost to crash recovery is rescheduled too;
 2. sending: due events get a freshly minted token (new iat/exp, `jti` = the
    event id) and a `webhook-id` header with the same id, and go to
-   `net.http_post`; the request id is remembered per attempt.
+   `net.http_post`; the request id is remembered per attempt. Each endpoint (the URL's origin) gets
+   only what its limits and circuit breaker allow; the rest waits in its queue (endpoints.py).
 Rows are claimed with FOR UPDATE SKIP LOCKED, so rounds never block inserts
 or each other, and two rounds never send one event twice.
 
