@@ -27,7 +27,6 @@ from outbox_support import (
     tally,
 )
 from prometheus_client.parser import text_string_to_metric_families
-from waiting import eventually
 
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
@@ -245,27 +244,49 @@ def test_503s_lower_the_endpoints_budget_and_successes_restore_it(database):
         pipeline.remove()
 
 
+def round_ms(conn: psycopg.Connection, rounds: int = 20) -> float:
+    """The median time of `rounds` reconciler rounds, in milliseconds (a figure to print, not to judge)."""
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        reconcile(conn)
+        times.append((time.perf_counter() - started) * 1000)
+    return sorted(times)[len(times) // 2]
+
+
 def test_a_round_reads_only_what_is_in_flight_or_parked(database):
     """The per-endpoint counts use partial indexes: delivered history is not read."""
     cluster, _ = database
     pipeline = install_pipeline(cluster)
+    endpoint = "http://127.0.0.1:9"
     try:
         with pipeline.connect() as conn:
-            pipeline.add_trigger("resumes", "http://127.0.0.1:9" + PATH)
+            pipeline.add_trigger("resumes", endpoint + PATH)
+            before = round_ms(conn)
             conn.execute(
                 "INSERT INTO secure_webhooks.events (webhook, url, payload, state, delivered_at, endpoint, slot_until) "
-                "SELECT 'h', 'http://127.0.0.1:9/x', '{}', 'delivered', now(), 'http://127.0.0.1:9', "
-                "now() - interval '1 hour' FROM generate_series(1, 20000)"
+                "SELECT 'h', %s, '{}', 'delivered', now(), %s, now() - interval '1 hour' "
+                "FROM generate_series(1, 200000)",
+                (endpoint + "/x", endpoint),
             )
             conn.execute("ANALYZE secure_webhooks.events")
-            plan = "\n".join(
-                row[0]
-                for row in conn.execute(
-                    "EXPLAIN (ANALYZE, BUFFERS) SELECT count(*) FROM secure_webhooks.events AS s "
-                    "WHERE s.endpoint = 'http://127.0.0.1:9' AND s.slot_until > now()"
+            # Indexes that hold only recent slots, or only pending events: never the delivered history.
+            for counted, indexes in (
+                ("s.slot_until > now()", ("events_endpoint_slots",)),
+                (
+                    "s.state = 'pending' AND s.next_attempt_at = '9999-12-31 00:00:00+00'::timestamptz",
+                    ("events_parked", "events_due"),
+                ),
+            ):
+                plan = "\n".join(
+                    row[0]
+                    for row in conn.execute(
+                        f"EXPLAIN SELECT count(*) FROM secure_webhooks.events AS s WHERE s.endpoint = %s AND {counted}",
+                        (endpoint,),
+                    )
                 )
-            )
-            assert "events_endpoint_slots" in plan and "Seq Scan" not in plan, plan
-            eventually(lambda: reconcile(conn) == 0, "an idle round with 20,000 delivered events", 30)
+                assert any(index in plan for index in indexes) and "Seq Scan" not in plan, plan
+            after = round_ms(conn)
+            print(f"idle round: {before:.2f} ms empty, {after:.2f} ms with 200,000 delivered events")
     finally:
         pipeline.remove()
