@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
-from secure_webhooks.delivery.endpoints import endpoint_of
+from secure_webhooks.delivery.endpoints import endpoint_of, endpoint_sql
 from webhook_deliveries.__main__ import main
 
 SECRET = "endpoint-limits-signing-secret-" + "0123456789abcdef" * 2
@@ -290,3 +290,22 @@ def test_a_round_reads_only_what_is_in_flight_or_parked(database):
             print(f"idle round: {before:.2f} ms empty, {after:.2f} ms with 200,000 delivered events")
     finally:
         pipeline.remove()
+
+
+@pytest.mark.parametrize(
+    ("url", "endpoint"),
+    [
+        ("https://Orchestrator.Example.com/ingest/x?a=1", "https://orchestrator.example.com"),
+        ("https://user:secret@orchestrator.example.com:8443/x", "https://orchestrator.example.com:8443"),
+        ("http://127.0.0.1:9/ingest#frag", "http://127.0.0.1:9"),
+        ("HTTPS://[::1]:8080/x", "https://[::1]:8080"),
+    ],
+)
+def test_an_endpoint_is_the_urls_origin_without_userinfo(database, url, endpoint):
+    """Python (status, docs) and the reconciler's SQL agree; several webhooks on one host share one endpoint."""
+    cluster, _ = database
+    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+        query = f"SELECT {endpoint_sql('u.url')} FROM (SELECT %s::text AS url) AS u"
+        (in_sql,) = conn.execute(query, (url,)).fetchone()
+    assert endpoint_of(url) == in_sql == endpoint
+    assert "secret" not in in_sql
