@@ -27,6 +27,7 @@ from outbox_support import (
     tally,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg import sql
 
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
@@ -87,11 +88,13 @@ def database() -> Iterator[tuple[LocalSupabase, PgNetWorker]]:
         yield cluster, sender
 
 
-def insert_bulk(conn: psycopg.Connection, count: int) -> list[int]:
+def insert_bulk(conn: psycopg.Connection, count: int, table: str = "resumes") -> list[int]:
     """`count` rows in one statement: the trigger writes one event each."""
     rows = conn.execute(
-        "INSERT INTO public.resumes (name, storage_path) SELECT 'row-' || g, 'p' FROM generate_series(1, %s) AS g "
-        "RETURNING id",
+        sql.SQL(
+            "INSERT INTO public.{} (name, storage_path) SELECT 'row-' || g, 'p' FROM generate_series(1, %s) AS g "
+            "RETURNING id"
+        ).format(sql.Identifier(table)),
         (count,),
     ).fetchall()
     return [row[0] for row in rows]
@@ -143,6 +146,31 @@ def test_a_backlog_after_an_outage_reaches_the_receiver_within_the_limits(databa
                 assert counts.lost == 0 and counts.unexpected == 0 and counts.delivered == events, counts
                 assert back.peak <= delivery.max_in_flight, back.peak
                 assert back.busiest_second() <= delivery.max_per_second, back.busiest_second()
+    finally:
+        pipeline.remove()
+
+
+def test_webhooks_on_one_host_share_its_limits(database):
+    """Two webhooks (two tables, two paths) on one receiver: one endpoint, one budget between them."""
+    cluster, sender = database
+    delivery = dataclasses.replace(TEST_DELIVERY, max_in_flight=10, max_per_second=20)
+    pipeline = install_pipeline(cluster, delivery)
+    try:
+        with MeasuringReceiver(SECRET) as receiver, pipeline.connect() as conn:
+            pipeline.add_trigger("resumes", receiver.url + PATH, name="resumes_hook")
+            pipeline.add_trigger("zip_archives", receiver.url + "/ingest/resumes/batch", name="archives_hook")
+            inserted = {table: insert_bulk(conn, 150, table) for table in ("resumes", "zip_archives")}
+            settle(conn, sender, all_delivered(conn), timeout=300)
+            ok = [d.body for d in receiver.deliveries if d.status == 200]
+            accepted = {table: {body["record"]["id"] for body in ok if body["table"] == table} for table in inserted}
+            (endpoints,) = conn.execute("SELECT array_agg(endpoint) FROM secure_webhooks.endpoints").fetchone()
+            print(
+                f"two webhooks, one host: delivered {sum(map(len, accepted.values()))} of 300, "
+                f"peak concurrency {receiver.peak}, busiest second {receiver.busiest_second()}"
+            )
+            assert all(accepted[table] == set(rows) for table, rows in inserted.items())
+            assert endpoints == [endpoint_of(receiver.url)]
+            assert receiver.peak <= 10 and receiver.busiest_second() <= 20, (receiver.peak, receiver.busiest_second())
     finally:
         pipeline.remove()
 
