@@ -29,6 +29,7 @@ from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
 from secure_webhooks.configuration.delivery_settings import DeliverySettings
 from secure_webhooks.configuration.settings import rotation_partner
+from secure_webhooks.delivery.endpoints import endpoint_of
 from secure_webhooks.delivery.reconciler import JOB_NAME, ReconcilerSpec, render_reconcile
 from secure_webhooks.signing.trigger_function import FunctionSpec, key_id, sql_literal
 from webhook_deliveries.__main__ import main
@@ -61,7 +62,9 @@ def test_status_list_replay_and_purge(cluster, capsys):
             settle(conn, worker, lambda: set(statuses(conn)) == {"dead", "delivered"} and statuses(conn)["dead"] == 1)
             code, out, _ = run(capsys, "--dsn", dsn, "status")
             assert code == 0
-            header, row, job, key = out.splitlines()
+            header, row, endpoints, endpoint, job, key = out.splitlines()
+            assert endpoints.split()[:2] == ["endpoint", "state"]
+            assert endpoint.split()[:2] == [endpoint_of(receiver.url), "open"]
             assert header.split()[:6] == ["webhook", "pending", "failed", "dead", "delivered", "oldest"]
             # which key signs, by its id only (computed in the database)
             assert key == f"jwt key: signs with kid {key_id(SECRET)} (Vault secret app_jwt_secret)"
@@ -281,7 +284,7 @@ def test_status_json_has_the_documented_fields(outbox, capsys):
     code, out, err = outbox.operator(capsys, "status", "--json")
     assert (code, err) == (0, "")
     document = json.loads(out)
-    assert set(document) == {"webhooks", "reconciler", "signing_keys"}
+    assert set(document) == {"webhooks", "reconciler", "endpoints", "signing_keys"}
     assert document["signing_keys"] == {
         "source": "secure_webhooks.reconcile() as installed",
         "jwt": {"vault_secret": "app_jwt_secret", "kid": key_id(SECRET), "staged": None, "also_signing": None},

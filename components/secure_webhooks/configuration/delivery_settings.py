@@ -39,6 +39,11 @@ KEYS = (
     "receipts",
     "ordering",
     "orderingOnDead",
+    # Per-endpoint limits and circuit breaker (secure_webhooks/delivery/endpoints.py).
+    "maxInFlight",
+    "maxPerSecond",
+    "pauseAfterFailures",
+    "probeSeconds",
 )
 #: `required`: a 2xx counts as delivered only with a valid `webhook-receipt` (docs/delivery.md, "Delivery receipts").
 RECEIPTS = ("off", "required")
@@ -69,6 +74,18 @@ class DeliverySettings:
     ordering: str = DEFAULT_ORDERING
     #: With per-row order, whether a dead event holds its row's later events ("block") or not ("skip").
     ordering_on_dead: str = DEFAULT_ON_DEAD
+    # Per endpoint (the URL's origin), docs/delivery.md "Sparing the orchestrator": a recovering receiver
+    # sees a backlog drained at a pace it can take. 100/s is Convoy's default endpoint limit (5,000 a
+    # minute, ~83/s) rounded up, below what pg_net alone sends (~120-150/s), and far above a typical
+    # team's traffic (a few events a second); 100 in flight covers a second of that rate queued in pg_net.
+    #: Requests of one endpoint queued in pg_net, on the wire or not yet judged.
+    max_in_flight: int = 100
+    #: Requests of one endpoint arriving at the receiver in any one-second window.
+    max_per_second: int = 100
+    #: Consecutive endpoint failures (no answer, timeout, 5xx, 408, 429) that pause the endpoint.
+    pause_after_failures: int = 10
+    #: While paused, one probe (its oldest waiting event) this often.
+    probe_seconds: int = 30
 
     @property
     def at_least_once(self) -> bool:
@@ -174,4 +191,23 @@ def check_delivery(value: Any) -> DeliverySettings:
         receipts=receipts,
         ordering=ordering,
         ordering_on_dead=on_dead,
+        **_endpoint_limits(raw, defaults),
     )
+
+
+def _endpoint_limits(raw: dict[str, Any], defaults: DeliverySettings) -> dict[str, int]:
+    """The endpoint limits and circuit breaker keys (docs/configuration.md, "Delivery")."""
+    return {
+        "max_in_flight": _number(
+            "maxInFlight", raw.get("maxInFlight"), defaults.max_in_flight, 1, 10_000, integer=True
+        ),
+        "max_per_second": _number(
+            "maxPerSecond", raw.get("maxPerSecond"), defaults.max_per_second, 1, 10_000, integer=True
+        ),
+        "pause_after_failures": _number(
+            "pauseAfterFailures", raw.get("pauseAfterFailures"), defaults.pause_after_failures, 1, 1000, integer=True
+        ),
+        "probe_seconds": _number(
+            "probeSeconds", raw.get("probeSeconds"), defaults.probe_seconds, 1, 3600, integer=True
+        ),
+    }

@@ -18,6 +18,8 @@ import hashlib
 
 from psycopg import sql
 
+from secure_webhooks.delivery import endpoints
+
 SCHEMA = "secure_webhooks"
 EVENTS = "events"
 ATTEMPTS = "attempts"
@@ -27,7 +29,7 @@ PG_NET_EPOCH = "pg_net_epoch"
 EVENT_SEQUENCE = "event_seq"
 DELIVERIES_VIEW = "deliveries"
 
-TABLES = (EVENTS, ATTEMPTS, PG_NET_EPOCH, DELIVERIES_VIEW)
+TABLES = (EVENTS, ATTEMPTS, PG_NET_EPOCH, DELIVERIES_VIEW, endpoints.ENDPOINTS)
 #: Operator functions: (name, identity arguments) as pg_get_function_identity_arguments prints them.
 FUNCTIONS = (
     ("replay_event", "event_id uuid"),
@@ -103,6 +105,7 @@ CREATE INDEX IF NOT EXISTS attempts_event ON {SCHEMA}.{ATTEMPTS} (event_id);
 -- The metrics' recent attempts (docs/metrics.md): a scrape reads a window, not every attempt kept.
 CREATE INDEX IF NOT EXISTS attempts_finished ON {SCHEMA}.{ATTEMPTS} (finished_at);
 
+{endpoints.ddl(SCHEMA, EVENTS)}
 CREATE UNLOGGED TABLE IF NOT EXISTS {SCHEMA}.{PG_NET_EPOCH} (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     epoch uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
@@ -207,6 +210,7 @@ def install_statements(revoked_roles: list[str], existing_operator_roles: list[s
                 sql.Identifier(ATTEMPTS),
                 operator,
             ),
+            sql.SQL("GRANT SELECT ON {}.{} TO {}").format(schema, sql.Identifier(endpoints.ENDPOINTS), operator),
             *(
                 sql.SQL("GRANT EXECUTE ON FUNCTION {}.{}({}) TO {}").format(
                     schema, sql.Identifier(name), sql.SQL(arguments), operator

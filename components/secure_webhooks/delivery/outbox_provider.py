@@ -16,6 +16,7 @@ import pulumi
 from psycopg import sql
 from pulumi.dynamic import CheckFailure, CheckResult
 
+from secure_webhooks.delivery.endpoints import ENDPOINTS
 from secure_webhooks.delivery.outbox import (
     CLIENT_ROLES,
     EVENT_SEQUENCE,
@@ -149,8 +150,8 @@ class OutboxProvider(FingerprintedProvider):
                     )
                 )
             cur.execute(
-                sql.SQL("DROP TABLE IF EXISTS {0}.attempts, {0}.events, {0}.pg_net_epoch").format(
-                    sql.Identifier(SCHEMA)
+                sql.SQL("DROP TABLE IF EXISTS {0}.attempts, {0}.events, {0}.pg_net_epoch, {0}.{1}").format(
+                    sql.Identifier(SCHEMA), sql.Identifier(ENDPOINTS)
                 )
             )
             cur.execute(
