@@ -26,9 +26,15 @@ from secure_webhooks.installation.trigger_provider import WebhookTriggerProvider
 from secure_webhooks.signing.function_provider import SecureFunctionProvider
 from secure_webhooks.signing.trigger_function import FunctionSpec
 
-#: Fast retries for tests: 1 s, 2 s, 4 s, ... capped at 5 s, no jitter, 6 attempts.
+#: Fast retries for tests: 1 s, 2 s, 4 s, ... capped at 5 s, no jitter, 6 attempts. The circuit breaker
+#: stays out of the way (tests/test_endpoint_limits.py tests it): these tests count retries of one endpoint.
 TEST_DELIVERY = DeliverySettings(
-    retry_initial_seconds=1, retry_multiplier=2, retry_max_seconds=5, retry_jitter=0, max_attempts=6
+    retry_initial_seconds=1,
+    retry_multiplier=2,
+    retry_max_seconds=5,
+    retry_jitter=0,
+    max_attempts=6,
+    pause_after_failures=1000,
 )
 TIMEOUT_MS = 1000
 

@@ -36,6 +36,7 @@ from local_supabase.orchestrator import WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
 from local_supabase.scripted_server import Received, Reply, ScriptedServer
 from secure_webhooks.delivery.alerts import ALERT_URL_SECRET, CHANNEL, MAX_ATTEMPTS
+from secure_webhooks.delivery.endpoints import endpoint_of
 from secure_webhooks.signing.vault_secret_provider import VaultSecretProvider
 from webhook_deliveries.health import Limits, ReconcilerHealth, read_alerts, verdict
 
@@ -290,7 +291,7 @@ def test_a_failing_alert_url_never_holds_events_back_and_is_retried(cluster, wor
                 assert alerts.failed == 1 and alerts.pending == 0 and "HTTP 500" in alerts.summary
                 assert SLACK_PATH not in alerts.summary
                 healthy, line = verdict(
-                    [], ReconcilerHealth(readable=False), Limits(timedelta(1), timedelta(1)), alerts
+                    [], ReconcilerHealth(readable=False), Limits(timedelta(1), timedelta(1)), [], alerts
                 )
                 assert not healthy and line == (
                     "CRITICAL: 1 alert(s) could not be posted (HTTP 500): check secure-webhooks:delivery.alertUrl"
@@ -370,3 +371,33 @@ def test_an_alert_error_is_a_warning_of_the_round(cluster, worker):
                     assert conn.execute("SHOW lock_timeout").fetchone()[0] == "5s"
         finally:
             pipeline.remove()
+
+
+def test_the_circuit_breakers_pause_and_resume_are_alerted_once_each(cluster, worker, slack):
+    """The real breaker (delivery/endpoints.py): an orchestrator down pauses its endpoint, its return resumes it;
+    one alert each, and every event inserted is delivered."""
+    provider, created = keep_alert_url(cluster, slack.url + SLACK_PATH)
+    breaker = dataclasses.replace(ALERTING, max_attempts=100, pause_after_failures=3, probe_seconds=1)
+    pipeline = install_pipeline(cluster, breaker)
+    try:
+        with WebhookReceiver(SECRET) as gone:
+            url, port = gone.url, int(gone.url.rsplit(":", 1)[1])
+        pipeline.add_trigger("resumes", url + "/ingest/resumes")
+        with pipeline.connect() as conn:
+            inserted = insert_rows(conn, "resumes", 5)
+            run_rounds(conn, worker, lambda: len(slack.received) >= 1, "the breaker's pause alert")
+            with WebhookReceiver(SECRET, port=port) as back:
+                settle(conn, worker, all_delivered(conn), timeout=120)
+                run_rounds(conn, worker, lambda: len(slack.received) >= 2, "the resume alert")
+                counts = tally(inserted, back.deliveries)
+            for _ in range(5):
+                run_rounds(conn, worker, lambda: True, "a round")
+            print(f"breaker alerts: {kinds(slack.received)}; events: {counts}")
+            assert kinds(slack.received) == [
+                ("endpoint.paused", endpoint_of(url)),
+                ("endpoint.resumed", endpoint_of(url)),
+            ]
+            assert counts.lost == 0 and counts.unexpected == 0
+    finally:
+        pipeline.remove()
+        provider.delete(created.id, created.outs)

@@ -12,25 +12,29 @@ from the stand-in's pg_net worker; nothing waits a guessed time.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import jwt
 import psycopg
 import pytest
-from outbox_support import TEST_DELIVERY, install_pipeline, reconcile, supabase_with_secret
+from outbox_support import TEST_DELIVERY, all_delivered, install_pipeline, reconcile, supabase_with_secret
 from providers import OWNER, configured, function_props, trigger_props, unique
+from psycopg.types.json import Jsonb
 from waiting import eventually
 
 from local_supabase.bootstrap import create_demo_tables
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import Delivery, WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
+from secure_webhooks.configuration.delivery_settings import DeliverySettings
 from secure_webhooks.delivery.reconciler import ReconcilerSpec
 from secure_webhooks.delivery.reconciler_provider import ReconcilerProvider, reconciler_props
 from secure_webhooks.installation.trigger_provider import WebhookTriggerProvider
@@ -38,7 +42,8 @@ from secure_webhooks.signing import key_rotation
 from secure_webhooks.signing.function_provider import SecureFunctionProvider
 from secure_webhooks.signing.trigger_function import FunctionSpec, key_id
 from secure_webhooks.signing.vault_secret_provider import VaultSecretProvider
-from webhook_verifier import KeyFile
+from webhook_deliveries.__main__ import main as operator
+from webhook_verifier import KeyFile, receipt
 
 OLD = "rotation-test-current-jwt-key-" + "a" * 20
 NEW = "rotation-test-staged-jwt-key-" + "b" * 20
@@ -48,6 +53,8 @@ JWT_NAME, WEBHOOK_NAME = "app_jwt_secret", "app_webhook_secret"
 #: Short, so that retire is allowed soon after promote; the rule is the same for an hour.
 TTL = 15
 INSERTS_PER_SECOND = 20
+RECEIPTS = dataclasses.replace(TEST_DELIVERY, receipts="required")
+UNRECEIPTED = "SELECT count(*) FROM secure_webhooks.attempts WHERE error LIKE '%without a valid webhook-receipt%'"
 
 
 def spec_for(mode: str, *, promoted: bool) -> FunctionSpec:
@@ -115,7 +122,10 @@ class Signer:
     update: Callable[[FunctionSpec], None]
 
 
-def install_signer(cluster: LocalSupabase, mode: str, url: str, stack: list[Callable[[], None]]) -> Signer:
+def install_signer(
+    cluster: LocalSupabase, mode: str, url: str, stack: list[Callable[[], None]], delivery: DeliverySettings = RECEIPTS
+) -> Signer:
+    """At least once, with receipts required: an answer counts only with the receipt of the key that signed."""
     spec = spec_for(mode, promoted=False)
     triggers = configured(WebhookTriggerProvider, cluster)
     if mode == "direct":
@@ -130,14 +140,14 @@ def install_signer(cluster: LocalSupabase, mode: str, url: str, stack: list[Call
             state["outs"] = functions.update(created.id, state["outs"], function_props(new)).outs
 
     else:
-        pipeline = install_pipeline(cluster, name=spec.name)
+        pipeline = install_pipeline(cluster, delivery, name=spec.name)
         pipeline.spec = spec
         stack.append(pipeline.remove)
         provider, created = next(item for item in pipeline.installed if isinstance(item[0], ReconcilerProvider))
         state = {"outs": created.outs}
 
         def update(new: FunctionSpec) -> None:
-            props = reconciler_props(ReconcilerSpec(function=new, delivery=TEST_DELIVERY), OWNER)
+            props = reconciler_props(ReconcilerSpec(function=new, delivery=delivery), OWNER)
             state["outs"] = provider.update(created.id, state["outs"], {**state["outs"], **props}).outs
 
         update(spec)  # the pipeline installs without Standard Webhooks: sign as the test's spec says
@@ -296,6 +306,11 @@ def test_a_rotation_under_continuous_load_rejects_nothing_and_loses_nothing(mode
 
                 inserted = set(load.ids)
                 eventually(lambda: inserted <= delivered_ids(receiver), "every insert delivered", 180)
+                unreceipted = 0
+                if mode == "at-least-once":  # answers that arrived after the promote still carried valid receipts
+                    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+                        eventually(all_delivered(conn), "every event marked delivered", 60)
+                        (unreceipted,) = conn.execute(UNRECEIPTED).fetchone()
         finally:
             for undo in reversed(cleanup):
                 undo()
@@ -307,8 +322,9 @@ def test_a_rotation_under_continuous_load_rejects_nothing_and_loses_nothing(mode
             rejected=sum(d.status != 200 for d in deliveries),
             lost=len(inserted - delivered_ids(receiver)),
         )
-        print(f"\nkey rotation under load, {mode}: {counts}")
+        print(f"\nkey rotation under load, {mode}: {counts}, attempts answered without a valid receipt {unreceipted}")
         assert counts.rejected == 0, [d.rejection for d in deliveries if d.status != 200][:5]
+        assert unreceipted == 0
         assert counts.lost == 0
         assert counts.inserted >= 100
         # promoted: the new key's token and both Standard Webhooks signatures; retired: one signature
@@ -364,3 +380,135 @@ def test_a_staged_key_changed_or_removed_out_of_band_is_drift(supabase_ready):
         assert vault.provider.diff(outs["secret_id"], read.outs, Vault.props(name, NEW)).changes  # `up` puts it back
         conn.execute("DELETE FROM vault.secrets WHERE name = %s", (name,))
     assert vault.provider.read(outs["secret_id"], outs).id is None  # gone: refresh drops it, `up` creates it again
+
+
+OTHER = "rotation-test-key-of-no-rotation-" + "c" * 20
+PATH = "/ingest/interns/individual"
+
+
+def mac_of(value: str) -> str:
+    """The MAC of a receipt `v1,<kid>,<mac> v1,<mac>`."""
+    return value.split()[0].rsplit(",", 1)[1]
+
+
+def test_a_receipt_counts_with_the_key_its_kid_names_of_the_rotations_two(tmp_path):
+    """Issue 18 #1: receipts name their key. Attempts signed with the current key before a promote are
+    answered after it: a receipt naming the old key still delivers (the race docs/key-rotation.md had),
+    a receipt without kid counts with the key that signs now only, and a kid or key outside the rotation
+    delivers nothing. Responses are planted where pg_net writes them, so each case is exact."""
+    with rotation_setup("at-least-once", tmp_path) as (cluster, vault, receiver, _):
+        cleanup: list[Callable[[], None]] = []
+        signer = install_signer(cluster, "at-least-once", receiver.url + PATH, cleanup)
+        try:
+            vault.create(f"{JWT_NAME}_next", NEW)  # stage
+            with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+                conn.execute(
+                    "INSERT INTO public.resumes (name, storage_path) SELECT 'receipt-' || g, 'p'"
+                    " FROM generate_series(1, 6) AS g"
+                )
+                reconcile(conn)  # signed with the current key; no worker runs, so the requests wait
+                sent = conn.execute(
+                    "SELECT id::text, token_iat, payload::text, request_id FROM secure_webhooks.events"
+                    " WHERE state = 'sending' ORDER BY id"
+                ).fetchall()
+                assert len(sent) == 6
+                signer.update(spec_for("at-least-once", promoted=True))  # promote, before any answer is judged
+
+                def answers(event: str, iat: int, body: str) -> list[tuple[str, bool]]:
+                    old, new, other = (receipt(key, event, iat, body.encode()) for key in (OLD, NEW, OTHER))
+                    return [
+                        (old, True),  # the key that signed the attempt, named: the race is closed
+                        (new, True),  # the promoted key, named
+                        (f"v1,{mac_of(new)}", True),  # no kid (a receiver older than key ids): the key signing now
+                        (f"v1,{mac_of(old)}", False),  # no kid: never checked with the key that stopped signing
+                        (other, False),  # a key that is no key of the rotation
+                        (f"v1,{key_id(OLD)},{mac_of(other)}", False),  # the old key's kid over another key's MAC
+                    ]
+
+                expected = {}
+                conn.execute("DELETE FROM net.http_request_queue")
+                for index, (event, iat, body, request) in enumerate(sent):
+                    value, delivers = answers(event, iat, body)[index]
+                    conn.execute(
+                        "INSERT INTO net._http_response (id, status_code, headers) VALUES (%s, 200, %s)",
+                        (request, Jsonb({"webhook-receipt": value})),
+                    )
+                    expected[event] = "delivered" if delivers else "failed"
+                reconcile(conn)
+                judged = dict(conn.execute("SELECT event_id::text, status FROM secure_webhooks.deliveries").fetchall())
+                errors = {row[0] for row in conn.execute(UNRECEIPTED.replace("count(*)", "DISTINCT error"))}
+        finally:
+            for undo in reversed(cleanup):
+                undo()
+        print(f"\nreceipts after a promote: {sorted(judged.values())}")
+        assert judged == expected
+        assert errors == {"HTTP 200 without a valid webhook-receipt (delivery.receipts is required)"}
+
+
+def status_of(cluster: LocalSupabase, capsys) -> tuple[dict[str, Any], list[str]]:
+    """`webhook-deliveries status`, as JSON and as the operator's table (its key lines)."""
+    capsys.readouterr()
+    assert operator(["--dsn", cluster.dsn("postgres"), "status", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert operator(["--dsn", cluster.dsn("postgres"), "status"]) == 0
+    text = capsys.readouterr().out
+    for key in (OLD, NEW, OLD_WHSEC, NEW_WHSEC):  # no key, nor any part of one
+        assert key not in text and key[6:30] not in text and key not in json.dumps(document)
+    labels = ("jwt key", "webhook key", "retiring", "keys")
+    return document["signing_keys"], [line for line in text.splitlines() if line.split(":")[0] in labels]
+
+
+def test_status_shows_which_key_signs_through_the_rotation(tmp_path, capsys):
+    """Issue 18 #4: status names the signing key by kid at each step, the staged one, and the retiring
+    one with the time it may leave the Vault; from the reconciler as installed, not from config."""
+    with rotation_setup("at-least-once", tmp_path) as (cluster, vault, receiver, _):
+        cleanup: list[Callable[[], None]] = []
+        signer = install_signer(cluster, "at-least-once", receiver.url + PATH, cleanup)
+        try:
+            keys, lines = status_of(cluster, capsys)
+            assert keys["jwt"] == {"vault_secret": JWT_NAME, "kid": key_id(OLD), "staged": None, "also_signing": None}
+            assert keys["webhook"]["kid"] == key_id(OLD_WHSEC) and keys["retiring"] == []
+            assert lines[0] == f"jwt key: signs with kid {key_id(OLD)} (Vault secret {JWT_NAME})"
+
+            vault.create(f"{JWT_NAME}_next", NEW)  # stage
+            vault.create(f"{WEBHOOK_NAME}_next", NEW_WHSEC)
+            keys, lines = status_of(cluster, capsys)
+            assert keys["jwt"]["kid"] == key_id(OLD)
+            assert keys["jwt"]["staged"] == {"vault_secret": f"{JWT_NAME}_next", "kid": key_id(NEW)}
+            assert keys["webhook"]["staged"]["kid"] == key_id(NEW_WHSEC)
+            assert lines[0].endswith(f"; staged: kid {key_id(NEW)} (Vault secret {JWT_NAME}_next)")
+
+            signer.update(spec_for("at-least-once", promoted=True))  # promote
+            keys, lines = status_of(cluster, capsys)
+            assert keys["jwt"] == {
+                "vault_secret": f"{JWT_NAME}_next",
+                "kid": key_id(NEW),
+                "staged": None,
+                "also_signing": None,
+            }
+            assert keys["webhook"]["kid"] == key_id(NEW_WHSEC)
+            assert keys["webhook"]["also_signing"] == {"vault_secret": WEBHOOK_NAME, "kid": key_id(OLD_WHSEC)}
+            retiring = {key["kid"]: key for key in keys["retiring"]}
+            assert set(retiring) == {key_id(OLD), key_id(OLD_WHSEC)}
+            old = retiring[key_id(OLD)]
+            assert old["may_leave_vault_now"] is False
+            left = datetime.fromisoformat(old["may_leave_vault_at"]) - datetime.fromisoformat(old["stopped_signing_at"])
+            assert left == timedelta(seconds=TTL)  # the token TTL: when retire stops being refused
+            assert any(line.startswith(f"retiring: kid {key_id(OLD)} stopped signing at ") for line in lines)
+
+            eventually(lambda: vault.refusal(JWT_NAME, NEW) is None, "retire allowed", TTL + 30)
+            keys, _ = status_of(cluster, capsys)
+            assert {key["kid"]: key["may_leave_vault_now"] for key in keys["retiring"]}[key_id(OLD)] is True
+
+            vault.update(JWT_NAME, NEW)  # retire
+            vault.update(WEBHOOK_NAME, NEW_WHSEC)
+            signer.update(spec_for("at-least-once", promoted=False))
+            vault.delete(f"{JWT_NAME}_next")
+            vault.delete(f"{WEBHOOK_NAME}_next")
+            keys, lines = status_of(cluster, capsys)
+            assert keys["jwt"] == {"vault_secret": JWT_NAME, "kid": key_id(NEW), "staged": None, "also_signing": None}
+            assert keys["webhook"]["kid"] == key_id(NEW_WHSEC) and keys["retiring"] == []
+            assert not any(line.startswith("retiring") for line in lines)
+        finally:
+            for undo in reversed(cleanup):
+                undo()

@@ -283,7 +283,7 @@ def test_prometheus_loads_the_shipped_rules_and_fires_on_this_outbox(prometheus)
     }
     eventually(lambda: alerts() == expected, "alerts", 90)
     (group,) = prometheus.get("/api/v1/rules")["groups"]
-    assert len(group["rules"]) == 6 and {rule["health"] for rule in group["rules"]} == {"ok"}
+    assert len(group["rules"]) == 7 and {rule["health"] for rule in group["rules"]} == {"ok"}
 
 
 def test_metrics_prints_the_same_figures_once(outbox, capsys):

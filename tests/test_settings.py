@@ -254,6 +254,20 @@ def test_delivery_defaults_to_at_least_once_and_pulumi_yaml_declares_the_code_de
     assert delays[0] == 5 and max(delays) == 86_400 and sum(delays) > 3 * 86_400
 
 
+def test_endpoint_limits_have_defaults_and_take_config_strings():
+    delivery = settings().delivery
+    assert (delivery.max_in_flight, delivery.max_per_second) == (100, 100)
+    assert (delivery.pause_after_failures, delivery.probe_seconds) == (10, 30)
+    given = settings(delivery='{"maxInFlight": "5", "maxPerSecond": 7, "pauseAfterFailures": 3, "probeSeconds": 60}')
+    limits = given.delivery
+    assert (limits.max_in_flight, limits.max_per_second, limits.pause_after_failures, limits.probe_seconds) == (
+        5,
+        7,
+        3,
+        60,
+    )
+
+
 def test_delivery_accepts_partial_objects_and_json_text():
     assert settings(delivery='{"mode": "direct"}').delivery.mode == "direct"
     partial = settings(delivery={"maxAttempts": 3, "schedule": "10 seconds"}).delivery
@@ -273,6 +287,13 @@ def test_delivery_accepts_partial_objects_and_json_text():
         ({"schedule": "every second"}, "delivery.schedule", "5-field cron"),
         ({"schedule": "90 seconds"}, "delivery.schedule", "5-field cron"),
         ({"keepDeadHours": 0}, "delivery.keepDeadHours", "between 1"),
+        ({"maxInFlight": 0}, "delivery.maxInFlight", "between 1 and 10000"),
+        ({"maxInFlight": 2.5}, "delivery.maxInFlight", "must be an integer"),
+        ({"maxPerSecond": "fast"}, "delivery.maxPerSecond", "must be a number"),
+        ({"maxPerSecond": 10_001}, "delivery.maxPerSecond", "between 1 and 10000"),
+        ({"pauseAfterFailures": 0}, "delivery.pauseAfterFailures", "between 1 and 1000"),
+        ({"pauseAfterFailures": True}, "delivery.pauseAfterFailures", "must be an integer"),
+        ({"probeSeconds": 0}, "delivery.probeSeconds", "between 1 and 3600"),
         ("[1, 2]", "delivery", "must be an object"),
         ("{nope", "delivery", "not valid JSON"),
     ],

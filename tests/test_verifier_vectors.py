@@ -39,10 +39,14 @@ NEXT_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"vectors-next-standard-webhoo
 
 def spec_receipt(secret: str, webhook_id: str, iat: int, body: bytes) -> str:
     """webhook-receipt from its definition (not webhook_verifier's), for the cases both verifiers acknowledge:
-    v1,<b64url-nopad(HMAC-SHA256(secret, "<webhook-id>.<iat>.<body_sha256>"))>."""
+    `v1,<kid>,<mac> v1,<mac>`, <mac> = b64url-nopad(HMAC-SHA256(secret, "<webhook-id>.<iat>.<body_sha256>"))."""
     body_hash = base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode()
     mac = hmac.new(secret.encode(), f"{webhook_id}.{iat}.{body_hash}".encode(), hashlib.sha256).digest()
-    return "v1," + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    text = base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    kid = base64.urlsafe_b64encode(
+        hmac.new(secret.encode(), b"secure-webhooks key id v1", hashlib.sha256).digest()
+    ).decode()[:16]
+    return f"v1,{kid},{text} v1,{text}"
 
 
 def token_iat(headers: dict[str, str]) -> int:
@@ -281,6 +285,28 @@ def test_the_python_receipt_is_the_sample_receipts():
     assert with_receipts(sample["secret"], [dict(c) for c in sample["cases"]]) == sample["cases"]
     receipts = {c["name"]: c["receipt"] for c in sample["cases"]}
     assert receipts["replayed"] == receipts["valid"] != receipts["retry_of_accepted_event"]
+
+
+def test_receipts_name_the_key_that_verified_the_token_in_the_sample_rotation():
+    """Across a rotation each receipt names, by kid, the key its token was checked with: the staged key's
+    after a promote, so the reconciler checks it with that key (and a kid-less copy follows it)."""
+    sample = json.loads(SAMPLE_PATH.read_text(encoding="utf-8"))
+    cases = {c["name"]: c for c in sample["cases"]}
+    current, staged = cases["rotation_current_key_with_both_held"], cases["rotation_next_key_with_both_held"]
+    current_kid, staged_kid = (jwt.get_unverified_header(bearer(c)).get("kid") for c in (current, staged))
+    assert current_kid != staged_kid
+    for c, kid in ((current, current_kid), (staged, staged_kid), (cases["valid"], key_id(sample["secret"]))):
+        named, plain = c["receipt"].split(" ")
+        assert named.startswith(f"v1,{kid},") and plain == "v1," + named.rsplit(",", 1)[1]
+    # a token without kid still gets a receipt naming the key that fitted it
+    untagged = cases["rotation_token_without_kid_tries_every_key"]
+    assert untagged["receipt"].startswith(f"v1,{staged_kid},")
+    (staged_example,) = [r for r in sample["receipts"] if r["name"] == "staged_key_names_its_kid"]
+    assert staged_example["receipt"].startswith(f"v1,{key_id(staged_example['secret'])},")
+
+
+def bearer(c: dict[str, Any]) -> str:
+    return next(v for k, v in c["headers"].items() if k.lower() == "authorization").split()[1]
 
 
 def test_the_sample_vectors_cover_where_the_verifiers_used_to_differ():

@@ -27,8 +27,13 @@ from outbox_support import (
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
-from secure_webhooks.delivery.reconciler import JOB_NAME
+from secure_webhooks.configuration.delivery_settings import DeliverySettings
+from secure_webhooks.configuration.settings import rotation_partner
+from secure_webhooks.delivery.endpoints import endpoint_of
+from secure_webhooks.delivery.reconciler import JOB_NAME, ReconcilerSpec, render_reconcile
+from secure_webhooks.signing.trigger_function import FunctionSpec, key_id, sql_literal
 from webhook_deliveries.__main__ import main
+from webhook_deliveries.keys import vault_reads
 
 SECRET = "operator-test-signing-secret-" + "0123456789abcdef" * 2
 
@@ -57,8 +62,12 @@ def test_status_list_replay_and_purge(cluster, capsys):
             settle(conn, worker, lambda: set(statuses(conn)) == {"dead", "delivered"} and statuses(conn)["dead"] == 1)
             code, out, _ = run(capsys, "--dsn", dsn, "status")
             assert code == 0
-            header, row, job, alerts = out.splitlines()
+            header, row, endpoints, endpoint, job, alerts, key = out.splitlines()
+            assert endpoints.split()[:2] == ["endpoint", "state"]
+            assert endpoint.split()[:2] == [endpoint_of(receiver.url), "open"]
             assert header.split()[:6] == ["webhook", "pending", "failed", "dead", "delivered", "oldest"]
+            # which key signs, by its id only (computed in the database)
+            assert key == f"jwt key: signs with kid {key_id(SECRET)} (Vault secret app_jwt_secret)"
             assert job.startswith("reconciler: NO pg_cron job secure_webhooks_reconciler: nothing sends these events")
             assert row.split()[:5] == ["resumes_hook", "0", "0", "1", "3"]
             assert row.rstrip().endswith("HTTP 410")
@@ -158,7 +167,7 @@ def test_status_shows_the_reconcilers_last_failed_run(cluster, capsys):
             )
             code, out, _ = run(capsys, "--dsn", dsn, "status")
             assert code == 0
-            line = out.splitlines()[-2]
+            (line,) = [line for line in out.splitlines() if line.startswith("reconciler:")]
             assert line.startswith("reconciler: job secure_webhooks_reconciler, last run FAILED at ")
             assert "not delivering while pg_net's tables have triggers" in line
             conn.execute("UPDATE cron.job SET active = false WHERE jobid = %s", (job,))
@@ -279,7 +288,7 @@ def test_status_json_has_the_documented_fields(outbox, capsys):
     code, out, err = outbox.operator(capsys, "status", "--json")
     assert (code, err) == (0, "")
     document = json.loads(out)
-    assert set(document) == {"webhooks", "reconciler", "alerts"}
+    assert set(document) == {"webhooks", "reconciler", "endpoints", "alerts", "signing_keys"}
     assert document["alerts"] == {
         "pending": 0,
         "failed": 0,
@@ -287,6 +296,13 @@ def test_status_json_has_the_documented_fields(outbox, capsys):
         "unsent": 0,
         "last_error": None,
         "summary": "0 posted, 0 pending, 0 failed in the last 1d",
+    }
+    assert document["signing_keys"] == {
+        "source": "secure_webhooks.reconcile() as installed",
+        "jwt": {"vault_secret": "app_jwt_secret", "kid": key_id(SECRET), "staged": None, "also_signing": None},
+        "webhook": None,
+        "retiring": [],
+        "problem": None,
     }
     (webhook,) = document["webhooks"]
     assert webhook == {
@@ -470,3 +486,18 @@ def test_bad_options_are_usage_errors(capsys, argv, message):
         main(["--dsn", "host=127.0.0.1", *argv])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err and err.splitlines()[-1].endswith(message)
+
+
+@pytest.mark.parametrize("name", ["app_jwt_secret", "app_jwt_secret_next", "it's", "back\\slash"])
+def test_status_reads_the_vault_secret_names_from_the_reconcilers_source(name):
+    """status finds the names the installed reconciler reads in its source (as sql_literal writes them), the
+    partner staged beside it apart: a literal only the receipt check could name would keep it in the Vault."""
+    spec = ReconcilerSpec(
+        function=FunctionSpec(
+            secret_name=name, webhook_secret_name="w'h", previous_webhook_secret_name="p\\w", mode="at-least-once"
+        ),
+        delivery=DeliverySettings(receipts="required"),
+    )
+    source = render_reconcile(spec)
+    assert vault_reads(source) == {"secret": name, "webhook_key": "w'h", "previous_webhook_key": "p\\w"}
+    assert sql_literal(rotation_partner(name)) not in source

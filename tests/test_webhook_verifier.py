@@ -273,8 +273,11 @@ def test_accepted_and_duplicate_requests_carry_the_receipt_for_their_id_iat_and_
     checker = verifier()
     accepted = checker.verify(headers(), BODY)
     message = f"e-1.{NOW}.{b64url(hashlib.sha256(BODY).digest())}".encode()
-    expected = "v1," + b64url(hmac.new(SECRET.encode(), message, hashlib.sha256).digest())
+    mac = b64url(hmac.new(SECRET.encode(), message, hashlib.sha256).digest())
+    # the key's id, then the same MAC without it for reconcilers older than key ids
+    expected = f"v1,{key_id(SECRET)},{mac} v1,{mac}"
     assert accepted.receipt == expected == receipt(SECRET, "e-1", NOW, BODY)
+    assert accepted.kid == key_id(SECRET) and len(expected) == 3 + 16 + 1 + 43 + 1 + 3 + 43
     assert receipt(SECRET.encode(), "e-1", NOW, BODY) == expected
     assert accepted.receipt_header() == (RECEIPT_HEADER, expected) == ("webhook-receipt", expected)
     # a retry mints a new token: its receipt is bound to that token's iat, not the first one's
@@ -322,6 +325,7 @@ def test_a_key_set_checks_each_token_with_the_key_its_kid_names():
         verified = both.verify(signed_by(key, jti=f"e-{n}"), BODY)
         assert verified.kid == key_id(key)
         assert verified.receipt == receipt(key, f"e-{n}", NOW, BODY)  # signed with the key that verified it
+        assert verified.receipt.startswith(f"v1,{key_id(key)},")  # and naming it
     # a kid naming one held key over a token another signed: only the named key is tried
     with pytest.raises(VerificationError) as refused:
         both.verify(signed_by(SECRET, jti="e-9", kid=key_id(NEXT)), BODY)

@@ -56,6 +56,7 @@ def function_spec(settings: Settings) -> FunctionSpec:
         audience=settings.token_audience,
         webhook_secret_name=settings.signing_webhook_secret_name,
         previous_webhook_secret_name=settings.previous_webhook_secret_name,
+        ordering=settings.delivery.ordering,
     )
 
 
@@ -119,6 +120,16 @@ def reconciler_spec(settings: Settings, spec: FunctionSpec) -> ReconcilerSpec:
     return ReconcilerSpec(function=spec, delivery=settings.delivery, routes=routes)
 
 
+def ordered_webhooks(settings: Settings) -> list[dict[str, str]]:
+    """The webhooks whose tables preview checks for a primary key: all of them with per-row order."""
+    if settings.delivery.ordering != "per-row":
+        return []
+    return [
+        {"schema": w.schema, "table": w.table, "name": w.name, "key": settings.key_names.setting(f"webhooks[{i}]")}
+        for i, w in enumerate(settings.webhooks)
+    ]
+
+
 def installation_inputs(args: SecureWebhooksArgs, spec: FunctionSpec) -> dict[str, Any]:
     """What the stack's Installation checks before any change: every object it will touch, and preflight."""
     managed_names = {secret_name for _, secret_name, _, _, _ in managed_secrets(args)}
@@ -147,6 +158,7 @@ def installation_inputs(args: SecureWebhooksArgs, spec: FunctionSpec) -> dict[st
                 {"schema": w.schema, "table": w.table, "key": args.settings.key_names.setting(f"webhooks[{i}].table")}
                 for i, w in enumerate(args.settings.webhooks)
             ],
+            ordered_webhooks=ordered_webhooks(args.settings),
         ),
     )
 

@@ -65,6 +65,18 @@ class Delivery(TypedDict, total=False):
     batchSize: int
     receipts: str
     """off (default) or required: a 2xx counts only with a valid webhook-receipt."""
+    ordering: str
+    """none (default) or per-row: a row's events go out one at a time, in commit order."""
+    orderingOnDead: str
+    """block (default) or skip: whether a dead event holds its row's later events."""
+    maxInFlight: int
+    """Per endpoint: requests queued or in flight (default 100)."""
+    maxPerSecond: int
+    """Per endpoint: requests arriving at the receiver in any second (default 100)."""
+    pauseAfterFailures: int
+    """Consecutive failures that pause an endpoint (default 10)."""
+    probeSeconds: int
+    """A paused endpoint's probe interval (default 30)."""
     alertIntervalSeconds: int
     """Dead events are summarised in one alert per interval at most; default 300 (docs/operations.md, "Alerts")."""
 

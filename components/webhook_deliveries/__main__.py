@@ -13,24 +13,30 @@ from typing import Any
 
 import psycopg
 
+from secure_webhooks.delivery.ordering import read_waiting
 from secure_webhooks.delivery.outbox import SCHEMA, STATUSES
 from webhook_deliveries.connection import OperatorError, connect
 from webhook_deliveries.health import (
     VIEW,
+    EndpointStatus,
     Limits,
     age,
     clip,
     iso,
     read_alerts,
+    read_endpoints,
     read_reconciler,
     read_webhooks,
     span,
     verdict,
 )
+from webhook_deliveries.keys import read_signing_keys
 from webhook_deliveries.metrics import DEFAULT_WINDOW
 from webhook_deliveries.serving import DEFAULT_LISTEN, listen_address, print_metrics, refuse_exposed, serve_metrics
 
 MODULE_COMMAND = "python -m webhook_deliveries"
+#: The year of secure_webhooks.delivery.endpoints.PARKED: an event waiting for its endpoint.
+PARKED_YEAR = 9999
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 #: The longest --since / --older-than: a century covers every event an outbox can hold.
@@ -43,6 +49,9 @@ NOT_DELIVERED = ("pending", "failed", "dead")
 #: schedule, so one receiver hiccup does not page anyone; pending events leave at the next round.
 FAILING_LIMIT = timedelta(minutes=15)
 PENDING_LIMIT = timedelta(minutes=10)
+#: An endpoint paused this long has failed its probes for that long (one per delivery.probeSeconds, 30 s by
+#: default): a receiver that is down, not one hiccup.
+PAUSED_LIMIT = timedelta(minutes=10)
 
 LIST_QUERY = f"""
 SELECT event_id, webhook, "table", status, attempts, last_status_code, last_error, created_at, next_attempt_at,
@@ -117,14 +126,24 @@ def _print_json(document: dict[str, Any]) -> None:
 def show_status(conn: psycopg.Connection, args: argparse.Namespace) -> int:
     webhooks = read_webhooks(conn)
     reconciler = read_reconciler(conn)
+    waiting = read_waiting(conn)
+    endpoints = read_endpoints(conn)
+    limits = Limits(args.failing_longer_than, args.pending_older_than, args.paused_for)
     alerts = read_alerts(conn)
-    healthy, line = verdict(webhooks, reconciler, Limits(args.failing_longer_than, args.pending_older_than), alerts)
+    healthy, line = verdict(webhooks, reconciler, limits, endpoints, alerts)
+    keys = None if args.check and not args.json else read_signing_keys(conn)
     if args.json:
         document: dict[str, Any] = {
             "webhooks": [status.as_json() for status in webhooks],
             "reconciler": reconciler.as_json(),
+            "endpoints": [endpoint.as_json() for endpoint in endpoints],
+            "signing_keys": keys.as_json(),
             "alerts": alerts.as_json(),
         }
+        if waiting:  # delivery.ordering per-row: events held behind an earlier event of their row
+            document["waiting_behind_earlier"] = [
+                {"webhook": webhook, "events": count, "behind_dead": dead} for webhook, (count, dead) in waiting.items()
+            ]
         if args.check:
             document["check"] = {"ok": healthy, "summary": line}
         _print_json(document)
@@ -142,13 +161,39 @@ def show_status(conn: psycopg.Connection, args: argparse.Namespace) -> int:
             )
         if not webhooks:
             print("(no events)")
+        for webhook, (count, dead) in waiting.items():
+            behind_dead = f", {dead} behind a dead one (replay or purge it)" if dead else ""
+            print(f"order: {count} events of {webhook} wait behind an earlier event of their row{behind_dead}")
+        show_endpoints(endpoints)
         print(f"reconciler: {reconciler.summary}")
         print(f"alerts: {alerts.summary}")
+        for key_line in keys.lines():
+            print(key_line)
     return 0 if healthy or not args.check else 1
+
+
+def show_endpoints(endpoints: list[EndpointStatus]) -> None:
+    """Per endpoint: its circuit breaker (open, or paused since when, next probe), in flight, waiting, rate budget."""
+    if not endpoints:
+        return
+    width = max([len("endpoint"), *(len(e.endpoint) for e in endpoints)])
+    print(
+        f"{'endpoint':<{width}} {'state':<6} {'paused since':<19}  {'next probe':<19}  "
+        f"{'in flight':>9} {'waiting':>7} {'budget/s':>8}"
+    )
+    for e in endpoints:
+        since = "-" if e.paused_since is None else f"{e.paused_since:%Y-%m-%d %H:%M:%S}"
+        probe = "-" if e.next_probe_at is None else f"{e.next_probe_at:%Y-%m-%d %H:%M:%S}"
+        budget = "full" if e.rate_budget is None else str(e.rate_budget)
+        print(
+            f"{e.endpoint:<{width}} {e.state:<6} {since:<19}  {probe:<19}  {e.in_flight:>9} {e.waiting:>7} {budget:>8}"
+        )
 
 
 def _next_attempt(status: str, next_attempt_at: Any) -> str:
     """A pending event without a due time is in flight: pg_net holds its request."""
+    if next_attempt_at is not None and next_attempt_at.year == PARKED_YEAR:
+        return "after endpoint"  # parked: sent as its endpoint's limits or its resume allow
     if next_attempt_at is not None:
         return f"{next_attempt_at:%Y-%m-%d %H:%M:%S}"
     return "in flight" if status == "pending" else "-"
@@ -236,16 +281,18 @@ def parser(prog: str) -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
     status = commands.add_parser(
         "status",
-        help="per webhook: counts by status, oldest waiting event, last error; the reconciler job's health",
+        help="per webhook: counts by status, oldest waiting event, last error; the reconciler job's health; "
+        "which keys sign",
         description="Per webhook: counts by status, the oldest event still to be sent, the last error; "
-        "then the reconciler job's health. With --check: one line and an exit code for monitoring.",
+        "then the reconciler job's health, and which keys sign (key ids only: staged, signing, retiring). "
+        "With --check: one line and an exit code for monitoring.",
     )
     status.add_argument("--json", action="store_true", help="a JSON document instead of the table")
     status.add_argument(
         "--check",
         action="store_true",
         help="print one OK or CRITICAL line; exit 1 when events are dead, failing or pending too long, "
-        "or the reconciler job is missing, paused or its last run failed",
+        "an endpoint is paused too long, or the reconciler job is missing, paused or its last run failed",
     )
     status.add_argument(
         "--failing-longer-than",
@@ -253,6 +300,14 @@ def parser(prog: str) -> argparse.ArgumentParser:
         default=FAILING_LIMIT,
         metavar="DURATION",
         help=f"--check: alarm once a failed (retrying) event is this old (default: {span(FAILING_LIMIT)})",
+    )
+    status.add_argument(
+        "--paused-for",
+        type=duration,
+        default=PAUSED_LIMIT,
+        metavar="DURATION",
+        help=f"--check: alarm once an endpoint has been paused by its circuit breaker this long "
+        f"(default: {span(PAUSED_LIMIT)})",
     )
     status.add_argument(
         "--pending-older-than",

@@ -14,7 +14,8 @@ from typing import Any
 import psycopg
 
 from secure_webhooks.delivery.alerts import ALERTS
-from secure_webhooks.delivery.outbox import DELIVERIES_VIEW, SCHEMA
+from secure_webhooks.delivery.endpoints import ENDPOINTS, HELD, PARKED
+from secure_webhooks.delivery.outbox import DELIVERIES_VIEW, EVENTS, SCHEMA
 from secure_webhooks.delivery.reconciler import JOB_NAME
 
 VIEW = f"{SCHEMA}.{DELIVERIES_VIEW}"
@@ -45,6 +46,19 @@ SELECT j.active, d.status, d.end_time, d.return_message
                       WHERE r.jobid = j.jobid AND r.status IN ('succeeded', 'failed')
                       ORDER BY r.runid DESC LIMIT 1) AS d ON true
  WHERE j.jobname = %s
+"""
+
+
+#: Each endpoint the reconciler has judged (secure_webhooks/delivery/endpoints.py): its circuit breaker, what it
+#: has in flight and parked (both counted through partial indexes that hold only those), its rate budget.
+ENDPOINTS_QUERY = f"""
+SELECT p.endpoint, p.state, p.paused_since, pg_catalog.now() - p.paused_since, p.next_probe_at,
+       p.consecutive_failures, p.rate_budget,
+       (SELECT pg_catalog.count(*) FROM {SCHEMA}.{EVENTS} AS s WHERE s.endpoint = p.endpoint AND s.slot_until = {HELD}),
+       (SELECT pg_catalog.count(*) FROM {SCHEMA}.{EVENTS} AS s
+         WHERE s.endpoint = p.endpoint AND s.state = 'pending' AND s.next_attempt_at = {PARKED})
+  FROM {SCHEMA}.{ENDPOINTS} AS p
+ ORDER BY p.endpoint
 """
 
 
@@ -166,6 +180,43 @@ class ReconcilerHealth:
         }
 
 
+@dataclass(frozen=True)
+class EndpointStatus:
+    """One endpoint (the origin of a webhook URL, no userinfo): open or paused by its circuit breaker."""
+
+    endpoint: str
+    state: str
+    paused_since: datetime | None
+    paused_for: timedelta | None
+    next_probe_at: datetime | None
+    consecutive_failures: int
+    #: The per-second budget after 429/502/503/504 lowered it; None: the full delivery.maxPerSecond.
+    rate_budget: int | None
+    in_flight: int
+    #: Events waiting for the endpoint's limits or its resume (parked).
+    waiting: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "state": self.state,
+            "paused_since": iso(self.paused_since),
+            "paused_seconds": seconds(self.paused_for),
+            "next_probe_at": iso(self.next_probe_at),
+            "consecutive_failures": self.consecutive_failures,
+            "rate_budget": self.rate_budget,
+            "in_flight": self.in_flight,
+            "waiting": self.waiting,
+        }
+
+
+def read_endpoints(conn: psycopg.Connection) -> list[EndpointStatus]:
+    """Nothing before the outbox is upgraded to have the endpoints table (the next `pulumi up` adds it)."""
+    if conn.execute("SELECT pg_catalog.to_regclass(%s)", (f"{SCHEMA}.{ENDPOINTS}",)).fetchone()[0] is None:
+        return []
+    return [EndpointStatus(*row) for row in conn.execute(ENDPOINTS_QUERY).fetchall()]
+
+
 def read_webhooks(conn: psycopg.Connection) -> list[WebhookStatus]:
     return [WebhookStatus(*row) for row in conn.execute(STATUS_QUERY).fetchall()]
 
@@ -188,6 +239,8 @@ class Limits:
 
     failing: timedelta
     pending: timedelta
+    #: How long an endpoint may stay paused by its circuit breaker.
+    paused: timedelta = timedelta(minutes=10)
 
 
 def _named(webhooks: list[WebhookStatus]) -> str:
@@ -195,10 +248,18 @@ def _named(webhooks: list[WebhookStatus]) -> str:
 
 
 def problems(
-    webhooks: list[WebhookStatus], reconciler: ReconcilerHealth, limits: Limits, alerts: AlertsHealth | None = None
+    webhooks: list[WebhookStatus],
+    reconciler: ReconcilerHealth,
+    limits: Limits,
+    endpoints: list[EndpointStatus] | None = None,
+    alerts: AlertsHealth | None = None,
 ) -> list[str]:
     """Each reason to wake someone, worded for a one-line alert; none when delivery is healthy."""
     found = []
+    paused = [e for e in endpoints or [] if e.paused_for is not None and e.paused_for >= limits.paused]
+    if paused:
+        each = ", ".join(f"{e.endpoint} for {age(e.paused_for)}" for e in paused)
+        found.append(f"endpoint(s) paused past the {span(limits.paused)} limit ({each}): their receiver keeps failing")
     dead = [status for status in webhooks if status.dead]
     if dead:
         total = sum(status.dead for status in dead)
@@ -225,10 +286,14 @@ def problems(
 
 
 def verdict(
-    webhooks: list[WebhookStatus], reconciler: ReconcilerHealth, limits: Limits, alerts: AlertsHealth | None = None
+    webhooks: list[WebhookStatus],
+    reconciler: ReconcilerHealth,
+    limits: Limits,
+    endpoints: list[EndpointStatus] | None = None,
+    alerts: AlertsHealth | None = None,
 ) -> tuple[bool, str]:
     """(healthy, the one line a monitoring system shows)."""
-    found = problems(webhooks, reconciler, limits, alerts)
+    found = problems(webhooks, reconciler, limits, endpoints, alerts)
     if found:
         line = "CRITICAL: " + "; ".join(found)
     else:

@@ -14,8 +14,8 @@ modest rate. A scrape must not cost more as they pile up, so no query here reads
 All of one scrape is read in one read-only REPEATABLE READ transaction: its figures are of one
 instant, and every age is computed by the database's clock.
 
-The circuit breaker of issue 17 part 1 does not exist yet; its endpoint state will be one more
-reader here (a gauge per endpoint), read in the same transaction.
+Endpoints (the circuit breaker and limits of secure_webhooks/delivery/endpoints.py) are read in the same
+transaction: one row per endpoint, its in-flight and parked counts through partial indexes that hold only those.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import sys
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import psycopg
@@ -34,7 +34,7 @@ from prometheus_client.registry import Collector
 
 from secure_webhooks.delivery.outbox import ATTEMPTS, EVENTS, SCHEMA, STATUS_EXPRESSION
 from webhook_deliveries.connection import OperatorError
-from webhook_deliveries.health import ReconcilerHealth, read_reconciler
+from webhook_deliveries.health import EndpointStatus, ReconcilerHealth, read_endpoints, read_reconciler
 
 PREFIX = "secure_webhooks"
 #: Upper bounds of the latency buckets, in seconds: from a fast first delivery to the retry schedule's
@@ -155,6 +155,7 @@ class Snapshot:
     first_attempt: dict[str, Latencies]
     delivery: dict[str, Latencies]
     reconciler: ReconcilerHealth
+    endpoints: list[EndpointStatus] = field(default_factory=list)
 
 
 def read_snapshot(conn: psycopg.Connection, window: timedelta) -> Snapshot:
@@ -167,6 +168,7 @@ def read_snapshot(conn: psycopg.Connection, window: timedelta) -> Snapshot:
         delivered = conn.execute(DELIVERY_QUERY, {"window": window}).fetchall()
         reconciler = read_reconciler(conn)
         waiting = conn.execute(WAITING_QUERY).fetchall()
+        endpoints = read_endpoints(conn)
     outcomes: dict[tuple[str, str], int] = defaultdict(int)
     first: dict[str, list[tuple[int, int, float]]] = defaultdict(list)
     for webhook, outcome, bucket, count, total in attempts:
@@ -183,6 +185,7 @@ def read_snapshot(conn: psycopg.Connection, window: timedelta) -> Snapshot:
         first_attempt={webhook: Latencies.of(rows) for webhook, rows in sorted(first.items())},
         delivery={webhook: Latencies.of(rows) for webhook, rows in sorted(by_webhook.items())},
         reconciler=reconciler,
+        endpoints=endpoints,
     )
 
 
@@ -268,6 +271,35 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
         yield histogram
 
     yield from _reconciler_families(snapshot.reconciler)
+    yield from _endpoint_families(snapshot.endpoints)
+
+
+def _endpoint_families(endpoints: list[EndpointStatus]) -> Iterator[Metric]:
+    """Per endpoint (a URL's origin, no userinfo): its circuit breaker, in flight, waiting, rate budget."""
+    paused = _gauge("endpoint_paused", "1 while the endpoint's circuit breaker has it paused, else 0.", ["endpoint"])
+    paused_since = _gauge(
+        "endpoint_paused_since_timestamp_seconds", "When a paused endpoint was paused (Unix).", ["endpoint"]
+    )
+    in_flight = _gauge(
+        "endpoint_in_flight", "Requests of the endpoint queued in pg_net, on the wire or not yet judged.", ["endpoint"]
+    )
+    waiting = _gauge(
+        "endpoint_waiting", "Events waiting for the endpoint's limits or its resume (parked).", ["endpoint"]
+    )
+    budget = _gauge(
+        "endpoint_rate_budget",
+        "The endpoint's per-second budget while 429/502/503/504 have lowered it below delivery.maxPerSecond.",
+        ["endpoint"],
+    )
+    for endpoint in endpoints:
+        paused.add_metric([endpoint.endpoint], float(endpoint.state == "paused"))
+        if endpoint.paused_since is not None:
+            paused_since.add_metric([endpoint.endpoint], endpoint.paused_since.timestamp())
+        in_flight.add_metric([endpoint.endpoint], endpoint.in_flight)
+        waiting.add_metric([endpoint.endpoint], endpoint.waiting)
+        if endpoint.rate_budget is not None:
+            budget.add_metric([endpoint.endpoint], endpoint.rate_budget)
+    yield from (paused, paused_since, in_flight, waiting, budget)
 
 
 class OutboxCollector(Collector):

@@ -16,9 +16,13 @@ answer 2xx without processing the event again.
 Signed delivery receipts: the 2xx answer to every accepted request,
 duplicates included, carries
 
-    webhook-receipt: v1,<base64url-nopad(HMAC-SHA256(key, "<webhook-id>.<iat>.<body_sha256>"))>
+    webhook-receipt: v1,<kid>,<mac> v1,<mac>
+    mac = base64url-nopad(HMAC-SHA256(key, "<webhook-id>.<iat>.<body_sha256>"))
 
-where `key` is the UTF-8 bytes of the HS256 key that verified the token (`Verified.kid`),
+where `key` is the UTF-8 bytes of the HS256 key that verified the token and `<kid>` its
+`key_id` (`Verified.kid`), so the database checks the receipt with the key that signed the
+attempt, also across a key promote; the second, kid-less item is the same MAC for
+databases whose reconciler predates key ids (it compares each item of the list),
 `<webhook-id>` the event id (the token's `jti`), `<iat>` the verified token's
 `iat` claim in decimal (as in JSON: no sign, no leading zeros) and
 `<body_sha256>` the base64url-nopad SHA-256 of the exact body bytes received
@@ -270,18 +274,22 @@ def body_sha256(body: bytes) -> str:
 
 
 def receipt(secret: str | bytes, webhook_id: str, iat: int, body: bytes) -> str:
-    """The `webhook-receipt` value: `v1,<base64url-nopad(HMAC-SHA256(secret, "<webhook_id>.<iat>.<body_sha256>"))>`.
+    """The `webhook-receipt` value: `v1,<kid>,<mac> v1,<mac>`, where `mac` is
+    base64url-nopad(HMAC-SHA256(secret, "<webhook_id>.<iat>.<body_sha256>")) and `kid` is `key_id(secret)`.
 
     `secret` is the HS256 token secret (a str is taken as its UTF-8 bytes), `webhook_id` the event id,
     `iat` the verified token's `iat` claim (written in decimal; it ties the receipt to one attempt),
-    `body` the exact bytes received. The Rust crate's `receipt()` and the database's reconciler compute
-    the same; the shared vectors hold both verifiers to it.
+    `body` the exact bytes received. The kid lets the reconciler pick, of the keys that may have signed
+    the attempt (around a promote, two), the one to check with; the kid-less item keeps reconcilers
+    older than key ids, which compare each space-separated item with `v1,<mac>`, accepting it. The
+    Rust crate's `receipt()` computes the same and the reconciler checks it; the shared vectors hold
+    both verifiers to it.
     """
     if isinstance(iat, bool) or not isinstance(iat, int) or iat < 0:
         raise ValueError(f"iat must be a non-negative integer, got {iat!r}")
     key = secret if isinstance(secret, bytes) else secret.encode()
-    mac = hmac.new(key, f"{webhook_id}.{iat}.{body_sha256(body)}".encode(), hashlib.sha256)
-    return "v1," + _b64url(mac.digest())
+    mac = _b64url(hmac.new(key, f"{webhook_id}.{iat}.{body_sha256(body)}".encode(), hashlib.sha256).digest())
+    return f"v1,{key_id(key)},{mac} v1,{mac}"
 
 
 _B64URL_TEXT = re.compile(r"[A-Za-z0-9_-]*")

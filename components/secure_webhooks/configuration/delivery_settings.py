@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from secure_webhooks.configuration.config_errors import ConfigError
+from secure_webhooks.delivery.ordering import DEFAULT_ON_DEAD, DEFAULT_ORDERING, ON_DEAD, ORDERINGS
 
 MODES = ("at-least-once", "direct")
 DEFAULT_MODE = "at-least-once"
@@ -36,6 +37,13 @@ KEYS = (
     "schedule",
     "batchSize",
     "receipts",
+    "ordering",
+    "orderingOnDead",
+    # Per-endpoint limits and circuit breaker (secure_webhooks/delivery/endpoints.py).
+    "maxInFlight",
+    "maxPerSecond",
+    "pauseAfterFailures",
+    "probeSeconds",
     "alertIntervalSeconds",
 )
 #: `required`: a 2xx counts as delivered only with a valid `webhook-receipt` (docs/delivery.md, "Delivery receipts").
@@ -63,6 +71,22 @@ class DeliverySettings:
     #: "required": only a 2xx that carries a receipt signed with the JWT key is a delivery, so a role
     #: that writes pg_net's world-writable responses cannot mark an event delivered.
     receipts: str = "off"
+    #: "per-row": a row's events go out one at a time, in commit order (docs/delivery.md, "Order").
+    ordering: str = DEFAULT_ORDERING
+    #: With per-row order, whether a dead event holds its row's later events ("block") or not ("skip").
+    ordering_on_dead: str = DEFAULT_ON_DEAD
+    # Per endpoint (the URL's origin), docs/delivery.md "Sparing the orchestrator": a recovering receiver
+    # sees a backlog drained at a pace it can take. 100/s is Convoy's default endpoint limit (5,000 a
+    # minute, ~83/s) rounded up, below what pg_net alone sends (~120-150/s), and far above a typical
+    # team's traffic (a few events a second); 100 in flight covers a second of that rate queued in pg_net.
+    #: Requests of one endpoint queued in pg_net, on the wire or not yet judged.
+    max_in_flight: int = 100
+    #: Requests of one endpoint arriving at the receiver in any one-second window.
+    max_per_second: int = 100
+    #: Consecutive endpoint failures (no answer, timeout, 5xx, 408, 429) that pause the endpoint.
+    pause_after_failures: int = 10
+    #: While paused, one probe (its oldest waiting event) this often.
+    probe_seconds: int = 30
     #: Dead events are summarised in one alert per interval at most (docs/operations.md, "Alerts").
     alert_interval_seconds: int = 300
     #: The Vault secret holding the alert URL, set by the component when the stack keeps one (never the URL).
@@ -98,6 +122,12 @@ def _number(name: str, value: Any, default: float, low: float, high: float, *, i
         raise ConfigError(key, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
     if not low <= value <= high:
         raise ConfigError(key, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(_key(name), f"must be one of {list(allowed)}, got {value!r}")
     return value
 
 
@@ -143,6 +173,10 @@ def check_delivery(value: Any) -> DeliverySettings:
     receipts = raw.get("receipts", "off")
     if receipts not in RECEIPTS:
         raise ConfigError(_key("receipts"), f"must be one of {list(RECEIPTS)}, got {receipts!r}")
+    ordering = _choice("ordering", raw.get("ordering", DEFAULT_ORDERING), ORDERINGS)
+    if ordering != DEFAULT_ORDERING and mode != "at-least-once":
+        raise ConfigError(_key("ordering"), f"{ordering!r} needs mode 'at-least-once' (direct mode sends at once)")
+    on_dead = _choice("orderingOnDead", raw.get("orderingOnDead", DEFAULT_ON_DEAD), ON_DEAD)
     defaults = DeliverySettings()
     initial = _number("retryInitialSeconds", raw.get("retryInitialSeconds"), 5, 1, 3600, integer=True)
     maximum = _number("retryMaxSeconds", raw.get("retryMaxSeconds"), 86_400, 1, 7 * 86_400, integer=True)
@@ -164,6 +198,9 @@ def check_delivery(value: Any) -> DeliverySettings:
         schedule=check_schedule(raw.get("schedule")),
         batch_size=_number("batchSize", raw.get("batchSize"), defaults.batch_size, 1, 10_000, integer=True),
         receipts=receipts,
+        ordering=ordering,
+        ordering_on_dead=on_dead,
+        **_endpoint_limits(raw, defaults),
         alert_interval_seconds=_number(
             "alertIntervalSeconds",
             raw.get("alertIntervalSeconds"),
@@ -173,3 +210,21 @@ def check_delivery(value: Any) -> DeliverySettings:
             integer=True,
         ),
     )
+
+
+def _endpoint_limits(raw: dict[str, Any], defaults: DeliverySettings) -> dict[str, int]:
+    """The endpoint limits and circuit breaker keys (docs/configuration.md, "Delivery")."""
+    return {
+        "max_in_flight": _number(
+            "maxInFlight", raw.get("maxInFlight"), defaults.max_in_flight, 1, 10_000, integer=True
+        ),
+        "max_per_second": _number(
+            "maxPerSecond", raw.get("maxPerSecond"), defaults.max_per_second, 1, 10_000, integer=True
+        ),
+        "pause_after_failures": _number(
+            "pauseAfterFailures", raw.get("pauseAfterFailures"), defaults.pause_after_failures, 1, 1000, integer=True
+        ),
+        "probe_seconds": _number(
+            "probeSeconds", raw.get("probeSeconds"), defaults.probe_seconds, 1, 3600, integer=True
+        ),
+    }

@@ -154,6 +154,16 @@ NEXT_SUFFIX = "_next"
 SIGNING_KEYS = ("current", "next")
 
 
+def rotation_partner(name: str) -> str:
+    """The other Vault secret of a rotation whose signer reads `name`: the staged `<name>_next` beside
+    the current key, or, once `<name>_next` is promoted, the current key's `<name>` it replaces.
+
+    Derived from the name, as check_rotation names staged secrets, so the installed reconciler and
+    `webhook-deliveries status` find it from the one name the signer reads, with no name of their own.
+    """
+    return name.removesuffix(NEXT_SUFFIX) if name.endswith(NEXT_SUFFIX) else name + NEXT_SUFFIX
+
+
 def _key(name: str) -> str:
     return f"{NAMESPACE}:{name}"
 

@@ -26,13 +26,12 @@ from __future__ import annotations
 from psycopg import sql
 
 from secure_webhooks.configuration.delivery_settings import DeliverySettings
+from secure_webhooks.delivery.endpoints import ENDPOINTS
 from secure_webhooks.delivery.outbox import EVENTS, SCHEMA
 from secure_webhooks.signing.trigger_function import sql_literal
 
 ALERTS = "alerts"
 ENDPOINT_ALERTS = "endpoint_alerts"
-#: The circuit breaker's table (docs/delivery.md); created here only if it is missing, with the columns we read.
-ENDPOINTS = "endpoints"
 #: One row: when the last dead-events alert was made (the summary interval counts from it).
 ALERT_STATE = "alert_state"
 DEAD_REPORTED = "dead_reported"
@@ -102,15 +101,6 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.{ENDPOINT_ALERTS} (
     alerted_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 
--- The circuit breaker owns this table; these are the columns alerts read.
-CREATE TABLE IF NOT EXISTS {SCHEMA}.{ENDPOINTS} (
-    endpoint text PRIMARY KEY,
-    state text NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'paused')),
-    paused_since timestamptz,
-    next_probe_at timestamptz,
-    consecutive_failures integer NOT NULL DEFAULT 0
-);
-
 -- Each death an alert reported (the event's dead_at then): a replayed event that dies again is reported again.
 CREATE TABLE IF NOT EXISTS {SCHEMA}.{DEAD_REPORTED} (
     event_id uuid PRIMARY KEY,
@@ -125,7 +115,7 @@ def install_statements(nobody: sql.Composable, operators: list[str]) -> list[sql
     reconciler's functions; `nobody` (PUBLIC and the API roles) gets nothing, as in outbox.install_statements,
     and operators may read the alerts (`status`)."""
     schema = sql.Identifier(SCHEMA)
-    tables = sql.SQL(", ").join(sql.SQL("{}.{}").format(schema, sql.Identifier(name)) for name in (*TABLES, ENDPOINTS))
+    tables = sql.SQL(", ").join(sql.SQL("{}.{}").format(schema, sql.Identifier(name)) for name in TABLES)
     statements: list[sql.Composable] = [
         sql.SQL(_SCRIPT),
         sql.SQL("REVOKE ALL ON {} FROM {}").format(tables, nobody),
@@ -139,10 +129,10 @@ def install_statements(nobody: sql.Composable, operators: list[str]) -> list[sql
 
 def drop_statement() -> sql.Composable:
     """The alert tables go with the reconciler, before the outbox drops its schema (which it does
-    without CASCADE); so does the circuit breaker's table, which only the reconciler writes."""
+    without CASCADE)."""
     schema = sql.Identifier(SCHEMA)
     return sql.SQL("DROP TABLE IF EXISTS {}").format(
-        sql.SQL(", ").join(sql.SQL("{}.{}").format(schema, sql.Identifier(name)) for name in (*TABLES, ENDPOINTS))
+        sql.SQL(", ").join(sql.SQL("{}.{}").format(schema, sql.Identifier(name)) for name in TABLES)
     )
 
 

@@ -18,14 +18,18 @@ import hashlib
 
 from psycopg import sql
 
+from secure_webhooks.delivery import endpoints
+
 SCHEMA = "secure_webhooks"
 EVENTS = "events"
 ATTEMPTS = "attempts"
 #: One row, UNLOGGED like pg_net's tables, so crash recovery empties it together with them.
 PG_NET_EPOCH = "pg_net_epoch"
+#: Per-row order's commit sequence (delivery/ordering.py): CACHE 1, so no session holds numbers back.
+EVENT_SEQUENCE = "event_seq"
 DELIVERIES_VIEW = "deliveries"
 
-TABLES = (EVENTS, ATTEMPTS, PG_NET_EPOCH, DELIVERIES_VIEW)
+TABLES = (EVENTS, ATTEMPTS, PG_NET_EPOCH, DELIVERIES_VIEW, endpoints.ENDPOINTS)
 #: Operator functions: (name, identity arguments) as pg_get_function_identity_arguments prints them.
 FUNCTIONS = (
     ("replay_event", "event_id uuid"),
@@ -64,6 +68,8 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.{EVENTS} (
     token_iat bigint,
     last_status_code integer,
     last_error text,
+    seq bigint,
+    row_key text COLLATE "C",
     created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     delivered_at timestamptz,
     dead_at timestamptz
@@ -75,6 +81,14 @@ ALTER TABLE {SCHEMA}.{EVENTS} ADD COLUMN IF NOT EXISTS token_iat bigint;
 CREATE INDEX IF NOT EXISTS events_due ON {SCHEMA}.{EVENTS} (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS events_in_flight ON {SCHEMA}.{EVENTS} (sent_at) WHERE state = 'sending';
 CREATE INDEX IF NOT EXISTS events_delivered ON {SCHEMA}.{EVENTS} (delivered_at) WHERE state = 'delivered';
+-- Per-row order (delivery/ordering.py), filled only when it is on: columns without defaults (a catalog-only
+-- change on an outbox from before; the CREATE TABLE above has them), and the index its condition reads (before
+-- events_dead: catalog.fingerprint lists indexes in creation order, and a test restores events_dead).
+ALTER TABLE {SCHEMA}.{EVENTS} ADD COLUMN IF NOT EXISTS seq bigint;
+ALTER TABLE {SCHEMA}.{EVENTS} ADD COLUMN IF NOT EXISTS row_key text COLLATE "C";
+CREATE SEQUENCE IF NOT EXISTS {SCHEMA}.{EVENT_SEQUENCE} AS bigint CACHE 1 NO CYCLE;
+CREATE INDEX IF NOT EXISTS events_row_order ON {SCHEMA}.{EVENTS} (row_key, seq)
+ WHERE row_key IS NOT NULL AND state IN ('pending', 'sending', 'dead');
 CREATE INDEX IF NOT EXISTS events_dead ON {SCHEMA}.{EVENTS} (dead_at) WHERE state = 'dead';
 
 CREATE TABLE IF NOT EXISTS {SCHEMA}.{ATTEMPTS} (
@@ -91,6 +105,7 @@ CREATE INDEX IF NOT EXISTS attempts_event ON {SCHEMA}.{ATTEMPTS} (event_id);
 -- The metrics' recent attempts (docs/metrics.md): a scrape reads a window, not every attempt kept.
 CREATE INDEX IF NOT EXISTS attempts_finished ON {SCHEMA}.{ATTEMPTS} (finished_at);
 
+{endpoints.ddl(SCHEMA, EVENTS)}
 CREATE UNLOGGED TABLE IF NOT EXISTS {SCHEMA}.{PG_NET_EPOCH} (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     epoch uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
@@ -195,6 +210,7 @@ def install_statements(revoked_roles: list[str], existing_operator_roles: list[s
                 sql.Identifier(ATTEMPTS),
                 operator,
             ),
+            sql.SQL("GRANT SELECT ON {}.{} TO {}").format(schema, sql.Identifier(endpoints.ENDPOINTS), operator),
             *(
                 sql.SQL("GRANT EXECUTE ON FUNCTION {}.{}({}) TO {}").format(
                     schema, sql.Identifier(name), sql.SQL(arguments), operator

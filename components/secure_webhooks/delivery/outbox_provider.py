@@ -16,8 +16,10 @@ import pulumi
 from psycopg import sql
 from pulumi.dynamic import CheckFailure, CheckResult
 
+from secure_webhooks.delivery.endpoints import ENDPOINTS
 from secure_webhooks.delivery.outbox import (
     CLIENT_ROLES,
+    EVENT_SEQUENCE,
     FUNCTIONS,
     OPERATOR_ROLES,
     SCHEMA,
@@ -62,7 +64,7 @@ def describe_counts(counts: dict[str, int]) -> str:
 
 
 def outbox_fingerprint(cur: psycopg.Cursor) -> dict[str, str]:
-    return fingerprint(cur, SCHEMA, relations=TABLES, functions=[name for name, _ in FUNCTIONS])
+    return fingerprint(cur, SCHEMA, relations=(*TABLES, EVENT_SEQUENCE), functions=[name for name, _ in FUNCTIONS])
 
 
 def _tables_only(seen: dict[str, str] | None) -> dict[str, str]:
@@ -148,9 +150,12 @@ class OutboxProvider(FingerprintedProvider):
                     )
                 )
             cur.execute(
-                sql.SQL("DROP TABLE IF EXISTS {0}.attempts, {0}.events, {0}.pg_net_epoch").format(
-                    sql.Identifier(SCHEMA)
+                sql.SQL("DROP TABLE IF EXISTS {0}.attempts, {0}.events, {0}.pg_net_epoch, {0}.{1}").format(
+                    sql.Identifier(SCHEMA), sql.Identifier(ENDPOINTS)
                 )
+            )
+            cur.execute(
+                sql.SQL("DROP SEQUENCE IF EXISTS {}.{}").format(sql.Identifier(SCHEMA), sql.Identifier(EVENT_SEQUENCE))
             )
             cur.execute(sql.SQL("DROP SCHEMA {}").format(sql.Identifier(SCHEMA)))
         pulumi.log.info(f"dropped schema {SCHEMA}: every event in it had been delivered")

@@ -8,7 +8,8 @@ One call of `reconcile()` is one round in one transaction:
    another role) or was lost to crash recovery is rescheduled too;
 2. sending: due events get a freshly minted token (new iat/exp, `jti` = the
    event id) and a `webhook-id` header with the same id, and go to
-   `net.http_post`; the request id is remembered per attempt.
+   `net.http_post`; the request id is remembered per attempt. Each endpoint (the URL's origin) gets
+   only what its limits and circuit breaker allow; the rest waits in its queue (endpoints.py).
 Rows are claimed with FOR UPDATE SKIP LOCKED, so rounds never block inserts
 or each other, and two rounds never send one event twice.
 
@@ -33,13 +34,16 @@ import re
 from dataclasses import dataclass, field
 
 from secure_webhooks.configuration.delivery_settings import DeliverySettings
-from secure_webhooks.delivery import alerts
+from secure_webhooks.configuration.settings import NEXT_SUFFIX, rotation_partner
+from secure_webhooks.delivery import alerts, endpoints
+from secure_webhooks.delivery.ordering import may_send
 from secure_webhooks.delivery.outbox import ATTEMPTS, EVENTS, PG_NET_EPOCH, SCHEMA
 from secure_webhooks.signing.trigger_function import (
     FunctionSpec,
     body_sha256_expression,
     claims_expression,
     jwt_header_statement,
+    key_id_expression,
     missing_secret_error,
     read_webhook_key,
     sign_statement,
@@ -130,36 +134,65 @@ def _routes(spec: ReconcilerSpec) -> str:
     return "VALUES " + ",\n                ".join(rows)
 
 
-def receipt_expression(event_id: str, issued_at: str, body: str) -> str:
-    """SQL for the receipt a receiver holding the JWT key answers with: `v1,` base64url(HMAC-SHA256(key,
-    "<event id>.<iat>.<body_sha256>")), using the `secret` variable (README, "Delivery receipts").
+def receipt_expression(event_id: str, issued_at: str, body: str, key: str = "secret") -> str:
+    """SQL for the MAC of a receipt: base64url(HMAC-SHA256(`key`, "<event id>.<iat>.<body_sha256>")).
 
-    `iat` ties it to one attempt: a receipt read from an earlier attempt's response (pg_net's
-    responses are readable by every role) does not fit a retry or a replay.
+    A receiver holding the JWT key answers `v1,<kid>,<mac>` (and, for reconcilers older than key ids,
+    `v1,<mac>` beside it: README, "Delivery receipts"). `iat` ties it to one attempt: a receipt read
+    from an earlier attempt's response (pg_net's responses are readable by every role) does not fit
+    a retry or a replay.
     """
     signed = f"({event_id})::text || '.' || ({issued_at})::text || '.' || {body_sha256_expression(body)}"
-    mac = f"extensions.hmac({signed}, secret, 'sha256')"
-    return f"'v1,' || {urlsafe_base64(mac)}"
+    return urlsafe_base64(f"extensions.hmac({signed}, {key}, 'sha256')")
 
 
 def _receipts_ctes(spec: ReconcilerSpec) -> str:
-    """CTEs `receipt` (the expected receipt of each event with a 2xx candidate) and `scored` (the
-    candidates with `receipted`: does it carry that receipt? Always true when receipts are off)."""
+    """CTEs `receipt_key`, `receipt` (the receipts each event with a 2xx candidate may carry) and `scored`
+    (the candidates with `receipted`: does it carry one? Always true when receipts are off).
+
+    An attempt was signed with the key the round reads (`secret`) or, around a promote, with the key of
+    the other Vault secret of the rotation (`<name>_next`, or `<name>` once it is promoted): a receipt
+    `v1,<kid>,<mac>` is checked with the key its kid names, of those two, so an answer to an attempt
+    signed just before a promote, arriving after it, still delivers (docs/key-rotation.md). A receipt
+    without kid (`v1,<mac>`, receivers older than key ids) is checked with the key that signs now.
+    """
     if spec.delivery.receipts != "required":
         return "scored AS (SELECT c.*, true AS receipted FROM candidate AS c)"
-    expected = receipt_expression("i.id", "i.token_iat", "i.payload")
+    mac = receipt_expression("i.id", "i.token_iat", "i.payload", "k.key")
     header = (
         "(SELECT h.value FROM pg_catalog.jsonb_each_text(c.headers) AS h"
         " WHERE pg_catalog.lower(h.key) = 'webhook-receipt' LIMIT 1)"
     )
-    return f"""receipt AS (
-    SELECT i.id, {expected} AS expected
+    # The partner's name is computed, not written as a literal: the Vault secret provider keeps a secret
+    # that a function's body names (vault_secret_provider.readers), and this one is optional (absent
+    # outside a rotation), so a retire must be able to delete it.
+    name = spec.function.secret_name
+    partner = rotation_partner(name)
+    if partner == name + NEXT_SUFFIX:
+        partner_sql = f"{sql_literal(name)} || {sql_literal(NEXT_SUFFIX)}"
+    else:
+        partner_sql = f"pg_catalog.left({sql_literal(name)}, -{len(NEXT_SUFFIX)})"
+    return f"""receipt_key AS MATERIALIZED (
+    SELECT k.key, {key_id_expression("k.key")} AS kid, k.signing
+      FROM (SELECT secret AS key, true AS signing
+            UNION ALL
+            SELECT s.decrypted_secret, false FROM vault.decrypted_secrets AS s WHERE s.name = {partner_sql}) AS k
+     WHERE k.key IS NOT NULL
+  ), receipt AS (
+    SELECT i.id, e.expected
       FROM in_flight AS i
-     WHERE secret IS NOT NULL AND i.token_iat IS NOT NULL
+      CROSS JOIN LATERAL (
+        SELECT pg_catalog.array_agg(r.value) AS expected
+          FROM receipt_key AS k
+          CROSS JOIN LATERAL (SELECT {mac} AS mac) AS m
+          CROSS JOIN LATERAL (VALUES ('v1,' || k.kid || ',' || m.mac),
+                                     (CASE WHEN k.signing THEN 'v1,' || m.mac END)) AS r(value)
+         WHERE r.value IS NOT NULL) AS e
+     WHERE i.token_iat IS NOT NULL
        AND EXISTS (SELECT FROM candidate AS c WHERE c.id = i.id AND c.status_code BETWEEN 200 AND 299)
   ), scored AS (
     SELECT c.*, COALESCE(c.status_code BETWEEN 200 AND 299
-                         AND t.expected = ANY (pg_catalog.string_to_array(pg_catalog.btrim({header}), ' ')), false)
+                         AND t.expected && pg_catalog.string_to_array(pg_catalog.btrim({header}), ' '), false)
              AS receipted
       FROM candidate AS c
       LEFT JOIN receipt AS t ON t.id = c.id
@@ -187,6 +220,7 @@ def render_reconcile(spec: ReconcilerSpec) -> str:
     events = f"{SCHEMA}.{EVENTS}"
     attempts = f"{SCHEMA}.{ATTEMPTS}"
     receipts = d.receipts == "required"
+    in_order = may_send("e", d.ordering, d.ordering_on_dead, spec.routes)
     note_missing_webhook_key = f"failure := COALESCE(failure, {missing_secret_error(f.webhook_secret_name or '')});"
     malformed_webhook_key = sql_literal(
         f"{f.webhook_secret_name} in vault is not a valid Standard Webhooks secret (whsec_ followed by base64)"
@@ -198,6 +232,20 @@ def render_reconcile(spec: ReconcilerSpec) -> str:
         f"GREATEST({_backoff('e.attempts', d)}, LEAST(COALESCE("
         f"CASE WHEN o.receipted THEN {SCHEMA}.{RETRY_AFTER}(o.headers) END, 0), {float(d.retry_max_seconds)}))"
     )
+    gives_back = endpoints.gives_back("o")
+    # Each attempt goes to the URL the stack configures for the event's webhook now (`pulumi up` of a
+    # new orchestratorUrl re-points waiting events too), or, for a webhook no longer configured, to the
+    # URL our trigger recorded at insert. Never to a URL read from the catalog.
+    route_join = f"""LEFT JOIN ({_routes(spec)}) AS route(schema_name, table_name, webhook, url)
+        ON route.webhook = e.webhook AND route.schema_name = e.payload ->> 'schema'
+       AND route.table_name = e.payload ->> 'table'"""
+    due_window = f"""SELECT e.id, COALESCE(route.url, e.url) AS url, e.payload, e.next_attempt_at AS queued_at
+      FROM {events} AS e
+      {route_join}
+     WHERE e.state = 'pending' AND e.next_attempt_at <= pg_catalog.now() AND {endpoints.due_condition("e")}{in_order}
+     ORDER BY e.next_attempt_at
+     LIMIT room
+       FOR UPDATE OF e SKIP LOCKED"""
     unreceipted = (
         f"""WHEN o.status_code BETWEEN 200 AND 299 AND secret IS NULL
                THEN 'HTTP ' || o.status_code || ', but its receipt cannot be checked: '
@@ -236,6 +284,7 @@ DECLARE
   step text;
   foreign_triggers text;
   room integer;
+  outcomes jsonb;
 BEGIN
   -- 0. pg_net grants ALL on its tables to PUBLIC, TRIGGER included: a trigger there would run as
   -- postgres whenever this round queues a request or reads outcomes. The lock (which CREATE TRIGGER
@@ -287,7 +336,8 @@ BEGIN
   -- on its own (planted rows beside it cannot hold a delivery back). The receipt is computed once per
   -- event, and only for an event with a 2xx: planted rows cost a string comparison each.
   WITH in_flight AS (
-    SELECT e.id, e.request_id, e.request_epoch, e.sent_at, e.missing_since, e.payload, e.token_iat
+    SELECT e.id, e.request_id, e.request_epoch, e.sent_at, e.missing_since, e.payload, e.token_iat,
+           e.endpoint, e.probe
       FROM {events} AS e
      WHERE e.state = 'sending'
      ORDER BY e.sent_at
@@ -308,7 +358,7 @@ BEGIN
      ORDER BY c.id, {_preference(spec)}(c.status_code BETWEEN 200 AND 299) IS TRUE, c.created
   ), judged AS (
     SELECT i.id, i.request_id, o.status_code, o.headers, o.created AS finished_at, COALESCE(o.receipted, false)
-             AS receipted,
+             AS receipted, i.endpoint, i.probe,
            CASE
              WHEN i.request_epoch IS DISTINCT FROM epoch
                THEN 'request lost: crash recovery emptied pg_net''s queue'
@@ -331,22 +381,30 @@ BEGIN
        SET finished_at = COALESCE(o.finished_at, pg_catalog.now()), status_code = o.status_code, error = o.error
       FROM judged AS o
      WHERE a.event_id = o.id AND a.request_id = o.request_id AND a.finished_at IS NULL
-  )
+  ), updated AS (
   UPDATE {events} AS e
-     SET state = CASE WHEN o.error IS NULL THEN 'delivered'
+     SET state = CASE WHEN o.error IS NULL THEN 'delivered' WHEN {gives_back} THEN 'pending'
                       ELSE {_next_state("e.attempts", d, gone="(o.status_code = 410 AND o.receipted)")} END,
          delivered_at = CASE WHEN o.error IS NULL THEN o.finished_at END,
-         dead_at = CASE WHEN o.error IS NOT NULL
+         dead_at = CASE WHEN o.error IS NOT NULL AND NOT {gives_back}
                          AND ((o.status_code = 410 AND o.receipted) OR e.attempts >= {int(d.max_attempts)})
                         THEN pg_catalog.now() END,
          next_attempt_at = CASE WHEN o.error IS NULL THEN e.next_attempt_at
+                                WHEN {gives_back} THEN {endpoints.PARKED}
                                 ELSE pg_catalog.now() + pg_catalog.make_interval(secs => {retry_delay}) END,
+         attempts = CASE WHEN {gives_back} THEN e.attempts - 1 ELSE e.attempts END,
+         {endpoints.judged_columns("round_started")},
          last_status_code = o.status_code,
          last_error = o.error
     FROM judged AS o
-   WHERE e.id = o.id;
-  GET DIAGNOSTICS n = ROW_COUNT;
+   WHERE e.id = o.id
+  RETURNING o.endpoint, o.status_code, o.probe, COALESCE(o.finished_at, pg_catalog.now()) AS at
+  )
+  SELECT pg_catalog.count(*), pg_catalog.jsonb_agg(pg_catalog.to_jsonb(u)) FILTER (WHERE u.endpoint IS NOT NULL)
+    INTO n, outcomes
+    FROM updated AS u;
   handled := handled + n;
+  {endpoints.judge_statements(SCHEMA, "outcomes", d.pause_after_failures, d.probe_seconds, d.max_per_second)}
   {alerts.round_call()}
 
   -- 2. Due events: a fresh token each, then pg_net.
@@ -360,7 +418,7 @@ BEGIN
     -- A failed attempt, logged and retried like any other: the event waits for the key.
     WITH due_events AS (
       SELECT e.id FROM {events} AS e
-       WHERE e.state = 'pending' AND e.next_attempt_at <= pg_catalog.now()
+       WHERE e.state = 'pending' AND e.next_attempt_at <= pg_catalog.now(){in_order}
        ORDER BY e.next_attempt_at
        LIMIT batch_size
          FOR UPDATE SKIP LOCKED
@@ -391,19 +449,19 @@ BEGIN
                 room - (SELECT pg_catalog.count(*) FROM (SELECT FROM net.http_request_queue LIMIT room) AS q));
 
   issued_at := pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()))::bigint;
-  -- Each attempt goes to the URL the stack configures for the event's webhook now (`pulumi up` of a
-  -- new orchestratorUrl re-points waiting events too), or, for a webhook no longer configured, to the
-  -- URL our trigger recorded at insert. Never to a URL read from the catalog.
+  -- Per endpoint (endpoints.py): the due events and the parked ones its limits let go now, or park.
+  -- Rounds that send take turns (endpoints.SEND_LOCK): each sees the endpoints' free slots alone.
+  IF NOT pg_catalog.pg_try_advisory_xact_lock({endpoints.SEND_LOCK}) THEN
+    room := 0;
+  END IF;
   FOR due IN
-    SELECT e.id, COALESCE(route.url, e.url) AS url, e.payload FROM {events} AS e
-      LEFT JOIN ({_routes(spec)}) AS route(schema_name, table_name, webhook, url)
-        ON route.webhook = e.webhook AND route.schema_name = e.payload ->> 'schema'
-       AND route.table_name = e.payload ->> 'table'
-     WHERE e.state = 'pending' AND e.next_attempt_at <= pg_catalog.now()
-     ORDER BY e.next_attempt_at
-     LIMIT room
-       FOR UPDATE OF e SKIP LOCKED
+    {endpoints.limited_due(SCHEMA, EVENTS, due_window, route_join, d.max_in_flight, d.max_per_second, in_order)}
   LOOP
+    IF NOT due.send THEN
+      {endpoints.park_statement(SCHEMA, EVENTS)}
+      handled := handled + 1;
+      CONTINUE;
+    END IF;
     -- One event's error fails that event only: everything that can fail for one event (its claims,
     -- token, headers, and the URL check net.http_post makes) runs in a subtransaction that writes
     -- nothing, so it takes no transaction id (500 of those would overflow the subtransaction cache).
@@ -440,9 +498,11 @@ BEGIN
       request := net.http_post(due.url, due.payload, '{{}}'::jsonb, headers, {int(f.timeout_ms)});
       UPDATE {events} AS e
          SET state = 'sending', attempts = e.attempts + 1, request_id = request, request_epoch = epoch,
-             sent_at = pg_catalog.now(), missing_since = NULL, url = due.url, token_iat = issued_at
+             sent_at = pg_catalog.now(), missing_since = NULL, url = due.url, token_iat = issued_at,
+             {endpoints.sent_columns()}
        WHERE e.id = due.id
       RETURNING e.attempts INTO n;
+      {endpoints.probe_sent_statement(SCHEMA, d.probe_seconds)}
       INSERT INTO {attempts} (event_id, attempt, request_id, sent_at) VALUES (due.id, n, request, pg_catalog.now());
     END IF;
     handled := handled + 1;

@@ -13,6 +13,7 @@ import psycopg
 from pulumi.dynamic import CheckFailure
 
 from secure_webhooks.configuration.config_errors import STACK_CONFIG, KeyNames
+from secure_webhooks.delivery.ordering import tables_without_primary_key
 
 #: The schema Supabase installs extensions into; the function calls
 #: extensions.sign / extensions.hmac by their qualified names.
@@ -125,6 +126,7 @@ def preflight_props(
     extensions_managed: bool,
     webhook_tables: list[dict[str, str]],
     key_names: KeyNames = STACK_CONFIG,
+    ordered_webhooks: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """preflight_failures' inputs: the signer, the Vault secrets (and whether this stack manages them),
     whether extensions are installed by the stack, and every webhook's table with its config key."""
@@ -137,6 +139,8 @@ def preflight_props(
         "extensions_managed": extensions_managed,
         "webhook_tables": webhook_tables,
         **key_names.prop,
+        # Only with per-row order (each with its table, name and config key): otherwise nothing changes.
+        **({"ordered_webhooks": ordered_webhooks} if ordered_webhooks else {}),
     }
 
 
@@ -164,10 +168,26 @@ def pg_net_trigger_failures(cur: psycopg.Cursor) -> list[CheckFailure]:
     ]
 
 
+def ordering_failures(cur: psycopg.Cursor, webhooks: list[dict[str, str]], names: KeyNames) -> list[CheckFailure]:
+    """Per-row order keys a row by its primary key: a webhook on a table without one is refused."""
+    keyless = tables_without_primary_key(cur, [(w["schema"], w["table"]) for w in webhooks])
+    return [
+        CheckFailure(
+            "ordered_webhooks",
+            f"{w['key']} (name {w['name']!r}): table {w['schema']}.{w['table']} has no primary key, and "
+            f"{names.setting('delivery.ordering')} is 'per-row' (a row's events are ordered by its primary key); "
+            "add a primary key to the table, or set delivery.ordering to 'none'",
+        )
+        for w in webhooks
+        if (w["schema"], w["table"]) in keyless
+    ]
+
+
 def preflight_failures(cur: psycopg.Cursor, props: dict[str, Any]) -> list[CheckFailure]:
     names = KeyNames.of(props)
     managed = props.get("extensions_managed", True)
     failures = target_failures(cur, props.get("webhook_tables") or [])
+    failures += ordering_failures(cur, props.get("ordered_webhooks") or [], names)
     failures += pg_net_trigger_failures(cur)
     failures += [
         failure

@@ -18,6 +18,7 @@ import pulumi
 from psycopg import sql
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, UpdateResult
 
+from secure_webhooks.delivery.ordering import DEFAULT_ORDERING
 from secure_webhooks.installation import adoption
 from secure_webhooks.installation.installation_provider import instance_input, refuse_stale_instance
 from secure_webhooks.installation.ownership import claim, marker, owner_of, refusal
@@ -53,6 +54,7 @@ INPUTS = (
     "webhook_secret_name",
     "previous_webhook_secret_name",
     "owner",
+    "ordering",
 )
 IDENTITY = ("schema", "name")
 
@@ -74,6 +76,8 @@ def function_props(spec: FunctionSpec, owner: str) -> dict[str, Any]:
         "webhook_secret_name": spec.webhook_secret_name,
         "previous_webhook_secret_name": spec.previous_webhook_secret_name,
         "owner": owner,
+        # Only when on: a stack that never turned it on sees no change in its state.
+        **({"ordering": spec.ordering} if spec.ordering != DEFAULT_ORDERING else {}),
     }
 
 
@@ -94,6 +98,7 @@ def spec_from(props: dict[str, Any]) -> FunctionSpec:
         audience=props.get("audience", False),
         webhook_secret_name=props.get("webhook_secret_name"),
         previous_webhook_secret_name=props.get("previous_webhook_secret_name"),
+        ordering=props.get("ordering", DEFAULT_ORDERING),
     )
 
 

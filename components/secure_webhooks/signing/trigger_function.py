@@ -29,6 +29,7 @@ from typing import Any
 
 from psycopg import sql
 
+from secure_webhooks.delivery import ordering
 from secure_webhooks.delivery.outbox import EVENTS as OUTBOX_EVENTS
 from secure_webhooks.delivery.outbox import SCHEMA as OUTBOX_SCHEMA
 
@@ -89,6 +90,8 @@ class FunctionSpec:
     #: The Vault secret (whsec_...) of the key being rotated out: its signature is sent as well, until
     #: the key is retired (docs/key-rotation.md); None: one signature.
     previous_webhook_secret_name: str | None = None
+    #: "per-row": each outbox row also records its commit sequence and row key (delivery/ordering.py).
+    ordering: str = ordering.DEFAULT_ORDERING
 
     @property
     def qualified_name(self) -> str:
@@ -341,29 +344,41 @@ def authorize(spec: FunctionSpec) -> str:
     'Authorization', 'Bearer ' || token);"""
 
 
-def _enqueue(record_expr: str, old_expr: str, source: str = "") -> str:
-    columns = f"INSERT INTO {OUTBOX_SCHEMA}.{OUTBOX_EVENTS} (webhook, url, payload)"
+def _enqueue(record_expr: str, old_expr: str, source: str = "", *, ordered: bool = False) -> str:
+    columns = f"INSERT INTO {OUTBOX_SCHEMA}.{OUTBOX_EVENTS} (webhook, url, payload"
+    if ordered:
+        # The payload is built once, in a LATERAL of its own (OFFSET 0: not pulled up, which would build it
+        # once for each reference), and the row key read from it.
+        rows = f"{source}\n      CROSS JOIN LATERAL " if source else "FROM "
+        return (
+            f"{columns}, {ordering.COLUMNS})\n    SELECT TG_NAME, TG_ARGV[0], p.body, {ordering.values('p.body')}\n"
+            f"      {rows}(SELECT {_payload(record_expr, old_expr)} AS body OFFSET 0) AS p;"
+        )
     if not source:
-        return f"{columns}\n    VALUES (TG_NAME, TG_ARGV[0], {_payload(record_expr, old_expr)});"
-    return f"{columns}\n    SELECT TG_NAME, TG_ARGV[0], {_payload(record_expr, old_expr)}\n      {source};"
+        return f"{columns})\n    VALUES (TG_NAME, TG_ARGV[0], {_payload(record_expr, old_expr)});"
+    return f"{columns})\n    SELECT TG_NAME, TG_ARGV[0], {_payload(record_expr, old_expr)}\n      {source};"
 
 
-def render_outbox_body() -> str:
+def render_outbox_body(order: str = ordering.DEFAULT_ORDERING) -> str:
     """The at-least-once body: one outbox row per affected row, nothing else.
 
     No Vault read, no signature and no pg_net call on the user's insert: a
     missing secret or a dead orchestrator can never fail or slow it, and the
     session never accumulates pg_net's per-transaction callbacks (bench/README.md).
-    The trigger's name identifies the webhook.
+    The trigger's name identifies the webhook. With per-row order the row's
+    commit sequence and key go with it (delivery/ordering.py); without, the
+    body is the same as before ordering existed.
     """
+    ordered = order == "per-row"
+    declarations, primary_key = (ordering.DECLARATIONS, f"\n  {ordering.READ_PRIMARY_KEY}") if ordered else ("", "")
     return f"""
-BEGIN
+{declarations}BEGIN{primary_key}
   IF TG_LEVEL = 'ROW' THEN
-    {_enqueue("NEW", "OLD")}
+    {_enqueue("NEW", "OLD", ordered=ordered)}
   ELSIF TG_OP = 'DELETE' THEN
-    {_enqueue("NULL", "pg_catalog.to_jsonb(r)", f"FROM {OLD_ROWS} AS r")}
+    {_enqueue("NULL", "pg_catalog.to_jsonb(r)", f"FROM {OLD_ROWS} AS r", ordered=ordered)}
   ELSE
-    {_enqueue("pg_catalog.to_jsonb(r)", "NULL", f"FROM {NEW_ROWS} AS r")}
+    {_enqueue("pg_catalog.to_jsonb(r)", "NULL", f"FROM {NEW_ROWS} AS r", ordered=ordered)}
   END IF;
   RETURN NULL;
 END
@@ -378,7 +393,7 @@ def render_body(spec: FunctionSpec) -> str:
     statements the job needs, with constants rendered in rather than held in variables.
     """
     if spec.mode == "at-least-once":
-        return render_outbox_body()
+        return render_outbox_body(spec.ordering)
     if spec.bind_request:
         return render_bound_body(spec)
     return f"""

@@ -30,8 +30,9 @@
 //! changes (docs/key-rotation.md in the repository has the steps).
 //!
 //! Every accepted request's 2xx answer, duplicates included, carries a signed delivery receipt,
-//! `webhook-receipt: v1,<base64url-nopad(HMAC-SHA256(secret, "<webhook-id>.<iat>.<body_sha256>"))>`
-//! ([`receipt`]), `<iat>` being the verified token's: the [`webhook_receipts`] middleware adds it
+//! `webhook-receipt: v1,<kid>,<mac> v1,<mac>` with `<mac>` =
+//! `base64url-nopad(HMAC-SHA256(secret, "<webhook-id>.<iat>.<body_sha256>"))` and `<kid>` the
+//! [`key_id`] of the key that verified the token ([`receipt`]), `<iat>` being the verified token's: the [`webhook_receipts`] middleware adds it
 //! to the handler's response, and the crate's own duplicate answer has it. The database's
 //! reconciler checks it, per attempt.
 //!

@@ -14,12 +14,18 @@ use sha2::{Digest, Sha256};
 /// The response header that acknowledges an accepted event: `webhook-receipt`.
 pub const WEBHOOK_RECEIPT: &str = "webhook-receipt";
 
-/// The `webhook-receipt` value for an event: `v1,<base64url-nopad(HMAC-SHA256(secret,
-/// "<webhook_id>.<iat>.<body_sha256>"))>`, where `secret` is the HS256 key that verified the
+/// The `webhook-receipt` value for an event: `v1,<kid>,<mac> v1,<mac>`, where `<mac>` is
+/// base64url-nopad(HMAC-SHA256(secret, "<webhook_id>.<iat>.<body_sha256>")) and `<kid>` is
+/// [`key_id`](crate::key_id)`(secret)`; `secret` is the HS256 key that verified the
 /// token ([`VerifiedWebhook::kid`](crate::VerifiedWebhook::kid) names it), `webhook_id` the event id (`jti` /
 /// `webhook-id`), `<iat>` the verified token's `iat` claim in decimal (as in JSON: no sign, no
 /// leading zeros) and `<body_sha256>` the base64url-nopad SHA-256 of the exact body bytes
 /// received (the form of the `body_sha256` claim).
+///
+/// The kid lets the database's reconciler check the receipt with the key that signed the
+/// attempt, of the two a key rotation holds around its promote; the kid-less second item is the
+/// same MAC for reconcilers older than key ids (they compare each space-separated item with
+/// `v1,<mac>`).
 ///
 /// Only a holder of the signing key can compute it, and it names both the event and the body the
 /// receiver got, so the database's reconciler can tell a delivery the orchestrator really accepted
@@ -30,12 +36,19 @@ pub const WEBHOOK_RECEIPT: &str = "webhook-receipt";
 /// function is for checking one, or for answering outside axum.
 pub fn receipt(secret: impl AsRef<[u8]>, webhook_id: &str, iat: u64, body: &[u8]) -> String {
     let mac = Hmac::<Sha256>::new_from_slice(secret.as_ref()).expect("HMAC takes any key length");
-    sign(mac, webhook_id, iat, &Sha256::digest(body).into())
+    sign(
+        mac,
+        &crate::key_id(secret),
+        webhook_id,
+        iat,
+        &Sha256::digest(body).into(),
+    )
 }
 
-/// The receipt with an already keyed HMAC (the verifier keeps one) and the body's digest.
+/// The receipt with an already keyed HMAC (the verifier keeps one), its key's id and the body's digest.
 pub(crate) fn sign(
     mut mac: Hmac<Sha256>,
+    kid: &str,
     webhook_id: &str,
     iat: u64,
     body_digest: &[u8; 32],
@@ -45,14 +58,15 @@ pub(crate) fn sign(
     mac.update(iat.to_string().as_bytes());
     mac.update(b".");
     mac.update(URL_SAFE_NO_PAD.encode(body_digest).as_bytes());
-    format!("v1,{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    let mac = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("v1,{kid},{mac} v1,{mac}")
 }
 
 /// `(webhook-receipt, value)`, ready for a response's headers.
 pub(crate) fn header(receipt: &str) -> (HeaderName, HeaderValue) {
     (
         HeaderName::from_static(WEBHOOK_RECEIPT),
-        // "v1," and base64url: always a valid header value
+        // "v1,", base64url, commas and a space: always a valid header value
         HeaderValue::from_str(receipt).expect("a receipt is visible ASCII"),
     )
 }
@@ -126,9 +140,11 @@ mod tests {
         let body_sha256 = URL_SAFE_NO_PAD.encode(Sha256::digest(body));
         let mut mac = Hmac::<Sha256>::new_from_slice(b"key").unwrap();
         mac.update(format!("event-1.1767225600.{body_sha256}").as_bytes());
-        let expected = format!("v1,{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()));
+        let mac = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        // the key's id names it; the same MAC follows without it, for reconcilers older than key ids
+        let expected = format!("v1,R6wPs6M70uxu7dmW,{mac} v1,{mac}");
         assert_eq!(receipt("key", "event-1", 1_767_225_600, body), expected);
-        assert_eq!(expected.len(), 3 + 43);
+        assert_eq!(expected.len(), 3 + 16 + 1 + 43 + 1 + 3 + 43);
         assert_ne!(receipt("key", "event-2", 1_767_225_600, body), expected);
         assert_ne!(receipt("key", "event-1", 1_767_225_600, b"{}"), expected);
         assert_ne!(receipt("other", "event-1", 1_767_225_600, body), expected);

@@ -591,8 +591,13 @@ impl Verifier {
             .check_and_record(&claims.jti, expires_at, now)
             .await
             .map_err(|error| VerifyError::ReplayStore(error.0))?;
-        let receipt =
-            crate::receipt::sign(key.receipt_mac.clone(), &claims.jti, claims.iat, &digest);
+        let receipt = crate::receipt::sign(
+            key.receipt_mac.clone(),
+            &key.kid,
+            &claims.jti,
+            claims.iat,
+            &digest,
+        );
         if !new {
             return Err(VerifyError::Replayed {
                 event_id: claims.jti,

@@ -97,6 +97,14 @@ async fn each_token_is_checked_with_the_key_its_kid_names() {
             accepted.receipt,
             receipt(key, &jti(&token), NOW, BODY.as_bytes())
         );
+        // ... and names it, so the database checks it with that key
+        assert!(
+            accepted
+                .receipt
+                .starts_with(&format!("v1,{},", key_id(key))),
+            "{}",
+            accepted.receipt
+        );
     }
     // a kid naming one held key, over a token another held key signed: only the named key is tried
     let mislabelled = token_with_kid(SECRET, Some(key_id(NEXT)));

@@ -126,9 +126,11 @@ def case(
 
 
 def spec_receipt(secret: str, webhook_id: str, iat: int, body: bytes) -> str:
-    """webhook-receipt, from its definition: v1,<b64url-nopad(HMAC-SHA256(secret, "<id>.<iat>.<body_sha256>"))>."""
+    """webhook-receipt, from its definition: `v1,<kid>,<mac> v1,<mac>`, <kid> the secret's key id and
+    <mac> b64url-nopad(HMAC-SHA256(secret, "<id>.<iat>.<body_sha256>"))."""
     message = f"{webhook_id}.{iat}.{b64url(hashlib.sha256(body).digest())}".encode()
-    return "v1," + b64url(hmac.new(secret.encode(), message, hashlib.sha256).digest())
+    mac = b64url(hmac.new(secret.encode(), message, hashlib.sha256).digest())
+    return f"v1,{key_id(secret)},{mac} v1,{mac}"
 
 
 def token_iat(headers: dict) -> int:
@@ -673,6 +675,8 @@ def main() -> None:
         ("another_secret", "another-secret-of-at-least-32-bytes!!", event_id(1), NOW, body),
         ("non_ascii_secret_is_utf8", "clé-secrète-de-plus-de-32-octets-ok", event_id(1), NOW, body),
         ("dots_in_the_id", SECRET, "a.b.c", NOW, b"{}"),
+        # a rotation: the same event and attempt, answered by a receiver holding the staged key, names that key
+        ("staged_key_names_its_kid", NEXT_SECRET, event_id(1), NOW, body),
     ]
     vectors = {
         "secret": SECRET,
