@@ -6,8 +6,9 @@ verifies tokens like the Rust one) rejects. `pulumi up` of this project swaps
 in the signed webhooks, inserts are delivered and verified, and
 `pulumi destroy` gives the legacy webhooks back exactly. In between, the
 orchestrator goes down: the inserts still commit, `python -m webhook_deliveries
-status` shows them failed with the error, and once it is back the reconciler
-delivers them on its own.
+status` shows them failed with the error and the endpoint paused (its events wait
+without using attempts), and once it is back a probe resumes it and the
+reconciler delivers them on its own.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def main() -> int:
                 "postgresql:username": "postgres",
                 "postgresql:sslmode": "disable",
                 "postgresql:superuser": "false",
-                "secure-webhooks:delivery": {"retryInitialSeconds": 1},  # retry after 1 s, for the demo
+                # For the demo: retry after 1 s; pause the endpoint after 2 failures, probe it every 2 s.
+                "secure-webhooks:delivery": {"retryInitialSeconds": 1, "pauseAfterFailures": 2, "probeSeconds": 2},
             }
         )
         stack.set_secret("postgresql:password", cluster.password_for("postgres"))
@@ -141,16 +143,17 @@ def main() -> int:
         insert_both(cluster, "after")
         show(orchestrator.wait_for(4)[2:])
 
-        step("Outage: the orchestrator stops; two inserts commit anyway")
+        step("Outage: the orchestrator stops; two inserts commit anyway; its endpoint pauses")
         port = int(orchestrator.url.rsplit(":", 1)[1])
         orchestrator.stop()
         insert_both(cluster, "outage")
         with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
             failed = "SELECT count(*) FROM secure_webhooks.deliveries WHERE status = 'failed'"
-            wait_until(lambda: conn.execute(failed).fetchone()[0] == 2)
+            paused = "SELECT count(*) FROM secure_webhooks.endpoints WHERE state = 'paused'"
+            wait_until(lambda: conn.execute(failed).fetchone()[0] == 2 and conn.execute(paused).fetchone()[0] == 1)
             deliveries_status(workspace, stack)
             with WebhookReceiver(jwt_secret, expected_claims={"role": "service_role"}, port=port) as back:
-                step("The orchestrator is back: the reconciler retries and delivers")
+                step("The orchestrator is back: a probe resumes the endpoint; the waiting events are delivered")
                 show(back.wait_for(2, timeout=30))
                 waiting = "SELECT count(*) FROM secure_webhooks.deliveries WHERE status <> 'delivered'"
                 wait_until(lambda: conn.execute(waiting).fetchone()[0] == 0)
