@@ -232,16 +232,16 @@ def run(cluster: LocalSupabase, sizes: Sizes) -> Results:
         pieces_us = pieces.time_pieces(
             cluster, jwt_secret, sizes.rounds, sizes.piece_iterations, sizes.bulk_rows, lambda: measure.reset(admin)
         )
+        _progress("per-row order: the insert path beside (e)'s")
+        ordering_cost = ordering.measure_insert_cost(
+            cluster, app, admin, jwt_secret, sizes.rounds, sizes.transactions, sizes.bulk_rows
+        )
         _progress(f"session age: {sizes.age_transactions} transactions per aged session")
 
         def check_and_reset(variant: Variant, rows: int) -> None:
             measure.check_work(admin, {variant.key: rows}, jwt_secret)
             measure.reset(admin)
 
-        _progress("per-row order: the insert path beside (e)'s")
-        ordering_cost = ordering.measure_insert_cost(
-            cluster, app, admin, jwt_secret, sizes.rounds, sizes.transactions, sizes.bulk_rows
-        )
         aged = session_age.measure(
             cluster,
             measure.APP_ROLE,
