@@ -13,6 +13,7 @@ variant not doing its work, a tool failing) make it non-zero. See bench/README.m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import secrets
 import sys
@@ -23,9 +24,20 @@ from dataclasses import dataclass
 
 import psycopg
 
-from bench import delivery, latency, measure, pieces, profile, recovery, report, session_age
-from bench.variants import AT_LEAST_ONCE, BASELINE, DIRECT, VARIANTS, VARIANTS_BY_KEY, Variant, install_all
+from bench import delivery, latency, measure, ordering, pieces, profile, recovery, report, session_age
+from bench.variants import (
+    AT_LEAST_ONCE,
+    BASELINE,
+    DIRECT,
+    ORDERED_VARIANT,
+    VARIANTS,
+    VARIANTS_BY_KEY,
+    Variant,
+    install_all,
+    install_reconciler,
+)
 from local_supabase.cluster import LocalSupabase
+from secure_webhooks.configuration.delivery_settings import DeliverySettings
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,11 @@ class Sizes:
     isolated_samples: int = 30
     #: Events of the backlog that the recovery measurement fails and replays.
     recovery_events: int = 10_000
+    #: Backlogs (rows, events per row) the ordering measurement drains with ordering none and per-row.
+    ordering_shapes: tuple[tuple[int, int], ...] = ordering.FULL_SHAPES
+    #: The breaker's probe interval in the recovery (None: the default, 30 s). Each drain waits for one
+    #: probe after the replay; a smoke run shortens that wait.
+    probe_seconds: int | None = None
     #: Whether the interleaved rounds must account for pgbench's wall time (measure.check_attributed).
     #: A smoke run's round is some 140 ms, which one scheduler stall on a loaded machine upsets: there
     #: the mismatch is printed, as its figures support no verdict anyway.
@@ -76,6 +93,8 @@ SMOKE = Sizes(
     isolated_samples=2,
     strict_attribution=False,
     recovery_events=200,
+    ordering_shapes=ordering.SMOKE_SHAPES,
+    probe_seconds=2,
 )
 #: Session age and first-attempt latency: Supabase's webhook, ours direct and ours at-least-once.
 AGED = (BASELINE, DIRECT, AT_LEAST_ONCE)
@@ -109,6 +128,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--isolated-samples", type=int, help=f"isolated inserts per variant ({FULL.isolated_samples})")
     parser.add_argument("--recovery-events", type=int, help=f"events of the recovery backlog ({FULL.recovery_events})")
+    parser.add_argument(
+        "--limits-only",
+        action="store_true",
+        help="only the limits and per-row order section: recovery with and without limits (and pg_net alone, "
+        "with (d)'s signed requests), per-row order's insert and delivery cost (no cost table, no latency)",
+    )
     return parser
 
 
@@ -127,6 +152,9 @@ def _sizes(args: argparse.Namespace) -> Sizes:
         latency_samples=args.latency_samples or base.latency_samples,
         isolated_samples=args.isolated_samples or base.isolated_samples,
         recovery_events=args.recovery_events or base.recovery_events,
+        ordering_shapes=base.ordering_shapes,
+        probe_seconds=base.probe_seconds,
+        strict_attribution=base.strict_attribution,
     )
 
 
@@ -149,7 +177,9 @@ class Delivered:
     #: Seconds from one reconciler run's end to the next run's session, during the latency workloads.
     cron_gaps: list[float]
     anchors: list[recovery.Anchor]
-    recovery: recovery.Recovery
+    #: The same backlog drained without limits (the goal's figure), then with the default limits.
+    recoveries: list[recovery.Recovery]
+    drains: list[ordering.Drain]
 
 
 @dataclass(frozen=True)
@@ -160,6 +190,7 @@ class Results:
     profiles: dict[profile.Workload, list[profile.Profile]]
     pieces_us: dict[str, dict[str, float]]
     aged: list[session_age.AgedCost]
+    ordering_cost: ordering.InsertCost
     delivered: Delivered
 
 
@@ -201,6 +232,10 @@ def run(cluster: LocalSupabase, sizes: Sizes) -> Results:
         pieces_us = pieces.time_pieces(
             cluster, jwt_secret, sizes.rounds, sizes.piece_iterations, sizes.bulk_rows, lambda: measure.reset(admin)
         )
+        _progress("per-row order: the insert path beside (e)'s")
+        ordering_cost = ordering.measure_insert_cost(
+            cluster, app, admin, jwt_secret, sizes.rounds, sizes.transactions, sizes.bulk_rows
+        )
         _progress(f"session age: {sizes.age_transactions} transactions per aged session")
 
         def check_and_reset(variant: Variant, rows: int) -> None:
@@ -226,7 +261,8 @@ def run(cluster: LocalSupabase, sizes: Sizes) -> Results:
             workload: [profile.profile(instrumented, variant, workload) for variant in VARIANTS]
             for workload in workloads
         }
-    return Results(single, interleaved_ms, bulk, profiles, pieces_us, aged, _deliver(cluster, sizes, jwt_secret))
+    delivered = _deliver(cluster, sizes, jwt_secret)
+    return Results(single, interleaved_ms, bulk, profiles, pieces_us, aged, ordering_cost, delivered)
 
 
 def deliver_only(cluster: LocalSupabase, sizes: Sizes) -> Delivered:
@@ -237,31 +273,67 @@ def deliver_only(cluster: LocalSupabase, sizes: Sizes) -> Delivered:
     return _deliver(cluster, sizes, jwt_secret)
 
 
-def _deliver(cluster: LocalSupabase, sizes: Sizes, jwt_secret: str) -> Delivered:
-    """Latency, then recovery, with the pg_net worker, the receiver and the reconciler's job running."""
+@dataclass(frozen=True)
+class Limited:
+    """`--limits-only`: per-row order's insert cost, and the delivery side of the limits and of order."""
+
+    ordering_cost: ordering.InsertCost
+    delivered: Delivered
+
+
+def limits_only(cluster: LocalSupabase, sizes: Sizes) -> Limited:
+    """Install every variant, time per-row order's insert path, then recovery and drains (no latency)."""
+    jwt_secret = secrets.token_urlsafe(48)
+    with (
+        psycopg.connect(cluster.admin_dsn, autocommit=True) as admin,
+        psycopg.connect(cluster.dsn(measure.APP_ROLE), autocommit=True) as app,
+    ):
+        install_all(app, jwt_secret)
+        _progress("per-row order: the insert path beside (e)'s")
+        cost = ordering.measure_insert_cost(
+            cluster, app, admin, jwt_secret, sizes.rounds, sizes.transactions, sizes.bulk_rows
+        )
+    # pg_net alone with (d)'s signed requests only: the fair anchor (bench/README.md); (b)'s runs in full runs.
+    return Limited(cost, _deliver(cluster, sizes, jwt_secret, with_latency=False, anchor_keys=(DIRECT,)))
+
+
+def _deliver(
+    cluster: LocalSupabase,
+    sizes: Sizes,
+    jwt_secret: str,
+    *,
+    with_latency: bool = True,
+    anchor_keys: tuple[str, ...] = (BASELINE, DIRECT),
+) -> Delivered:
+    """Latency, then recovery with and without limits, then per-row order's drains, with the pg_net worker,
+    the receiver and the reconciler's job running."""
     delivering = [VARIANTS_BY_KEY[key] for key in AGED]
     static = VARIANTS_BY_KEY[BASELINE]
     receiver = delivery.TimedReceiver(jwt_secret, unsigned_tables=[static.table]).start()
+    url = receiver.url + delivery.PATH
     with (
         psycopg.connect(cluster.admin_dsn, autocommit=True) as admin,
         psycopg.connect(cluster.dsn(measure.APP_ROLE), autocommit=True) as conn,
     ):
-        delivery.point_at(conn, delivering, receiver.url + delivery.PATH)
+        delivery.point_at(conn, [*delivering, ORDERED_VARIANT], url)
         with delivery.running_pipeline(cluster) as pipeline:
             try:
-                _progress(f"latency: a steady stream of {sizes.latency_samples} inserts per variant")
-                latencies = latency.measure_steady(conn, receiver, delivering, sizes.latency_samples)
-                _progress(f"latency: {sizes.isolated_samples} isolated inserts per variant")
-                latencies += latency.measure_isolated(
-                    conn, receiver, pipeline.worker, delivering, sizes.isolated_samples
-                )
+                latencies: list[latency.Latencies] = []
+                if with_latency:
+                    _progress(f"latency: a steady stream of {sizes.latency_samples} inserts per variant")
+                    latencies = latency.measure_steady(conn, receiver, delivering, sizes.latency_samples)
+                    _progress(f"latency: {sizes.isolated_samples} isolated inserts per variant")
+                    latencies += latency.measure_isolated(
+                        conn, receiver, pipeline.worker, delivering, sizes.isolated_samples
+                    )
                 cron_gaps = list(pipeline.cron.gaps)
                 pipeline.worker.drain()
                 measure.reset(admin)
+                receiver.set_work(delivery.BACKLOG_WORK)
                 # pg_net alone with the same batch size: the static webhook's requests (refused, unsigned,
                 # so the receiver does less per request), and direct mode's signed ones (verified as ours).
                 anchors = []
-                for variant in (static, VARIANTS_BY_KEY[DIRECT]):
+                for variant in (VARIANTS_BY_KEY[key] for key in anchor_keys):
                     _progress(f"recovery anchor: {sizes.recovery_events} requests of {variant.label} at once")
                     anchors.append(
                         recovery.measure_anchor(conn, variant, sizes.recovery_events, receiver, pipeline.worker)
@@ -272,22 +344,64 @@ def _deliver(cluster: LocalSupabase, sizes: Sizes, jwt_secret: str) -> Delivered
                 receiver.stop()
             receiver.check_accepted()
             measure.reset(admin)
-            _progress(f"recovery: {sizes.recovery_events} events, orchestrator down, then replayed")
             outbox = VARIANTS_BY_KEY[AT_LEAST_ONCE]
-            drained = recovery.measure(conn, outbox, sizes.recovery_events, jwt_secret, receiver.port, pipeline.worker)
-            measure.reset(admin)
-    return Delivered(latencies, cron_gaps, anchors, drained)
+            recoveries = []
+            for label, settings in recovery.LIMITS:
+                if sizes.probe_seconds is not None:
+                    settings = dataclasses.replace(settings, probe_seconds=sizes.probe_seconds)
+                limits = (label, settings)
+                _progress(f"recovery, {label}: {sizes.recovery_events} events, orchestrator down, then replayed")
+                recoveries.append(
+                    recovery.measure(
+                        conn, outbox, sizes.recovery_events, jwt_secret, receiver.port, pipeline.worker, limits
+                    )
+                )
+                measure.reset(admin)
+            drains = ordering.measure_drains(conn, admin, jwt_secret, receiver.port, sizes.ordering_shapes, _progress)
+            install_reconciler(conn, DeliverySettings(), url)
+    return Delivered(latencies, cron_gaps, anchors, recoveries, drains)
 
 
 def print_delivery(delivered: Delivered, verdicts: bool = True) -> None:
-    print("First-attempt latency")
-    print("---------------------")
-    print(latency.render(delivered.latencies, BASELINE, AT_LEAST_ONCE, verdicts))
-    print(latency.render_gaps(delivered.cron_gaps))
-    print()
+    if delivered.latencies:
+        print("First-attempt latency")
+        print("---------------------")
+        print(latency.render(delivered.latencies, BASELINE, AT_LEAST_ONCE, verdicts))
+        print(latency.render_gaps(delivered.cron_gaps))
+        print()
+    unlimited = delivered.recoveries[0]
     print("Recovery throughput")
     print("-------------------")
-    print(recovery.render(delivered.recovery, delivered.anchors, verdicts))
+    print(recovery.render(unlimited, delivered.anchors, verdicts))
+
+
+def print_limits(
+    delivered: Delivered,
+    ordering_cost: ordering.InsertCost | None,
+    rounds: int,
+    insert_path: dict[str, dict[str, float]] | None,
+    verdicts: bool = True,
+) -> None:
+    """The limits and per-row order section: both drains side by side, order's costs, and the insert path
+    (from this run's cost table when there is one)."""
+    print()
+    print("Limits and per-row order")
+    print("------------------------")
+    for limited in delivered.recoveries[1:]:
+        print(recovery.render(limited, (), verdicts))
+        print()
+    print(f"the same backlog of {delivered.recoveries[0].events} events, side by side (this run):")
+    print(recovery.render_side_by_side(delivered.recoveries, verdicts))
+    print()
+    print(ordering.render(ordering_cost, delivered.drains, rounds))
+    print()
+    if insert_path is None:
+        print(
+            "insert path: this run has no cost table (--limits-only, --delivery-only); (e)'s single-row and bulk "
+            "ratios to (b) are those of the last full run (bench/README.md)"
+        )
+    else:
+        print(report.insert_path_lines(insert_path, verdicts))
 
 
 def print_report(sizes: Sizes, results: Results, verdicts: bool = True) -> None:
@@ -330,6 +444,7 @@ def print_report(sizes: Sizes, results: Results, verdicts: bool = True) -> None:
     print(session_age.render(results.aged, sizes.age_transactions, sizes.age_rounds, sizes.age_inserts, subject))
     print()
     print_delivery(results.delivered, verdicts)
+    print_limits(results.delivered, results.ordering_cost, sizes.rounds, medians, verdicts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,13 +454,19 @@ def main(argv: list[str] | None = None) -> int:
     _progress(f"starting the local Supabase stand-in; {os.cpu_count()} CPUs")
     try:
         with LocalSupabase.start() as cluster:
-            if args.delivery_only:
+            if args.limits_only:
+                limited = limits_only(cluster, sizes)
+            elif args.delivery_only:
                 delivered = deliver_only(cluster, sizes)
             else:
                 results = run(cluster, sizes)
         verdicts = not args.smoke
-        if args.delivery_only:
+        if args.limits_only:
+            print_delivery(limited.delivered, verdicts)
+            print_limits(limited.delivered, limited.ordering_cost, sizes.rounds, None, verdicts)
+        elif args.delivery_only:
             print_delivery(delivered, verdicts)
+            print_limits(delivered, None, sizes.rounds, None, verdicts)
         else:
             print_report(sizes, results, verdicts)
         if not verdicts:

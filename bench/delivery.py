@@ -31,7 +31,8 @@ from bench.measure import APP_ROLE, BenchError, insert_one
 from bench.variants import OWNER, Variant
 from local_supabase.cluster import LocalSupabase
 from local_supabase.cron_runner import JobSessionThread
-from local_supabase.orchestrator import Delivery, WebhookReceiver
+from local_supabase.measuring_receiver import MeasuringReceiver
+from local_supabase.orchestrator import Delivery
 from local_supabase.pg_net_worker import PgNetWorker
 from secure_webhooks.delivery.reconciler import JOB_NAME, cron_command
 from secure_webhooks.delivery.schedule_provider import ScheduleProvider
@@ -43,12 +44,22 @@ PATH = "/ingest/bench"
 RowKey = tuple[str, int]
 
 
+#: Seconds each request takes at the receiver while backlogs drain (recovery, its anchors, the ordering
+#: drains), as tests/test_endpoint_limits.py's receiver takes: an orchestrator does some work per request,
+#: so requests overlap and "most at once" means something. The latency workloads run without it.
+BACKLOG_WORK = 0.02
+
 #: How often the watcher looks for new deliveries: the resolution of the arrival times.
 WATCH_INTERVAL_SECONDS = 0.001
 
 
 class TimedReceiver:
-    """The orchestrator stand-in (WebhookReceiver, unchanged), plus when each row's first accepted delivery arrived.
+    """The orchestrator stand-in (WebhookReceiver), plus when each row's first accepted delivery arrived.
+
+    It is a MeasuringReceiver, so it also reports what the per-endpoint limits promise to bound: the
+    most requests it served at once (`peak`) and the most that arrived in any one-second window
+    (`busiest_second()`). By default it does no work beyond verifying; the backlogs run with
+    BACKLOG_WORK, so that requests overlap as they would at an orchestrator that does something.
 
     Uses only the receiver's public API: a watcher thread reads its recorded
     `deliveries` every millisecond and stamps the new ones with
@@ -59,8 +70,9 @@ class TimedReceiver:
     variant that delivers in the bench mints bound tokens.
     """
 
-    def __init__(self, secret: str, *, port: int = 0, unsigned_tables: Sequence[str] = ()) -> None:
-        self.receiver = WebhookReceiver(secret, port=port)
+    def __init__(self, secret: str, *, port: int = 0, unsigned_tables: Sequence[str] = (), work: float = 0.0) -> None:
+        #: `work`: seconds each request takes before it is verified (an orchestrator's own work).
+        self.receiver = MeasuringReceiver(secret, port=port, work=work)
         #: Tables whose webhooks send no token (Supabase's static webhook): the receiver refuses
         #: them (401), and their first request's arrival is what counts.
         self.unsigned_tables = frozenset(unsigned_tables)
@@ -116,6 +128,19 @@ class TimedReceiver:
     @property
     def deliveries(self) -> list[Delivery]:
         return self.receiver.deliveries
+
+    def set_work(self, seconds: float) -> None:
+        """From now on each request takes `seconds` before it is verified."""
+        self.receiver.work = seconds
+
+    @property
+    def peak(self) -> int:
+        """The most requests the receiver was serving at once."""
+        return self.receiver.peak
+
+    def busiest_second(self) -> int:
+        """The most requests that arrived in any window [t, t + 1 s)."""
+        return self.receiver.busiest_second()
 
     def check_accepted(self) -> None:
         """Every signed request was accepted: signature, claims, jti = webhook-id and body hash all verified."""

@@ -23,9 +23,10 @@ import jwt
 import psycopg
 from psycopg import sql
 
-from bench.variants import TRIGGER_NAME, VARIANTS, VARIANTS_BY_KEY, Variant
+from bench.variants import INSTALLED, TRIGGER_NAME, VARIANTS_BY_KEY, Variant
 from local_supabase.cluster import LocalSupabase
 from secure_webhooks.configuration.settings import DEFAULT_CLAIMS
+from secure_webhooks.delivery.endpoints import ENDPOINTS
 from secure_webhooks.delivery.outbox import ATTEMPTS, EVENTS, SCHEMA
 from webhook_verifier import VerificationError, Verifier
 
@@ -261,8 +262,11 @@ def _check_token(
 
 
 def reset(admin: psycopg.Connection) -> None:
-    """Empty every variant table, pg_net's queue, Supabase's hooks log and our outbox (as the superuser)."""
-    relations = [variant.table_id for variant in VARIANTS]
+    """Empty every variant table, pg_net's queue, Supabase's hooks log and our outbox, its endpoints' state
+    (a paused endpoint would hold the next measurement's events) included (as the superuser)."""
+    relations = [variant.table_id for variant in INSTALLED]
     relations += [sql.SQL("net.http_request_queue"), sql.SQL("supabase_functions.hooks"), _OUTBOX]
-    relations += [sql.SQL("{}.{}").format(sql.Identifier(SCHEMA), sql.Identifier(ATTEMPTS))]
+    relations += [
+        sql.SQL("{}.{}").format(sql.Identifier(SCHEMA), sql.Identifier(name)) for name in (ATTEMPTS, ENDPOINTS)
+    ]
     admin.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(relations)))

@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from bench.variants import BASELINE, LABEL_WIDTH, VARIANTS
+from bench.variants import AT_LEAST_ONCE, BASELINE, LABEL_WIDTH, VARIANTS
 
 
 @dataclass(frozen=True)
@@ -85,4 +85,23 @@ def round_spread(samples: Mapping[str, Mapping[str, Sequence[float]]]) -> str:
             lines.append(
                 f"    {variant.label} {mode}: {statistics.median(paired):.2f}x, {min(paired):.2f}-{max(paired):.2f}x"
             )
+    return "\n".join(lines)
+
+
+def insert_path_lines(results: Mapping[str, Mapping[str, float]], verdicts: bool = True) -> str:
+    """(e)'s ratios to (b) from this run's cost table, restated beside the limits and per-row order figures.
+
+    The limits live in the reconciler and per-row order is opt-in, so neither should move the default
+    insert path; these lines say, in the same run as the new figures, that it did not.
+    """
+    lines = [
+        "insert path of at-least-once (e), default settings (limits on, ordering none), from this run's cost "
+        "table above:"
+    ]
+    for goal in GOALS:
+        ratio = ratios(results[goal.mode])[AT_LEAST_ONCE]
+        lines.append(f"    {goal.mode}: {ratio:.2f}x (b)")
+        if verdicts:
+            holds = "yes" if ratio <= goal.max_ratio else "no"
+            lines.append(f"goal: (e) {goal.mode} <= {goal.max_ratio:.2f}x (b): {ratio:.2f}x; goal holds: {holds}")
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from local_supabase.bootstrap import create_demo_tables
 from secure_webhooks.configuration.delivery_settings import DeliverySettings
 from secure_webhooks.delivery.outbox import script_sha256
 from secure_webhooks.delivery.outbox_provider import OutboxProvider
-from secure_webhooks.delivery.reconciler import ReconcilerSpec
+from secure_webhooks.delivery.reconciler import ReconcilerSpec, Route
 from secure_webhooks.delivery.reconciler_provider import ReconcilerProvider, reconciler_props
 from secure_webhooks.installation import trigger_provider
 from secure_webhooks.signing import function_provider
@@ -107,22 +107,41 @@ def _install_outbox(cur: psycopg.Cursor, function: FunctionSpec) -> None:
     ReconcilerProvider().install(cur, reconciler_props(reconciler_spec(function), OWNER), None)
 
 
-def _ours(name: str, signer: str, mode: str = "direct", *, bind_request: bool = True) -> Installer:
-    """Our function and INSERT trigger (and for at-least-once the outbox), as the providers install them.
+def _spec(name: str, signer: str, mode: str, bind_request: bool = True, ordering: str = "none") -> FunctionSpec:
+    return FunctionSpec(name=name, signer=signer, mode=mode, bind_request=bind_request, ordering=ordering)
+
+
+#: (e)'s function; the reconciler signs with its settings (the ordered variant's differ only in name and order).
+OUTBOX_FUNCTION = _spec("bench_notify_outbox", "pgcrypto", "at-least-once")
+
+
+#: At-least-once webhooks also fire on UPDATE (a second trigger, as a stack's `events: [INSERT, UPDATE]`
+#: installs it): the ordering measurement changes rows after inserting them. An insert never fires it.
+UPDATE_TRIGGER_NAME = TRIGGER_NAME + "_update"
+
+
+def _ours(
+    name: str, signer: str, mode: str = "direct", *, bind_request: bool = True, ordering: str = "none"
+) -> Installer:
+    """Our function and INSERT trigger (and for at-least-once the outbox and an UPDATE trigger), as the
+    providers install them.
 
     `bind_request` is FunctionSpec's default (one token per row); False is the old body, one per statement.
     """
 
     def install(conn: psycopg.Connection, variant: Variant, url: str) -> None:
-        spec = FunctionSpec(name=name, signer=signer, mode=mode, bind_request=bind_request)
-        trigger = trigger_provider.trigger_props(
-            schema="public", table=variant.table, name=TRIGGER_NAME, event="INSERT", url=url, function=spec, owner=OWNER
-        )
+        spec = _spec(name, signer, mode, bind_request, ordering)
+        events = ("INSERT", "UPDATE") if mode == "at-least-once" else ("INSERT",)
         with conn.transaction(), conn.cursor() as cur:
             if mode == "at-least-once":
                 _install_outbox(cur, spec)
             function_provider.install(cur, spec, OWNER)
-            trigger_provider.install(cur, trigger)
+            for event, trigger_name in zip(events, (TRIGGER_NAME, UPDATE_TRIGGER_NAME), strict=False):
+                props = trigger_provider.trigger_props(
+                    schema="public", table=variant.table, name=trigger_name, event=event, url=url, function=spec,
+                    owner=OWNER,
+                )  # fmt: skip
+                trigger_provider.install(cur, props)
 
     return install
 
@@ -140,10 +159,38 @@ VARIANTS = (
             _ours("bench_notify_unbound", "pgcrypto", bind_request=False),
             queues_request=True, logs_hook=False, signs=True),
     Variant("e", "(e) ours, at-least-once", "bench_e_outbox",
-            _ours("bench_notify_outbox", "pgcrypto", "at-least-once"),
+            _ours(OUTBOX_FUNCTION.name, OUTBOX_FUNCTION.signer, OUTBOX_FUNCTION.mode),
             queues_request=False, logs_hook=False, signs=False, writes_outbox=True),
 )  # fmt: skip
-VARIANTS_BY_KEY = {variant.key: variant for variant in VARIANTS}
+#: Installed beside the cost table's variants, not part of it: (e) with `delivery.ordering: per-row`,
+#: whose trigger also records each event's commit sequence and row key (bench/ordering.py compares it with (e)).
+ORDERED_VARIANT = Variant(
+    "e-per-row", "(e) ours, at-least-once, per-row order", "bench_e_ordered",
+    _ours("bench_notify_ordered", "pgcrypto", "at-least-once", ordering="per-row"),
+    queues_request=False, logs_hook=False, signs=False, writes_outbox=True,
+)  # fmt: skip
+#: Every table the bench installs: the cost table's variants and the ordered one.
+INSTALLED = (*VARIANTS, ORDERED_VARIANT)
+VARIANTS_BY_KEY = {variant.key: variant for variant in INSTALLED}
+
+
+def install_reconciler(conn: psycopg.Connection, delivery: DeliverySettings, url: str) -> None:
+    """Re-install the reconciler with other delivery settings (limits, ordering), as `pulumi up` would.
+
+    With the routes of every at-least-once webhook posting to `url`: per-row order keeps a row's INSERT
+    and UPDATE events (two triggers of one webhook) in order only when the stack routes them together.
+    """
+    routes = tuple(
+        Route("public", variant.table, name, url)
+        for variant in INSTALLED
+        if variant.writes_outbox
+        for name in (TRIGGER_NAME, UPDATE_TRIGGER_NAME)
+    )
+    spec = ReconcilerSpec(function=OUTBOX_FUNCTION, delivery=delivery, routes=routes)
+    with conn.transaction(), conn.cursor() as cur:
+        ReconcilerProvider().install(cur, reconciler_props(spec, OWNER), None)
+
+
 #: Width of the variant column in the tables.
 LABEL_WIDTH = max(len(variant.label) for variant in VARIANTS)
 BASELINE = "b"
@@ -162,7 +209,7 @@ def install_all(conn: psycopg.Connection, jwt_secret: str) -> None:
     conn.execute("CREATE EXTENSION IF NOT EXISTS pg_net WITH SCHEMA extensions")
     conn.execute("SELECT vault.create_secret(%s, %s)", (jwt_secret, SECRET_NAME))
     create_demo_tables(conn)
-    for variant in VARIANTS:
+    for variant in INSTALLED:
         # LIKE ... INCLUDING ALL: the exact shape of public.resumes, defaults and primary key included.
         conn.execute(sql.SQL("CREATE TABLE {} (LIKE public.resumes INCLUDING ALL)").format(variant.table_id))
         variant.install(conn, variant, URL)

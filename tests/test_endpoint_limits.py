@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -30,55 +29,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
 from local_supabase.cluster import LocalSupabase
-from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
+from local_supabase.measuring_receiver import MeasuringReceiver
+from local_supabase.orchestrator import PlannedResponse
 from local_supabase.pg_net_worker import PgNetWorker
 from secure_webhooks.delivery.endpoints import endpoint_of, endpoint_sql
 from webhook_deliveries.__main__ import main
 
 SECRET = "endpoint-limits-signing-secret-" + "0123456789abcdef" * 2
 PATH = "/ingest/interns/individual"
-
-
-class MeasuringReceiver(WebhookReceiver):
-    """A receiver that notes each request's arrival and how many it was serving at once; `down` answers 503.
-
-    Each request takes `work` seconds, as an orchestrator's does, so requests overlap when they can.
-    """
-
-    def __init__(self, *args: Any, work: float = 0.02, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.work = work
-        self.down = False
-        self.arrivals: list[float] = []
-        self.peak = 0
-        self._serving = 0
-        self._count = threading.Lock()
-
-    def verify(self, headers, body):
-        with self._count:
-            self.arrivals.append(time.monotonic())
-            self._serving += 1
-            self.peak = max(self.peak, self._serving)
-        time.sleep(self.work)
-        return super().verify(headers, body)
-
-    def _next_planned(self) -> PlannedResponse | None:
-        return PlannedResponse(503) if self.down else super()._next_planned()
-
-    def _record(self, record) -> None:
-        with self._count:
-            self._serving -= 1
-        super()._record(record)
-
-    def busiest_second(self) -> int:
-        """The most arrivals in any window [t, t + 1 s)."""
-        times = sorted(self.arrivals)
-        most, start = 0, 0
-        for end, arrived in enumerate(times):
-            while arrived - times[start] >= 1.0:
-                start += 1
-            most = max(most, end - start + 1)
-        return most
 
 
 @pytest.fixture(scope="module")
