@@ -48,6 +48,7 @@ def test_fresh_stack_previews_creates_then_converges(engine):
         "view": "secure_webhooks.deliveries",
         "cronJob": "secure_webhooks_reconciler",
         "schedule": "* * * * *",  # Debian's pg_cron 1.4 schedules by the minute
+        "alerts": {"channel": "secure_webhooks_alerts", "url": None, "intervalSeconds": 300},
     }
 
 
@@ -96,11 +97,12 @@ def test_url_change_updates_triggers_in_place_without_losing_an_insert(engine):
             count = inserted.result()
         with engine.connect() as conn:
             conn.execute("INSERT INTO public.resumes (name, storage_path) VALUES ('after-update', 'r/')")
-        # pg_net carries about 200 requests per one-second round, and the inserts above queue as many
-        # as the machine manages during `up`: give the backlog time in proportion. Wait for the outbox,
-        # not pg_net's queue: on a busy machine the queue can be empty while the reconciler still signs
-        # the next requests. A delivered event's request was recorded by its receiver before it answered.
-        backlog = 30 + count / 100
+        # The inserts above queue as many events as the machine manages during `up`, and the default
+        # endpoint limits (maxPerSecond 100, a rate slot held a round trip plus a second) drain them at
+        # some 40-60 a second here: give the backlog time in proportion, at 20 a second. Wait for the
+        # outbox, not pg_net's queue: on a busy machine the queue can be empty while the reconciler still
+        # signs the next requests. A delivered event's request was recorded by its receiver before it answered.
+        backlog = 30 + count / 20
         engine.wait_until_delivered(timeout=backlog)
         delivered = engine.orchestrator.deliveries + moved.deliveries
         assert count > 0 and len(delivered) == count + 1

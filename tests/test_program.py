@@ -59,7 +59,11 @@ def run_program(stack: str, config: dict[str, str], secret_keys: tuple[str, ...]
         runpy.run_path(str(ROOT / "__main__.py"))
         return pulumi.Output.from_input(None)
 
-    program()
+    try:
+        program()
+    finally:
+        # No mock engine left behind: pulumi.log would write to it, not to stderr, in later tests' providers.
+        pulumi.runtime.settings.reset_options()
     return mocks
 
 
