@@ -127,6 +127,17 @@ def install_statements(nobody: sql.Composable, operators: list[str]) -> list[sql
     return statements
 
 
+def quiesce_statement() -> sql.Composable:
+    """Wait for a round that is making alerts to commit, and keep later rounds out of them until this
+    transaction ends (they try the same lock and skip alerts). Taken before the alert tables are
+    dropped: a round holding one alert table while it waits for the next would deadlock with the DROP."""
+    state = sql.Literal(f"{SCHEMA}.{ALERT_STATE}")
+    return sql.SQL(
+        "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.to_regclass({})::oid::integer, 0)"
+        " WHERE pg_catalog.to_regclass({}) IS NOT NULL"
+    ).format(state, state)
+
+
 def drop_statement() -> sql.Composable:
     """The alert tables go with the reconciler, before the outbox drops its schema (which it does
     without CASCADE)."""
