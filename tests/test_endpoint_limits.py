@@ -33,6 +33,7 @@ from local_supabase.measuring_receiver import MeasuringReceiver
 from local_supabase.orchestrator import PlannedResponse
 from local_supabase.pg_net_worker import PgNetWorker
 from secure_webhooks.delivery.endpoints import endpoint_of, endpoint_sql
+from secure_webhooks.delivery.reconciler import Route
 from webhook_deliveries.__main__ import main
 
 SECRET = "endpoint-limits-signing-secret-" + "0123456789abcdef" * 2
@@ -129,6 +130,44 @@ def test_webhooks_on_one_host_share_its_limits(database):
             assert all(accepted[table] == set(rows) for table, rows in inserted.items())
             assert endpoints == [endpoint_of(receiver.url)]
             assert receiver.peak <= 10 and receiver.busiest_second() <= 20, (receiver.peak, receiver.busiest_second())
+    finally:
+        pipeline.remove()
+
+
+def test_a_url_change_moves_parked_events_and_opens_the_old_paused_endpoint(database):
+    """`up` of a new orchestratorUrl while the old one is paused with a backlog: the parked events count
+    against the new endpoint's limits, and the old endpoint, with nothing left to probe, is not left paused."""
+    cluster, sender = database
+    # No probe within the test: the backlog stays parked at the old endpoint until the URL changes.
+    delivery = dataclasses.replace(TEST_DELIVERY, pause_after_failures=2, probe_seconds=3600, max_per_second=20)
+    pipeline = install_pipeline(cluster, delivery)
+    try:
+        with MeasuringReceiver(SECRET) as old, MeasuringReceiver(SECRET) as new, pipeline.connect() as conn:
+            pipeline.add_trigger("resumes", old.url + PATH, name="resumes_hook")
+            old.down = True
+            inserted = insert_bulk(conn, 60)
+
+            def parked_at(endpoint: str) -> int:
+                return conn.execute(
+                    "SELECT count(*) FROM secure_webhooks.events WHERE endpoint = %s AND state = 'pending' "
+                    "AND next_attempt_at > now() + interval '1 year'",
+                    (endpoint,),
+                ).fetchone()[0]
+
+            before, after = endpoint_of(old.url), endpoint_of(new.url)
+            settle(conn, sender, lambda: parked_at(before) == len(inserted), timeout=120)
+            assert endpoint_row(conn, before)["state"] == "paused"
+
+            pipeline.route(Route("public", "resumes", "resumes_hook", new.url + PATH))
+            assert (parked_at(before), parked_at(after)) == (0, len(inserted))
+            row = endpoint_row(conn, before)
+            assert row is not None and row["state"] == "open" and row["paused_since"] is None, row
+
+            settle(conn, sender, all_delivered(conn), timeout=300)
+            counts = tally(inserted, new.deliveries)
+            print(f"URL change with a parked backlog: {counts}; busiest second at the new URL {new.busiest_second()}")
+            assert counts.lost == 0 and counts.unexpected == 0 and counts.delivered == len(inserted), counts
+            assert new.busiest_second() <= 20, new.busiest_second()
     finally:
         pipeline.remove()
 

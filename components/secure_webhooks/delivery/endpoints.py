@@ -164,6 +164,44 @@ def limited_due(
    ORDER BY t.turn"""
 
 
+def moves(schema: str, events: str, route_join: str, routes: str) -> list[str]:
+    """SQL for the `up` that changes where webhooks post (their routes).
+
+    A parked event waits in the queue of the endpoint it was parked for; if its webhook now posts
+    elsewhere, it would go to the new URL while counting against the old endpoint's limits, so the new
+    endpoint could see more than its own. It moves to its route's endpoint (which gets its row, open, if it
+    has none yet: rounds find parked events through the rows). An endpoint paused that no
+    route names any more and that nothing waits for has nothing left to probe: it would stay paused
+    for good (and fail `status --check`), so it is opened. `route_join` resolves an event aliased `e` to
+    `route.url`; `routes` are the rows (schema, table, webhook, url) it joins.
+    """
+    table = f"{schema}.{events}"
+    return [
+        f"""UPDATE {table} AS t
+   SET endpoint = moved.endpoint
+  FROM (SELECT e.id, {endpoint_sql("COALESCE(route.url, e.url)")} AS endpoint
+          FROM {table} AS e
+          {route_join}
+         WHERE e.state = 'pending' AND e.next_attempt_at = {PARKED}) AS moved
+ WHERE t.id = moved.id AND t.endpoint IS DISTINCT FROM moved.endpoint""",
+        # A round looks for parked events through the endpoints' rows: one that never answered yet has none.
+        f"""INSERT INTO {schema}.{ENDPOINTS} (endpoint)
+SELECT DISTINCT e.endpoint FROM {table} AS e
+ WHERE e.state = 'pending' AND e.next_attempt_at = {PARKED} AND e.endpoint IS NOT NULL
+ON CONFLICT (endpoint) DO NOTHING""",
+        f"""UPDATE {schema}.{ENDPOINTS} AS p
+   SET state = 'open', paused_since = NULL, next_probe_at = NULL, consecutive_failures = 0,
+       updated_at = pg_catalog.now()
+ WHERE p.state = 'paused'
+   AND p.endpoint NOT IN (SELECT {endpoint_sql("r.url")} FROM ({routes}) AS r(schema_name, table_name, webhook, url)
+                           WHERE r.url IS NOT NULL)
+   AND NOT EXISTS (SELECT FROM {table} AS e
+                    WHERE e.endpoint = p.endpoint AND e.slot_until IS NOT NULL AND e.slot_until > pg_catalog.now())
+   AND NOT EXISTS (SELECT FROM {table} AS e
+                    WHERE e.endpoint = p.endpoint AND e.state = 'pending' AND e.next_attempt_at = {PARKED})""",
+    ]
+
+
 def park_statement(schema: str, events: str) -> str:
     """PL/pgSQL: park the loop's `due` event (its endpoint cannot take it now); no attempt is used."""
     return f"""UPDATE {schema}.{events} AS e

@@ -134,6 +134,25 @@ def _routes(spec: ReconcilerSpec) -> str:
     return "VALUES " + ",\n                ".join(rows)
 
 
+def route_join(spec: ReconcilerSpec) -> str:
+    """SQL joining the event aliased `e` to its webhook's configured route (`route.url`, NULL when the webhook
+    is no longer configured).
+
+    Each attempt goes to the URL the stack configures for the event's webhook now (`pulumi up` of a new
+    orchestratorUrl re-points waiting events too), or, for a webhook no longer configured, to the URL our
+    trigger recorded at insert. Never to a URL read from the catalog.
+    """
+    return f"""LEFT JOIN ({_routes(spec)}) AS route(schema_name, table_name, webhook, url)
+        ON route.webhook = e.webhook AND route.schema_name = e.payload ->> 'schema'
+       AND route.table_name = e.payload ->> 'table'"""
+
+
+def endpoint_moves(spec: ReconcilerSpec) -> list[str]:
+    """SQL the `up` that installs these routes runs: parked events move to their route's endpoint now, and
+    an endpoint paused that no route names and nothing waits for is opened (endpoints.py, `moves`)."""
+    return endpoints.moves(SCHEMA, EVENTS, route_join(spec), _routes(spec))
+
+
 def receipt_expression(event_id: str, issued_at: str, body: str, key: str = "secret") -> str:
     """SQL for the MAC of a receipt: base64url(HMAC-SHA256(`key`, "<event id>.<iat>.<body_sha256>")).
 
@@ -233,15 +252,9 @@ def render_reconcile(spec: ReconcilerSpec) -> str:
         f"CASE WHEN o.receipted THEN {SCHEMA}.{RETRY_AFTER}(o.headers) END, 0), {float(d.retry_max_seconds)}))"
     )
     gives_back = endpoints.gives_back("o")
-    # Each attempt goes to the URL the stack configures for the event's webhook now (`pulumi up` of a
-    # new orchestratorUrl re-points waiting events too), or, for a webhook no longer configured, to the
-    # URL our trigger recorded at insert. Never to a URL read from the catalog.
-    route_join = f"""LEFT JOIN ({_routes(spec)}) AS route(schema_name, table_name, webhook, url)
-        ON route.webhook = e.webhook AND route.schema_name = e.payload ->> 'schema'
-       AND route.table_name = e.payload ->> 'table'"""
     due_window = f"""SELECT e.id, COALESCE(route.url, e.url) AS url, e.payload, e.next_attempt_at AS queued_at
       FROM {events} AS e
-      {route_join}
+      {route_join(spec)}
      WHERE e.state = 'pending' AND e.next_attempt_at <= pg_catalog.now() AND {endpoints.due_condition("e")}{in_order}
      ORDER BY e.next_attempt_at
      LIMIT room
@@ -455,7 +468,7 @@ BEGIN
     room := 0;
   END IF;
   FOR due IN
-    {endpoints.limited_due(SCHEMA, EVENTS, due_window, route_join, d.max_in_flight, d.max_per_second, in_order)}
+    {endpoints.limited_due(SCHEMA, EVENTS, due_window, route_join(spec), d.max_in_flight, d.max_per_second, in_order)}
   LOOP
     IF NOT due.send THEN
       {endpoints.park_statement(SCHEMA, EVENTS)}

@@ -24,6 +24,7 @@ from secure_webhooks.delivery.reconciler import (
     RETRY_AFTER,
     ReconcilerSpec,
     Route,
+    endpoint_moves,
     function_sources,
     sources_sha256,
 )
@@ -109,6 +110,8 @@ class ReconcilerProvider(FingerprintedProvider):
                 _name(RECONCILE, dict(FUNCTIONS)[RECONCILE]), sql.Literal(marker(props["owner"], props.get("instance")))
             )
         )
+        for statement in endpoint_moves(reconciler_spec_from(props)):
+            cur.execute(sql.SQL(statement))
         if previous is not None:  # the next round signs with the new keys: the old ones stop signing now
             note_key_switches(cur, spec_from(previous), spec_from(props))
 
