@@ -15,7 +15,7 @@ if [ -n "${WEBHOOK_VECTORS:-}" ] && [ "${WEBHOOK_VECTORS#/}" = "$WEBHOOK_VECTORS
 fi
 venv/bin/ruff check .
 venv/bin/ruff format --check .
-venv/bin/pytest -q "$@"
+venv/bin/pytest -q --durations=25 "$@"
 venv/bin/python -m bench.pulumi_scaling --smoke
 # The Rust verifier crate (verifiers/rust/README.md): unit, axum Router and vector tests, built in a target
 # directory kept between runs.

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from outbox_support import LIVE, remove_left_behind
 
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import WebhookReceiver
@@ -13,6 +14,14 @@ from local_supabase.pg_net_worker import PgNetWorker
 
 # HS256 secret of ``webhook_receiver``; 80 bytes, long enough for HS384/HS512 too.
 RECEIVER_SECRET = "local-test-signing-secret-" + "0123456789abcdef" * 3 + "012345"
+
+
+@pytest.fixture(autouse=True)
+def _no_pipeline_left_behind() -> Iterator[None]:
+    """A test that fails before removing its pipeline must not leave triggers and a schema to the next test."""
+    before = list(LIVE)
+    yield
+    remove_left_behind(before)
 
 
 @pytest.fixture(scope="session")

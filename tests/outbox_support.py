@@ -38,8 +38,11 @@ TEST_DELIVERY = DeliverySettings(
 )
 TIMEOUT_MS = 1000
 
+#: Pipelines installed and not yet removed; tests/conftest.py removes what a failed test left behind.
+LIVE: list[Pipeline] = []
 
-@dataclass
+
+@dataclass(eq=False)
 class Pipeline:
     """The outbox, reconciler, function and one trigger per table, installed by our providers."""
 
@@ -47,6 +50,9 @@ class Pipeline:
     spec: FunctionSpec
     delivery: DeliverySettings = TEST_DELIVERY
     installed: list[tuple[Any, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        LIVE.append(self)
 
     def connect(self, role: str = "postgres") -> psycopg.Connection:
         return psycopg.connect(self.cluster.dsn(role), autocommit=True)
@@ -62,11 +68,21 @@ class Pipeline:
         provider.update(created.id, created.outs, {**created.outs, **reconciler_props(spec, OWNER)})
 
     def remove(self) -> None:
+        if self in LIVE:
+            LIVE.remove(self)
+        if not self.installed:
+            return
         with self.connect() as conn:
             conn.execute("SELECT secure_webhooks.purge(ARRAY['pending', 'failed', 'dead', 'delivered'])")
         for provider, created in reversed(self.installed):
             provider.delete(created.id, created.outs)
         self.installed.clear()
+
+
+def remove_left_behind(before: list[Pipeline]) -> None:
+    """Remove the pipelines installed since LIVE held `before`, so one failed test cannot fail the next."""
+    for pipeline in reversed([p for p in LIVE if p not in before]):
+        pipeline.remove()
 
 
 @contextmanager
@@ -108,16 +124,22 @@ def settle(
     done: Callable[[], bool],
     timeout: float = 30.0,
 ) -> None:
-    """Run reconciler rounds (as the cron loop does) until `done()`; TimeoutError with the statuses if not."""
-    deadline = time.monotonic() + timeout
+    """Run reconciler rounds (as the cron loop does) until `done()`.
+
+    `timeout` bounds a stall, not the run: it restarts whenever the events' statuses change, so a slow machine
+    working through a backlog passes, and a pipeline that stops moving fails with its statuses.
+    """
+    seen, deadline = None, time.monotonic() + timeout
     while True:
         reconcile(conn)
         if worker is not None:
             worker.drain()
         if done():
             return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not settled within {timeout} s: {statuses(conn)}")
+        if (now_seen := statuses(conn)) != seen:
+            seen, deadline = now_seen, time.monotonic() + timeout
+        elif time.monotonic() > deadline:
+            raise TimeoutError(f"no progress for {timeout} s: {seen}")
         time.sleep(0.1)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import psycopg
@@ -21,6 +20,7 @@ from outbox_support import (
 from providers import OWNER, configured, function_props
 from psycopg import sql
 from supabase_lints import lint
+from waiting import eventually
 
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import WebhookReceiver
@@ -216,14 +216,19 @@ def test_switching_modes_under_concurrent_inserts_loses_nothing(cluster):
                 while not stop.is_set():
                     inserted.extend(insert_rows(conn, "resumes", 1, prefix="switch"))
 
+        def after_more_rows() -> None:
+            """Each mode sees commits of its own: wait for 40 more, however fast this machine inserts."""
+            target = len(inserted) + 40
+            eventually(lambda: len(inserted) >= target or not writer.is_alive(), "40 more inserts", timeout=60)
+
         writer = threading.Thread(target=insert_until_stopped)
         writer.start()
         try:
             for mode in ("at-least-once", "direct", "at-least-once", "direct"):
-                time.sleep(0.3)
+                after_more_rows()
                 props = function_props(pipeline.spec.__class__(**{**pipeline.spec.__dict__, "mode": mode}))
                 current = functions.update(function.id, current, props).outs
-            time.sleep(0.3)
+            after_more_rows()
         finally:
             stop.set()
             writer.join()
@@ -231,7 +236,7 @@ def test_switching_modes_under_concurrent_inserts_loses_nothing(cluster):
             settle(conn, worker, all_delivered(conn))
         counts = tally(inserted, receiver.deliveries)
         print(f"mode switches: {counts}")
-        assert counts.lost == 0 and counts.duplicated == 0 and counts.inserted > 20
+        assert counts.lost == 0 and counts.duplicated == 0 and counts.inserted >= 5 * 40
         pipeline.remove()
 
 
