@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Supabase-like cluster per session, plus worker and receiver."""
+"""Shared fixtures: one local Supabase-like cluster per session, plus worker and receiver; and for the
+outbox tests, one cluster per test module with that module's own signing secret."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from outbox_support import LIVE, remove_left_behind
+from outbox_support import LIVE, Pipeline, install_pipeline, remove_left_behind, supabase_with_secret
 
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
+from local_supabase.scripted_server import ScriptedServer
 
 # HS256 secret of ``webhook_receiver``; 80 bytes, long enough for HS384/HS512 too.
 RECEIVER_SECRET = "local-test-signing-secret-" + "0123456789abcdef" * 3 + "012345"
@@ -87,3 +89,63 @@ def engine(tmp_path):
 
     with start_engine(tmp_path) as env:
         yield env
+
+
+@pytest.fixture(scope="module")
+def pg_net(local_supabase: LocalSupabase) -> None:
+    """Install pg_net in the session's cluster the way the product does: as `postgres`, into schema extensions."""
+    with psycopg.connect(local_supabase.dsn("postgres"), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_net WITH SCHEMA extensions")
+
+
+@pytest.fixture
+def endpoint() -> Iterator[ScriptedServer]:
+    """A loopback server answering 200 to anything, recording what it received."""
+    with ScriptedServer() as server:
+        yield server
+
+
+# The outbox tests' fixtures. Each module that uses them defines SECRET and gets a cluster of its own (module
+# scope): a module's events, endpoints and Vault never meet another module's.
+
+
+@pytest.fixture(scope="module")
+def module_secret(request: pytest.FixtureRequest) -> str:
+    """The test module's SECRET: its cluster's Vault signs with it, its receivers verify with it."""
+    return request.module.SECRET
+
+
+@pytest.fixture(scope="module")
+def cluster(module_secret: str) -> Iterator[LocalSupabase]:
+    """The module's own cluster, pg_net installed and the Vault holding `module_secret` as app_jwt_secret."""
+    with supabase_with_secret(module_secret) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def worker(cluster: LocalSupabase) -> Iterator[PgNetWorker]:
+    """The stand-in pg_net worker sending what `cluster`'s pg_net queue holds."""
+    with PgNetWorker(cluster.admin_dsn) as worker:
+        yield worker
+
+
+@pytest.fixture
+def receiver(module_secret: str) -> Iterator[WebhookReceiver]:
+    """An orchestrator stand-in verifying tokens signed with the module's secret."""
+    with WebhookReceiver(module_secret) as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def pipeline(cluster: LocalSupabase) -> Iterator[Pipeline]:
+    """The at-least-once pipeline (outbox, reconciler, function; no trigger yet) with tests' fast retries."""
+    pipeline = install_pipeline(cluster)
+    yield pipeline
+    pipeline.remove()
+
+
+@pytest.fixture
+def conn(pipeline: Pipeline) -> Iterator[psycopg.Connection]:
+    """An autocommit connection as `postgres` to the pipeline's cluster."""
+    with pipeline.connect() as conn:
+        yield conn

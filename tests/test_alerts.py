@@ -25,7 +25,6 @@ from outbox_support import (
     reconcile,
     settle,
     statuses,
-    supabase_with_secret,
     tally,
 )
 from providers import OWNER, configured
@@ -47,18 +46,6 @@ INTERVAL = 4
 ALERTING = dataclasses.replace(
     TEST_DELIVERY, max_attempts=1, alert_interval_seconds=INTERVAL, alert_url_secret=ALERT_URL_SECRET
 )
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalSupabase]:
-    with supabase_with_secret(SECRET) as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def worker(cluster) -> Iterator[PgNetWorker]:
-    with PgNetWorker(cluster.admin_dsn) as worker:
-        yield worker
 
 
 @pytest.fixture

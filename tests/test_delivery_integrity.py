@@ -27,7 +27,6 @@ from outbox_support import (
     reconcile,
     settle,
     statuses,
-    supabase_with_secret,
     tally,
 )
 from psycopg import sql
@@ -46,24 +45,6 @@ RESUMES_PATH = "/ingest/interns/individual"
 ZIPS_PATH = "/ingest/interns/zip"
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalSupabase]:
-    with supabase_with_secret(SECRET) as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def worker(cluster) -> Iterator[PgNetWorker]:
-    with PgNetWorker(cluster.admin_dsn) as worker:
-        yield worker
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver(SECRET) as receiver:
-        yield receiver
-
-
 @pytest.fixture
 def evil() -> Iterator[ScriptedServer]:
     """Where an attacker would like the rows to go: it answers 200 to anything."""
@@ -71,9 +52,8 @@ def evil() -> Iterator[ScriptedServer]:
         yield server
 
 
-def webhooks(cluster: LocalSupabase, base_url: str, **spec) -> Pipeline:
+def add_seed_webhooks(pipeline: Pipeline, base_url: str) -> Pipeline:
     """Both seed webhooks, installed and routed as `pulumi up` does."""
-    pipeline = install_pipeline(cluster, **spec)
     pipeline.add_trigger("resumes", base_url + RESUMES_PATH, name="resumes_hook")
     pipeline.add_trigger("zip_archives", base_url + ZIPS_PATH, name="zips_hook")
     pipeline.route(
@@ -83,17 +63,13 @@ def webhooks(cluster: LocalSupabase, base_url: str, **spec) -> Pipeline:
     return pipeline
 
 
-@pytest.fixture
-def pipeline(cluster, receiver) -> Iterator[Pipeline]:
-    pipeline = webhooks(cluster, receiver.url)
-    yield pipeline
-    pipeline.remove()
+def webhooks(cluster: LocalSupabase, base_url: str, **spec) -> Pipeline:
+    return add_seed_webhooks(install_pipeline(cluster, **spec), base_url)
 
 
 @pytest.fixture
-def conn(pipeline) -> Iterator[psycopg.Connection]:
-    with pipeline.connect() as conn:
-        yield conn
+def pipeline(pipeline, receiver) -> Pipeline:
+    return add_seed_webhooks(pipeline, receiver.url)
 
 
 def acting_as(conn: psycopg.Connection, role: str, *grants: str) -> psycopg.Connection:

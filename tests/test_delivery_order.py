@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from outbox_support import TEST_DELIVERY, Pipeline, install_pipeline, reconcile, statuses, supabase_with_secret
+from outbox_support import TEST_DELIVERY, Pipeline, install_pipeline, reconcile, statuses
 from providers import configured, trigger_props
 from waiting import eventually
 
@@ -58,18 +58,12 @@ class FlakyReceiver(WebhookReceiver):
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalSupabase]:
-    with supabase_with_secret(SECRET) as cluster:
-        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
-            conn.execute(f"CREATE TABLE public.{TABLE} (id integer PRIMARY KEY, version integer NOT NULL)")
-            conn.execute("CREATE TABLE public.keyless (id integer, version integer)")
-        yield cluster
-
-
-@pytest.fixture
-def worker(cluster) -> Iterator[PgNetWorker]:
-    with PgNetWorker(cluster.admin_dsn) as worker:
-        yield worker
+def cluster(cluster) -> LocalSupabase:
+    """The module's cluster with a versioned table keyed by id, and one without a primary key."""
+    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE public.{TABLE} (id integer PRIMARY KEY, version integer NOT NULL)")
+        conn.execute("CREATE TABLE public.keyless (id integer, version integer)")
+    return cluster
 
 
 def ordered_pipeline(cluster: LocalSupabase, url: str, **delivery) -> Pipeline:

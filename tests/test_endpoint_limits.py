@@ -22,7 +22,6 @@ from outbox_support import (
     reconcile,
     settle,
     statuses,
-    supabase_with_secret,
     tally,
 )
 from prometheus_client.parser import text_string_to_metric_families
@@ -41,9 +40,9 @@ PATH = "/ingest/interns/individual"
 
 
 @pytest.fixture(scope="module")
-def database() -> Iterator[tuple[LocalSupabase, PgNetWorker]]:
-    """A cluster, and pg_net's worker sending what the reconciler queues there."""
-    with supabase_with_secret(SECRET) as cluster, PgNetWorker(cluster.admin_dsn) as sender:
+def database(cluster) -> Iterator[tuple[LocalSupabase, PgNetWorker]]:
+    """The module's cluster, and pg_net's worker sending what the reconciler queues there (for all its tests)."""
+    with PgNetWorker(cluster.admin_dsn) as sender:
         yield cluster, sender
 
 

@@ -9,10 +9,8 @@ gets past it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from outbox_support import all_delivered, insert_rows, install_pipeline, settle, statuses, supabase_with_secret, tally
+from outbox_support import all_delivered, insert_rows, install_pipeline, settle, statuses, tally
 from providers import OWNER, configured
 
 from local_supabase.cluster import LocalSupabase
@@ -24,12 +22,6 @@ from secure_webhooks.delivery.schedule_provider import ScheduleProvider
 from webhook_deliveries.__main__ import main
 
 SECRET = "destroy-advice-signing-secret-" + "0123456789abcdef" * 2
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalSupabase]:
-    with supabase_with_secret(SECRET) as cluster:
-        yield cluster
 
 
 def operator(capsys, cluster: LocalSupabase, *argv: str) -> str:

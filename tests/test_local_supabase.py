@@ -25,13 +25,6 @@ from webhook_verifier import VerificationError, body_sha256
 API_ROLES = ("anon", "authenticated")
 
 
-@pytest.fixture(scope="module")
-def pg_net(local_supabase: LocalSupabase) -> None:
-    """Install pg_net the way the product does: as `postgres`, into schema extensions."""
-    with psycopg.connect(local_supabase.dsn("postgres"), autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_net WITH SCHEMA extensions")
-
-
 @pytest.fixture
 def legacy_webhooks(
     postgres_conn: psycopg.Connection, webhook_receiver: WebhookReceiver, pg_net: None

@@ -24,11 +24,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from outbox_support import insert_rows, install_pipeline, settle, statuses, supabase_with_secret
+from outbox_support import insert_rows, install_pipeline, settle, statuses
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import eventually
 
-from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
 from secure_webhooks.configuration.delivery_settings import DeliverySettings
@@ -85,12 +84,6 @@ class Outbox:
             "SELECT sum(EXTRACT(epoch FROM delivered_at - created_at))::float8 FROM secure_webhooks.events"
             " WHERE state = 'delivered'"
         ).fetchone()[0]
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalSupabase]:
-    with supabase_with_secret(SECRET) as cluster:
-        yield cluster
 
 
 @pytest.fixture(scope="module")

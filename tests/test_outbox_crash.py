@@ -33,15 +33,10 @@ SECRET = "crash-test-signing-secret-" + "0123456789abcdef" * 2
 
 
 @pytest.fixture
-def cluster() -> Iterator[LocalSupabase]:
-    with supabase_with_secret(SECRET) as cluster:
+def cluster(module_secret) -> Iterator[LocalSupabase]:
+    """A cluster for each test (not conftest's one per module): the test kills it."""
+    with supabase_with_secret(module_secret) as cluster:
         yield cluster
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver(SECRET) as receiver:
-        yield receiver
 
 
 def insert_rolled_back(conn: psycopg.Connection) -> None:

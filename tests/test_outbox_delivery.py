@@ -12,14 +12,12 @@ import dataclasses
 import itertools
 import threading
 import time
-from collections.abc import Iterator
 
 import psycopg
 import pytest
 from outbox_support import (
     TEST_DELIVERY,
     TIMEOUT_MS,
-    Pipeline,
     all_delivered,
     check_ids,
     insert_rows,
@@ -27,7 +25,6 @@ from outbox_support import (
     reconcile,
     settle,
     statuses,
-    supabase_with_secret,
     tally,
 )
 from providers import trigger_props
@@ -40,37 +37,11 @@ from secure_webhooks.delivery.reconciler import Route
 SECRET = "outbox-test-signing-secret-" + "0123456789abcdef" * 2
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalSupabase]:
-    with supabase_with_secret(SECRET) as cluster:
-        yield cluster
-
-
 @pytest.fixture
-def worker(cluster) -> Iterator[PgNetWorker]:
-    with PgNetWorker(cluster.admin_dsn) as worker:
-        yield worker
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver(SECRET) as receiver:
-        yield receiver
-
-
-@pytest.fixture
-def pipeline(cluster) -> Iterator[Pipeline]:
-    pipeline = install_pipeline(cluster)
-    yield pipeline
-    pipeline.remove()
-
-
-@pytest.fixture
-def conn(pipeline, receiver) -> Iterator[psycopg.Connection]:
+def conn(pipeline, receiver, conn) -> psycopg.Connection:
     """A connection as postgres, with a webhook on public.resumes pointing at `receiver`."""
     pipeline.add_trigger("resumes", receiver.url + "/ingest/interns/individual")
-    with pipeline.connect() as conn:
-        yield conn
+    return conn
 
 
 def report(name: str, inserted: list[int], receiver: WebhookReceiver):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -14,7 +13,6 @@ from outbox_support import (
     install_pipeline,
     settle,
     statuses,
-    supabase_with_secret,
     tally,
 )
 from providers import OWNER, configured, function_props
@@ -22,7 +20,6 @@ from psycopg import sql
 from supabase_lints import lint
 from waiting import eventually
 
-from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
 from secure_webhooks.delivery.outbox import script_sha256
@@ -33,25 +30,6 @@ from secure_webhooks.postgres.catalog import drifted
 from secure_webhooks.signing.function_provider import SecureFunctionProvider
 
 SECRET = "resource-test-signing-secret-" + "0123456789abcdef" * 2
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalSupabase]:
-    with supabase_with_secret(SECRET) as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def pipeline(cluster):
-    pipeline = install_pipeline(cluster)
-    yield pipeline
-    pipeline.remove()
-
-
-@pytest.fixture
-def conn(pipeline) -> Iterator[psycopg.Connection]:
-    with pipeline.connect() as conn:
-        yield conn
 
 
 def provider_of(pipeline, provider_class):

@@ -28,12 +28,6 @@ def worker(cluster: LocalSupabase) -> Iterator[PgNetWorker]:
         yield own_worker
 
 
-@pytest.fixture
-def endpoint() -> Iterator[ScriptedServer]:
-    with ScriptedServer() as server:
-        yield server
-
-
 def _one(conn: psycopg.Connection, query: str, params: tuple[object, ...] = ()) -> object:
     row = conn.execute(query, params).fetchone()
     assert row is not None

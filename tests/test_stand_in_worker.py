@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 
 import psycopg
-import pytest
 
-from local_supabase.cluster import LocalSupabase
 from local_supabase.pg_net_worker import PgNetWorker
 from local_supabase.scripted_server import Reply, ScriptedServer
 
@@ -21,18 +18,6 @@ TIMEOUT_MESSAGE = re.compile(
     r"Timeout of 200 ms reached\. Total time: \d+\.\d{6} ms \(DNS time: \d+\.\d{6} ms, "
     r"TCP/SSL handshake time: \d+\.\d{6} ms, HTTP Request/Response time: \d+\.\d{6} ms\)"
 )
-
-
-@pytest.fixture(scope="module")
-def pg_net(local_supabase: LocalSupabase) -> None:
-    with psycopg.connect(local_supabase.dsn("postgres"), autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_net WITH SCHEMA extensions")
-
-
-@pytest.fixture
-def endpoint() -> Iterator[ScriptedServer]:
-    with ScriptedServer() as server:
-        yield server
 
 
 def _post(conn: psycopg.Connection, url: str, timeout_ms: int = 5000) -> int:

@@ -21,10 +21,8 @@ from outbox_support import (
     install_pipeline,
     settle,
     statuses,
-    supabase_with_secret,
 )
 
-from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
 from secure_webhooks.configuration.delivery_settings import DeliverySettings
@@ -36,12 +34,6 @@ from webhook_deliveries.__main__ import main
 from webhook_deliveries.keys import vault_reads
 
 SECRET = "operator-test-signing-secret-" + "0123456789abcdef" * 2
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalSupabase]:
-    with supabase_with_secret(SECRET) as cluster:
-        yield cluster
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
