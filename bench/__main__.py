@@ -139,22 +139,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _sizes(args: argparse.Namespace) -> Sizes:
     base = SMOKE if args.smoke else FULL
-    return Sizes(
+    return dataclasses.replace(
+        base,
         rounds=args.rounds or base.rounds,
         transactions=args.transactions or base.transactions,
         bulk_rows=args.bulk_rows or base.bulk_rows,
-        profiled_statements=base.profiled_statements,
-        warmup_rows=base.warmup_rows,
-        piece_iterations=base.piece_iterations,
-        age_transactions=base.age_transactions,
-        age_rounds=base.age_rounds,
-        age_inserts=base.age_inserts,
         latency_samples=args.latency_samples or base.latency_samples,
         isolated_samples=args.isolated_samples or base.isolated_samples,
         recovery_events=args.recovery_events or base.recovery_events,
-        ordering_shapes=base.ordering_shapes,
-        probe_seconds=base.probe_seconds,
-        strict_attribution=base.strict_attribution,
     )
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import psycopg
 
 from bench.delivery import RowKey, TimedReceiver, insert_returning_id
-from bench.measure import BenchError
+from bench.measure import wait_until
 from bench.variants import Variant
 from local_supabase.pg_net_worker import PgNetWorker
 
@@ -72,11 +72,12 @@ def measure_steady(
 
 
 def _wait_idle(worker: PgNetWorker, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not worker.idle:
-        if time.monotonic() > deadline:
-            raise BenchError(f"the pg_net worker did not fall asleep within {timeout} s")
-        time.sleep(0.005)
+    wait_until(
+        lambda: worker.idle,
+        lambda: f"the pg_net worker did not fall asleep within {timeout} s",
+        timeout,
+        interval=0.005,
+    )
 
 
 def measure_isolated(

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,18 @@ APP_ROLE = "postgres"
 
 class BenchError(RuntimeError):
     """A variant did not do what it must, or a tool failed: the figures would be meaningless."""
+
+
+def wait_until(done: Callable[[], bool], failure: Callable[[], str], timeout: float, interval: float = 0.05) -> None:
+    """Poll `done()` every `interval` s; after `timeout` s a BenchError saying `failure()`.
+
+    The timeout only bounds how long a broken run takes to fail: a wait never ends on a guessed time.
+    """
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise BenchError(failure())
+        time.sleep(interval)
 
 
 def insert_one(variant: Variant) -> sql.Composed:

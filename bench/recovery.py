@@ -44,7 +44,7 @@ import psycopg
 from psycopg import sql
 
 from bench.delivery import BACKLOG_WORK, PATH, TimedReceiver
-from bench.measure import BenchError, insert_many
+from bench.measure import insert_many, wait_until
 from bench.variants import Variant, install_reconciler
 from local_supabase.pg_net_worker import PgNetWorker
 from secure_webhooks.configuration.delivery_settings import DeliverySettings
@@ -156,11 +156,13 @@ def _statuses(conn: psycopg.Connection, variant: Variant) -> dict[str, int]:
 
 
 def wait_for_status(conn: psycopg.Connection, variant: Variant, status: str, events: int) -> None:
-    deadline = time.monotonic() + TIMEOUT_SECONDS
-    while (counts := _statuses(conn, variant)).get(status, 0) < events:
-        if time.monotonic() > deadline:
-            raise BenchError(f"{variant.label}: not all {events} events {status} within {TIMEOUT_SECONDS} s: {counts}")
-        time.sleep(0.05)
+    wait_until(
+        lambda: _statuses(conn, variant).get(status, 0) >= events,
+        lambda: (
+            f"{variant.label}: not all {events} events {status} within {TIMEOUT_SECONDS} s: {_statuses(conn, variant)}"
+        ),
+        TIMEOUT_SECONDS,
+    )
 
 
 _SETTLED = """
@@ -172,11 +174,11 @@ _OUTAGE = "SELECT COALESCE(sum(attempts), 0), count(*) FILTER (WHERE attempts = 
 
 def _wait_until_settled(conn: psycopg.Connection, variant: Variant) -> None:
     """Until the breaker has paused the endpoint and every event failed an attempt or waits for it."""
-    deadline = time.monotonic() + TIMEOUT_SECONDS
-    while not conn.execute(_SETTLED).fetchone()[0]:
-        if time.monotonic() > deadline:
-            raise BenchError(f"{variant.label}: the outage did not pause the endpoint within {TIMEOUT_SECONDS} s")
-        time.sleep(0.05)
+    wait_until(
+        lambda: conn.execute(_SETTLED).fetchone()[0],
+        lambda: f"{variant.label}: the outage did not pause the endpoint within {TIMEOUT_SECONDS} s",
+        TIMEOUT_SECONDS,
+    )
 
 
 def measure(
