@@ -15,7 +15,7 @@ from psycopg import sql
 
 from local_supabase.bootstrap import create_demo_tables
 from local_supabase.cluster import LocalSupabase
-from local_supabase.orchestrator import Delivery
+from local_supabase.orchestrator import Delivery, WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
 from secure_webhooks.configuration.delivery_settings import DeliverySettings
 from secure_webhooks.delivery.outbox import script_sha256
@@ -192,6 +192,15 @@ def check_ids(deliveries: list[Delivery]) -> None:
         if delivery.body:
             ids_by_row.setdefault(delivery.body["record"]["id"], set()).add(delivery.header("webhook-id"))
     assert all(len(ids) == 1 for ids in ids_by_row.values()), ids_by_row
+
+
+def report(name: str, inserted: list[int], receiver: WebhookReceiver) -> Tally:
+    """Print what went in and what came out, and fail on a lost or unexpected row or a row with two event ids."""
+    counts = tally(inserted, receiver.deliveries)
+    print(f"{name}: {counts}")
+    check_ids(receiver.deliveries)
+    assert counts.lost == 0 and counts.unexpected == 0, counts
+    return counts
 
 
 def deliver_once(cluster: LocalSupabase, url: str, rows: int, prefix: str, **spec: Any) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -46,10 +45,9 @@ ZIPS_PATH = "/ingest/interns/zip"
 
 
 @pytest.fixture
-def evil() -> Iterator[ScriptedServer]:
+def evil(endpoint) -> ScriptedServer:
     """Where an attacker would like the rows to go: it answers 200 to anything."""
-    with ScriptedServer() as server:
-        yield server
+    return endpoint
 
 
 def add_seed_webhooks(pipeline: Pipeline, base_url: str) -> Pipeline:

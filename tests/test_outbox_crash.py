@@ -16,13 +16,12 @@ import psycopg
 import pytest
 from outbox_support import (
     all_delivered,
-    check_ids,
     insert_rows,
     install_pipeline,
     reconcile,
+    report,
     settle,
     supabase_with_secret,
-    tally,
 )
 
 from local_supabase.cluster import LocalSupabase
@@ -52,10 +51,7 @@ def deliver_after_restart(cluster: LocalSupabase, inserted: list[int], receiver:
         with PgNetWorker(cluster.admin_dsn) as worker:
             settle(conn, worker, all_delivered(conn))
         errors = {row[0] for row in conn.execute("SELECT error FROM secure_webhooks.attempts WHERE error IS NOT NULL")}
-    counts = tally(inserted, receiver.deliveries)
-    print(f"{name}: {counts}")
-    check_ids(receiver.deliveries)
-    assert counts.lost == 0 and counts.unexpected == 0, counts
+    counts = report(name, inserted, receiver)
     assert all(d.body["record"]["name"] != "rolled-back" for d in receiver.deliveries)
     return counts, errors
 

@@ -19,13 +19,12 @@ from outbox_support import (
     TEST_DELIVERY,
     TIMEOUT_MS,
     all_delivered,
-    check_ids,
     insert_rows,
     install_pipeline,
     reconcile,
+    report,
     settle,
     statuses,
-    tally,
 )
 from providers import trigger_props
 
@@ -42,14 +41,6 @@ def conn(pipeline, receiver, conn) -> psycopg.Connection:
     """A connection as postgres, with a webhook on public.resumes pointing at `receiver`."""
     pipeline.add_trigger("resumes", receiver.url + "/ingest/interns/individual")
     return conn
-
-
-def report(name: str, inserted: list[int], receiver: WebhookReceiver):
-    counts = tally(inserted, receiver.deliveries)
-    print(f"{name}: {counts}")
-    check_ids(receiver.deliveries)
-    assert counts.lost == 0 and counts.unexpected == 0, counts
-    return counts
 
 
 def test_insert_writes_the_outbox_and_a_round_delivers_with_the_event_id(conn, worker, receiver):
