@@ -69,7 +69,8 @@ def _write_server_file(path: Path, text: str, mode: int = 0o600) -> None:
     _give_to_server_user(path)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port nothing listens on now: for a server about to start, or an address that refuses."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((HOST, 0))
         return probe.getsockname()[1]
@@ -357,7 +358,7 @@ class LocalSupabase:
     def _start_server(self, settings: dict[str, str]) -> None:
         """Pick a free port and start; retry if another process grabbed the port meanwhile."""
         for attempt in range(1, _START_ATTEMPTS + 1):
-            self.port = _free_port()
+            self.port = free_port()
             conf = {
                 "listen_addresses": HOST,
                 "port": str(self.port),

@@ -10,7 +10,6 @@ kept to the traceback's last line.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +20,7 @@ from dynamic_grpc import DynamicProviderServer, ProviderCallError, secret
 from providers import OWNER, configured, function_props, stack_config, trigger_props, unique
 from psycopg import sql
 
+from local_supabase.cluster import free_port
 from secure_webhooks.installation.trigger_provider import WebhookTriggerProvider
 from secure_webhooks.postgres.database import LOCK_TIMEOUT, DatabaseError
 from secure_webhooks.signing.function_provider import SecureFunctionProvider
@@ -30,12 +30,6 @@ from secure_webhooks.signing.vault_secret_provider import VaultSecretProvider
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "secure-webhooks"
 JWT_SECRET = "clear-errors-jwt-secret-" + "c" * 20
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextmanager
@@ -56,7 +50,7 @@ def assert_clear(message: str, *expected: str, password: str) -> None:
 
 @pytest.mark.parametrize("provider_class", [WebhookTriggerProvider, SecureFunctionProvider, VaultSecretProvider])
 def test_refused_connection_is_a_check_failure_naming_host_port_and_database(supabase_ready, provider_class):
-    port = closed_port()
+    port = free_port()
     config = {**stack_config(supabase_ready), "postgresql:port": str(port)}
     password = config["postgresql:password"]
     props = {

@@ -9,7 +9,6 @@ the outbox holds, counted in SQL. Nothing waits a guessed time: every wait is fo
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -28,6 +27,7 @@ from outbox_support import insert_rows, install_pipeline, settle, statuses
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import eventually
 
+from local_supabase.cluster import free_port
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
 from secure_webhooks.configuration.delivery_settings import DeliverySettings
@@ -115,12 +115,6 @@ def outbox(cluster) -> Iterator[Outbox]:
             conn.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = %s", (JOB_NAME,))
             conn.close()
             pipeline.remove()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextmanager
