@@ -48,62 +48,59 @@ def destroy(pipeline) -> None:
     pipeline.installed.clear()
 
 
-def test_dead_events_keep_the_job_and_replaying_them_lets_destroy_finish(cluster, capsys):
-    with WebhookReceiver(SECRET) as receiver, PgNetWorker(cluster.admin_dsn) as worker:
-        pipeline, conn, inserted = dead_events(cluster, receiver, worker, 2)
-        schedules = configured(ScheduleProvider, cluster)
-        job = schedules.create(schedules.check({}, {"owner": OWNER, "schedule": "auto", "job_name": JOB_NAME}).inputs)
+def test_dead_events_keep_the_job_and_replaying_them_lets_destroy_finish(cluster, receiver, worker, capsys):
+    pipeline, conn, inserted = dead_events(cluster, receiver, worker, 2)
+    schedules = configured(ScheduleProvider, cluster)
+    job = schedules.create(schedules.check({}, {"owner": OWNER, "schedule": "auto", "job_name": JOB_NAME}).inputs)
 
-        with pytest.raises(RuntimeError) as refused:  # destroy deletes the job first
-            schedules.delete(job.id, job.outs)
-        advice = str(refused.value)
-        print(f"\n{advice}")
-        assert f"refusing to unschedule pg_cron job {JOB_NAME}: 2 dead webhook events are undelivered" in advice
-        assert "python -m webhook_deliveries replay" in advice and "purge --status dead" in advice
-        assert conn.execute("SELECT count(*) FROM cron.job WHERE jobname = %s", (JOB_NAME,)).fetchone() == (1,)
-
-        # Follow the advice: replay, and the job (here: its rounds, run back to back) sends them again.
-        assert operator(capsys, cluster, "replay").startswith("replayed 2 event(s)")
-        settle(conn, worker, all_delivered(conn))
-        counts = tally(inserted, receiver.deliveries)
-        print(f"dead events replayed before destroy: {counts}")
-        assert counts.lost == 0 and counts.delivered == 2
-
+    with pytest.raises(RuntimeError) as refused:  # destroy deletes the job first
         schedules.delete(job.id, job.outs)
-        destroy(pipeline)  # no purge: every event was delivered
-        assert conn.execute("SELECT to_regnamespace('secure_webhooks')").fetchone() == (None,)
-        conn.close()
+    advice = str(refused.value)
+    print(f"\n{advice}")
+    assert f"refusing to unschedule pg_cron job {JOB_NAME}: 2 dead webhook events are undelivered" in advice
+    assert "python -m webhook_deliveries replay" in advice and "purge --status dead" in advice
+    assert conn.execute("SELECT count(*) FROM cron.job WHERE jobname = %s", (JOB_NAME,)).fetchone() == (1,)
+
+    # Follow the advice: replay, and the job (here: its rounds, run back to back) sends them again.
+    assert operator(capsys, cluster, "replay").startswith("replayed 2 event(s)")
+    settle(conn, worker, all_delivered(conn))
+    counts = tally(inserted, receiver.deliveries)
+    print(f"dead events replayed before destroy: {counts}")
+    assert counts.lost == 0 and counts.delivered == 2
+
+    schedules.delete(job.id, job.outs)
+    destroy(pipeline)  # no purge: every event was delivered
+    assert conn.execute("SELECT to_regnamespace('secure_webhooks')").fetchone() == (None,)
+    conn.close()
 
 
-def test_without_the_job_the_outbox_refusal_says_only_a_purge_or_up_helps(cluster, capsys):
-    with WebhookReceiver(SECRET) as receiver, PgNetWorker(cluster.admin_dsn) as worker:
-        pipeline, conn, _ = dead_events(cluster, receiver, worker, 1)
-        outbox, created = next(item for item in pipeline.installed if isinstance(item[0], OutboxProvider))
-        # No job (unscheduled out of band, or removed by older code that let it go with dead events).
-        assert conn.execute("SELECT count(*) FROM cron.job WHERE jobname = %s", (JOB_NAME,)).fetchone() == (0,)
-        with pytest.raises(RuntimeError) as refused:
-            outbox.delete(created.id, created.outs)
-        advice = str(refused.value)
-        print(f"\n{advice}")
-        assert "refusing to drop schema secure_webhooks: it holds undelivered webhook events (1 dead)" in advice
-        assert f"pg_cron job {JOB_NAME} is gone" in advice and "pending forever" in advice
-        assert "`python -m webhook_deliveries purge --status dead --yes`" in advice and "`pulumi up`" in advice
+def test_without_the_job_the_outbox_refusal_says_only_a_purge_or_up_helps(cluster, receiver, worker, capsys):
+    pipeline, conn, _ = dead_events(cluster, receiver, worker, 1)
+    outbox, created = next(item for item in pipeline.installed if isinstance(item[0], OutboxProvider))
+    # No job (unscheduled out of band, or removed by older code that let it go with dead events).
+    assert conn.execute("SELECT count(*) FROM cron.job WHERE jobname = %s", (JOB_NAME,)).fetchone() == (0,)
+    with pytest.raises(RuntimeError) as refused:
+        outbox.delete(created.id, created.outs)
+    advice = str(refused.value)
+    print(f"\n{advice}")
+    assert "refusing to drop schema secure_webhooks: it holds undelivered webhook events (1 dead)" in advice
+    assert f"pg_cron job {JOB_NAME} is gone" in advice and "pending forever" in advice
+    assert "`python -m webhook_deliveries purge --status dead --yes`" in advice and "`pulumi up`" in advice
 
-        assert operator(capsys, cluster, "purge", "--status", "dead", "--yes").strip() == "purged 1 event(s)"
-        destroy(pipeline)
-        assert conn.execute("SELECT to_regnamespace('secure_webhooks')").fetchone() == (None,)
-        conn.close()
+    assert operator(capsys, cluster, "purge", "--status", "dead", "--yes").strip() == "purged 1 event(s)"
+    destroy(pipeline)
+    assert conn.execute("SELECT to_regnamespace('secure_webhooks')").fetchone() == (None,)
+    conn.close()
 
 
-def test_with_the_job_running_the_outbox_refusal_still_offers_replay(cluster):
-    with WebhookReceiver(SECRET) as receiver, PgNetWorker(cluster.admin_dsn) as worker:
-        pipeline, conn, _ = dead_events(cluster, receiver, worker, 1)
-        schedules = configured(ScheduleProvider, cluster)
-        job = schedules.create(schedules.check({}, {"owner": OWNER, "schedule": "auto", "job_name": JOB_NAME}).inputs)
-        outbox, created = next(item for item in pipeline.installed if isinstance(item[0], OutboxProvider))
-        with pytest.raises(RuntimeError, match=r"Replay them \(`python -m webhook_deliveries replay`\)"):
-            outbox.delete(created.id, created.outs)
-        conn.execute("SELECT secure_webhooks.purge(ARRAY['dead'])")
-        schedules.delete(job.id, job.outs)
-        conn.close()
-        pipeline.remove()
+def test_with_the_job_running_the_outbox_refusal_still_offers_replay(cluster, receiver, worker):
+    pipeline, conn, _ = dead_events(cluster, receiver, worker, 1)
+    schedules = configured(ScheduleProvider, cluster)
+    job = schedules.create(schedules.check({}, {"owner": OWNER, "schedule": "auto", "job_name": JOB_NAME}).inputs)
+    outbox, created = next(item for item in pipeline.installed if isinstance(item[0], OutboxProvider))
+    with pytest.raises(RuntimeError, match=r"Replay them \(`python -m webhook_deliveries replay`\)"):
+        outbox.delete(created.id, created.outs)
+    conn.execute("SELECT secure_webhooks.purge(ARRAY['dead'])")
+    schedules.delete(job.id, job.outs)
+    conn.close()
+    pipeline.remove()

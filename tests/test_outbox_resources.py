@@ -177,45 +177,44 @@ def test_destroy_refuses_while_events_wait_and_succeeds_once_they_are_delivered(
         schedule.delete(job.id, job.outs)
 
 
-def test_switching_modes_under_concurrent_inserts_loses_nothing(cluster):
+def test_switching_modes_under_concurrent_inserts_loses_nothing(cluster, receiver, worker):
     """direct -> at-least-once -> direct, in place, while a client inserts one row per transaction."""
-    with WebhookReceiver(SECRET) as receiver, PgNetWorker(cluster.admin_dsn) as worker:
-        pipeline = install_pipeline(cluster)
-        functions, function = provider_of(pipeline, SecureFunctionProvider)
-        direct_spec = pipeline.spec.__class__(**{**pipeline.spec.__dict__, "mode": "direct"})
-        direct = function_props(direct_spec)
-        current = functions.update(function.id, function.outs, direct).outs
-        pipeline.spec = direct_spec
-        pipeline.add_trigger("resumes", receiver.url + "/ingest/interns/individual")
-        stop, inserted = threading.Event(), []
+    pipeline = install_pipeline(cluster)
+    functions, function = provider_of(pipeline, SecureFunctionProvider)
+    direct_spec = pipeline.spec.__class__(**{**pipeline.spec.__dict__, "mode": "direct"})
+    direct = function_props(direct_spec)
+    current = functions.update(function.id, function.outs, direct).outs
+    pipeline.spec = direct_spec
+    pipeline.add_trigger("resumes", receiver.url + "/ingest/interns/individual")
+    stop, inserted = threading.Event(), []
 
-        def insert_until_stopped() -> None:
-            with pipeline.connect() as conn:
-                while not stop.is_set():
-                    inserted.extend(insert_rows(conn, "resumes", 1, prefix="switch"))
-
-        def after_more_rows() -> None:
-            """Each mode sees commits of its own: wait for 40 more, however fast this machine inserts."""
-            target = len(inserted) + 40
-            eventually(lambda: len(inserted) >= target or not writer.is_alive(), "40 more inserts", timeout=60)
-
-        writer = threading.Thread(target=insert_until_stopped)
-        writer.start()
-        try:
-            for mode in ("at-least-once", "direct", "at-least-once", "direct"):
-                after_more_rows()
-                props = function_props(pipeline.spec.__class__(**{**pipeline.spec.__dict__, "mode": mode}))
-                current = functions.update(function.id, current, props).outs
-            after_more_rows()
-        finally:
-            stop.set()
-            writer.join()
+    def insert_until_stopped() -> None:
         with pipeline.connect() as conn:
-            settle(conn, worker, all_delivered(conn))
-        counts = tally(inserted, receiver.deliveries)
-        print(f"mode switches: {counts}")
-        assert counts.lost == 0 and counts.duplicated == 0 and counts.inserted >= 5 * 40
-        pipeline.remove()
+            while not stop.is_set():
+                inserted.extend(insert_rows(conn, "resumes", 1, prefix="switch"))
+
+    def after_more_rows() -> None:
+        """Each mode sees commits of its own: wait for 40 more, however fast this machine inserts."""
+        target = len(inserted) + 40
+        eventually(lambda: len(inserted) >= target or not writer.is_alive(), "40 more inserts", timeout=60)
+
+    writer = threading.Thread(target=insert_until_stopped)
+    writer.start()
+    try:
+        for mode in ("at-least-once", "direct", "at-least-once", "direct"):
+            after_more_rows()
+            props = function_props(pipeline.spec.__class__(**{**pipeline.spec.__dict__, "mode": mode}))
+            current = functions.update(function.id, current, props).outs
+        after_more_rows()
+    finally:
+        stop.set()
+        writer.join()
+    with pipeline.connect() as conn:
+        settle(conn, worker, all_delivered(conn))
+    counts = tally(inserted, receiver.deliveries)
+    print(f"mode switches: {counts}")
+    assert counts.lost == 0 and counts.duplicated == 0 and counts.inserted >= 5 * 40
+    pipeline.remove()
 
 
 def test_the_outbox_refuses_a_schema_it_does_not_own(cluster):

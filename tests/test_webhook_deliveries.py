@@ -43,45 +43,42 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def test_status_list_replay_and_purge(cluster, capsys):
+def test_status_list_replay_and_purge(cluster, receiver, worker, capsys):
     dsn = cluster.dsn("postgres")
-    with WebhookReceiver(SECRET) as receiver, PgNetWorker(cluster.admin_dsn) as worker:
-        pipeline = install_pipeline(cluster)
-        pipeline.add_trigger("resumes", receiver.url + "/ingest/interns/individual", name="resumes_hook")
-        receiver.plan(PlannedResponse(410), PlannedResponse(500))
-        with pipeline.connect() as conn:
-            insert_rows(conn, "resumes", 4)
-            settle(conn, worker, lambda: set(statuses(conn)) == {"dead", "delivered"} and statuses(conn)["dead"] == 1)
-            code, out, _ = run(capsys, "--dsn", dsn, "status")
-            assert code == 0
-            header, row, endpoints, endpoint, job, alerts, key = out.splitlines()
-            assert endpoints.split()[:2] == ["endpoint", "state"]
-            assert endpoint.split()[:2] == [endpoint_of(receiver.url), "open"]
-            assert header.split()[:6] == ["webhook", "pending", "failed", "dead", "delivered", "oldest"]
-            # which key signs, by its id only (computed in the database)
-            assert key == f"jwt key: signs with kid {key_id(SECRET)} (Vault secret app_jwt_secret)"
-            assert job.startswith("reconciler: NO pg_cron job secure_webhooks_reconciler: nothing sends these events")
-            assert row.split()[:5] == ["resumes_hook", "0", "0", "1", "3"]
-            assert row.rstrip().endswith("HTTP 410")
-            # The dead event's alert went to the pg_notify channel only: this stack has no alert URL.
-            assert (
-                alerts == "alerts: 0 posted, 0 pending, 0 failed in the last 1d, 1 on the channel only (no alert URL)"
-            )
+    pipeline = install_pipeline(cluster)
+    pipeline.add_trigger("resumes", receiver.url + "/ingest/interns/individual", name="resumes_hook")
+    receiver.plan(PlannedResponse(410), PlannedResponse(500))
+    with pipeline.connect() as conn:
+        insert_rows(conn, "resumes", 4)
+        settle(conn, worker, lambda: set(statuses(conn)) == {"dead", "delivered"} and statuses(conn)["dead"] == 1)
+        code, out, _ = run(capsys, "--dsn", dsn, "status")
+        assert code == 0
+        header, row, endpoints, endpoint, job, alerts, key = out.splitlines()
+        assert endpoints.split()[:2] == ["endpoint", "state"]
+        assert endpoint.split()[:2] == [endpoint_of(receiver.url), "open"]
+        assert header.split()[:6] == ["webhook", "pending", "failed", "dead", "delivered", "oldest"]
+        # which key signs, by its id only (computed in the database)
+        assert key == f"jwt key: signs with kid {key_id(SECRET)} (Vault secret app_jwt_secret)"
+        assert job.startswith("reconciler: NO pg_cron job secure_webhooks_reconciler: nothing sends these events")
+        assert row.split()[:5] == ["resumes_hook", "0", "0", "1", "3"]
+        assert row.rstrip().endswith("HTTP 410")
+        # The dead event's alert went to the pg_notify channel only: this stack has no alert URL.
+        assert alerts == "alerts: 0 posted, 0 pending, 0 failed in the last 1d, 1 on the channel only (no alert URL)"
 
-            code, out, _ = run(capsys, "--dsn", dsn, "list", "--status", "dead")
-            assert code == 0 and len(out.splitlines()) == 2 and " dead " in out
+        code, out, _ = run(capsys, "--dsn", dsn, "list", "--status", "dead")
+        assert code == 0 and len(out.splitlines()) == 2 and " dead " in out
 
-            code, out, _ = run(capsys, "--dsn", dsn, "replay")
-            assert (code, out.strip()) == (0, "replayed 1 event(s); the reconciler sends them at its next round")
-            settle(conn, worker, all_delivered(conn))
+        code, out, _ = run(capsys, "--dsn", dsn, "replay")
+        assert (code, out.strip()) == (0, "replayed 1 event(s); the reconciler sends them at its next round")
+        settle(conn, worker, all_delivered(conn))
 
-            code, out, _ = run(capsys, "--dsn", dsn, "purge", "--status", "delivered", "--older-than", "1d")
-            assert (code, out.strip()) == (0, "purged 0 event(s)")
-            code, out, _ = run(capsys, "--dsn", dsn, "purge", "--status", "delivered")
-            assert (code, out.strip()) == (0, "purged 4 event(s)")
-            code, out, _ = run(capsys, "--dsn", dsn, "status")
-            assert out.splitlines()[1] == "(no events)"
-        pipeline.remove()
+        code, out, _ = run(capsys, "--dsn", dsn, "purge", "--status", "delivered", "--older-than", "1d")
+        assert (code, out.strip()) == (0, "purged 0 event(s)")
+        code, out, _ = run(capsys, "--dsn", dsn, "purge", "--status", "delivered")
+        assert (code, out.strip()) == (0, "purged 4 event(s)")
+        code, out, _ = run(capsys, "--dsn", dsn, "status")
+        assert out.splitlines()[1] == "(no events)"
+    pipeline.remove()
 
 
 def test_errors_are_one_line_without_secrets(cluster, capsys):
