@@ -37,12 +37,9 @@ SELECT (%(kinds)s::text[])[1 + g %% 3], '{"text": "secure-webhooks: an alert"}',
 def outbox() -> Iterator[psycopg.Connection]:
     with supabase_with_secret("alert-scale-test-secret-" + "0" * 32) as cluster:
         pipeline = install_pipeline(cluster)
-        conn = pipeline.connect()
-        try:
+        with pipeline.connect() as conn:  # pytest resumes here after the module's tests, passed or not
             yield conn
-        finally:
-            conn.close()
-            pipeline.remove()
+        pipeline.remove()
 
 
 def relations(plan: dict) -> set[str]:
