@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
+from alert_support import SLACK_PATH, alert_rows, keep_alert_url, retry_until_failed, run_rounds
 from outbox_support import (
     TEST_DELIVERY,
     Pipeline,
@@ -27,21 +29,15 @@ from outbox_support import (
     statuses,
     tally,
 )
-from providers import OWNER, configured
 from waiting import eventually
 
-from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import WebhookReceiver
-from local_supabase.pg_net_worker import PgNetWorker
 from local_supabase.scripted_server import Received, Reply, ScriptedServer
-from secure_webhooks.delivery.alerts import ALERT_URL_SECRET, CHANNEL, MAX_ATTEMPTS
+from secure_webhooks.delivery.alerts import ALERT_URL_SECRET, CHANNEL, MAX_ATTEMPTS, SEND_BATCH
 from secure_webhooks.delivery.endpoints import endpoint_of
-from secure_webhooks.signing.vault_secret_provider import VaultSecretProvider
 from webhook_deliveries.health import Limits, ReconcilerHealth, read_alerts, verdict
 
 SECRET = "alerts-test-signing-secret-" + "0123456789abcdef" * 2
-#: What makes a Slack incoming-webhook URL a credential: its path.
-SLACK_PATH = "/services/T0TEST/B0TEST/alertsSecretToken9f8e7d"
 INTERVAL = 4
 ALERTING = dataclasses.replace(
     TEST_DELIVERY, max_attempts=1, alert_interval_seconds=INTERVAL, alert_url_secret=ALERT_URL_SECRET
@@ -54,15 +50,6 @@ def slack() -> Iterator[ScriptedServer]:
         yield server
 
 
-def keep_alert_url(cluster: LocalSupabase, url: str) -> tuple[VaultSecretProvider, Any]:
-    """The alert URL in Vault, as the stack keeps it (the provider the component uses)."""
-    provider = configured(VaultSecretProvider, cluster)
-    props = {"name": ALERT_URL_SECRET, "secret": url, "owner": OWNER, "kind": "alert_url"}
-    props["setting"] = "delivery.alertUrl"
-    assert not provider.check({}, props).failures
-    return provider, provider.create(props)
-
-
 @pytest.fixture
 def alerting(cluster, slack) -> Iterator[Pipeline]:
     """The pipeline with alerts posted to `slack`, and the endpoints table empty."""
@@ -73,23 +60,8 @@ def alerting(cluster, slack) -> Iterator[Pipeline]:
     provider.delete(created.id, created.outs)
 
 
-def run_rounds(conn: psycopg.Connection, worker: PgNetWorker, done: Callable[[], bool], what: str) -> None:
-    """Rounds (and pg_net's sending) until `done()`."""
-
-    def round_done() -> bool:
-        reconcile(conn)
-        worker.drain()
-        return done()
-
-    eventually(round_done, what, timeout=60)
-
-
 def alerts_of(server: ScriptedServer) -> list[dict[str, Any]]:
     return [json.loads(request.body) for request in server.received]
-
-
-def alert_rows(conn: psycopg.Connection) -> list[tuple[str, str, int]]:
-    return conn.execute("SELECT kind, state, attempts FROM secure_webhooks.alerts ORDER BY id").fetchall()
 
 
 def dead_alert_window_over(conn: psycopg.Connection) -> bool:
@@ -264,13 +236,7 @@ def test_a_failing_alert_url_never_holds_events_back_and_is_retried(cluster, wor
                     "SELECT extract(epoch FROM next_attempt_at - now()), last_error FROM secure_webhooks.alerts"
                 ).fetchone()
                 assert 0 < wait <= 10 and error == "HTTP 500", (wait, error)
-
-                def retried_until_failed() -> bool:
-                    # Skip the backoff's wait (10 s, 30 s, 90 s, 270 s): what is tested is the count.
-                    conn.execute("UPDATE secure_webhooks.alerts SET next_attempt_at = now() WHERE state = 'pending'")
-                    return alert_rows(conn)[0][1] == "failed"
-
-                run_rounds(conn, worker, retried_until_failed, "the alert to fail for good")
+                retry_until_failed(conn, worker)  # what is tested is the count, not the backoff's waits
                 assert alert_rows(conn) == [("endpoint.paused", "failed", MAX_ATTEMPTS)]
                 assert len(broken.received) == MAX_ATTEMPTS
                 assert all(r.path == SLACK_PATH for r in broken.received)
@@ -388,3 +354,57 @@ def test_the_circuit_breakers_pause_and_resume_are_alerted_once_each(cluster, wo
     finally:
         pipeline.remove()
         provider.delete(created.id, created.outs)
+
+
+#: (state, attempts, made days ago, done days ago or None, kept by the purge): the retention counts from when an
+#: alert was done; pending and sending alerts stay however old, tried or not.
+PURGE_CASES = (
+    ("sent", 1, 8, 8, False),
+    ("sent", 1, 8, 6, True),  # made before the week, posted within it
+    ("sent", 1, 6, 6, True),
+    ("failed", MAX_ATTEMPTS, 8, 7.5, False),
+    ("failed", MAX_ATTEMPTS, 8, 1, True),  # what `status --check` reports for a day
+    ("unsent", 0, 8, None, False),  # made on the channel only: done when made
+    ("unsent", 0, 6, None, True),
+    ("unsent", 1, 8, 8, False),  # pending when the alert URL was removed
+    ("pending", 0, 30, None, True),  # never tried
+    ("pending", 3, 30, None, True),  # retrying
+    ("sending", 2, 30, None, True),
+)
+
+
+def purge(conn: psycopg.Connection) -> set[int]:
+    """What each pg_cron run does first; the alerts left."""
+    conn.execute("SELECT secure_webhooks.purge_expired()")
+    return {alert_id for (alert_id,) in conn.execute("SELECT id FROM secure_webhooks.alerts").fetchall()}
+
+
+def test_the_purge_keeps_alerts_a_week_after_they_are_done_and_never_an_untried_one(alerting, worker, slack):
+    """Rows are backdated in SQL rather than waited for. Alerts made 8 days ago while no round ran, then posted
+    on the rounds' return, stay a week from then; after that, each case of PURGE_CASES."""
+    with alerting.connect() as conn:
+        # More endpoints paused at once than a round posts: the round makes every alert and posts SEND_BATCH.
+        for n in range(SEND_BATCH + 5):
+            set_endpoint(conn, f"https://orchestrator-{n}.example.com", "paused")
+        reconcile(conn)
+        made = Counter((state, attempts) for _, state, attempts in alert_rows(conn))
+        assert made == {("sending", 1): SEND_BATCH, ("pending", 0): 5}
+        conn.execute("UPDATE secure_webhooks.alerts SET created_at = now() - interval '8 days'")
+        ids = purge(conn)
+        assert len(ids) == SEND_BATCH + 5  # 8 days old, none of them done: all kept, the untried 5 too
+
+        run_rounds(conn, worker, lambda: {row[1] for row in alert_rows(conn)} == {"sent"}, "every alert posted")
+        assert len({json.loads(r.body)["alert_id"] for r in slack.received}) == SEND_BATCH + 5
+        assert purge(conn) == ids  # made 8 days ago, done now: kept
+
+        cases = dict(zip(sorted(ids), PURGE_CASES, strict=False))
+        for alert_id, (state, attempts, made_days, done_days, _) in cases.items():
+            conn.execute(
+                "UPDATE secure_webhooks.alerts SET state = %s, attempts = %s,"
+                " created_at = now() - make_interval(secs => %s * 86400),"
+                " finished_at = now() - make_interval(secs => %s * 86400) WHERE id = %s",
+                (state, attempts, made_days, done_days, alert_id),
+            )
+        gone = {alert_id for alert_id, case in cases.items() if not case[-1]}
+        assert purge(conn) == ids - gone
+        print(f"purge: {len(gone)} of {len(cases)} cases gone, {len(ids) - len(cases)} alerts posted just now kept")

@@ -2,12 +2,15 @@
 
 Every state the metrics report is made by real deliveries through the stand-in pg_net: a receiver that
 answers 410, 500, 503, too late (a timeout) and 200, then events inserted with no round after them
-(pending, set an hour back in SQL). Each metric is read back with a PromQL query and compared with what
+(pending, set an hour back in SQL). The dead event's alert is posted to an alert URL answering 500 until it
+fails for good. Each metric is read back with a PromQL query and compared with what
 the outbox holds, counted in SQL. Nothing waits a guessed time: every wait is for a condition.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import subprocess
 import sys
@@ -23,6 +26,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from alert_support import SLACK_PATH, alert_rows, keep_alert_url, retry_until_failed, run_rounds
 from outbox_support import insert_rows, install_pipeline, settle, statuses
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import eventually
@@ -30,7 +34,9 @@ from waiting import eventually
 from local_supabase.cluster import free_port
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
+from local_supabase.scripted_server import Reply, ScriptedServer
 from secure_webhooks.configuration.delivery_settings import DeliverySettings
+from secure_webhooks.delivery.alerts import ALERT_URL_SECRET, KINDS, MAX_ATTEMPTS, STATES
 from secure_webhooks.delivery.reconciler import JOB_NAME
 from webhook_deliveries.__main__ import main
 from webhook_deliveries.metrics import LATENCY_BUCKETS
@@ -50,6 +56,10 @@ PLAN = (PlannedResponse(410), PlannedResponse(500), PlannedResponse(503), Planne
 EXPECTED_EVENTS = {"dead": 1, "failed": 3, "pending": 2}
 EXPECTED_ATTEMPTS = {"2xx": 2, "4xx": 1, "5xx": 2, "timeout": 1}
 WINDOW = "1h"
+#: Every kind and state is exported, zero included; the dead event's alert could not be posted.
+EXPECTED_ALERTS = {(kind, state): 0.0 for kind, state in itertools.product(KINDS, STATES)} | {
+    ("events.dead", "failed"): 1.0
+}
 
 
 @dataclass
@@ -60,6 +70,7 @@ class Outbox:
     conn: psycopg.Connection
     pending_created_at: datetime
     last_run_ended_at: datetime
+    alert_failed_at: datetime
 
     def latencies(self, query: str) -> dict[str, float]:
         """Cumulative count per bucket bound (`le`), as Prometheus labels them, of the latencies `query` selects."""
@@ -88,14 +99,26 @@ class Outbox:
 
 @pytest.fixture(scope="module")
 def outbox(cluster) -> Iterator[Outbox]:
-    with WebhookReceiver(SECRET) as receiver, PgNetWorker(cluster.admin_dsn) as worker:
-        pipeline = install_pipeline(cluster, delivery=SLOW_RETRIES)
+    with (
+        WebhookReceiver(SECRET) as receiver,
+        PgNetWorker(cluster.admin_dsn) as worker,
+        ScriptedServer(Reply(500)) as alert_url,
+    ):
+        vault, alert_secret = keep_alert_url(cluster, alert_url.url + SLACK_PATH)
+        pipeline = install_pipeline(
+            cluster, delivery=dataclasses.replace(SLOW_RETRIES, alert_url_secret=ALERT_URL_SECRET)
+        )
         conn = pipeline.connect()
         try:
             pipeline.add_trigger("resumes", receiver.url + "/ingest/interns/individual", name=WEBHOOK)
             receiver.plan(*PLAN)
             insert_rows(conn, "resumes", 6, prefix="sent")
             settle(conn, worker, lambda: statuses(conn) == {"delivered": 2, "failed": 3, "dead": 1})
+            run_rounds(conn, worker, lambda: bool(alert_rows(conn)), "the dead event's alert")
+            retry_until_failed(conn, worker)
+            assert alert_rows(conn) == [("events.dead", "failed", MAX_ATTEMPTS)]
+            assert len(alert_url.received) == MAX_ATTEMPTS
+            (alert_failed_at,) = conn.execute("SELECT finished_at FROM secure_webhooks.alerts").fetchone()
             insert_rows(conn, "resumes", 2, prefix="waiting")  # no round runs after them: they stay pending
             (pending_created_at,) = conn.execute(
                 "UPDATE secure_webhooks.events SET created_at = now() - interval '1 hour'"
@@ -110,11 +133,12 @@ def outbox(cluster) -> Iterator[Outbox]:
                 (job,),
             ).fetchone()
             assert {key: statuses(conn).get(key, 0) for key in EXPECTED_EVENTS} == EXPECTED_EVENTS
-            yield Outbox(cluster.dsn("postgres"), conn, pending_created_at, last_run_ended_at)
+            yield Outbox(cluster.dsn("postgres"), conn, pending_created_at, last_run_ended_at, alert_failed_at)
         finally:
             conn.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = %s", (JOB_NAME,))
             conn.close()
             pipeline.remove()
+            vault.delete(alert_secret.id, alert_secret.outs)
 
 
 @contextmanager
@@ -255,6 +279,12 @@ def test_prometheus_reads_each_metric_as_the_outbox_holds_it(outbox, prometheus)
         outbox.last_run_ended_at.timestamp(), abs=1e-3
     )
     assert prometheus.one("secure_webhooks_recent_window_seconds") == 3600
+
+    held = {(labels["kind"], labels["state"]): value for labels, value in prometheus.query("secure_webhooks_alerts")}
+    assert held == EXPECTED_ALERTS
+    assert prometheus.by("kind", "secure_webhooks_alert_last_failed_timestamp_seconds") == {
+        "events.dead": pytest.approx(outbox.alert_failed_at.timestamp(), abs=1e-3)
+    }
     assert prometheus.one("secure_webhooks_database_up") == 1
 
 
@@ -267,10 +297,11 @@ def test_prometheus_loads_the_shipped_rules_and_fires_on_this_outbox(prometheus)
         "SecureWebhooksDeadEvents": "firing",
         "SecureWebhooksPendingTooOld": "pending",
         "SecureWebhooksReconcilerUnhealthy": "pending",
+        "SecureWebhooksAlertUndelivered": "firing",
     }
     eventually(lambda: alerts() == expected, "alerts", 90)
     (group,) = prometheus.get("/api/v1/rules")["groups"]
-    assert len(group["rules"]) == 7 and {rule["health"] for rule in group["rules"]} == {"ok"}
+    assert len(group["rules"]) == 8 and {rule["health"] for rule in group["rules"]} == {"ok"}
 
 
 def test_metrics_prints_the_same_figures_once(outbox, capsys):
@@ -283,6 +314,14 @@ def test_metrics_prints_the_same_figures_once(outbox, capsys):
     assert attempts == EXPECTED_ATTEMPTS
     buckets = families["secure_webhooks_recent_delivery_latency_seconds"].samples
     assert {s.labels["le"]: s.value for s in buckets if s.name.endswith("_bucket")} == outbox.delivery_latencies()
+    assert alert_counts(families) == EXPECTED_ALERTS
+    (failed,) = families["secure_webhooks_alert_last_failed_timestamp_seconds"].samples
+    assert failed.labels == {"kind": "events.dead"}
+    assert failed.value == pytest.approx(outbox.alert_failed_at.timestamp(), abs=1e-3)
+
+
+def alert_counts(families: dict[str, Any]) -> dict[tuple[str, str], float]:
+    return {(s.labels["kind"], s.labels["state"]): s.value for s in families["secure_webhooks_alerts"].samples}
 
 
 def test_promtool_accepts_the_exposition(exporter):
@@ -344,5 +383,6 @@ def test_service_role_reads_them_too(outbox, cluster, capsys):
     assert (code, err) == (0, "")
     families = {family.name: family for family in text_string_to_metric_families(out)}
     assert {s.labels["status"]: s.value for s in families["secure_webhooks_events"].samples} == EXPECTED_EVENTS
+    assert alert_counts(families) == EXPECTED_ALERTS  # service_role may read the alerts table
     readable = families["secure_webhooks_reconciler_job_readable"].samples[0].value
     print(f"\nservice_role may read pg_cron's tables: {bool(readable)}")

@@ -357,8 +357,13 @@ class AlertsHealth:
         }
 
 
+def alerts_installed(conn: psycopg.Connection) -> bool:
+    """False on an outbox installed before alerts existed: its reconciler was not upgraded yet."""
+    return conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.{ALERTS}",)).fetchone()[0]
+
+
 def read_alerts(conn: psycopg.Connection) -> AlertsHealth:
     """Nothing to report on an outbox installed before alerts existed."""
-    if conn.execute("SELECT pg_catalog.to_regclass(%s) IS NULL", (f"{SCHEMA}.{ALERTS}",)).fetchone()[0]:
+    if not alerts_installed(conn):
         return AlertsHealth()
     return AlertsHealth(*conn.execute(ALERTS_QUERY, (FAILED_ALERT_WINDOW,)).fetchone())

@@ -16,6 +16,9 @@ instant, and every age is computed by the database's clock.
 
 Endpoints (the circuit breaker and limits of secure_webhooks/delivery/endpoints.py) are read in the same
 transaction: one row per endpoint, its in-flight and parked counts through partial indexes that hold only those.
+
+So are the alerts (secure_webhooks/delivery/alerts.py): their own small table, never the events, which holds an
+alert per state change or per summary interval and loses them a week after they are done.
 """
 
 from __future__ import annotations
@@ -32,9 +35,16 @@ import psycopg
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from secure_webhooks.delivery.alerts import ALERTS, KINDS, STATES
 from secure_webhooks.delivery.outbox import ATTEMPTS, EVENTS, SCHEMA, STATUS_EXPRESSION
 from webhook_deliveries.connection import OperatorError
-from webhook_deliveries.health import EndpointStatus, ReconcilerHealth, read_endpoints, read_reconciler
+from webhook_deliveries.health import (
+    EndpointStatus,
+    ReconcilerHealth,
+    alerts_installed,
+    read_endpoints,
+    read_reconciler,
+)
 
 PREFIX = "secure_webhooks"
 #: Upper bounds of the latency buckets, in seconds: from a fast first delivery to the retry schedule's
@@ -111,14 +121,24 @@ SELECT s.webhook, {_bucket("s.latency")} AS bucket, pg_catalog.count(*), pg_cata
          WHERE e.state = 'delivered' AND e.delivered_at >= pg_catalog.now() - %(window)s::interval) AS s
  GROUP BY 1, 2
 """
+#: Alerts held, by kind and state, and when the last of each kind that could not be posted failed: one pass over
+#: the alerts table, whose size is bounded by what alerts.py makes in the week it keeps them.
+ALERT_COUNTS_QUERY = f"""
+SELECT a.kind, a.state, pg_catalog.count(*),
+       EXTRACT(epoch FROM pg_catalog.max(a.finished_at) FILTER (WHERE a.state = 'failed'))::float8
+  FROM {SCHEMA}.{ALERTS} AS a
+ GROUP BY a.kind, a.state
+"""
 #: For the scrape's transaction: a window's rows are looked up by index, however many the planner expects
 #: (past a few thousand it would hash-join a sequential scan of all events, the cost this module avoids),
-#: and a monitoring query takes no parallel workers from the application.
+#: and a monitoring query takes no parallel workers from the application. No JIT: a disabled path the planner
+#: has to take anyway is costed 10^10, far above jit_above_cost, and compiling a scrape's query took 250 ms here.
 PLANNER_SETTINGS = (
     "enable_seqscan = off",
     "enable_hashjoin = off",
     "enable_mergejoin = off",
     "max_parallel_workers_per_gather = 0",
+    "jit = off",
 )
 
 
@@ -156,12 +176,24 @@ class Snapshot:
     delivery: dict[str, Latencies]
     reconciler: ReconcilerHealth
     endpoints: list[EndpointStatus] = field(default_factory=list)
+    #: (kind, state, count, last failure as Unix time or None); None when the outbox predates alerts.
+    alerts: list[tuple[str, str, int, float | None]] | None = None
+
+
+def read_alert_counts(conn: psycopg.Connection) -> list[tuple[str, str, int, float | None]] | None:
+    """None on an outbox installed before alerts existed (no table to read): no alert metrics, as `status`
+    reports no alerts."""
+    return conn.execute(ALERT_COUNTS_QUERY).fetchall() if alerts_installed(conn) else None
 
 
 def read_snapshot(conn: psycopg.Connection, window: timedelta) -> Snapshot:
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         conn.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
+        # Before the planner settings: the alerts table is read whole, and with sequential scans off its only
+        # path, a sequential scan, is costed 10^10 with every plan above it, too far up for the planner to tell
+        # a hash from a sort (its cost fuzz is 1%): it sorted 100,000 alerts on disk to count nine groups.
+        alerts = read_alert_counts(conn)
         for setting in PLANNER_SETTINGS:
             conn.execute(f"SET LOCAL {setting}")
         attempts = conn.execute(ATTEMPTS_QUERY, {"window": window}).fetchall()
@@ -186,6 +218,7 @@ def read_snapshot(conn: psycopg.Connection, window: timedelta) -> Snapshot:
         delivery={webhook: Latencies.of(rows) for webhook, rows in sorted(by_webhook.items())},
         reconciler=reconciler,
         endpoints=endpoints,
+        alerts=alerts,
     )
 
 
@@ -272,6 +305,8 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
 
     yield from _reconciler_families(snapshot.reconciler)
     yield from _endpoint_families(snapshot.endpoints)
+    if snapshot.alerts is not None:
+        yield from _alert_families(snapshot.alerts)
 
 
 def _endpoint_families(endpoints: list[EndpointStatus]) -> Iterator[Metric]:
@@ -300,6 +335,29 @@ def _endpoint_families(endpoints: list[EndpointStatus]) -> Iterator[Metric]:
         if endpoint.rate_budget is not None:
             budget.add_metric([endpoint.endpoint], endpoint.rate_budget)
     yield from (paused, paused_since, in_flight, waiting, budget)
+
+
+def _alert_families(rows: list[tuple[str, str, int, float | None]]) -> Iterator[Metric]:
+    """Every kind and state, zero included: a rule or a graph needs no `or vector(0)`."""
+    held = _gauge(
+        "alerts",
+        "Alerts held (kept a week after they are done), by kind and state: pending, sending, sent, failed "
+        "(could not be posted to delivery.alertUrl), unsent (on the pg_notify channel only: no alert URL).",
+        ["kind", "state"],
+    )
+    counts = {(kind, state): count for kind, state, count, _ in rows}
+    for kind, state in itertools.product(KINDS, STATES):
+        held.add_metric([kind, state], counts.get((kind, state), 0))
+    yield held
+    failed = _gauge(
+        "alert_last_failed_timestamp_seconds",
+        "When the last alert of the kind that could not be posted to delivery.alertUrl failed for good (Unix).",
+        ["kind"],
+    )
+    for kind, _, _, when in sorted(rows):
+        if when is not None:
+            failed.add_metric([kind], when)
+    yield failed
 
 
 class OutboxCollector(Collector):

@@ -62,14 +62,19 @@ DEAD_BATCH = 10_000
 NAMED_WEBHOOKS = 20
 #: How long alerts wait for a lock before the round gives them up (a warning) and goes on delivering.
 ALERT_LOCK_TIMEOUT = "1s"
-#: Alerts are kept this long after they were made, for `status` and for inspection.
+#: Alerts are kept this long after they are done (posted, failed for good, or on the channel only), for `status`,
+#: the metrics and inspection.
 KEEP_ALERTS = "7 days"
+KINDS = ("events.dead", "endpoint.paused", "endpoint.resumed")
+#: pending: to be posted (first or next try); sending: posted, outcome not read yet; sent: a 2xx; failed: MAX_ATTEMPTS
+#: tries without one; unsent: published on the channel only (no alert URL). The last three are done.
 STATES = ("pending", "sending", "sent", "failed", "unsent")
+DONE_STATES = ("sent", "failed", "unsent")
 
 _SCRIPT = f"""
 CREATE TABLE IF NOT EXISTS {SCHEMA}.{ALERTS} (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    kind text NOT NULL CHECK (kind IN ('events.dead', 'endpoint.paused', 'endpoint.resumed')),
+    kind text NOT NULL CHECK (kind IN {tuple(KINDS)!r}),
     body jsonb NOT NULL,
     state text NOT NULL CHECK (state IN {tuple(STATES)!r}),
     attempts integer NOT NULL DEFAULT 0,
@@ -467,10 +472,16 @@ def round_call() -> str:
 
 
 def purge_statement() -> str:
-    """PL/pgSQL for purge_expired: alerts older than KEEP_ALERTS that are done go."""
+    """PL/pgSQL for purge_expired: alerts done for longer than KEEP_ALERTS go; pending and sending ones never,
+    however old, so no alert goes untried. Counted from when an alert was done, not made: one made while no round
+    ran for days (a paused job, a database down) and failing on their return would otherwise go at the next
+    purge, before `status --check` or the metrics could report it. The condition on `created_at` (an alert is
+    done after it is made) lets the alerts_created index find the candidates; an alert made `unsent` (no alert
+    URL) has no finished_at: it was done when it was made."""
+    keep = f"pg_catalog.now() - interval '{KEEP_ALERTS}'"
     return (
-        f"DELETE FROM {SCHEMA}.{ALERTS} AS a WHERE a.created_at < pg_catalog.now() - interval '{KEEP_ALERTS}'"
-        " AND a.state IN ('sent', 'failed', 'unsent');"
+        f"DELETE FROM {SCHEMA}.{ALERTS} AS a WHERE a.created_at < {keep}"
+        f" AND a.state IN {tuple(DONE_STATES)!r} AND (a.finished_at IS NULL OR a.finished_at < {keep});"
     )
 
 
