@@ -14,7 +14,7 @@ from providers import OWNER, configured, function_props, trigger_props
 from psycopg import sql
 
 from local_supabase.bootstrap import create_demo_tables
-from local_supabase.cluster import LocalSupabase
+from local_supabase.cluster import LocalSupabase, free_port
 from local_supabase.orchestrator import Delivery, WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
 from secure_webhooks.configuration.delivery_settings import DeliverySettings
@@ -99,6 +99,13 @@ def supabase_with_secret(secret: str) -> Iterator[LocalSupabase]:
         with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
             conn.execute("SELECT vault.create_secret(%s, 'app_jwt_secret')", (secret,))
         yield cluster
+
+
+def down_url() -> tuple[str, int]:
+    """An orchestrator that is down: a loopback URL nothing listens on (every attempt fails to connect), and its
+    port, where a test starts a receiver when the orchestrator comes back."""
+    port = free_port()
+    return f"http://127.0.0.1:{port}", port
 
 
 def install_pipeline(cluster: LocalSupabase, delivery: DeliverySettings = TEST_DELIVERY, **spec: Any) -> Pipeline:

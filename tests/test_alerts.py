@@ -22,6 +22,7 @@ from outbox_support import (
     TEST_DELIVERY,
     Pipeline,
     all_delivered,
+    down_url,
     insert_rows,
     install_pipeline,
     reconcile,
@@ -73,8 +74,7 @@ def dead_alert_window_over(conn: psycopg.Connection) -> bool:
 
 
 def test_dead_events_are_summarised_once_per_interval(alerting, worker, slack):
-    with WebhookReceiver(SECRET) as gone:
-        down = gone.url  # closed: every attempt fails to connect, and one attempt is all they get
+    down, _ = down_url()  # every attempt fails to connect, and one attempt is all they get
     alerting.add_trigger("resumes", down + "/ingest/resumes", name="resumes_hook")
     alerting.add_trigger("zip_archives", down + "/ingest/zips", name="zips_hook")
     with alerting.connect() as conn:
@@ -333,8 +333,7 @@ def test_the_circuit_breakers_pause_and_resume_are_alerted_once_each(cluster, wo
     breaker = dataclasses.replace(ALERTING, max_attempts=100, pause_after_failures=3, probe_seconds=1)
     pipeline = install_pipeline(cluster, breaker)
     try:
-        with WebhookReceiver(SECRET) as gone:
-            url, port = gone.url, int(gone.url.rsplit(":", 1)[1])
+        url, port = down_url()
         pipeline.add_trigger("resumes", url + "/ingest/resumes")
         with pipeline.connect() as conn:
             inserted = insert_rows(conn, "resumes", 5)

@@ -21,6 +21,7 @@ from outbox_support import (
     TEST_DELIVERY,
     Pipeline,
     check_ids,
+    down_url,
     insert_rows,
     install_pipeline,
     reconcile,
@@ -33,7 +34,7 @@ from psycopg.types.json import Jsonb
 from waiting import eventually
 
 from local_supabase.cluster import LocalSupabase
-from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
+from local_supabase.orchestrator import PlannedResponse
 from local_supabase.pg_net_worker import PgNetWorker
 from local_supabase.scripted_server import ScriptedServer
 from secure_webhooks.configuration.urls import UrlPolicyError, check_base_url
@@ -164,8 +165,7 @@ def test_waiting_events_never_follow_a_foreign_trigger_with_the_webhooks_name(co
 def test_forged_responses_never_make_an_event_delivered(cluster, evil):
     """A role with no grants at all writes pg_net's responses (PUBLIC may): planted for the next 5,000 request
     ids dated 2100, planted before a request exists, and planted beside the real failure of an attempt."""
-    with WebhookReceiver(SECRET) as gone:
-        down = gone.url  # nothing listens there any more: every attempt fails to connect
+    down, _ = down_url()  # every attempt fails to connect
     pipeline = webhooks(cluster, down)
     try:
         with pipeline.connect() as conn, acting_as(conn, "forger") as forger:
@@ -343,8 +343,7 @@ def test_a_trigger_on_pg_nets_tables_never_runs_as_postgres(conn, receiver, work
 def test_with_receipts_required_a_forged_410_or_a_malformed_response_is_an_ordinary_failure(cluster):
     """A 410 kills an event and Retry-After stretches its wait only with a receipt; a planted response
     whose headers are not an object neither counts nor stalls the round."""
-    with WebhookReceiver(SECRET) as gone:
-        down = gone.url
+    down, _ = down_url()
     pipeline = webhooks(cluster, down, delivery=dataclasses.replace(TEST_DELIVERY, receipts="required"))
     try:
         with pipeline.connect() as conn, acting_as(conn, "forger") as forger:

@@ -18,6 +18,7 @@ import pytest
 from outbox_support import (
     TEST_DELIVERY,
     all_delivered,
+    down_url,
     install_pipeline,
     reconcile,
     settle,
@@ -85,8 +86,7 @@ def test_a_backlog_after_an_outage_reaches_the_receiver_within_the_limits(databa
     delivery = dataclasses.replace(TEST_DELIVERY, **limits)
     pipeline = install_pipeline(cluster, delivery)
     try:
-        with MeasuringReceiver(SECRET) as gone:
-            url, port = gone.url, int(gone.url.rsplit(":", 1)[1])
+        url, port = down_url()
         pipeline.add_trigger("resumes", url + PATH)
         with pipeline.connect() as conn:
             inserted = insert_bulk(conn, events)

@@ -19,6 +19,7 @@ from outbox_support import (
     TEST_DELIVERY,
     TIMEOUT_MS,
     all_delivered,
+    down_url,
     insert_rows,
     install_pipeline,
     reconcile,
@@ -65,8 +66,7 @@ def test_insert_writes_the_outbox_and_a_round_delivers_with_the_event_id(conn, w
 
 def test_orchestrator_down_then_back(pipeline, worker):
     """Connection refused while rows go in and rounds run; once it is back, every row arrives."""
-    with WebhookReceiver(SECRET) as gone:
-        url, port = gone.url, int(gone.url.rsplit(":", 1)[1])
+    url, port = down_url()
     pipeline.add_trigger("resumes", url + "/ingest/interns/individual")
     with pipeline.connect() as conn:
         inserted = insert_rows(conn, "resumes", 20)
@@ -220,8 +220,7 @@ def test_a_request_that_waited_long_in_the_queue_is_not_taken_as_vanished(conn, 
 def test_pending_events_follow_the_webhooks_new_url(pipeline, worker):
     """`pulumi up` with a new orchestratorUrl re-points the trigger and the reconciler's route; events
     already waiting follow the route."""
-    with WebhookReceiver(SECRET) as gone:
-        old_url = gone.url + "/ingest/interns/individual"
+    old_url = down_url()[0] + "/ingest/interns/individual"
     pipeline.add_trigger("resumes", old_url, name="moving_hook")
     triggers, created = pipeline.installed[-1]
     with pipeline.connect() as conn, WebhookReceiver(SECRET) as new_home:
