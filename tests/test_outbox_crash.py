@@ -9,7 +9,6 @@ and never matches a remembered request id against a new request's response.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import psycopg
@@ -23,6 +22,7 @@ from outbox_support import (
     settle,
     supabase_with_secret,
 )
+from waiting import eventually
 
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
@@ -74,8 +74,8 @@ def test_crash_after_commit_before_pg_net_sent(cluster, receiver):
 def test_crash_while_a_batch_is_in_flight(cluster, receiver):
     pipeline = install_pipeline(cluster)
     pipeline.add_trigger("resumes", receiver.url + "/ingest/interns/individual")
-    # Replies take 0.8 s (under the 1 s timeout): the crash lands after pg_net's worker took the
-    # batch off its queue and before it could record the responses.
+    # Replies take 0.8 s (under the 1 s timeout): the crash lands as soon as pg_net's worker has taken
+    # the batch off its queue (its DELETE commits before it sends), so before it could record the responses.
     receiver.plan(*[PlannedResponse(200, delay=0.8)] * 10)
     worker = PgNetWorker(cluster.admin_dsn).start()
     try:
@@ -83,11 +83,11 @@ def test_crash_while_a_batch_is_in_flight(cluster, receiver):
             inserted = insert_rows(conn, "resumes", 10)
             insert_rolled_back(conn)
             reconcile(conn)
-            deadline = time.monotonic() + 10
-            while conn.execute("SELECT count(*) FROM net.http_request_queue").fetchone() != (0,):
-                assert time.monotonic() < deadline, "pg_net's worker never took the batch"
-                time.sleep(0.02)
-        time.sleep(0.2)
+            eventually(
+                lambda: conn.execute("SELECT count(*) FROM net.http_request_queue").fetchone() == (0,),
+                "pg_net's worker took the batch",
+                timeout=30,
+            )
         cluster.crash()
     finally:
         worker.stop()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import threading
-import time
 
 import psycopg
 import pytest
@@ -28,11 +27,12 @@ from outbox_support import (
     statuses,
 )
 from providers import trigger_props
+from waiting import eventually
 
 from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
-from secure_webhooks.delivery.reconciler import Route
+from secure_webhooks.delivery.reconciler import ReconcilerSpec, Route
 
 SECRET = "outbox-test-signing-secret-" + "0123456789abcdef" * 2
 
@@ -183,9 +183,7 @@ def test_two_concurrent_reconciler_runs_send_each_event_once(conn, pipeline, wor
     for thread in threads:
         thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while statuses(conn) != {"delivered": 300} and time.monotonic() < deadline:
-            time.sleep(0.1)
+        eventually(lambda: statuses(conn) == {"delivered": 300}, "300 delivered by two reconcilers", timeout=300)
     finally:
         stop.set()
         for thread in threads:
@@ -199,17 +197,26 @@ def test_two_concurrent_reconciler_runs_send_each_event_once(conn, pipeline, wor
     assert len(receiver.deliveries) == before
 
 
-def test_a_request_that_waited_long_in_the_queue_is_not_taken_as_vanished(conn, cluster, receiver):
+def test_a_request_that_waited_long_in_the_queue_is_not_taken_as_vanished(pipeline, conn, cluster, receiver):
     """Found by the recovery benchmark: time spent queued behind a backlog used to count as missing."""
     inserted = insert_rows(conn, "resumes", 1)
     reconcile(conn)  # queued; no worker yet, so it waits longer than the vanish grace period
-    time.sleep(2 * TIMEOUT_MS / 1000 + 5 + 1)
+    grace = ReconcilerSpec(function=pipeline.spec).grace_seconds
+    eventually(
+        lambda: conn.execute(
+            "SELECT bool_and(sent_at < now() - make_interval(secs => %s)) FROM secure_webhooks.events",
+            (grace,),
+        ).fetchone()[0],
+        "queued for longer than the grace period, by the database's clock",
+        timeout=grace + 60,
+    )
     receiver.plan(PlannedResponse(200, delay=0.8))  # on the wire: out of the queue, no response yet
     with PgNetWorker(cluster.admin_dsn) as worker:
-        deadline = time.monotonic() + 10
-        while conn.execute("SELECT count(*) FROM net.http_request_queue").fetchone() != (0,):
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        eventually(
+            lambda: conn.execute("SELECT count(*) FROM net.http_request_queue").fetchone() == (0,),
+            "pg_net's worker took the request",
+            timeout=30,
+        )
         reconcile(conn)  # sees it neither queued nor answered: only starts its grace period
         settle(conn, worker, all_delivered(conn))
     counts = report("queued longer than the grace period", inserted, receiver)
