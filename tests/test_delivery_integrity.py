@@ -330,7 +330,7 @@ def test_a_trigger_on_pg_nets_tables_never_runs_as_postgres(conn, receiver, work
     # The planter's session ended; the server drops its temporary function, and the triggers with it,
     # as that backend exits.
     planted = "SELECT count(*) FROM pg_trigger WHERE tgname = 'spy' AND NOT tgisinternal"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while conn.execute(planted).fetchone()[0]:
         assert time.monotonic() < deadline, "the planter's triggers outlived its session"
         time.sleep(0.05)

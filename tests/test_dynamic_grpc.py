@@ -136,7 +136,7 @@ def test_provider_errors_carry_the_server_traceback(
 
 def test_logs_are_captured_and_hold_no_secrets(server: DynamicProviderServer) -> None:
     created = create_thing(server)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60
     while not any(f"created {created.id}" in line for line in server.logs):
         assert time.monotonic() < deadline, server.logs
         time.sleep(0.05)

@@ -168,7 +168,7 @@ def test_a_trigger_on_pg_nets_tables_fails_the_check(installations, spec, postgr
         (failure,) = installations.check({}, props).failures
         assert failure.reason.startswith("trigger spy on net.http_request_queue was created by someone else")
     # Only pg_net's owner may drop it; ending the session drops its temporary function, and the trigger with it.
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while installations.check({}, props).failures:
         assert time.monotonic() < deadline, "the planter's trigger outlived its session"
         time.sleep(0.05)
