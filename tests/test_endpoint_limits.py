@@ -108,6 +108,30 @@ def test_a_backlog_after_an_outage_reaches_the_receiver_within_the_limits(databa
         pipeline.remove()
 
 
+@pytest.mark.parametrize("max_in_flight", [5, 1000], ids=["limited", "unlimited"])
+def test_the_in_flight_limit_binds_on_a_slow_orchestrator(database, max_in_flight):
+    """The backlog tests never reach maxInFlight (their receiver answers in 20 ms: the per-second limit binds
+    first). Here each request takes half a second and the rate is unlimited, so only maxInFlight holds the
+    receiver back; with a limit far above the backlog, the same run shows what it would have seen."""
+    cluster, sender = database
+    delivery = dataclasses.replace(TEST_DELIVERY, max_in_flight=max_in_flight, max_per_second=10_000)
+    pipeline = install_pipeline(cluster, delivery)
+    try:
+        with MeasuringReceiver(SECRET, work=0.5) as receiver, pipeline.connect() as conn:
+            pipeline.add_trigger("resumes", receiver.url + PATH)
+            inserted = insert_bulk(conn, 60)
+            settle(conn, sender, all_delivered(conn), timeout=120)
+            counts = tally(inserted, receiver.deliveries)
+            print(f"maxInFlight {max_in_flight}, 0.5 s a request: {counts}, peak concurrency {receiver.peak}")
+            assert counts.lost == 0 and counts.duplicated == 0 and counts.delivered == 60, counts
+            if max_in_flight == 5:
+                assert receiver.peak <= 5, receiver.peak
+            else:
+                assert receiver.peak > 5, receiver.peak  # what the limit of 5 held back
+    finally:
+        pipeline.remove()
+
+
 def test_webhooks_on_one_host_share_its_limits(database):
     """Two webhooks (two tables, two paths) on one receiver: one endpoint, one budget between them."""
     cluster, sender = database
