@@ -64,9 +64,13 @@ class Engine:
                 raise TimeoutError(f"{failed} events, not {count}, failed an attempt within {timeout} s")
             time.sleep(0.1)
 
-    def wait_until_delivered(self, timeout: float = 15.0) -> None:
-        """Block until the outbox holds no undelivered event: destroy refuses while one waits."""
-        deadline = time.monotonic() + timeout
+    def wait_until_delivered(self, timeout: float = 30.0) -> None:
+        """Block until the outbox holds no undelivered event: destroy refuses while one waits.
+
+        `timeout` bounds a stall: it restarts whenever fewer events wait, so a backlog drains at this machine's
+        pace, and delivery that stops fails with the count.
+        """
+        fewest, deadline = None, time.monotonic() + timeout
         with self.connect() as conn:
             while True:
                 waiting = conn.execute(
@@ -74,8 +78,10 @@ class Engine:
                 ).fetchone()[0]
                 if waiting == 0:
                     return
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{waiting} events still undelivered after {timeout} s")
+                if fewest is None or waiting < fewest:
+                    fewest, deadline = waiting, time.monotonic() + timeout
+                elif time.monotonic() > deadline:
+                    raise TimeoutError(f"{waiting} events still undelivered, none for {timeout} s")
                 time.sleep(0.1)
 
     def stack(self, name: str, url: str | None = None, **config: Any) -> Stack:

@@ -189,8 +189,9 @@ def test_switching_modes_under_concurrent_inserts_loses_nothing(cluster, receive
     stop, inserted = threading.Event(), []
 
     def insert_until_stopped() -> None:
+        """A client's pace, at most 200 a second: unpaced, a fast machine queues thousands during the switches."""
         with pipeline.connect() as conn:
-            while not stop.is_set():
+            while not stop.wait(0.005):
                 inserted.extend(insert_rows(conn, "resumes", 1, prefix="switch"))
 
     def after_more_rows() -> None:
