@@ -25,9 +25,6 @@ from secure_webhooks.postgres.database import DatabaseError
 from secure_webhooks.signing.function_provider import SecureFunctionProvider
 from secure_webhooks.signing.trigger_function import FunctionSpec
 
-#: Well under the providers' lock_timeout (5 s): a wait for the squatter would take at least that long.
-PROMPT = 4.0
-
 
 @pytest.fixture
 def squatter(supabase_ready, admin_conn) -> Iterator[psycopg.Connection]:
@@ -51,6 +48,8 @@ def test_a_role_holding_the_old_advisory_keys_stalls_nothing_and_cannot_take_the
     installations = configured(InstallationProvider, supabase_ready)
     spec = FunctionSpec(name=unique("notify"))
     props = installations.check({}, installation_props(spec)).inputs
+    # A store that queued for the squatter's key would wait out the providers' lock_timeout (5 s) and raise
+    # DatabaseError here: the creates succeeding is the proof that nothing waited, whatever this machine's speed.
     started = time.monotonic()
     claimed = installations.create(props)
     # The adoption store too: adopting a hand-made function records it there.
@@ -60,7 +59,6 @@ def test_a_role_holding_the_old_advisory_keys_stalls_nothing_and_cannot_take_the
     assert function.outs["adopted"]
     elapsed = time.monotonic() - started
     print(f"\nclaim and adoption with the old advisory keys held by another role: {elapsed:.2f} s")
-    assert elapsed < PROMPT
 
     # The lock that serialises the stores now is not the squatter's to take or to queue for.
     for relation in (f"{SCHEMA}.{TABLE}", f"{adoption.SCHEMA}.{adoption.TABLE}"):

@@ -19,6 +19,7 @@ import pytest
 from dynamic_grpc import DynamicProviderServer, ProviderCallError, secret
 from providers import OWNER, function_props, stack_config, trigger_props, unique
 from psycopg import sql
+from waiting import eventually
 
 from secure_webhooks.installation.trigger_provider import WebhookTriggerProvider
 from secure_webhooks.signing.function_provider import SecureFunctionProvider
@@ -131,6 +132,9 @@ def test_vault_secret_stays_secret_across_the_wire(serve, postgres_conn):
 LOCKED = """
 SELECT count(*) FROM pg_stat_activity
  WHERE application_name = 'secure-webhooks (pulumi)' AND wait_event_type = 'Lock'"""
+WAITING_PID = """
+SELECT pid FROM pg_stat_activity
+ WHERE application_name = 'secure-webhooks (pulumi)' AND wait_event_type = 'Lock' LIMIT 1"""
 
 
 def test_provider_whose_engine_dies_while_it_waits_for_a_lock_commits_nothing_and_exits(
@@ -166,19 +170,30 @@ def test_provider_whose_engine_dies_while_it_waits_for_a_lock_commits_nothing_an
             locker.execute(sql.SQL("LOCK TABLE public.{} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table)))
             with ThreadPoolExecutor(max_workers=1) as pool:
                 create = pool.submit(server.create, trigger_urn, checked)
-                deadline = time.monotonic() + 4  # well inside lock_timeout (5 s)
-                while postgres_conn.execute(LOCKED).fetchone()[0] == 0:
-                    assert time.monotonic() < deadline, "the provider never waited for the lock"
+                # The bound only ends a failure: the provider's lock_timeout (5 s) starts once it waits, and this
+                # loop sees the wait within 50 ms, however long the provider took to get there.
+                deadline = time.monotonic() + 60
+                while (waiting := postgres_conn.execute(WAITING_PID).fetchone()) is None:
+                    assert not create.done() and time.monotonic() < deadline, "the provider never waited for the lock"
                     time.sleep(0.05)
+                (waiter,) = waiting
                 server.stop_engine()
-                assert server.wait_for_exit(timeout=4) != 0
-                assert postgres_conn.execute(LOCKED).fetchone()[0] == 0, "its statement was cancelled"
+                # Its watchdog notices within about a second; the server never exits on its own (and the locker
+                # holds the lock until it has), so the bound only ends a failure.
+                assert server.wait_for_exit(timeout=60) != 0
+                # The cancel reaches the session asynchronously; the server log below says it was a cancel, not
+                # the lock timeout.
+                eventually(lambda: postgres_conn.execute(LOCKED).fetchone()[0] == 0, "its statement ends", 60)
                 with pytest.raises(ProviderCallError):
                     create.result()
             locker.rollback()
     finally:
         server.__exit__(None, None, None)
-    time.sleep(0.2)
+    # The session that waited has ended, so nothing of it can commit any more.
+    gone = "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s)"
+    eventually(lambda: postgres_conn.execute(gone, (waiter,)).fetchone()[0], "the provider's session ends", 60)
+    errors = [line for line in supabase_ready.log_file.read_text().splitlines() if f"[{waiter}] ERROR:" in line]
+    assert any("canceling statement due to user request" in line for line in errors), errors
     assert (
         postgres_conn.execute(
             "SELECT tgfoid, obj_description(oid, 'pg_trigger') FROM pg_trigger WHERE tgname = 'hook'"

@@ -157,8 +157,10 @@ def test_a_steady_stream_waits_for_the_next_round(conn, worker, server):
     )
     assert 0.2 <= statistics.median(latencies) <= 1.5, latencies
     assert max(latencies) >= 0.6, latencies  # someone waited most of a round
-    # Rounds: arrivals come in clusters at least MIN_GAP apart, fewer clusters than seconds+2.
+    # Rounds: arrivals come in clusters at least MIN_GAP apart, about one a second. Counted against the seconds
+    # the arrivals took, not the stream's nominal 3 s: on a busy machine the 60 commits take longer, and so
+    # does every round, and a fixed bound would count the machine's speed.
     times = sorted(arrived.values())
     clusters = 1 + sum(1 for before, after in itertools.pairwise(times) if after - before >= MIN_GAP)
-    assert 2 <= clusters <= 6, (clusters, latencies)
+    assert 2 <= clusters <= times[-1] - times[0] + 2, (clusters, times[-1] - times[0], latencies)
     worker.drain()
