@@ -153,7 +153,8 @@ def test_kill_9_while_waiting_for_a_lock_then_up_and_destroy_restore_the_legacy_
         locker.rollback()  # the lock is free again, well inside the provider's lock_timeout (5 s)
     cli.stdout.close()
 
-    deadline = time.monotonic() + 15
+    # The bound only ends a failure: on a busy machine the three take their time to notice.
+    deadline = time.monotonic() + 60
     try:  # the provider, the language host and the program all notice their engine is gone
         while session_processes(cli.pid):
             assert time.monotonic() < deadline, f"processes outlived the killed CLI: {session_processes(cli.pid)}"

@@ -133,7 +133,7 @@ def test_the_example_program_installs_the_wheel_and_runs_up_and_destroy(engine, 
                 name = f"{table}-{n}"
                 conn.execute(f"INSERT INTO public.{table} (name, storage_path) VALUES (%s, 'r/')", (name,))
                 sent[name] = table
-    deliveries = engine.orchestrator.wait_for(len(sent), timeout=20)
+    deliveries = engine.orchestrator.wait_for(len(sent), timeout=60)  # the bound only ends a failure
     engine.wait_until_delivered()
     assert len(engine.orchestrator.deliveries) == len(sent) == 5
     assert all(d.status == 200 and d.rejection is None and not d.duplicate for d in deliveries)
