@@ -111,7 +111,7 @@ def down_url() -> tuple[str, int]:
 def install_pipeline(cluster: LocalSupabase, delivery: DeliverySettings = TEST_DELIVERY, **spec: Any) -> Pipeline:
     with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
         create_demo_tables(conn)
-    function = FunctionSpec(mode="at-least-once", timeout_ms=TIMEOUT_MS, token_ttl_seconds=300, **spec)
+    function = FunctionSpec(**{"mode": "at-least-once", "timeout_ms": TIMEOUT_MS, "token_ttl_seconds": 300, **spec})
     pipeline = Pipeline(cluster, function, delivery)
     steps = [
         (OutboxProvider, {"owner": OWNER, "script_sha256": script_sha256()}),

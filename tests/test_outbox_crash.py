@@ -72,11 +72,12 @@ def test_crash_after_commit_before_pg_net_sent(cluster, receiver):
 
 
 def test_crash_while_a_batch_is_in_flight(cluster, receiver):
-    pipeline = install_pipeline(cluster)
+    # Replies take 5 s (under a 15 s request timeout): the crash lands as soon as pg_net's worker has taken the
+    # batch off its queue (its DELETE commits before it sends), so before it could record the responses. With
+    # the tests' 1 s timeout, replies had to come within it, and a busy machine crashed after they were recorded.
+    pipeline = install_pipeline(cluster, timeout_ms=15_000)
     pipeline.add_trigger("resumes", receiver.url + "/ingest/interns/individual")
-    # Replies take 0.8 s (under the 1 s timeout): the crash lands as soon as pg_net's worker has taken
-    # the batch off its queue (its DELETE commits before it sends), so before it could record the responses.
-    receiver.plan(*[PlannedResponse(200, delay=0.8)] * 10)
+    receiver.plan(*[PlannedResponse(200, delay=5)] * 10)
     worker = PgNetWorker(cluster.admin_dsn).start()
     try:
         with pipeline.connect() as conn:
