@@ -214,31 +214,42 @@ def test_two_concurrent_reconciler_runs_send_each_event_once(conn, pipeline, wor
     assert len(receiver.deliveries) == before
 
 
-def test_a_request_that_waited_long_in_the_queue_is_not_taken_as_vanished(pipeline, conn, cluster, receiver):
+def test_a_request_that_waited_long_in_the_queue_is_not_taken_as_vanished(cluster, receiver):
     """Found by the recovery benchmark: time spent queued behind a backlog used to count as missing."""
-    inserted = insert_rows(conn, "resumes", 1)
-    reconcile(conn)  # queued; no worker yet, so it waits longer than the vanish grace period
-    grace = ReconcilerSpec(function=pipeline.spec).grace_seconds
-    eventually(
-        lambda: conn.execute(
-            "SELECT bool_and(sent_at < now() - make_interval(secs => %s)) FROM secure_webhooks.events",
-            (grace,),
-        ).fetchone()[0],
-        "queued for longer than the grace period, by the database's clock",
-        timeout=grace + 60,
-    )
-    receiver.plan(PlannedResponse(200, delay=0.8))  # on the wire: out of the queue, no response yet
-    with PgNetWorker(cluster.admin_dsn) as worker:
-        eventually(
-            lambda: conn.execute("SELECT count(*) FROM net.http_request_queue").fetchone() == (0,),
-            "pg_net's worker took the request",
-            timeout=30,
-        )
-        reconcile(conn)  # sees it neither queued nor answered: only starts its grace period
-        settle(conn, worker, all_delivered(conn))
-    counts = report("queued longer than the grace period", inserted, receiver)
-    assert counts.duplicated == 0
-    assert conn.execute("SELECT count(*) FROM secure_webhooks.attempts").fetchone() == (1,)
+    # Its own pipeline, with an 8 s request timeout: the reply below takes 4 s, so the round that must see the
+    # request on the wire runs before pg_net records the reply, and the reply beats the timeout, even on a busy
+    # machine (the tests' 1 s timeout left 0.8 s and 0.2 s: a late round saw the reply and tested nothing).
+    pipeline = install_pipeline(cluster, timeout_ms=8000)
+    try:
+        pipeline.add_trigger("resumes", receiver.url + "/ingest/interns/individual")
+        with pipeline.connect() as conn:
+            inserted = insert_rows(conn, "resumes", 1)
+            reconcile(conn)  # queued; no worker yet, so it waits longer than the vanish grace period
+            grace = ReconcilerSpec(function=pipeline.spec).grace_seconds
+            eventually(
+                lambda: conn.execute(
+                    "SELECT bool_and(sent_at < now() - make_interval(secs => %s)) FROM secure_webhooks.events",
+                    (grace,),
+                ).fetchone()[0],
+                "queued for longer than the grace period, by the database's clock",
+                timeout=grace + 60,
+            )
+            receiver.plan(PlannedResponse(200, delay=4))  # on the wire: out of the queue, no response yet
+            with PgNetWorker(cluster.admin_dsn) as worker:
+                eventually(
+                    lambda: conn.execute("SELECT count(*) FROM net.http_request_queue").fetchone() == (0,),
+                    "pg_net's worker took the request",
+                    timeout=30,
+                )
+                reconcile(conn)  # sees it neither queued nor answered: only starts its grace period
+                missing = "SELECT state, missing_since IS NOT NULL FROM secure_webhooks.events"
+                assert conn.execute(missing).fetchall() == [("sending", True)]
+                settle(conn, worker, all_delivered(conn))
+            assert conn.execute("SELECT count(*) FROM secure_webhooks.attempts").fetchone() == (1,)
+        counts = report("queued longer than the grace period", inserted, receiver)
+        assert counts.duplicated == 0
+    finally:
+        pipeline.remove()
 
 
 def test_pending_events_follow_the_webhooks_new_url(pipeline, worker):
