@@ -135,9 +135,14 @@ def test_each_rows_updates_arrive_in_commit_order_while_a_third_of_requests_fail
         peak_rows, peak_per_row = 0, 0
         with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
             writer.start()
-            deadline = time.monotonic() + 300
+            # A stall fails, not a total: the deadline restarts whenever the events' statuses change, so this
+            # machine's pace through 210 events and their retries does not count.
+            seen, deadline = None, time.monotonic() + 60
             while not (done_writing.is_set() and set(statuses(conn)) <= {"delivered"}):
-                assert time.monotonic() < deadline, f"not delivered within 300 s: {statuses(conn)}"
+                assert done_writing.is_set() or writer.is_alive(), "the writer died"
+                if (now_seen := statuses(conn)) != seen:
+                    seen, deadline = now_seen, time.monotonic() + 60
+                assert time.monotonic() < deadline, f"no progress for 60 s: {seen}"
                 reconcile(conn)
                 in_flight_rows, per_row = conn.execute(IN_FLIGHT).fetchone()
                 peak_rows, peak_per_row = max(peak_rows, in_flight_rows), max(peak_per_row, per_row)
