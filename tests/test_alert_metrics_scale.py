@@ -86,8 +86,8 @@ def test_the_alert_metrics_read_the_alerts_table_only(outbox, count):
     print(f"\n{count:,} alerts: alert metrics {ms(times)}; whole scrape {ms(scrape_seconds(outbox))}; {strategy}")
     assert relations(plan) == {"alerts"}
     expected = outbox.execute("SELECT kind, state, count(*) FROM secure_webhooks.alerts GROUP BY 1, 2").fetchall()
-    assert sorted((kind, state, n) for kind, state, n, _ in rows) == sorted(expected)
-    assert sum(n for _, _, n, _ in rows) == count
+    assert sorted((kind, state, n) for kind, state, n, _, _ in rows) == sorted(expected)
+    assert sum(n for _, _, n, _, _ in rows) == count
 
     # The whole scrape reports them: the failed ones' count and the last failure per kind.
     snapshot = read_snapshot(outbox, timedelta(minutes=5))
@@ -102,3 +102,9 @@ def test_the_alert_metrics_read_the_alerts_table_only(outbox, count):
     ).fetchall()
     stamps = exported["secure_webhooks_alert_last_failed_timestamp_seconds"].samples
     assert {s.labels["kind"]: s.value for s in stamps} == dict(last)
+    oldest = outbox.execute(
+        "SELECT kind, extract(epoch FROM min(created_at))::float8 FROM secure_webhooks.alerts"
+        " WHERE state IN ('pending', 'sending') GROUP BY 1"
+    ).fetchall()
+    waiting = exported["secure_webhooks_alert_oldest_unposted_timestamp_seconds"].samples
+    assert {s.labels["kind"]: s.value for s in waiting} == dict(oldest) and len(oldest) == len(KINDS)

@@ -56,9 +56,11 @@ PLAN = (PlannedResponse(410), PlannedResponse(500), PlannedResponse(503), Planne
 EXPECTED_EVENTS = {"dead": 1, "failed": 3, "pending": 2}
 EXPECTED_ATTEMPTS = {"2xx": 2, "4xx": 1, "5xx": 2, "timeout": 1}
 WINDOW = "1h"
-#: Every kind and state is exported, zero included; the dead event's alert could not be posted.
+#: Every kind and state is exported, zero included; the dead event's alert could not be posted, and a paused
+#: endpoint's alert has waited two hours to be posted (stuck).
 EXPECTED_ALERTS = {(kind, state): 0.0 for kind, state in itertools.product(KINDS, STATES)} | {
-    ("events.dead", "failed"): 1.0
+    ("events.dead", "failed"): 1.0,
+    ("endpoint.paused", "pending"): 1.0,
 }
 
 
@@ -71,6 +73,7 @@ class Outbox:
     pending_created_at: datetime
     last_run_ended_at: datetime
     alert_failed_at: datetime
+    alert_stuck_since: datetime
 
     def latencies(self, query: str) -> dict[str, float]:
         """Cumulative count per bucket bound (`le`), as Prometheus labels them, of the latencies `query` selects."""
@@ -119,6 +122,10 @@ def outbox(cluster) -> Iterator[Outbox]:
             assert alert_rows(conn) == [("events.dead", "failed", MAX_ATTEMPTS)]
             assert len(alert_url.received) == MAX_ATTEMPTS
             (alert_failed_at,) = conn.execute("SELECT finished_at FROM secure_webhooks.alerts").fetchone()
+            (alert_stuck_since,) = conn.execute(  # no round runs after it: it stays pending
+                "INSERT INTO secure_webhooks.alerts (kind, body, state, created_at)"
+                " VALUES ('endpoint.paused', '{}', 'pending', now() - interval '2 hours') RETURNING created_at"
+            ).fetchone()
             insert_rows(conn, "resumes", 2, prefix="waiting")  # no round runs after them: they stay pending
             (pending_created_at,) = conn.execute(
                 "UPDATE secure_webhooks.events SET created_at = now() - interval '1 hour'"
@@ -133,7 +140,9 @@ def outbox(cluster) -> Iterator[Outbox]:
                 (job,),
             ).fetchone()
             assert {key: statuses(conn).get(key, 0) for key in EXPECTED_EVENTS} == EXPECTED_EVENTS
-            yield Outbox(cluster.dsn("postgres"), conn, pending_created_at, last_run_ended_at, alert_failed_at)
+            yield Outbox(
+                cluster.dsn("postgres"), conn, pending_created_at, last_run_ended_at, alert_failed_at, alert_stuck_since
+            )
         finally:
             conn.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = %s", (JOB_NAME,))
             conn.close()
@@ -285,6 +294,9 @@ def test_prometheus_reads_each_metric_as_the_outbox_holds_it(outbox, prometheus)
     assert prometheus.by("kind", "secure_webhooks_alert_last_failed_timestamp_seconds") == {
         "events.dead": pytest.approx(outbox.alert_failed_at.timestamp(), abs=1e-3)
     }
+    assert prometheus.by("kind", "secure_webhooks_alert_oldest_unposted_timestamp_seconds") == {
+        "endpoint.paused": pytest.approx(outbox.alert_stuck_since.timestamp(), abs=1e-3)
+    }
     assert prometheus.one("secure_webhooks_database_up") == 1
 
 
@@ -298,10 +310,11 @@ def test_prometheus_loads_the_shipped_rules_and_fires_on_this_outbox(prometheus)
         "SecureWebhooksPendingTooOld": "pending",
         "SecureWebhooksReconcilerUnhealthy": "pending",
         "SecureWebhooksAlertUndelivered": "firing",
+        "SecureWebhooksAlertStuck": "firing",
     }
     eventually(lambda: alerts() == expected, "alerts", 90)
     (group,) = prometheus.get("/api/v1/rules")["groups"]
-    assert len(group["rules"]) == 8 and {rule["health"] for rule in group["rules"]} == {"ok"}
+    assert len(group["rules"]) == 9 and {rule["health"] for rule in group["rules"]} == {"ok"}
 
 
 def test_metrics_prints_the_same_figures_once(outbox, capsys):
@@ -318,6 +331,9 @@ def test_metrics_prints_the_same_figures_once(outbox, capsys):
     (failed,) = families["secure_webhooks_alert_last_failed_timestamp_seconds"].samples
     assert failed.labels == {"kind": "events.dead"}
     assert failed.value == pytest.approx(outbox.alert_failed_at.timestamp(), abs=1e-3)
+    (stuck,) = families["secure_webhooks_alert_oldest_unposted_timestamp_seconds"].samples
+    assert stuck.labels == {"kind": "endpoint.paused"}
+    assert stuck.value == pytest.approx(outbox.alert_stuck_since.timestamp(), abs=1e-3)
 
 
 def alert_counts(families: dict[str, Any]) -> dict[tuple[str, str], float]:

@@ -121,14 +121,18 @@ SELECT s.webhook, {_bucket("s.latency")} AS bucket, pg_catalog.count(*), pg_cata
          WHERE e.state = 'delivered' AND e.delivered_at >= pg_catalog.now() - %(window)s::interval) AS s
  GROUP BY 1, 2
 """
-#: Alerts held, by kind and state, and when the last of each kind that could not be posted failed: one pass over
-#: the alerts table, whose size is bounded by what alerts.py makes in the week it keeps them.
+#: Alerts held, by kind and state; when the last of each kind that could not be posted failed; when the oldest
+#: still on its way was made. One pass over the alerts table, whose size is bounded by what alerts.py makes in the
+#: week it keeps them.
 ALERT_COUNTS_QUERY = f"""
 SELECT a.kind, a.state, pg_catalog.count(*),
-       EXTRACT(epoch FROM pg_catalog.max(a.finished_at) FILTER (WHERE a.state = 'failed'))::float8
+       EXTRACT(epoch FROM pg_catalog.max(a.finished_at) FILTER (WHERE a.state = 'failed'))::float8,
+       EXTRACT(epoch FROM pg_catalog.min(a.created_at) FILTER (WHERE a.state IN ('pending', 'sending')))::float8
   FROM {SCHEMA}.{ALERTS} AS a
  GROUP BY a.kind, a.state
 """
+#: (kind, state, count, last failure, oldest on its way), times as Unix time or None.
+AlertRow = tuple[str, str, int, float | None, float | None]
 #: For the scrape's transaction: a window's rows are looked up by index, however many the planner expects
 #: (past a few thousand it would hash-join a sequential scan of all events, the cost this module avoids),
 #: and a monitoring query takes no parallel workers from the application. No JIT: a disabled path the planner
@@ -176,11 +180,11 @@ class Snapshot:
     delivery: dict[str, Latencies]
     reconciler: ReconcilerHealth
     endpoints: list[EndpointStatus] = field(default_factory=list)
-    #: (kind, state, count, last failure as Unix time or None); None when the outbox predates alerts.
-    alerts: list[tuple[str, str, int, float | None]] | None = None
+    #: None when the outbox predates alerts.
+    alerts: list[AlertRow] | None = None
 
 
-def read_alert_counts(conn: psycopg.Connection) -> list[tuple[str, str, int, float | None]] | None:
+def read_alert_counts(conn: psycopg.Connection) -> list[AlertRow] | None:
     """None on an outbox installed before alerts existed (no table to read): no alert metrics, as `status`
     reports no alerts."""
     return conn.execute(ALERT_COUNTS_QUERY).fetchall() if alerts_installed(conn) else None
@@ -337,7 +341,7 @@ def _endpoint_families(endpoints: list[EndpointStatus]) -> Iterator[Metric]:
     yield from (paused, paused_since, in_flight, waiting, budget)
 
 
-def _alert_families(rows: list[tuple[str, str, int, float | None]]) -> Iterator[Metric]:
+def _alert_families(rows: list[AlertRow]) -> Iterator[Metric]:
     """Every kind and state, zero included: a rule or a graph needs no `or vector(0)`."""
     held = _gauge(
         "alerts",
@@ -345,7 +349,7 @@ def _alert_families(rows: list[tuple[str, str, int, float | None]]) -> Iterator[
         "(could not be posted to delivery.alertUrl), unsent (on the pg_notify channel only: no alert URL).",
         ["kind", "state"],
     )
-    counts = {(kind, state): count for kind, state, count, _ in rows}
+    counts = {(kind, state): count for kind, state, count, _, _ in rows}
     for kind, state in itertools.product(KINDS, STATES):
         held.add_metric([kind, state], counts.get((kind, state), 0))
     yield held
@@ -354,10 +358,23 @@ def _alert_families(rows: list[tuple[str, str, int, float | None]]) -> Iterator[
         "When the last alert of the kind that could not be posted to delivery.alertUrl failed for good (Unix).",
         ["kind"],
     )
-    for kind, _, _, when in sorted(rows):
+    for kind, _, _, when, _ in sorted(rows):
         if when is not None:
             failed.add_metric([kind], when)
     yield failed
+    waiting = _gauge(
+        "alert_oldest_unposted_timestamp_seconds",
+        "When the oldest alert of the kind still on its way to delivery.alertUrl (pending or sending) was made "
+        "(Unix): its retries end within minutes, so an old one means alerts are not being posted.",
+        ["kind"],
+    )
+    oldest: dict[str, float] = {}
+    for kind, _, _, _, made in rows:
+        if made is not None:
+            oldest[kind] = min(made, oldest.get(kind, made))
+    for kind, made in sorted(oldest.items()):
+        waiting.add_metric([kind], made)
+    yield waiting
 
 
 class OutboxCollector(Collector):
