@@ -35,7 +35,7 @@ import psycopg
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from secure_webhooks.delivery.alerts import ALERTS, KINDS, STATES
+from secure_webhooks.delivery.alerts import ALERTS, KINDS, STATES, UNPOSTED_STATES
 from secure_webhooks.delivery.outbox import ATTEMPTS, EVENTS, SCHEMA, STATUS_EXPRESSION
 from webhook_deliveries.connection import OperatorError
 from webhook_deliveries.health import (
@@ -127,7 +127,7 @@ SELECT s.webhook, {_bucket("s.latency")} AS bucket, pg_catalog.count(*), pg_cata
 ALERT_COUNTS_QUERY = f"""
 SELECT a.kind, a.state, pg_catalog.count(*),
        EXTRACT(epoch FROM pg_catalog.max(a.finished_at) FILTER (WHERE a.state = 'failed'))::float8,
-       EXTRACT(epoch FROM pg_catalog.min(a.created_at) FILTER (WHERE a.state IN ('pending', 'sending')))::float8
+       EXTRACT(epoch FROM pg_catalog.min(a.created_at) FILTER (WHERE a.state IN {UNPOSTED_STATES!r}))::float8
   FROM {SCHEMA}.{ALERTS} AS a
  GROUP BY a.kind, a.state
 """

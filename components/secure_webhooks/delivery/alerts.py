@@ -70,6 +70,8 @@ KINDS = ("events.dead", "endpoint.paused", "endpoint.resumed")
 #: tries without one; unsent: published on the channel only (no alert URL). The last three are done.
 STATES = ("pending", "sending", "sent", "failed", "unsent")
 DONE_STATES = ("sent", "failed", "unsent")
+#: On their way to the alert URL: not done.
+UNPOSTED_STATES = tuple(state for state in STATES if state not in DONE_STATES)
 
 _SCRIPT = f"""
 CREATE TABLE IF NOT EXISTS {SCHEMA}.{ALERTS} (
