@@ -18,11 +18,12 @@ _held: dict[int, socket.socket] = {}
 _lock = threading.Lock()
 
 
-def hold_port() -> int:
-    """A loopback port that refuses connections and stays this process's until `release_port`."""
+def hold_port(port: int = 0) -> int:
+    """A loopback port (`port`, as a stopped server leaves it, or any free one) that refuses connections and
+    stays this process's until `release_port`."""
     holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    holder.bind((HOST, 0))
+    holder.bind((HOST, port))
     port = holder.getsockname()[1]
     with _lock:
         _held[port] = holder

@@ -20,6 +20,7 @@ from test_engine_instances import everything, in_another_backend
 
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
 from local_supabase.pg_net_worker import ROUND_WAIT
+from local_supabase.ports import hold_port
 from local_supabase.scripted_server import ScriptedServer
 from secure_webhooks.configuration.settings import DEFAULT_WEBHOOKS
 
@@ -68,6 +69,7 @@ def test_poison_forgery_takeover_foreign_trigger_and_retry_after_lose_nothing(en
     instance = first.outputs()["instance"]
     port = int(engine.orchestrator.url.rsplit(":", 1)[1])
     engine.orchestrator.stop()  # down: every attempt fails until it is back
+    hold_port(port)  # ... there, and nothing else takes the port meanwhile (local_supabase/ports.py)
 
     with engine.connect() as conn:
         conn.execute("CREATE ROLE forger NOLOGIN")
