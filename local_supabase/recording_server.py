@@ -11,6 +11,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Generic, Self, TypeVar
 
+from local_supabase.ports import release_port
+
 HOST = "127.0.0.1"
 
 Record = TypeVar("Record")
@@ -31,6 +33,7 @@ class RecordingServer(Generic[Record]):
     def __init__(self, port: int = 0) -> None:
         self._records: list[Record] = []
         self._arrived = threading.Condition()
+        release_port(port)  # a port held for this server (ports.hold_port) is bound the moment it is given up
         self._server = _Server((HOST, port), self._handler_class())
         self._thread: threading.Thread | None = None
 

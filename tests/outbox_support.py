@@ -14,9 +14,10 @@ from providers import OWNER, configured, function_props, trigger_props
 from psycopg import sql
 
 from local_supabase.bootstrap import create_demo_tables
-from local_supabase.cluster import LocalSupabase, free_port
+from local_supabase.cluster import LocalSupabase
 from local_supabase.orchestrator import Delivery, WebhookReceiver
 from local_supabase.pg_net_worker import PgNetWorker
+from local_supabase.ports import hold_port
 from secure_webhooks.configuration.delivery_settings import DeliverySettings
 from secure_webhooks.delivery.outbox import script_sha256
 from secure_webhooks.delivery.outbox_provider import OutboxProvider
@@ -104,7 +105,7 @@ def supabase_with_secret(secret: str) -> Iterator[LocalSupabase]:
 def down_url() -> tuple[str, int]:
     """An orchestrator that is down: a loopback URL nothing listens on (every attempt fails to connect), and its
     port, where a test starts a receiver when the orchestrator comes back."""
-    port = free_port()
+    port = hold_port()  # kept until the receiver starts there: nothing else on the machine takes it meanwhile
     return f"http://127.0.0.1:{port}", port
 
 

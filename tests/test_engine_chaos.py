@@ -20,6 +20,7 @@ from test_engine_instances import everything, in_another_backend
 
 from local_supabase.orchestrator import PlannedResponse, WebhookReceiver
 from local_supabase.pg_net_worker import ROUND_WAIT
+from local_supabase.ports import hold_port
 from local_supabase.scripted_server import ScriptedServer
 from secure_webhooks.configuration.settings import DEFAULT_WEBHOOKS
 
@@ -68,6 +69,7 @@ def test_poison_forgery_takeover_foreign_trigger_and_retry_after_lose_nothing(en
     instance = first.outputs()["instance"]
     port = int(engine.orchestrator.url.rsplit(":", 1)[1])
     engine.orchestrator.stop()  # down: every attempt fails until it is back
+    hold_port(port)  # ... there, and nothing else takes the port meanwhile (local_supabase/ports.py)
 
     with engine.connect() as conn:
         conn.execute("CREATE ROLE forger NOLOGIN")
@@ -135,14 +137,19 @@ def test_poison_forgery_takeover_foreign_trigger_and_retry_after_lose_nothing(en
             }
         resumes = tally(rows["resumes"], by_path[RESUMES["path"]])
         zips = tally(rows["zip_archives"], by_path[ZIPS["path"]])
+    # The poison event fails within its round (no wait for pg_net), so its maxAttempts last about 100 s, not
+    # the RETRYING_SECONDS the others get: on a busy machine the takeover's `up` and the old stack's destroy
+    # above outlast them and it is dead. Failed or dead, it is the one undelivered event, and never sent.
+    poison_status = " and ".join(sorted(set(waiting) - {"delivered"}))
     print(
         f"\nchaos: resumes {resumes}; zip_archives {zips}; sent elsewhere {len(evil.received)};"
-        f" forged responses planted {forger.planted}; poison event {waiting.get('failed', 0)} failed ({poison})"
+        f" forged responses planted {forger.planted}; poison event {poison_status} ({poison})"
     )
     assert (resumes.delivered, resumes.lost, zips.delivered, zips.lost) == (5, 0, 5, 0)
     assert evil.received == [] and forger.planted > 0
-    assert waiting == {"delivered": 10, "failed": 1} and "invalid URL" in poison
+    assert waiting in ({"delivered": 10, "failed": 1}, {"delivered": 10, "dead": 1}), waiting
+    assert "invalid URL" in poison
     with engine.connect() as conn:
         conn.execute(sql.SQL("DROP TRIGGER {} ON public.zip_archives").format(sql.Identifier(ZIPS["name"])))
-        conn.execute("SELECT secure_webhooks.purge(ARRAY['failed'])")
+        conn.execute("SELECT secure_webhooks.purge(ARRAY['failed', 'dead'])")
     successor.destroy()

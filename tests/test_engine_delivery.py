@@ -16,6 +16,7 @@ from engine_support import JWT_SECRET
 from devtools.pulumi_cli import REPO
 from local_supabase.orchestrator import WebhookReceiver
 from local_supabase.pg_net_worker import ROUND_WAIT
+from local_supabase.ports import hold_port
 
 SECURE = "secure-webhooks:index:SecureWebhooks$pulumi-python:dynamic/secure-webhooks"
 #: Retries every second, so the tests wait seconds, not the default minutes.
@@ -50,7 +51,7 @@ def insert(engine, count: int) -> None:
 def stop_orchestrator(engine) -> int:
     port = int(engine.orchestrator.url.rsplit(":", 1)[1])
     engine.orchestrator.stop()
-    return port
+    return hold_port(port)  # until the orchestrator comes back there (local_supabase/ports.py)
 
 
 @contextmanager

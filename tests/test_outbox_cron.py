@@ -30,6 +30,15 @@ def started_runs(conn: psycopg.Connection) -> list[datetime.datetime]:
     return [start for (start,) in conn.execute(query, (JOB_NAME,))]
 
 
+#: A run is mid-loop, well before its stop (59 s after its start): a row inserted now is the running loop's to
+#: send. Inserted in the second between one run's stop and the next tick, the next run would send it.
+MID_LOOP = (
+    "SELECT EXISTS (SELECT FROM cron.job_run_details d JOIN cron.job j USING (jobid) "
+    "WHERE j.jobname = %s AND d.status = 'running' "
+    "AND pg_catalog.clock_timestamp() - d.start_time BETWEEN interval '1 second' AND interval '30 seconds')"
+)
+
+
 def test_pg_cron_runs_the_reconciler_which_delivers():
     with (
         supabase_with_secret(SECRET) as cluster,
@@ -57,6 +66,7 @@ def test_pg_cron_runs_the_reconciler_which_delivers():
             assert {status for status, _ in runs} <= {"starting", "running", "succeeded"}, runs
             # The loop picks up new rows within its idle sleep, not at the next tick: the late row's first attempt
             # is sent before another run starts (on the database's clock, however long this machine takes).
+            eventually(lambda: conn.execute(MID_LOOP, (JOB_NAME,)).fetchone()[0], "a run mid-loop", 150)
             runs_before = len(started_runs(conn))
             more = insert_rows(conn, "resumes", 1, prefix="late")
             receiver.wait_for(6, timeout=120)
