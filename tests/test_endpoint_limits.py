@@ -115,9 +115,9 @@ def test_the_in_flight_limit_binds_on_a_slow_orchestrator(database, max_in_fligh
     receiver back; with a limit far above the backlog, the same run shows what it would have seen."""
     cluster, sender = database
     delivery = dataclasses.replace(TEST_DELIVERY, max_in_flight=max_in_flight, max_per_second=10_000)
-    # Half a second of work each, 60 at once on a loaded machine: the tests' 1 s timeout would leave only half a
-    # second for everything else, and a request timed out after the receiver took it is sent again (a duplicate
-    # counted against the limit's run). The timeout is not what this test measures.
+    # Half a second of work each, 60 at once on a loaded machine: a request timed out after the receiver took it
+    # is sent again (a duplicate counted against the limit's run), so the timeout is far above the work. The
+    # timeout is not what this test measures.
     pipeline = install_pipeline(cluster, delivery, timeout_ms=10_000)
     try:
         with MeasuringReceiver(SECRET, work=0.5) as receiver, pipeline.connect() as conn:

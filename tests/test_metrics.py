@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 import pytest
 from alert_support import SLACK_PATH, alert_rows, keep_alert_url, retry_until_failed, run_rounds
-from outbox_support import insert_rows, install_pipeline, settle, statuses
+from outbox_support import TIMEOUT_MS, insert_rows, install_pipeline, settle, statuses
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import eventually
 
@@ -51,8 +51,13 @@ SLOW_RETRIES = DeliverySettings(
     retry_initial_seconds=3600, retry_multiplier=2, retry_max_seconds=3600, retry_jitter=0, max_attempts=6
 )
 #: What the receiver answers the first six requests: one dead (410), three failed (500, 503, and one answered
-#: after the 1 s timeout), two delivered.
-PLAN = (PlannedResponse(410), PlannedResponse(500), PlannedResponse(503), PlannedResponse(200, delay=3.0))
+#: 2 s after the timeout), two delivered.
+PLAN = (
+    PlannedResponse(410),
+    PlannedResponse(500),
+    PlannedResponse(503),
+    PlannedResponse(200, delay=TIMEOUT_MS / 1000 + 2),
+)
 EXPECTED_EVENTS = {"dead": 1, "failed": 3, "pending": 2}
 EXPECTED_ATTEMPTS = {"2xx": 2, "4xx": 1, "5xx": 2, "timeout": 1}
 WINDOW = "1h"

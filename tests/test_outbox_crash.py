@@ -74,7 +74,7 @@ def test_crash_after_commit_before_pg_net_sent(cluster, receiver):
 def test_crash_while_a_batch_is_in_flight(cluster, receiver):
     # Replies take 5 s (under a 15 s request timeout): the crash lands as soon as pg_net's worker has taken the
     # batch off its queue (its DELETE commits before it sends), so before it could record the responses. With
-    # the tests' 1 s timeout, replies had to come within it, and a busy machine crashed after they were recorded.
+    # a 1 s timeout, replies had to come within it, and a busy machine crashed after they were recorded.
     pipeline = install_pipeline(cluster, timeout_ms=15_000)
     pipeline.add_trigger("resumes", receiver.url + "/ingest/interns/individual")
     receiver.plan(*[PlannedResponse(200, delay=5)] * 10)

@@ -218,7 +218,7 @@ def test_a_request_that_waited_long_in_the_queue_is_not_taken_as_vanished(cluste
     """Found by the recovery benchmark: time spent queued behind a backlog used to count as missing."""
     # Its own pipeline, with an 8 s request timeout: the reply below takes 4 s, so the round that must see the
     # request on the wire runs before pg_net records the reply, and the reply beats the timeout, even on a busy
-    # machine (the tests' 1 s timeout left 0.8 s and 0.2 s: a late round saw the reply and tested nothing).
+    # machine (a 1 s timeout left 0.8 s and 0.2 s: a late round saw the reply and tested nothing).
     pipeline = install_pipeline(cluster, timeout_ms=8000)
     try:
         pipeline.add_trigger("resumes", receiver.url + "/ingest/interns/individual")
