@@ -269,17 +269,18 @@ def test_a_rotation_under_continuous_load_rejects_nothing_and_loses_nothing(mode
                 # promote: every attempt from now on is signed with the new key
                 signer.update(spec_for(mode, promoted=True))
                 promoted_at = len(receiver.deliveries)
+
+                # retire too early (asked right after the promote, which recorded when the old key's tokens
+                # expire: a slow delivery below cannot let the TTL run out first): refused, saying when it may go
+                refusal = vault.refusal(JWT_NAME, NEW)
+                assert refusal is not None and "secure-webhooks:jwtSecret:" in refusal
+                assert "is refused until 20" in refusal and "s from now" in refusal
+                assert NEW not in refusal and OLD not in refusal
                 eventually(
                     lambda: any(kid_of(d) == key_id(NEW) for d in receiver.deliveries[promoted_at:]),
                     "a delivery signed with the promoted key",
                     30,
                 )
-
-                # retire too early: refused, saying when it may go
-                refusal = vault.refusal(JWT_NAME, NEW)
-                assert refusal is not None and "secure-webhooks:jwtSecret:" in refusal
-                assert "is refused until 20" in refusal and "s from now" in refusal
-                assert NEW not in refusal and OLD not in refusal
                 eventually(lambda: vault.refusal(JWT_NAME, NEW) is None, "retire allowed", TTL + 30)
                 assert vault.refusal(WEBHOOK_NAME, NEW_WHSEC) is None
 
