@@ -13,7 +13,7 @@ import json
 import jwt
 import psycopg
 import pytest
-from outbox_support import TEST_DELIVERY, Pipeline, all_delivered, settle
+from outbox_support import TEST_DELIVERY, TIMEOUT_MS, Pipeline, all_delivered, settle
 from providers import OWNER, configured, function_props, trigger_props, unique
 from psycopg import sql
 from test_claims_wire import over_the_wire
@@ -154,8 +154,10 @@ def test_configured_claims_arrive_exactly(install, receiver_secret, postgres_con
 
 def test_the_reconciler_signs_the_configured_claims_exactly(supabase_ready, pg_net_worker, receiver_secret):
     """At-least-once mode: the reconciler, rendered from the same props, signs the same exact claims."""
+    # The tests' 5 s request timeout, not 1 s: a reply a loaded machine slowed past a second was taken for a
+    # timeout and sent again, and the one delivery below was two.
     function = FunctionSpec(
-        name=unique("notify"), mode="at-least-once", claims=AWKWARD_CLAIMS, token_ttl_seconds=TTL, timeout_ms=1000
+        name=unique("notify"), mode="at-least-once", claims=AWKWARD_CLAIMS, token_ttl_seconds=TTL, timeout_ms=TIMEOUT_MS
     )
     pipeline = Pipeline(supabase_ready, function)
     steps = [

@@ -173,14 +173,17 @@ def test_pg_cron_runs_postgres_jobs_as_postgres_with_transaction_control(
     }
     if datetime.datetime.now().second >= 55:  # too close to the tick for the scheduler to see the jobs
         time.sleep(61 - datetime.datetime.now().second)
-    job_ids = {
-        name: postgres_conn.execute("SELECT cron.schedule(%s, '* * * * *', %s)", (name, command)).fetchone()[0]
-        for name, command in jobs.items()
-    }
-    try:
+    # One transaction: a tick between the statements would run the relabelled job still as postgres, or one job a
+    # tick before the other (and the first twice by the time both had run).
+    with postgres_conn.transaction():
+        job_ids = {
+            name: postgres_conn.execute("SELECT cron.schedule(%s, '* * * * *', %s)", (name, command)).fetchone()[0]
+            for name, command in jobs.items()
+        }
         postgres_conn.execute(
             "UPDATE cron.job SET username = 'supabase_admin' WHERE jobid = %s", (job_ids["stand-in-relabelled"],)
         )
+    try:
         # A tick is at most a minute away; a busy machine's scheduler may see the jobs only after it: the bound
         # allows the next one too, and only ends a failure.
         deadline = time.monotonic() + 135

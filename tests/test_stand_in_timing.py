@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from waiting import eventually
 
 from local_supabase.cluster import LocalSupabase
 from local_supabase.pg_net_worker import PgNetWorker
@@ -74,6 +75,11 @@ def _wait_idle(worker: PgNetWorker, timeout: float = 15.0) -> None:
         time.sleep(0.01)
 
 
+def _new_session_setting(cluster: LocalSupabase, name: str) -> str | None:
+    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+        return conn.execute("SELECT current_setting(%s, true)", (name,)).fetchone()[0]
+
+
 def _burst(conn: psycopg.Connection, url: str, count: int) -> None:
     """``count`` requests committed at once, paths /0 .. /count-1."""
     conn.execute("SELECT net.http_post(%s || '/' || n) FROM generate_series(0, %s - 1) AS n", (url, count))
@@ -113,6 +119,10 @@ def test_pg_net_batch_size_is_read_every_round(cluster, conn, worker, server):
         admin.execute("ALTER SYSTEM SET pg_net.batch_size = 50")
         admin.execute("SELECT pg_reload_conf()")
         try:
+            # pg_reload_conf() only signals the postmaster, which re-reads the files, then signals every session.
+            # A session started after that has the new value, and the worker's session, signalled by then, applies
+            # it before its next statement: without this wait its first round could still take 200.
+            eventually(lambda: _new_session_setting(cluster, "pg_net.batch_size") == "50", "the reload", 30)
             _wait_idle(worker)
             _burst(conn, server.url, 150)
             server.wait_for(150, timeout=30)

@@ -9,6 +9,7 @@ import re
 import time
 
 import psycopg
+from waiting import eventually
 
 from local_supabase.pg_net_worker import PgNetWorker
 from local_supabase.scripted_server import Reply, ScriptedServer
@@ -81,6 +82,9 @@ def test_responses_older_than_pg_net_ttl_are_expired(
     # PostgreSQL 15's ALTER SYSTEM only takes parameters this session knows; pg_net (not
     # preloaded here) is unknown until a SET creates its placeholder.
     admin_conn.execute("SET pg_net.ttl = '6 hours'")
+    # Asleep, the worker runs its next round for the request below. Still busy from an earlier test's requests, it
+    # could expire in a round begun before the insert and take the request in that same round.
+    eventually(lambda: pg_net_worker.idle, "the session's worker asleep", 30)
     # Negative ids cannot collide with the queue's; -7 is 7 hours old, and so on.
     admin_conn.execute(
         "INSERT INTO net._http_response (id, status_code, created) "
