@@ -18,10 +18,13 @@ from pulumi.dynamic import CheckFailure, CheckResult
 
 from secure_webhooks.delivery.endpoints import ENDPOINTS
 from secure_webhooks.delivery.outbox import (
+    ATTEMPTS,
     CLIENT_ROLES,
     EVENT_SEQUENCE,
+    EVENTS,
     FUNCTIONS,
     OPERATOR_ROLES,
+    PG_NET_EPOCH,
     SCHEMA,
     TABLES,
     install_statements,
@@ -32,8 +35,12 @@ from secure_webhooks.installation.installation_provider import instance_input, r
 from secure_webhooks.installation.ownership import OwnershipError, marker, owner_of, refusal
 from secure_webhooks.postgres.catalog import drifted, existing_roles, fingerprint, revoked_roles
 from secure_webhooks.postgres.fingerprinted_provider import FingerprintedProvider
+from secure_webhooks.postgres.table_locks import lock_all_at_once
 
 OPERATOR_COMMAND = "python -m webhook_deliveries"
+#: The tables a reconciler round writes, in whatever order it needs them: the DDL below takes them all at once
+#: first (postgres/table_locks.py), so a round still running cannot deadlock with it.
+ROUND_TABLES = (EVENTS, ATTEMPTS, PG_NET_EPOCH, ENDPOINTS)
 
 
 def schema_comment(cur: psycopg.Cursor) -> tuple[bool, str | None]:
@@ -95,6 +102,7 @@ class OutboxProvider(FingerprintedProvider):
             raise OwnershipError(reason)
         if exists:
             refuse_stale_instance(cur, props, f"schema {SCHEMA}", comment)
+        lock_all_at_once(cur, SCHEMA, ROUND_TABLES)
         revoked = revoked_roles(cur, SCHEMA, CLIENT_ROLES, OPERATOR_ROLES)
         statements = install_statements(revoked, existing_roles(cur, OPERATOR_ROLES))
         try:
@@ -136,6 +144,7 @@ class OutboxProvider(FingerprintedProvider):
             if not exists or owner_of(comment) != props["owner"]:
                 return
             refuse_stale_instance(cur, props, f"schema {SCHEMA}", comment)
+            lock_all_at_once(cur, SCHEMA, ROUND_TABLES)
             counts = undelivered(cur)
             if counts:
                 raise RuntimeError(

@@ -23,6 +23,7 @@ from psycopg import sql
 
 from secure_webhooks.postgres.catalog import existing_roles, revoked_roles
 from secure_webhooks.postgres.database import LOCK_TIMEOUT, DatabaseError
+from secure_webhooks.postgres.table_locks import lock_holders
 
 #: Supabase's API roles, and everyone: none may read a private store.
 READERS_REFUSED = ("anon", "authenticated", "service_role")
@@ -30,14 +31,6 @@ READERS_REFUSED = ("anon", "authenticated", "service_role")
 LOCK_MODE = "SHARE ROW EXCLUSIVE"
 #: Creating the store races another session creating or dropping it at most a few times in a row.
 _CREATE_ATTEMPTS = 5
-
-#: The sessions that hold a lock on the relation `%s`, for an error that names them.
-_HOLDERS = """
-SELECT a.pid, coalesce(a.usename::text, '?'), coalesce(a.application_name, '')
-  FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
- WHERE l.locktype = 'relation' AND l.relation = pg_catalog.to_regclass(%s) AND l.granted
-   AND l.pid <> pg_catalog.pg_backend_pid()
- ORDER BY 1"""
 
 
 @dataclass(frozen=True)
@@ -70,15 +63,11 @@ class PrivateStore:
         except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
             return False
         except psycopg.errors.LockNotAvailable:
-            cur.execute(_HOLDERS, (self.name,))
-            holders = "; ".join(
-                f"pid {pid} (role {role}, application_name {application!r})" for pid, role, application in cur
-            )
             raise DatabaseError(
                 f"timed out after lock_timeout {LOCK_TIMEOUT} waiting to lock {self.name}, held by "
-                f"{holders or 'a session that has ended since'}; nothing was changed. Retry once that session's "
-                "transaction has ended (another `pulumi up` or `destroy` on this database, or a session of the "
-                "database owner: pg_stat_activity shows it)"
+                f"{lock_holders(cur, [self.name]) or 'a session that has ended since'}; nothing was changed. "
+                "Retry once that session's transaction has ended (another `pulumi up` or `destroy` on this "
+                "database, or a session of the database owner: pg_stat_activity shows it)"
             ) from None
         return True
 
