@@ -38,8 +38,10 @@ from secure_webhooks.postgres.fingerprinted_provider import FingerprintedProvide
 from secure_webhooks.postgres.table_locks import lock_all_at_once
 
 OPERATOR_COMMAND = "python -m webhook_deliveries"
-#: The tables a reconciler round writes, in whatever order it needs them: the DDL below takes them all at once
-#: first (postgres/table_locks.py), so a round still running cannot deadlock with it.
+#: The tables a reconciler round writes, in whatever order it needs them: destroy takes them all at once first
+#: (postgres/table_locks.py), so a round still running cannot deadlock with its DROP. (Not `up`: its triggers'
+#: inserts would keep the events table locked on a busy database, and NOWAIT never gets a turn; its DDL waits
+#: in line instead, under the provider's lock_timeout.)
 ROUND_TABLES = (EVENTS, ATTEMPTS, PG_NET_EPOCH, ENDPOINTS)
 
 
@@ -102,7 +104,6 @@ class OutboxProvider(FingerprintedProvider):
             raise OwnershipError(reason)
         if exists:
             refuse_stale_instance(cur, props, f"schema {SCHEMA}", comment)
-        lock_all_at_once(cur, SCHEMA, ROUND_TABLES)
         revoked = revoked_roles(cur, SCHEMA, CLIENT_ROLES, OPERATOR_ROLES)
         statements = install_statements(revoked, existing_roles(cur, OPERATOR_ROLES))
         try:
