@@ -418,3 +418,39 @@ def test_the_purge_keeps_alerts_a_week_after_they_are_done_and_never_an_untried_
         gone = {alert_id for alert_id, case in cases.items() if not case[-1]}
         assert purge(conn) == ids - gone
         print(f"purge: {len(gone)} of {len(cases)} cases gone, {len(ids) - len(cases)} alerts posted just now kept")
+
+
+def test_a_role_holding_the_old_advisory_keys_stalls_no_delivery_and_silences_no_alert(
+    alerting, cluster, worker, slack
+):
+    """Rounds took turns sending, and making alerts, by advisory lock keys: any login role could hold them, and
+    then every round sent nothing, or made no alert, for as long as it liked. The turns are now row locks only
+    the outbox's owner may take; the squatter holds the old keys all along and can take neither row."""
+    receiver_url, port = down_url()
+    alerting.add_trigger("resumes", receiver_url + "/ingest/resumes", name="resumes_hook")
+    with alerting.connect() as admin:
+        admin.execute("DROP ROLE IF EXISTS squatter")
+        admin.execute("CREATE ROLE squatter LOGIN PASSWORD 'squatter'")
+    squatter = psycopg.connect(cluster.dsn("postgres"), user="squatter", password="squatter", autocommit=True)
+    try:
+        with alerting.connect() as admin:  # the key's oid is public in pg_class, even without the schema's USAGE
+            (state_oid,) = admin.execute("SELECT 'secure_webhooks.alert_state'::regclass::oid::integer").fetchone()
+        old_keys = "SELECT pg_try_advisory_lock(x'5EC017'::integer) AND pg_try_advisory_lock(%s, 0)"
+        assert squatter.execute(old_keys, (state_oid,)).fetchone() == (True,)
+        for row in ("secure_webhooks.pg_net_epoch", "secure_webhooks.alert_state"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                squatter.execute(f"SELECT FROM {row} FOR UPDATE SKIP LOCKED")
+        with alerting.connect() as conn:
+            insert_rows(conn, "resumes", 3)  # dead at their one attempt: the orchestrator is down
+            run_rounds(conn, worker, lambda: len(slack.received) >= 1, "the dead-events alert")
+            assert [alert["dead"] for alert in alerts_of(slack)] == [3]
+            with WebhookReceiver(SECRET, port=port) as receiver:
+                inserted = insert_rows(conn, "resumes", 5, prefix="delivered")
+                run_rounds(conn, worker, lambda: len(receiver.deliveries) >= 5, "the deliveries")
+                counts = tally(inserted, receiver.deliveries)
+        print(f"\nsquatter on the old keys: {counts}; alerts posted {len(slack.received)}")
+        assert (counts.delivered, counts.lost) == (5, 0)
+    finally:
+        squatter.close()
+        with alerting.connect() as admin:
+            admin.execute("DROP ROLE squatter")

@@ -23,6 +23,7 @@ webhook names, event ids and endpoint origins: never row data, never the alert U
 
 from __future__ import annotations
 
+import psycopg
 from psycopg import sql
 
 from secure_webhooks.configuration.delivery_settings import DeliverySettings
@@ -134,15 +135,13 @@ def install_statements(nobody: sql.Composable, operators: list[str]) -> list[sql
     return statements
 
 
-def quiesce_statement() -> sql.Composable:
+def quiesce(cur: psycopg.Cursor) -> None:
     """Wait for a round that is making alerts to commit, and keep later rounds out of them until this
-    transaction ends (they try the same lock and skip alerts). Taken before the alert tables are
+    transaction ends (they skip the locked state row and alerts). Taken before the alert tables are
     dropped: a round holding one alert table while it waits for the next would deadlock with the DROP."""
-    state = sql.Literal(f"{SCHEMA}.{ALERT_STATE}")
-    return sql.SQL(
-        "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.to_regclass({})::oid::integer, 0)"
-        " WHERE pg_catalog.to_regclass({}) IS NOT NULL"
-    ).format(state, state)
+    cur.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.{ALERT_STATE}",))
+    if cur.fetchone()[0]:
+        cur.execute(sql.SQL("SELECT FROM {}.{} FOR UPDATE").format(sql.Identifier(SCHEMA), sql.Identifier(ALERT_STATE)))
 
 
 def drop_statement() -> sql.Composable:
@@ -439,13 +438,11 @@ BEGIN
   round_lock_timeout := pg_catalog.current_setting('lock_timeout');
   PERFORM pg_catalog.set_config('lock_timeout', '{ALERT_LOCK_TIMEOUT}', true);
   -- One round at a time makes alerts; a concurrent round skips them (a later round reports what it saw).
-  -- An advisory lock, not a row lock: an idle round writes nothing, so it takes no transaction id.
-  IF NOT pg_catalog.pg_try_advisory_xact_lock('{SCHEMA}.{ALERT_STATE}'::regclass::oid::integer, 0) THEN
-    PERFORM pg_catalog.set_config('lock_timeout', round_lock_timeout, true);
-    RETURN 0;
-  END IF;
+  -- The turn is the state row's lock, which only the owner may take (an advisory lock key, which any
+  -- role may hold, let any role silence every alert). Not found: taken, or the row is missing (put
+  -- back; a row that is there and locked is left alone: ON CONFLICT DO NOTHING does not wait for it).
   SELECT s.last_dead_alert_at, s.dead_checked_until INTO last_dead_alert, checked_until
-    FROM {SCHEMA}.{ALERT_STATE} AS s;
+    FROM {SCHEMA}.{ALERT_STATE} AS s FOR UPDATE SKIP LOCKED;
   IF NOT FOUND THEN
     INSERT INTO {SCHEMA}.{ALERT_STATE} DEFAULT VALUES ON CONFLICT DO NOTHING;
     PERFORM pg_catalog.set_config('lock_timeout', round_lock_timeout, true);

@@ -39,9 +39,6 @@ PARKED = "'9999-12-31 00:00:00+00'::timestamptz"
 HELD = "'infinity'::timestamptz"
 #: Answers that make an endpoint slow down (Standard Webhooks: back off on these).
 SLOW_DOWN = (429, 502, 503, 504)
-#: A transaction-level advisory lock key: rounds that send take turns, so two rounds never both see
-#: the same free slots. A round that finds it taken sends nothing this time (it never waits).
-SEND_LOCK = 0x5EC0_17
 
 
 def endpoint_of(url: str) -> str:

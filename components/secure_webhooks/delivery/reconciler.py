@@ -463,8 +463,11 @@ BEGIN
 
   issued_at := pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()))::bigint;
   -- Per endpoint (endpoints.py): the due events and the parked ones its limits let go now, or park.
-  -- Rounds that send take turns (endpoints.SEND_LOCK): each sees the endpoints' free slots alone.
-  IF NOT pg_catalog.pg_try_advisory_xact_lock({endpoints.SEND_LOCK}) THEN
+  -- Rounds that send take turns, so two never both see the same free slots: the turn is the lock on
+  -- the epoch row, which only the outbox's owner may take (an advisory lock key, which any role may
+  -- hold, let any role stall every delivery). A round that finds it taken sends nothing this time.
+  PERFORM 1 FROM {SCHEMA}.{PG_NET_EPOCH} FOR UPDATE SKIP LOCKED;
+  IF NOT FOUND THEN
     room := 0;
   END IF;
   FOR due IN

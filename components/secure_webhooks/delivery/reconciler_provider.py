@@ -85,7 +85,7 @@ class ReconcilerProvider(FingerprintedProvider):
             refuse_stale_instance(cur, props, f"function {SCHEMA}.{RECONCILE}()", comment)
         revoked = revoked_roles(cur, SCHEMA, CLIENT_ROLES, OPERATOR_ROLES)
         nobody = sql.SQL(", ").join([sql.SQL("PUBLIC"), *(sql.Identifier(role) for role in revoked)])
-        cur.execute(alerts.quiesce_statement())  # no round holds an alert table while their grants change
+        alerts.quiesce(cur)  # no round holds an alert table while their grants change
         for statement in alerts.install_statements(nobody, existing_roles(cur, OPERATOR_ROLES)):
             cur.execute(statement)
         sources = function_sources(reconciler_spec_from(props))
@@ -127,7 +127,7 @@ class ReconcilerProvider(FingerprintedProvider):
             if not exists or owner_of(comment) != props["owner"]:
                 return
             refuse_stale_instance(cur, props, f"function {SCHEMA}.{RECONCILE}()", comment)
-            cur.execute(alerts.quiesce_statement())
+            alerts.quiesce(cur)
             for function, arguments in FUNCTIONS:
                 cur.execute(sql.SQL("DROP FUNCTION IF EXISTS {}").format(_name(function, arguments)))
             cur.execute(alerts.drop_statement())
