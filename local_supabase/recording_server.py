@@ -11,9 +11,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Generic, Self, TypeVar
 
-from local_supabase.ports import release_port
-
-HOST = "127.0.0.1"
+from local_supabase.ports import HOST, release_port
 
 Record = TypeVar("Record")
 

@@ -21,6 +21,11 @@ from secure_webhooks.postgres.database import DatabaseError
 WAIT_SECONDS = 60.0
 _RETRY_SECONDS = 0.05
 
+#: For each qualified name, in order: whether the relation exists.
+_EXISTING = (
+    "SELECT pg_catalog.to_regclass(n) IS NOT NULL FROM pg_catalog.unnest(%s::text[]) WITH ORDINALITY AS u(n, i)"
+    " ORDER BY i"
+)
 _HOLDERS = """
 SELECT DISTINCT a.pid, coalesce(a.usename::text, '?'), coalesce(a.application_name, '')
   FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
@@ -36,7 +41,8 @@ def lock_all_at_once(cur: psycopg.Cursor, schema: str, tables: Sequence[str]) ->
     Waits (holding none of them) while another transaction holds any; after WAIT_SECONDS it fails naming
     the sessions that hold them, with nothing changed.
     """
-    existing = [table for table in tables if _exists(cur, schema, table)]
+    cur.execute(_EXISTING, ([sql.Identifier(schema, table).as_string(cur) for table in tables],))
+    existing = [table for table, (found,) in zip(tables, cur.fetchall(), strict=True) if found]
     if not existing:
         return
     relations = [sql.Identifier(schema, table) for table in existing]
@@ -63,8 +69,3 @@ def lock_holders(cur: psycopg.Cursor, relations: Sequence[str]) -> str:
     """The other sessions holding a lock on any of `relations`, for an error that names them."""
     cur.execute(_HOLDERS, (list(relations),))
     return "; ".join(f"pid {pid} (role {role}, application_name {app!r})" for pid, role, app in cur)
-
-
-def _exists(cur: psycopg.Cursor, schema: str, table: str) -> bool:
-    cur.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (sql.Identifier(schema, table).as_string(cur),))
-    return cur.fetchone()[0]
